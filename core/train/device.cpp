@@ -1,0 +1,74 @@
+#include "core/train/device.h"
+
+#include <sys/resource.h>
+
+#include <thread>
+
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <ATen/cuda/CUDAContext.h>
+
+namespace moe {
+
+Status ResolveDevice(const Config& cfg, DeviceInfo* out) {
+  const bool has_cuda = torch::cuda::is_available();
+  out->count = has_cuda ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+  const std::string& want = cfg.train.device;
+  if (want == "cuda" && !has_cuda) {
+    return Status::Unsupported("train.device = \"cuda\" but no CUDA GPU is visible "
+                               "(CUDA_VISIBLE_DEVICES='" +
+                               std::string(getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "") +
+                               "'); use train.device = \"cpu\" or \"auto\"");
+  }
+  const bool use_cuda = want == "cuda" || (want == "auto" && has_cuda);
+  if (!use_cuda && cfg.train.compile == "cudagraph") {
+    return Status::Unsupported("train.compile = \"cudagraph\" needs a CUDA GPU and none is in use "
+                               "(train.device = \"" + want + "\"); use train.compile = \"eager\" on the CPU");
+  }
+  if (use_cuda) {
+    out->device = torch::Device(torch::kCUDA, 0);
+    out->name = at::cuda::getDeviceProperties(0)->name;
+  } else {
+    out->device = torch::kCPU;
+    out->name = "cpu";
+  }
+  const std::string& c = cfg.precision.compute;
+  if (c == "bf16" || (c == "auto" && use_cuda)) {
+    out->compute_dtype = torch::kBFloat16;
+  } else {
+    out->compute_dtype = torch::kFloat32;
+  }
+  return Status::OK();
+}
+
+void Synchronize(const DeviceInfo& dev) {
+  if (dev.device.is_cuda()) torch::cuda::synchronize();
+}
+
+PeakMemory ReadPeakMemory(const DeviceInfo& dev) {
+  PeakMemory m;
+  if (dev.device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(dev.device.index());
+    using c10::CachingAllocator::StatType;
+    const auto agg = static_cast<size_t>(StatType::AGGREGATE);
+    m.alloc_mib = static_cast<double>(stats.allocated_bytes[agg].peak) / (1 << 20);
+    m.reserved_mib = static_cast<double>(stats.reserved_bytes[agg].peak) / (1 << 20);
+  } else {
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    m.alloc_mib = m.reserved_mib = static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is KiB
+  }
+  return m;
+}
+
+void ResetPeakMemory(const DeviceInfo& dev) {
+  if (dev.device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(dev.device.index());
+}
+
+void ConfigureThreads(int64_t threads) {
+  int n = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::thread::hardware_concurrency());
+  if (n < 1) n = 1;
+  torch::set_num_threads(n);
+}
+
+}  // namespace moe
