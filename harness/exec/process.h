@@ -1,0 +1,62 @@
+// A child process started without a shell: fork + execvp of an argv, in its own process group,
+// stdout/stderr appended to files, stdin from /dev/null. On Linux the child gets SIGTERM when
+// the runner dies (PR_SET_PDEATHSIG), so a killed runner leaves trainers that checkpoint and
+// exit instead of orphans that keep writing.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/util/status.h"
+
+namespace moe::harness {
+
+struct SpawnOptions {
+  std::vector<std::string> argv;                            // argv[0]: a path, or a name looked up in PATH
+  std::vector<std::pair<std::string, std::string>> env;     // set on top of the runner's environment
+  std::string stdout_path, stderr_path;                     // appended; "" = /dev/null
+};
+
+struct ExitInfo {
+  int exit_code = 0;  // when the process exited
+  int signal = 0;     // when it was killed by a signal (then exit_code is 0)
+  // The shell convention stored in the runs table: the exit code, or 128 + signal.
+  int StoreCode() const { return signal ? 128 + signal : exit_code; }
+};
+
+class ChildProcess {
+ public:
+  ChildProcess() = default;
+  ChildProcess(ChildProcess&& o) noexcept : pid_(std::exchange(o.pid_, -1)) {}
+  ChildProcess& operator=(ChildProcess&& o) noexcept { pid_ = std::exchange(o.pid_, -1); return *this; }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  // Does not kill or wait: a ChildProcess that is dropped while running leaves a zombie until
+  // the runner exits. Callers Wait() or Poll() to the end.
+  ~ChildProcess() = default;
+
+  // Starts the process. Failed when exec fails (the message names the program and errno);
+  // IOError when the log files cannot be opened.
+  static Status Spawn(const SpawnOptions& options, ChildProcess* out);
+
+  pid_t pid() const { return pid_; }
+  bool running() const { return pid_ > 0; }
+
+  // Non-blocking: true (and *info) once the process has ended; it is reaped then.
+  bool Poll(ExitInfo* info);
+  // Blocks until the process ends.
+  ExitInfo Wait();
+  // Sends `sig` to the process group of the child (the child and anything it started).
+  void Signal(int sig) const;
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// True when a process with this pid exists on this machine (kill(pid, 0)).
+bool ProcessAlive(pid_t pid);
+
+}  // namespace moe::harness
