@@ -1,0 +1,53 @@
+// Token sources for training and validation. A source is stateless in the step: batch(step,
+// micro) always returns the same tokens for the same (seed, step, micro), so a resumed run sees
+// exactly the data an uninterrupted run would (the "data position" in a checkpoint is the step).
+//
+// Sources (cfg.data.source):
+//   synthetic  uniform random tokens in [0, model.vocab_size); nothing is read.
+//   bin        flat little-endian uint16 token file (nanoGPT prepare.py), memory-mapped.
+//   text       any file as raw bytes (vocabulary 256).
+// bin and text hold out the last data.val_frac of the file for validation and draw training
+// windows at random offsets from the rest; see core/data/token_file.h for the exact scheme.
+// Randomness is a counter-based hash of (train.seed, step, micro, rank), see core/data/random.h.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "core/config/config.h"
+#include "core/util/status.h"
+
+namespace moe {
+
+struct Batch {
+  torch::Tensor inputs;   // (B, T) int64 on the CPU
+  torch::Tensor targets;  // (B, T) int64: inputs shifted by one token
+};
+
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  // Training micro-batch `micro` of optimizer step `step` (0-based), for data-parallel `rank` of
+  // `world` (each rank reads its own shard: different samples for different ranks). The samples
+  // depend on the rank, not on `world`: rank 0 of any run reads what a one-rank run reads.
+  // Throws std::runtime_error for a token id >= model.vocab_size in a bin file that was too large
+  // to check on open (a corrupt corpus is not a state a training step can recover from).
+  virtual Batch TrainBatch(int64_t step, int64_t micro, int64_t rank = 0, int64_t world = 1) = 0;
+  // Validation micro-batch `i` from the held-out split (synthetic: a separate random stream).
+  // bin/text: fixed windows of the held-out tail, independent of train.seed, so runs with
+  // different seeds are scored on the same tokens; i past the end wraps around.
+  virtual Batch ValBatch(int64_t i) = 0;
+  // Human description for logs and summary.json ("text: data/shakespeare.txt (1.1M tokens, 10% held out)").
+  virtual std::string Describe() const = 0;
+};
+
+// Opens the source named by cfg.data for batches of (train.batch_size, model.seq_len).
+// Missing or too-small files give NotFound / InvalidArgument naming data.path (and the sizes);
+// "too small" means either split holds less than one window of model.seq_len + 1 tokens. A bin
+// file with a token id >= model.vocab_size is InvalidArgument naming data.path, the id, its
+// position and model.vocab_size (checked on open for files up to 1 GiB, else per batch).
+Status OpenDataSource(const Config& cfg, std::unique_ptr<DataSource>* out);
+
+}  // namespace moe
