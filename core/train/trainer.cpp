@@ -1,0 +1,303 @@
+#include "core/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/data/data_source.h"
+#include "core/model/accounting.h"
+#include "core/model/gpt.h"
+#include "core/train/checkpoint.h"
+#include "core/train/device.h"
+#include "core/train/lr_schedule.h"
+#include "core/train/metrics.h"
+#include "core/train/optimizer.h"
+#include "core/util/exit_codes.h"
+
+namespace moe {
+
+namespace fs = std::filesystem;
+
+std::string ConfigHash(const Config& cfg) {
+  nlohmann::json j = ConfigToJson(cfg);
+  // Settings that change how a run is observed, not what it computes, may differ on resume.
+  for (const char* k : {"log_every", "ckpt_every", "threads", "eval_every"}) j["train"].erase(k);
+  const std::string s = j.dump();
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+namespace {
+
+// Run-level state that ends up in summary.json, filled in as the run goes.
+struct RunRecord {
+  nlohmann::json summary = nlohmann::json::object();
+  std::vector<double> tok_per_s;
+  std::vector<double> mfu;
+  StepMetrics last;
+  bool have_last = false;
+};
+
+void WriteSummary(const std::string& run_dir, RunRecord& rec, const std::string& reason, int code) {
+  auto& s = rec.summary;
+  s["exit_reason"] = reason;
+  s["exit_code"] = code;
+  if (rec.have_last) {
+    s["steps_done"] = rec.last.step;
+    s["final_loss"] = std::isfinite(rec.last.loss) ? nlohmann::json(rec.last.loss) : nlohmann::json(nullptr);
+    s["final_ce_loss"] = rec.last.ce_loss;
+    s["final_balance_loss"] = rec.last.balance_loss;
+    s["final_dropped_frac"] = rec.last.dropped_frac;
+    s["peak_mem_alloc_mib"] = rec.last.mem_peak_alloc_mib;
+    s["peak_mem_reserved_mib"] = rec.last.mem_peak_reserved_mib;
+  }
+  s["tail50_tok_per_s"] = TailMedian(rec.tok_per_s, 50);
+  s["tail50_mfu"] = rec.mfu.empty() ? nlohmann::json(nullptr) : nlohmann::json(TailMedian(rec.mfu, 50));
+  const fs::path tmp = fs::path(run_dir) / "summary.json.tmp";
+  std::ofstream(tmp) << s.dump(2) << "\n";
+  std::error_code ec;
+  fs::rename(tmp, fs::path(run_dir) / "summary.json", ec);
+}
+
+int Fail(const std::string& what, int code) {
+  std::fprintf(stderr, "moe-train: %s\n", what.c_str());
+  return code;
+}
+
+std::string FormatLog(const StepMetrics& m, int64_t steps) {
+  char buf[256];
+  char mfu[32] = "n/a";
+  if (m.mfu) std::snprintf(mfu, sizeof(mfu), "%.1f%%", *m.mfu * 100);
+  std::snprintf(buf, sizeof(buf),
+                "step %lld/%lld | loss %.4f | ce %.4f | bal %.4f | lr %.2e | %.1f ms | %.0f tok/s | mfu %s | drop %.2f%%",
+                static_cast<long long>(m.step), static_cast<long long>(steps), m.loss, m.ce_loss, m.balance_loss,
+                m.lr, m.dt_ms, m.tok_per_s, mfu, m.dropped_frac * 100);
+  std::string s = buf;
+  if (m.val_loss) s += " | val " + std::to_string(*m.val_loss);
+  return s;
+}
+
+double ValidationLoss(GPT& model, DataSource& data, const DeviceInfo& dev, int64_t batches) {
+  torch::NoGradGuard no_grad;
+  double total = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    Batch b = data.ValBatch(i);
+    total += model->forward(b.inputs.to(dev.device), b.targets.to(dev.device)).ce_loss.item<double>();
+  }
+  return total / static_cast<double>(batches);
+}
+
+}  // namespace
+
+int Train(const Config& cfg, const TrainOptions& opts) {
+  ConfigureThreads(cfg.train.threads);
+  DeviceInfo dev;
+  if (Status st = ResolveDevice(cfg, &dev); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
+  // Options that are valid configs but whose implementation is not in this build yet: refuse
+  // rather than silently measuring something else.
+  if (cfg.precision.fp8) {
+    return Fail("precision.fp8 = true: FP8 GEMMs are not implemented in this build yet; use precision.fp8 = false",
+                kExitInvalidConfig);
+  }
+  if (cfg.train.compile == "cudagraph") {
+    return Fail("train.compile = \"cudagraph\": graph capture is not implemented in this build yet; use \"eager\"",
+                kExitInvalidConfig);
+  }
+  if (cfg.moe.expert_parallel > 1) {
+    return Fail("moe.expert_parallel > 1: expert parallelism is not implemented in this build yet; use 1",
+                kExitInvalidConfig);
+  }
+
+  std::error_code ec;
+  fs::create_directories(opts.run_dir, ec);
+  if (ec) return Fail(opts.run_dir + ": " + ec.message(), kExitFailed);
+
+  std::unique_ptr<DataSource> data;
+  if (Status st = OpenDataSource(cfg, &data); !st.ok()) {
+    return Fail(st.message(), st.IsInvalidArgument() || st.IsNotFound() ? kExitInvalidConfig : kExitFailed);
+  }
+
+  RunRecord rec;
+  try {
+    torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
+    GPT model(cfg, dev.compute_dtype);
+    model->to(dev.device);
+    auto optimizer = BuildOptimizer(*model, cfg.optim);
+
+    const ParamCounts pc = CountParams(cfg);
+    const double flops_per_token = FlopsPerToken(cfg);
+    const double peak = PeakFlops(cfg.metrics, dev.name);
+    const int64_t world = 1;
+    const int64_t tokens_per_step = cfg.train.batch_size * cfg.model.seq_len * cfg.train.grad_accum * world;
+    const int64_t n_moe_layers = [&] {
+      int64_t n = 0;
+      for (int64_t l = 0; l < cfg.model.n_layer; ++l) n += IsMoeLayer(cfg.model, l) ? 1 : 0;
+      return n;
+    }();
+
+    CheckpointMeta meta;
+    meta.config_hash = ConfigHash(cfg);
+    int64_t start_step = 0;
+    bool resumed = false;
+    if (opts.resume) {
+      Status st = LoadCheckpoint(opts.run_dir, &meta, *model, *optimizer);
+      if (st.ok()) {
+        start_step = meta.step;
+        resumed = true;
+      } else if (!st.IsNotFound()) {
+        return Fail(st.message(), st.IsInvalidArgument() ? kExitInvalidConfig : kExitFailed);
+      } else if (!opts.quiet) {
+        std::printf("resume: no checkpoint in %s, starting from step 0\n", opts.run_dir.c_str());
+      }
+    }
+
+    auto& s = rec.summary;
+    s["params_total"] = pc.total;
+    s["params_embedding"] = pc.embedding;
+    s["params_active"] = pc.active;
+    s["flops_per_token"] = flops_per_token;
+    s["device"] = dev.device.str();
+    s["device_name"] = dev.name;
+    s["device_count"] = world;
+    s["peak_flops_per_device"] = peak > 0 ? nlohmann::json(peak) : nlohmann::json(nullptr);
+    s["libtorch_version"] = TORCH_VERSION;
+    s["compute_dtype"] = std::string(c10::toString(dev.compute_dtype));
+    s["compile_mode"] = "eager";
+    s["moe_impl"] = cfg.moe.impl;
+    s["threads"] = torch::get_num_threads();
+    s["data"] = data->Describe();
+    s["steps_total"] = cfg.train.steps;
+    s["resumed_from_step"] = resumed ? nlohmann::json(start_step) : nlohmann::json(nullptr);
+    s["config_hash"] = meta.config_hash;
+    s["config"] = ConfigToJson(cfg);
+    s["steps_done"] = start_step;
+
+    MetricsWriter writer;
+    const std::string metrics_path = (fs::path(opts.run_dir) / "metrics.jsonl").string();
+    if (Status st = writer.Open(metrics_path, opts.resume ? start_step : -1); !st.ok()) {
+      return Fail(st.message(), kExitFailed);
+    }
+    if (!opts.quiet) {
+      std::printf("moe-train: %s on %s (%s), params %.2fM total / %.2fM active, %.3g FLOP/token, %s\n",
+                  opts.run_dir.c_str(), dev.name.c_str(), c10::toString(dev.compute_dtype),
+                  pc.total / 1e6, pc.active / 1e6, flops_per_token, data->Describe().c_str());
+      std::fflush(stdout);
+    }
+
+    std::vector<torch::Tensor> params = model->parameters();
+    const double clip = cfg.optim.grad_clip > 0 ? cfg.optim.grad_clip : std::numeric_limits<double>::infinity();
+    for (int64_t step = start_step; step < cfg.train.steps; ++step) {
+      StepMetrics m;
+      m.step = step + 1;
+      m.lr = LearningRate(cfg.optim, step, cfg.train.steps);
+      SetLearningRate(*optimizer, m.lr);
+      ResetPeakMemory(dev);
+      Synchronize(dev);
+      const auto t0 = std::chrono::steady_clock::now();
+
+      optimizer->zero_grad(/*set_to_none=*/true);
+      torch::Tensor loss_sum, ce_sum, bal_sum, z_sum, load_sum, dropped_sum, assign_sum;
+      for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
+        Batch b = data->TrainBatch(step, micro);
+        ForwardOut out = model->forward(b.inputs.to(dev.device, /*non_blocking=*/true),
+                                        b.targets.to(dev.device, /*non_blocking=*/true));
+        (out.loss / static_cast<double>(cfg.train.grad_accum)).backward();
+        auto acc = [](torch::Tensor& sum, const torch::Tensor& v) {
+          sum = sum.defined() ? sum + v.detach() : v.detach().clone();
+        };
+        acc(loss_sum, out.loss);
+        acc(ce_sum, out.ce_loss);
+        acc(bal_sum, out.balance_loss);
+        acc(z_sum, out.z_loss);
+        acc(load_sum, out.expert_load);
+        acc(dropped_sum, out.dropped);
+        acc(assign_sum, out.assignments);
+      }
+      const double ga = static_cast<double>(cfg.train.grad_accum);
+      m.loss = loss_sum.item<double>() / ga;
+      if (!std::isfinite(m.loss)) {
+        rec.last = m;
+        rec.have_last = true;
+        std::fprintf(stderr, "moe-train: non-finite loss at step %lld; stopping (diverged)\n",
+                     static_cast<long long>(m.step));
+        WriteSummary(opts.run_dir, rec, "diverged", kExitDiverged);
+        return kExitDiverged;
+      }
+      m.grad_norm = torch::nn::utils::clip_grad_norm_(params, clip);
+      optimizer->step();
+      model->UpdateRouterBias();
+
+      m.ce_loss = ce_sum.item<double>() / ga;
+      m.balance_loss = bal_sum.item<double>() / ga;
+      m.z_loss = z_sum.item<double>() / ga;
+      const double assignments = assign_sum.item<double>();
+      m.dropped_frac = assignments > 0 ? dropped_sum.item<double>() / assignments : 0.0;
+      if (n_moe_layers > 0) {
+        torch::Tensor load = load_sum.to(torch::kCPU, torch::kFloat64).contiguous();
+        m.expert_load.assign(load.data_ptr<double>(), load.data_ptr<double>() + load.numel());
+      }
+      Synchronize(dev);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      m.dt_ms = dt * 1e3;
+      m.tok_per_s = static_cast<double>(tokens_per_step) / dt;
+      m.mfu = Mfu(m.tok_per_s / static_cast<double>(world), flops_per_token, peak);
+      const PeakMemory mem = ReadPeakMemory(dev);
+      m.mem_peak_alloc_mib = mem.alloc_mib;
+      m.mem_peak_reserved_mib = mem.reserved_mib;
+      m.tokens = m.step * tokens_per_step;
+
+      const bool last_step = m.step == cfg.train.steps;
+      const bool eval_now = cfg.train.eval_batches > 0 &&
+                            ((cfg.train.eval_every > 0 && m.step % cfg.train.eval_every == 0) || last_step);
+      if (eval_now) {
+        m.val_loss = ValidationLoss(model, *data, dev, cfg.train.eval_batches);
+        rec.summary["final_val_loss"] = *m.val_loss;
+      }
+      if (Status st = writer.Append(m); !st.ok()) return Fail(st.message(), kExitFailed);
+      rec.tok_per_s.push_back(m.tok_per_s);
+      if (m.mfu) rec.mfu.push_back(*m.mfu);
+      rec.last = m;
+      rec.have_last = true;
+
+      if (!opts.quiet && cfg.train.log_every > 0 && (m.step % cfg.train.log_every == 0 || m.step == 1 || last_step)) {
+        std::printf("%s\n", FormatLog(m, cfg.train.steps).c_str());
+        std::fflush(stdout);
+      }
+      const bool stop = opts.stop_requested && opts.stop_requested->load();
+      const bool periodic = cfg.train.ckpt_every > 0 && m.step % cfg.train.ckpt_every == 0;
+      if ((periodic || stop) && !last_step) {
+        meta.step = m.step;
+        if (Status st = SaveCheckpoint(opts.run_dir, meta, *model, *optimizer); !st.ok()) {
+          return Fail(st.message(), kExitFailed);
+        }
+      }
+      if (stop && !last_step) {
+        if (!opts.quiet) std::printf("moe-train: interrupted after step %lld; checkpoint saved, resume with --resume\n",
+                                     static_cast<long long>(m.step));
+        WriteSummary(opts.run_dir, rec, "interrupted", kExitInterrupted);
+        return kExitInterrupted;
+      }
+    }
+    WriteSummary(opts.run_dir, rec, "completed", kExitCompleted);
+    return kExitCompleted;
+  } catch (const c10::OutOfMemoryError& e) {
+    WriteSummary(opts.run_dir, rec, "out_of_memory", kExitFailed);
+    return Fail(std::string("out of memory: ") + e.what_without_backtrace(), kExitFailed);
+  } catch (const c10::Error& e) {
+    WriteSummary(opts.run_dir, rec, "failed", kExitFailed);
+    return Fail(e.what_without_backtrace(), kExitFailed);
+  } catch (const std::exception& e) {
+    WriteSummary(opts.run_dir, rec, "failed", kExitFailed);
+    return Fail(e.what(), kExitFailed);
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,201 @@
+// The real moe-train binary end to end on tiny CPU models: exit codes, metrics.jsonl,
+// summary.json, checkpoint/resume equality (file-level and through SIGINT), divergence, and a
+// model that learns from the text source.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "core/util/exit_codes.h"
+#include "tests/core/process_util.h"
+#include "tests/core/temp_dir.h"
+
+using moe_test::ReadJsonLines;
+
+
+namespace {
+
+const std::string kTrain = MOE_TRAIN_BIN;
+
+// A tiny MoE model that trains a step in a few milliseconds on one core.
+const std::string kTinyMoe = R"(
+[model]
+vocab_size = 64
+n_layer = 2
+n_embd = 32
+n_head = 4
+n_kv_head = 2
+seq_len = 16
+[moe]
+n_experts = 4
+top_k = 2
+capacity_factor = 1.0
+z_loss_coef = 0.001
+bias_update_rate = 0.001
+[train]
+steps = 12
+batch_size = 4
+grad_accum = 2
+threads = 1
+log_every = 0
+[optim]
+lr = 0.003
+warmup_steps = 2
+)";
+
+std::vector<double> Losses(const std::string& metrics) {
+  std::vector<double> out;
+  for (const auto& j : ReadJsonLines(metrics)) out.push_back(j["loss"].get<double>());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("moe-train: a run writes one metrics line per step and a summary", "[trainer]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("run")}, dir.Path("log")) ==
+          moe::kExitCompleted);
+  auto rows = ReadJsonLines(dir.Path("run/metrics.jsonl"));
+  REQUIRE(rows.size() == 12);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& r = rows[i];
+    CHECK(r["step"] == static_cast<int64_t>(i + 1));
+    for (const char* k : {"loss", "ce_loss", "balance_loss", "z_loss", "lr", "grad_norm", "dt_ms", "tok_per_s",
+                          "mem_peak_alloc_mib", "mem_peak_reserved_mib", "tokens", "dropped_frac", "expert_load"}) {
+      INFO(k);
+      CHECK(r.contains(k));
+    }
+    CHECK(r["mfu"].is_null());  // CPU: no known peak, so no MFU rather than a guess
+    CHECK(r["tokens"] == static_cast<int64_t>((i + 1) * 4 * 16 * 2));
+    CHECK(r["expert_load"].size() == 4);
+    // Each step routes batch*seq*grad_accum tokens, top_k each, through 2 MoE layers.
+    double load = 0;
+    for (double v : r["expert_load"]) load += v;
+    CHECK(load == Approx(4 * 16 * 2 * 2 * 2));
+    CHECK(r["balance_loss"].get<double>() > 0);
+    CHECK(r["z_loss"].get<double>() > 0);
+  }
+  auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path("run/summary.json")));
+  CHECK(summary["exit_reason"] == "completed");
+  CHECK(summary["steps_done"] == 12);
+  CHECK(summary["libtorch_version"] == "2.11.0");
+  CHECK(summary["params_active"].get<double>() < summary["params_total"].get<double>());
+  CHECK(summary.contains("final_val_loss"));
+}
+
+TEST_CASE("moe-train: resuming from a checkpoint gives the losses of an uninterrupted run", "[trainer][resume]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("straight")}, dir.Path("log")) == 0);
+  // A run that checkpoints at step 5 and 10, then is "crashed back" to step 10 by resuming it:
+  // the trainer must drop metrics after the checkpoint and recompute steps 11..12 identically.
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("ckpt"), "--set",
+                         "train.ckpt_every=5"}, dir.Path("log")) == 0);
+  REQUIRE(std::filesystem::exists(dir.Path("ckpt/checkpoint/state.pt")));
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("ckpt"), "--resume", "--set",
+                         "train.ckpt_every=5"}, dir.Path("log")) == 0);
+  const auto a = Losses(dir.Path("straight/metrics.jsonl"));
+  const auto b = Losses(dir.Path("ckpt/metrics.jsonl"));
+  REQUIRE(a.size() == 12);
+  REQUIRE(b.size() == 12);
+  for (size_t i = 0; i < a.size(); ++i) CHECK(b[i] == Approx(a[i]).epsilon(1e-6));
+  auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path("ckpt/summary.json")));
+  CHECK(summary["resumed_from_step"] == 10);
+}
+
+TEST_CASE("moe-train: SIGINT checkpoints, exits 'interrupted', and --resume finishes identically", "[trainer][resume]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  const std::string steps = "train.steps=150";
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("straight"), "--set", steps,
+                         "--set", "train.eval_batches=0"}, dir.Path("log")) == 0);
+  pid_t pid = moe_test::Spawn({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("int"), "--set", steps,
+                               "--set", "train.eval_batches=0"}, dir.Path("log"));
+  REQUIRE(pid > 0);
+  REQUIRE(moe_test::WaitForLines(dir.Path("int/metrics.jsonl"), 3, std::chrono::seconds(60)));
+  kill(pid, SIGINT);
+  REQUIRE(moe_test::Wait(pid) == moe::kExitInterrupted);
+  auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path("int/summary.json")));
+  CHECK(summary["exit_reason"] == "interrupted");
+  const int64_t stopped_at = summary["steps_done"].get<int64_t>();
+  CHECK(stopped_at >= 3);
+  CHECK(stopped_at < 150);
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("int"), "--resume", "--set", steps,
+                         "--set", "train.eval_batches=0"}, dir.Path("log")) == 0);
+  const auto a = Losses(dir.Path("straight/metrics.jsonl"));
+  const auto b = Losses(dir.Path("int/metrics.jsonl"));
+  REQUIRE(b.size() == a.size());
+  for (size_t i = 0; i < a.size(); ++i) CHECK(b[i] == Approx(a[i]).epsilon(1e-6));
+}
+
+TEST_CASE("moe-train: exit codes for invalid configs, GPU-only options and divergence", "[trainer]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  dir.Write("bad.toml", "[moe]\nn_experts = 4\ntop_k = 7\n");
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("bad.toml"), "--run-dir", dir.Path("bad")}, dir.Path("bad.log")) ==
+        moe::kExitInvalidConfig);
+  CHECK(moe_test::ReadFile(dir.Path("bad.log")).find("bad.toml:3:9: moe.top_k = 7") != std::string::npos);
+
+  if (!std::getenv("CUDA_VISIBLE_DEVICES") || std::string(std::getenv("CUDA_VISIBLE_DEVICES")).empty()) {
+    // Only meaningful where no GPU is visible (CI, developer machines).
+    CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("cg"), "--set",
+                         "train.compile=\"cudagraph\"", "--set", "train.device=\"cpu\""}, dir.Path("cg.log")) ==
+          moe::kExitInvalidConfig);
+    CHECK(moe_test::ReadFile(dir.Path("cg.log")).find("train.compile = \"cudagraph\" needs a CUDA GPU") != std::string::npos);
+  }
+
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("div"), "--set", "optim.lr=1e30",
+                       "--set", "optim.grad_clip=0", "--set", "train.steps=50"}, dir.Path("div.log")) == moe::kExitDiverged);
+  auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path("div/summary.json")));
+  CHECK(summary["exit_reason"] == "diverged");
+}
+
+TEST_CASE("moe-train: --print-config prints every field with its doc and re-reads to the same config", "[trainer]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--print-config", "--set", "moe.top_k=1"},
+                        dir.Path("printed.toml")) == 0);
+  const std::string printed = moe_test::ReadFile(dir.Path("printed.toml"));
+  CHECK(printed.find("top_k = 1") != std::string::npos);
+  CHECK(printed.find("n_embd = 32") != std::string::npos);
+  CHECK(printed.find("# sequence length") != std::string::npos);
+  CHECK(printed.find("[precision]") != std::string::npos);
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("printed.toml"), "--print-config"}, dir.Path("again.toml")) == 0);
+  CHECK(moe_test::ReadFile(dir.Path("again.toml")) == printed);
+}
+
+TEST_CASE("moe-train: a tiny model on the text source learns well below ln(256)", "[trainer][learn]") {
+  // Debian ships the GPL text on every machine: 35 KB of English to learn bytes from.
+  const std::string text = "/usr/share/common-licenses/GPL-3";
+  REQUIRE(std::filesystem::exists(text));
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", R"(
+[model]
+vocab_size = 256
+n_layer = 2
+n_embd = 64
+n_head = 4
+seq_len = 64
+[moe]
+n_experts = 4
+top_k = 2
+[train]
+steps = 60
+batch_size = 8
+threads = 2
+log_every = 0
+eval_batches = 8
+[optim]
+lr = 0.003
+warmup_steps = 5
+[data]
+source = "text"
+path = ")" + text + "\"\n");
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("run")}, dir.Path("log")) == 0);
+  auto rows = ReadJsonLines(dir.Path("run/metrics.jsonl"));
+  REQUIRE(rows.size() == 60);
+  const double first = rows.front()["ce_loss"].get<double>();
+  const double val = rows.back()["val_loss"].get<double>();
+  CHECK(first == Approx(std::log(256.0)).margin(0.5));  // starts near chance
+  CHECK(val < 3.5);  // ln(256) = 5.55; the unigram entropy of English bytes is about 3.0
+}
