@@ -1,0 +1,22 @@
+// Router auxiliary losses (all fp32 scalars).
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+namespace moe {
+
+// Switch Transformer load-balancing loss: n_experts * sum_i f_i * P_i, where
+//   f_i = fraction of the N*k assignments routed to expert i, counted BEFORE capacity dropping
+//         (so dropping cannot hide imbalance); no gradient flows through f.
+//   P_i = mean over tokens of probs[:, i], where probs is the per-token router distribution
+//         (RouterOut::probs: softmax scores, or sigmoid scores normalised to sum 1 per token).
+// Equals 1 for perfectly uniform routing, n_experts when everything goes to one expert (k = 1).
+// probs: (N, E) fp32; indices: (N, k) int64.
+torch::Tensor BalanceLoss(const torch::Tensor& probs, const torch::Tensor& indices, int64_t n_experts);
+
+// Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)^2. logits: (N, E) fp32.
+torch::Tensor ZLoss(const torch::Tensor& logits);
+
+}  // namespace moe
