@@ -1,0 +1,65 @@
+// Routed-expert computation behind one interface, with interchangeable backends (moe.impl).
+// Every backend computes, for each token n,
+//     out[n] = sum over kept assignments (n, j) of weights[n, j] * FFN_{indices[n, j]}(x[n])
+// with FFN_e(x) = act(x @ w1[e]) @ w2[e], act(h) = relu(h)^2, or for swiglu
+// FFN_e(x) = (silu(x @ w1[e]) * (x @ w3[e])) @ w2[e]. They differ only in how they batch:
+//   loop:    one expert at a time on its gathered tokens (the readable reference; syncs per expert)
+//   padded:  scatter into an (E, C, d) buffer and use torch::bmm; C = capacity, or the max load
+//            when dropless (one host sync). With a capacity every shape is static.
+//   grouped: sort assignments by expert and run at::_grouped_mm over contiguous row groups
+//            (dropless: no host sync; with a capacity one sync for the number of kept rows).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "core/util/status.h"
+
+namespace moe {
+
+enum class ExpertImpl { kLoop, kPadded, kGrouped };
+
+// Expert weights, fp32 parameters (cast to the activation dtype at use).
+struct ExpertWeights {
+  torch::Tensor w1;  // (E, d, h): input projection (the gate projection for swiglu)
+  torch::Tensor w3;  // (E, d, h): swiglu "up" projection; undefined for relu2
+  torch::Tensor w2;  // (E, h, d): output projection
+};
+
+// One routed batch. x in the compute dtype; the rest from the router and capacity steps.
+struct ExpertInput {
+  torch::Tensor x;         // (N, d) compute dtype
+  torch::Tensor indices;   // (N, k) int64
+  torch::Tensor weights;   // (N, k) fp32 combine weights
+  torch::Tensor keep;      // (N, k) bool
+  torch::Tensor position;  // (N, k) int64 rank within the expert (capacity.h)
+  torch::Tensor kept;      // (E,) int64 kept assignments per expert
+  int64_t capacity = 0;    // 0 = dropless
+};
+
+// Resolves moe.impl ("auto" | "loop" | "padded" | "grouped") for expert GEMMs of width d and
+// hidden h in `dtype`. auto = grouped when GroupedMmSupported, else padded. Asking for grouped
+// where it cannot run is Unsupported (never a silent fallback).
+Status ResolveExpertImpl(const std::string& name, int64_t d, int64_t h, torch::ScalarType dtype,
+                         ExpertImpl* out);
+const char* ExpertImplName(ExpertImpl impl);
+
+// at::_grouped_mm needs fp32 or bf16 and 16-byte aligned strides, i.e. d and h multiples of
+// 16 / sizeof(dtype).
+bool GroupedMmSupported(int64_t d, int64_t h, torch::ScalarType dtype);
+
+// (N, d) in x's dtype.
+torch::Tensor RunExperts(ExpertImpl impl, const ExpertInput& in, const ExpertWeights& w);
+torch::Tensor LoopExperts(const ExpertInput& in, const ExpertWeights& w);
+torch::Tensor PaddedExperts(const ExpertInput& in, const ExpertWeights& w);
+torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w);
+
+// The expert activation between the two projections, shared by the backends.
+// a = x @ w1 (and b = x @ w3 for swiglu, else undefined).
+inline torch::Tensor ExpertActivation(const torch::Tensor& a, const torch::Tensor& b) {
+  return b.defined() ? torch::silu(a) * b : torch::relu(a).square();
+}
+
+}  // namespace moe

@@ -1,0 +1,62 @@
+#include "core/moe/moe_layer.h"
+
+#include <cmath>
+
+#include "core/moe/aux_losses.h"
+#include "core/moe/capacity.h"
+#include "core/moe/router.h"
+
+namespace moe {
+
+MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype) : e_(e) {
+  const int64_t d = m.n_embd, h = e.expert_hidden_mult * m.n_embd, E = e.n_experts;
+  Status st = ResolveExpertImpl(e.impl, d, h, compute_dtype, &impl_);
+  TORCH_CHECK(st.ok(), st.ToString());
+  router_ = register_module("router", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(false)));
+  torch::nn::init::zeros_(router_->weight);
+  w1_ = register_parameter("w1", torch::randn({E, d, h}) / std::sqrt(static_cast<double>(d)));
+  if (m.mlp == "swiglu") {
+    w3_ = register_parameter("w3", torch::randn({E, d, h}) / std::sqrt(static_cast<double>(d)));
+  }
+  w2_ = register_parameter("w2", torch::randn({E, h, d}) / std::sqrt(static_cast<double>(h)));
+  router_bias_ = register_buffer("router_bias", torch::zeros({E}));
+  shared_ = register_module("shared", torch::nn::ModuleList());
+  for (int64_t i = 0; i < e.n_shared_experts; ++i) shared_->push_back(MLP(d, h, m.mlp));
+  pending_load_ = torch::zeros({E});
+}
+
+MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(1), d = x.size(2), N = B * T;
+  torch::Tensor xf = x.reshape({N, d});  // (N, d)
+  RouterOut r = Route(RouterLogits(xf, router_->weight), router_bias_, e_.router, e_.top_k, e_.renormalize);
+  const int64_t C = ExpertCapacity(N, e_.top_k, e_.n_experts, e_.capacity_factor);
+  CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
+
+  ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
+  torch::Tensor y = RunExperts(impl_, in, ExpertWeights{w1_, w3_, w2_});  // (N, d)
+  for (const auto& s : *shared_) y = y + s->as<MLPImpl>()->forward(xf);
+
+  MoEOut out;
+  out.y = y.view({B, T, d});
+  out.balance_loss = BalanceLoss(r.probs, r.indices, e_.n_experts);
+  out.z_loss = ZLoss(r.logits);
+  out.load = cap.load.to(torch::kFloat32);
+  out.dropped = (cap.load - cap.kept).sum().to(torch::kFloat32);
+  if (e_.bias_update_rate != 0 && torch::GradMode::is_enabled()) {
+    torch::NoGradGuard ng;
+    if (pending_load_.device() != out.load.device()) pending_load_ = pending_load_.to(out.load.device());
+    pending_load_.add_(out.load);
+  }
+  return out;
+}
+
+void MoELayerImpl::UpdateRouterBias() {
+  if (e_.bias_update_rate == 0) return;
+  torch::NoGradGuard ng;
+  torch::Tensor load = pending_load_.to(router_bias_.device());
+  // DeepSeek-V3 aux-loss-free rule: under-loaded experts become more attractive, over-loaded less.
+  router_bias_.add_(torch::sign(load.mean() - load), e_.bias_update_rate);
+  pending_load_.zero_();
+}
+
+}  // namespace moe

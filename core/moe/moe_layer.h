@@ -1,0 +1,56 @@
+// The MoE FFN: router -> capacity -> expert backend -> weighted combine (+ shared experts),
+// with the auxiliary losses and the per-expert load that drives aux-loss-free balancing.
+//
+// Parameters: router.weight (E, d) (zeros at init, as in the reference), w1 (E, d, h),
+// w2 (E, h, d), and for swiglu w3 (E, d, h) (randn / sqrt(fan_in)); shared.<i>.* dense MLPs of
+// hidden expert_hidden_mult*d. Buffer: router_bias (E,) fp32, the selection bias (checkpointed).
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+#include "core/config/config.h"
+#include "core/model/mlp.h"
+#include "core/moe/experts.h"
+
+namespace moe {
+
+struct MoEOut {
+  torch::Tensor y;             // (B, T, d) compute dtype
+  torch::Tensor balance_loss;  // () fp32
+  torch::Tensor z_loss;        // () fp32
+  torch::Tensor load;          // (E,) fp32 assignments per expert, before dropping
+  torch::Tensor dropped;       // () fp32 assignments dropped by capacity
+};
+
+class MoELayerImpl : public torch::nn::Module {
+ public:
+  // Throws c10::Error when moe.impl cannot run for this shape/dtype (validate the config with
+  // ResolveExpertImpl first to get a Status instead).
+  MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype);
+
+  // x: (B, T, d) compute dtype. When grad mode is on (training), adds the routed load to the
+  // pending load for UpdateRouterBias; evaluation under NoGradGuard leaves it alone.
+  MoEOut forward(const torch::Tensor& x);
+
+  // router_bias += rate * sign(mean(load) - load) from the pending load, then clears it.
+  // No-op (and nothing accumulated) when rate == 0.
+  void UpdateRouterBias();
+
+  ExpertImpl impl() const { return impl_; }
+  void set_impl(ExpertImpl impl) { impl_ = impl; }  // for backend-equivalence tests
+  const torch::Tensor& router_bias() const { return router_bias_; }
+
+ private:
+  MoEConfig e_;
+  ExpertImpl impl_;
+  torch::nn::Linear router_{nullptr};  // only its weight (E, d) is used, in fp32
+  torch::Tensor w1_, w2_, w3_;
+  torch::Tensor router_bias_;
+  torch::Tensor pending_load_;  // (E,) fp32, not a buffer: it is zero whenever a checkpoint is taken
+  torch::nn::ModuleList shared_{nullptr};
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace moe
