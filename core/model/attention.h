@@ -1,0 +1,28 @@
+// Causal self-attention with grouped-query heads (n_kv_head key/value heads shared by groups of
+// n_head/n_kv_head query heads), RoPE and QK RMSNorm (parameterless, per head), no biases.
+//
+// Parameters: qkv.weight ((n_head + 2*n_kv_head)*head_dim, n_embd): the fused projection, rows
+// ordered [q heads | k heads | v heads]; o.weight (n_embd, n_embd).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "core/config/config.h"
+
+namespace moe {
+
+class CausalSelfAttentionImpl : public torch::nn::Module {
+ public:
+  explicit CausalSelfAttentionImpl(const ModelConfig& m);
+
+  // x: (B, T, n_embd) in the compute dtype; cos/sin: RoPE tables (see rope.h).
+  // Returns (B, T, n_embd) in x's dtype.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+ private:
+  int64_t n_head_, n_kv_head_, head_dim_;
+  torch::nn::Linear qkv_{nullptr}, o_{nullptr};
+};
+TORCH_MODULE(CausalSelfAttention);
+
+}  // namespace moe

@@ -1,0 +1,37 @@
+// One pre-norm transformer block: x + attn(rms(x)), then x + ffn(rms(x)), where the FFN is a
+// dense MLP or an MoE layer (IsMoeLayer). Submodules: attn, and mlp or moe.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+#include "core/config/config.h"
+#include "core/model/attention.h"
+#include "core/model/mlp.h"
+#include "core/moe/moe_layer.h"
+
+namespace moe {
+
+struct BlockOut {
+  torch::Tensor x;  // (B, T, d) compute dtype
+  MoEOut moe;       // all tensors undefined for a dense block
+};
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype);
+
+  BlockOut forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+  bool is_moe() const { return !moe_.is_empty(); }
+  MoELayer& moe_layer() { return moe_; }
+
+ private:
+  CausalSelfAttention attn_{nullptr};
+  MLP mlp_{nullptr};
+  MoELayer moe_{nullptr};
+};
+TORCH_MODULE(Block);
+
+}  // namespace moe

@@ -1,0 +1,59 @@
+#include "core/model/gpt.h"
+
+#include "core/model/cast.h"
+#include "core/model/rms_norm.h"
+#include "core/model/rope.h"
+
+namespace moe {
+
+GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype) : cfg_(cfg), compute_dtype_(compute_dtype) {
+  const ModelConfig& m = cfg.model;
+  wte_ = register_module("wte", torch::nn::Embedding(m.vocab_size, m.n_embd));
+  blocks_ = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < m.n_layer; ++i) blocks_->push_back(Block(cfg, i, compute_dtype));
+  lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(m.n_embd, m.vocab_size).bias(false)));
+  RopeTables rope = MakeRopeTables(m.seq_len, m.n_embd / m.n_head, m.rope_base);
+  rope_cos_ = register_buffer("rope_cos", rope.cos);
+  rope_sin_ = register_buffer("rope_sin", rope.sin);
+}
+
+ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targets) {
+  TORCH_CHECK(idx.dim() == 2 && idx.size(1) <= cfg_.model.seq_len, "idx must be (B, T) with T <= seq_len");
+  // Normalise in fp32, then continue in the compute dtype.
+  torch::Tensor x = RmsNorm(wte_->forward(idx)).to(compute_dtype_);  // (B, T, d)
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(idx.device());
+  torch::Tensor balance = torch::zeros({}, f32), z = torch::zeros({}, f32);
+  torch::Tensor load = torch::zeros({cfg_.moe.n_experts}, f32), dropped = torch::zeros({}, f32);
+  int64_t n_moe = 0;
+  for (const auto& mod : *blocks_) {
+    BlockOut b = mod->as<BlockImpl>()->forward(x, rope_cos_, rope_sin_);
+    x = b.x;
+    if (b.moe.y.defined()) {
+      ++n_moe;
+      balance = balance + b.moe.balance_loss;
+      z = z + b.moe.z_loss;
+      load = load + b.moe.load;
+      dropped = dropped + b.moe.dropped;
+    }
+  }
+  torch::Tensor logits = CastLinear(RmsNorm(x), lm_head_->weight).to(torch::kFloat32);  // (B, T, V)
+  ForwardOut out;
+  out.ce_loss = torch::nn::functional::cross_entropy(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
+  const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));
+  out.balance_loss = balance / layers;
+  out.z_loss = z / layers;
+  out.loss = out.ce_loss + cfg_.moe.balance_coef * out.balance_loss + cfg_.moe.z_loss_coef * out.z_loss;
+  out.expert_load = load;
+  out.dropped = dropped;
+  out.assignments = torch::full({}, static_cast<double>(idx.numel() * cfg_.moe.top_k * n_moe), f32);
+  return out;
+}
+
+void GPTImpl::UpdateRouterBias() {
+  for (const auto& mod : *blocks_) {
+    auto* b = mod->as<BlockImpl>();
+    if (b->is_moe()) b->moe_layer()->UpdateRouterBias();
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,39 @@
+#include "core/model/mlp.h"
+
+#include "core/model/cast.h"
+
+namespace moe {
+
+namespace {
+torch::nn::Linear NoBias(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+}  // namespace
+
+MLPImpl::MLPImpl(int64_t d, int64_t hidden, const std::string& activation) : swiglu_(activation == "swiglu") {
+  TORCH_CHECK(activation == "relu2" || activation == "swiglu", "unknown MLP activation '", activation, "'");
+  if (swiglu_) {
+    in_ = register_module("gate", NoBias(d, hidden));
+    up_ = register_module("up", NoBias(d, hidden));
+    out_ = register_module("down", NoBias(hidden, d));
+  } else {
+    in_ = register_module("fc", NoBias(d, hidden));
+    out_ = register_module("proj", NoBias(hidden, d));
+  }
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = CastLinear(x, in_->weight);  // (..., hidden)
+  if (swiglu_) {
+    h = torch::silu(h) * CastLinear(x, up_->weight);
+  } else {
+    h = torch::relu(h).square();
+  }
+  return CastLinear(h, out_->weight);
+}
+
+int64_t MLPImpl::NumParams(int64_t d, int64_t hidden, const std::string& activation) {
+  return (activation == "swiglu" ? 3 : 2) * d * hidden;
+}
+
+}  // namespace moe

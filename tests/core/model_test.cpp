@@ -1,0 +1,177 @@
+// The GPT module: parameter naming for the trainer, forward outputs, backend equivalence at
+// model level, aux-loss-free bias updates, and bf16 compute on the CPU.
+#include <catch2/catch.hpp>
+
+#include <set>
+#include <string>
+
+#include "core/model/gpt.h"
+#include "tiny_model_config.h"
+
+namespace {
+
+struct Batch {
+  torch::Tensor idx, targets;
+};
+Batch RandomBatch(const moe::Config& c, int64_t B) {
+  torch::manual_seed(99);
+  return {torch::randint(c.model.vocab_size, {B, c.model.seq_len}, torch::kInt64),
+          torch::randint(c.model.vocab_size, {B, c.model.seq_len}, torch::kInt64)};
+}
+
+// The zero-initialised router makes every expert tie at step 0; give it random weights so that
+// routing (and anything that depends on it) is exercised.
+void RandomiseRouters(moe::GPTImpl& m) {
+  torch::NoGradGuard ng;
+  for (auto& p : m.named_parameters()) {
+    if (p.key().find("router.weight") != std::string::npos) p.value().normal_(0.0, 0.5);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("model: parameters are named matrices, buffers include the router bias", "[model]") {
+  moe::Config c = moe_test::TinyConfig(true);
+  c.model.moe_freq = 2;  // block 0 MoE, block 1 dense
+  c.moe.n_shared_experts = 1;
+  torch::manual_seed(0);
+  moe::GPT m(c, torch::kFloat32);
+  std::set<std::string> names;
+  for (const auto& p : m->named_parameters()) {
+    names.insert(p.key());
+    INFO(p.key());
+    CHECK(p.value().dim() >= 2);
+    CHECK(p.value().scalar_type() == torch::kFloat32);
+  }
+  for (const char* want : {"wte.weight", "lm_head.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.o.weight",
+                           "blocks.0.moe.router.weight", "blocks.0.moe.w1", "blocks.0.moe.w2",
+                           "blocks.0.moe.shared.0.fc.weight", "blocks.1.mlp.fc.weight", "blocks.1.mlp.proj.weight"}) {
+    INFO(want);
+    CHECK(names.count(want) == 1);
+  }
+  // GQA: q (4 heads) + k, v (2 heads each) of head_dim 8.
+  CHECK(m->named_parameters()["blocks.0.attn.qkv.weight"].sizes() == torch::IntArrayRef({64, 32}));
+  CHECK(m->named_parameters()["blocks.0.moe.w1"].sizes() == torch::IntArrayRef({4, 32, 64}));
+  CHECK(m->named_parameters()["blocks.0.moe.router.weight"].abs().sum().item<double>() == 0.0);
+  auto buffers = m->named_buffers();
+  REQUIRE(buffers.contains("blocks.0.moe.router_bias"));
+  CHECK(buffers["blocks.0.moe.router_bias"].sizes() == torch::IntArrayRef({4}));
+}
+
+TEST_CASE("model: forward reports losses, loads and drops", "[model]") {
+  for (bool use_moe : {false, true}) {
+    DYNAMIC_SECTION("moe=" << use_moe) {
+      moe::Config c = moe_test::TinyConfig(use_moe);
+      c.moe.capacity_factor = 1.0;
+      c.moe.z_loss_coef = 0.1;
+      torch::manual_seed(0);
+      moe::GPT m(c, torch::kFloat32);
+      RandomiseRouters(*m);
+      Batch b = RandomBatch(c, 2);
+      moe::ForwardOut o = m->forward(b.idx, b.targets);
+      // Untrained: ce near ln(vocab).
+      CHECK(o.ce_loss.item<double>() == Approx(std::log(64.0)).margin(1.0));
+      const double want = o.ce_loss.item<double>() + 0.01 * o.balance_loss.item<double>() +
+                          0.1 * o.z_loss.item<double>();
+      CHECK(o.loss.item<double>() == Approx(want).epsilon(1e-6));
+      CHECK(o.expert_load.sizes() == torch::IntArrayRef({4}));
+      const double assignments = use_moe ? 2 * 16 * 2 * 2 : 0;  // B*T*k*moe_layers
+      CHECK(o.assignments.item<double>() == assignments);
+      CHECK(o.expert_load.sum().item<double>() == assignments);
+      if (use_moe) {
+        CHECK(o.balance_loss.item<double>() >= 1.0 - 1e-6);  // 1 only for perfectly uniform routing
+        CHECK(o.z_loss.item<double>() > 0);
+        CHECK(o.dropped.item<double>() >= 0);
+      } else {
+        CHECK(o.balance_loss.item<double>() == 0.0);
+        CHECK(o.dropped.item<double>() == 0.0);
+      }
+      o.loss.backward();
+      for (const auto& p : m->named_parameters()) {
+        INFO(p.key());
+        CHECK(p.value().grad().defined());
+      }
+    }
+  }
+}
+
+TEST_CASE("model: every expert backend gives the same loss and gradients", "[model][backends]") {
+  for (double cf : {0.0, 1.0}) {
+    DYNAMIC_SECTION("capacity_factor=" << cf) {
+      std::vector<torch::Tensor> ref_grads;
+      double ref_loss = 0;
+      for (const char* impl : {"loop", "padded", "grouped"}) {
+        moe::Config c = moe_test::TinyConfig(true);
+        c.moe.impl = impl;
+        c.moe.capacity_factor = cf;
+        torch::manual_seed(0);
+        moe::GPT m(c, torch::kFloat32);
+        RandomiseRouters(*m);
+        Batch b = RandomBatch(c, 2);
+        moe::ForwardOut o = m->forward(b.idx, b.targets);
+        o.loss.backward();
+        std::vector<torch::Tensor> grads;
+        for (const auto& p : m->parameters()) grads.push_back(p.grad());
+        if (ref_grads.empty()) {
+          ref_grads = grads;
+          ref_loss = o.loss.item<double>();
+          continue;
+        }
+        INFO(impl);
+        CHECK(o.loss.item<double>() == Approx(ref_loss).epsilon(1e-6));
+        for (size_t i = 0; i < grads.size(); ++i) CHECK(torch::allclose(grads[i], ref_grads[i], 1e-5, 1e-6));
+      }
+    }
+  }
+}
+
+TEST_CASE("model: UpdateRouterBias follows sign(mean load - load) from training forwards", "[model]") {
+  moe::Config c = moe_test::TinyConfig(true);
+  c.model.n_layer = 1;
+  c.moe.bias_update_rate = 0.1;
+  torch::manual_seed(0);
+  moe::GPT m(c, torch::kFloat32);
+  RandomiseRouters(*m);
+  Batch b = RandomBatch(c, 2);
+  torch::Tensor bias = m->named_buffers()["blocks.0.moe.router_bias"];
+
+  moe::ForwardOut o = m->forward(b.idx, b.targets);
+  torch::Tensor load = o.expert_load.clone();
+  REQUIRE(load.max().item<double>() > load.min().item<double>());  // imbalanced, so something moves
+  {
+    torch::NoGradGuard ng;  // an evaluation forward must not count
+    m->forward(b.idx, b.targets);
+  }
+  m->UpdateRouterBias();
+  CHECK(torch::allclose(bias, 0.1 * torch::sign(load.mean() - load)));
+  // The pending load was consumed: a second update without a forward changes nothing.
+  torch::Tensor before = bias.clone();
+  m->UpdateRouterBias();
+  CHECK(torch::equal(bias, before));
+}
+
+TEST_CASE("model: bf16 compute runs forward and backward on the CPU for every backend", "[model][bf16]") {
+  for (const char* impl : {"loop", "padded", "grouped"}) {
+    for (double cf : {0.0, 1.25}) {
+      INFO(impl << " cf=" << cf);
+      moe::Config c = moe_test::TinyConfig(true);
+      c.model.mlp = "swiglu";
+      c.moe.impl = impl;
+      c.moe.capacity_factor = cf;
+      torch::manual_seed(0);
+      moe::GPT m(c, torch::kBFloat16);
+      RandomiseRouters(*m);
+      Batch b = RandomBatch(c, 2);
+      moe::ForwardOut o = m->forward(b.idx, b.targets);
+      CHECK(o.loss.scalar_type() == torch::kFloat32);
+      CHECK(std::isfinite(o.loss.item<double>()));
+      o.loss.backward();
+      for (const auto& p : m->named_parameters()) {
+        INFO(p.key());
+        REQUIRE(p.value().grad().defined());
+        CHECK(p.value().grad().scalar_type() == torch::kFloat32);
+        CHECK(torch::isfinite(p.value().grad()).all().item<bool>());
+      }
+    }
+  }
+}
