@@ -430,7 +430,11 @@ Status ParseGrid(const std::string& text, const std::string& source, const std::
     return false;
   };
   size_t da = 0, db = 0;
-  if (first_duplicate(&da, &db) && sw.run_name.empty()) {
+  // Retry in verbose form only when default names collide among themselves (a hand-given name
+  // that clashes is an error, not a reason to rename the grid's runs).
+  const bool defaults_collide = first_duplicate(&da, &db) && cands[da].given_name.empty() &&
+                                cands[db].given_name.empty();
+  if (defaults_collide && sw.run_name.empty()) {
     for (size_t i = 0; i < cands.size(); ++i) MOE_RETURN_IF_ERROR(name_of(cands[i], true, &names[i]));
   }
   if (first_duplicate(&da, &db)) {
