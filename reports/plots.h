@@ -6,6 +6,8 @@
 // Readability: up to 30 runs get distinct colour/dash pairs and a legend outside the plot; more
 // runs keep their lines but drop the legend (the run table names them). Long series are reduced
 // to bucket means (at most kPointBudget points per figure, at least kMinPointsPerRun per run).
+// PNGs of sweeps with more than kMaxLegendRuns runs use gnuplot's libgd terminal instead of cairo
+// (cairo needs seconds for a thousand overlapping lines).
 #pragma once
 
 #include <string>
