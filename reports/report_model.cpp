@@ -9,13 +9,13 @@ namespace {
 using harness::RunStatus;
 
 int PickBaseline(const SweepData& data, const std::string& wanted, std::string* why) {
-  if (data.runs.empty()) return -1;
   if (!wanted.empty()) {
     for (size_t i = 0; i < data.runs.size(); ++i) {
       if (data.runs[i].record.name == wanted) { *why = "--baseline"; return static_cast<int>(i); }
     }
     return -2;
   }
+  if (data.runs.empty()) return -1;
   for (size_t i = 0; i < data.runs.size(); ++i) {
     if (data.runs[i].record.name == "baseline") { *why = "named baseline"; return static_cast<int>(i); }
   }
