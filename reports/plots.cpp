@@ -177,23 +177,23 @@ void Downsample(const std::vector<int64_t>& x, const std::vector<double>& y, siz
   oy->clear();
   const size_t n = std::min(x.size(), y.size());
   if (n == 0 || points == 0) return;
-  const size_t bucket = (n + points - 1) / points;
-  for (size_t b = 0; b < n; b += bucket) {
-    const size_t e = std::min(n, b + bucket);
+  const size_t buckets = std::min(n, points);
+  for (size_t k = 0; k < buckets; ++k) {
+    const size_t b = k * n / buckets, e = (k + 1) * n / buckets;  // proportional bounds: exactly `buckets`
     double sx = 0, sy = 0;
-    size_t k = 0;
+    size_t m = 0;
     for (size_t i = b; i < e; ++i) {
       if (!std::isfinite(y[i])) continue;
       sx += static_cast<double>(x[i]);
       sy += y[i];
-      ++k;
+      ++m;
     }
-    if (k == 0) {
+    if (m == 0) {
       ox->push_back(static_cast<double>(x[b]));
       oy->push_back(kNaN);
     } else {
-      ox->push_back(sx / static_cast<double>(k));
-      oy->push_back(sy / static_cast<double>(k));
+      ox->push_back(sx / static_cast<double>(m));
+      oy->push_back(sy / static_cast<double>(m));
     }
   }
 }
