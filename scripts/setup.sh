@@ -24,10 +24,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv=$root/.venv
-if ! "$venv/bin/python" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+# Reading torch/version.py is enough to know the wheel is there (importing torch takes seconds).
+torch_installed() { grep -qs "^__version__ = '$TORCH_VERSION" "$venv"/lib/python3*/site-packages/torch/version.py; }
+if ! torch_installed || ! "$venv/bin/python" -c 'import numpy' 2>/dev/null; then
   echo "setup: creating $venv with torch==$TORCH_VERSION (first time: a few GB, cached by pip afterwards)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   quiet "$venv/bin/pip" install -q --upgrade pip
   quiet "$venv/bin/pip" install -q "torch==$TORCH_VERSION" numpy
+  torch_installed || { echo "setup: torch==$TORCH_VERSION did not install into $venv" >&2; exit 1; }
+  echo "setup: ok"
 fi
-echo "setup: ok (torch $("$venv/bin/python" -c 'import torch;print(torch.__version__)'), $("$venv/bin/python" -c 'import torch;print(torch.utils.cmake_prefix_path)'))"
