@@ -274,8 +274,10 @@ class Executor {
         if (beat) last_heartbeat = Mono();
       }
       // 3. Record the ended runs.
+      bool finished_any = false;
       for (size_t i = 0; i < active_.size();) {
         if (active_[i]->exited) {
+          finished_any = true;
           std::unique_ptr<Active> a = std::move(active_[i]);
           active_.erase(active_.begin() + static_cast<long>(i));
           MOE_RETURN_IF_ERROR(Finish(*a, result));
@@ -288,6 +290,8 @@ class Executor {
         for (auto& a : active_) live.push_back(a->live);
         o_.progress->Update(live);
       }
+      // A freed slot is filled at once; otherwise wait for the next poll.
+      if (finished_any && !stop_launching_ && !pending_.empty()) continue;
       std::this_thread::sleep_for(std::chrono::duration<double>(o_.poll_interval_s));
     }
     return Status::OK();

@@ -86,3 +86,23 @@ TEST_CASE("metrics: a truncated or replaced file is read again from the start", 
   REQUIRE(!rows.empty());
   CHECK(rows.front().step == 1);  // re-read from the first line: idempotent in the store
 }
+
+TEST_CASE("metrics: the fast path and the full JSON parser agree", "[metrics]") {
+  // The second form of each pair has a nested object, which only the full parser takes.
+  const std::string base = R"("step":12,"loss":3.25,"mfu":null,"tokens":768,"expert_load":[1.0,2.0],"val_loss":-1e-3)";
+  MetricRow fast, full;
+  REQUIRE(ParseMetricLine("{" + base + R"(,"note":"x"})", &fast).ok());
+  REQUIRE(ParseMetricLine("{" + base + R"(,"note":"x","nested":{"a":1}})", &full).ok());
+  CHECK(fast.step == full.step);
+  CHECK(fast.loss == full.loss);
+  CHECK(fast.mfu == full.mfu);
+  CHECK(fast.tokens == full.tokens);
+  CHECK(fast.val_loss == full.val_loss);
+  CHECK(nlohmann::json::parse(fast.expert_load) == nlohmann::json::parse(full.expert_load));
+  CHECK(nlohmann::json::parse(fast.extras)["note"] == "x");
+  CHECK(nlohmann::json::parse(full.extras)["nested"]["a"] == 1);
+  // Odd but valid JSON goes to the full parser and still parses; invalid JSON is refused.
+  CHECK(ParseMetricLine(R"({"step":1,"loss":"nan","k\"ey":[[1]]})", &full).ok());
+  CHECK(!full.loss.has_value());
+  CHECK(!ParseMetricLine(R"({"step":1,"x":+1})", &full).ok());
+}
