@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -24,6 +25,10 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kOk = 0, kError = 1, kUsage = 2, kRunsFailed = 3, kPaused = 75;
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 int Fail(const Status& st) {
   std::fprintf(stderr, "moe-sweep: %s\n", st.message().c_str());
@@ -202,7 +207,7 @@ int CmdResume(const CommonOptions& c, const std::string& name, const RunOptions&
     if (!st.ok()) return Fail(st);
     std::printf("requeued %lld failed run(s)\n", static_cast<long long>(n));
   }
-  st = store->AddEvent(sweep.id, 0, "resumed", sweep.status, retry_failed ? "--retry-failed" : "", 0.0 + static_cast<double>(::time(nullptr)));
+  st = store->AddEvent(sweep.id, 0, "resumed", sweep.status, retry_failed ? "--retry-failed" : "", Now());
   if (!st.ok()) return Fail(st);
   return Execute(store.get(), sweep, ro, c);
 }

@@ -95,6 +95,8 @@ void Progress::RunFinished(const std::string& name, const std::string& status, i
 void Progress::Update(const std::vector<LiveRun>& running) {
   running_ = running;
   if (tty_) {
+    if (Elapsed() - last_draw_ < 0.25) return;  // a few redraws per second are plenty
+    last_draw_ = Elapsed();
     Clear();
     Draw();
   } else if (Elapsed() - last_plain_ >= plain_every_s_) {

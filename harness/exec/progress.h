@@ -43,7 +43,7 @@ class Progress {
   FILE* out_;
   bool tty_;
   int64_t total_, done_, done_here_ = 0;
-  double plain_every_s_, last_plain_ = 0;
+  double plain_every_s_, last_plain_ = 0, last_draw_ = -1;
   int lines_drawn_ = 0;
   std::vector<LiveRun> running_;
   std::chrono::steady_clock::time_point start_;
