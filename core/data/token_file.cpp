@@ -34,8 +34,8 @@ struct FdCloser {
 
 }  // namespace
 
-Status MappedFile::Open(const std::string& path, const std::string& key,
-                        std::unique_ptr<MappedFile>* out) {
+Status MappedFile::Open(const std::string& path, const std::string& key, std::unique_ptr<MappedFile>* out,
+                        int64_t copy_below_bytes) {
   const std::string where = key + " = " + Quote(path);
   FdCloser fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (fd.fd < 0) {
@@ -48,19 +48,31 @@ Status MappedFile::Open(const std::string& path, const std::string& key,
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(where + ": not a regular file");
   const int64_t size = static_cast<int64_t>(st.st_size);
   if (size == 0) {
-    out->reset(new MappedFile(nullptr, 0));
+    out->reset(new MappedFile(nullptr, 0, /*mapped=*/false));
+    return Status::OK();
+  }
+  if (size <= copy_below_bytes) {
+    std::unique_ptr<MappedFile> f(new MappedFile(nullptr, size, /*mapped=*/false));
+    f->copy_.resize(static_cast<size_t>(size));
+    for (int64_t done = 0; done < size;) {
+      const ssize_t n = ::read(fd.fd, f->copy_.data() + done, static_cast<size_t>(size - done));
+      if (n <= 0) return Status::IOError(where + ": cannot read: " + (n == 0 ? "file shrank" : std::strerror(errno)));
+      done += n;
+    }
+    f->data_ = f->copy_.data();
+    *out = std::move(f);
     return Status::OK();
   }
   void* p = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd.fd, 0);
   if (p == MAP_FAILED) return Status::IOError(where + ": cannot mmap: " + std::strerror(errno));
   // Training windows are read at random offsets: read-ahead of whole neighbourhoods is waste.
   ::madvise(p, static_cast<size_t>(size), MADV_RANDOM);
-  out->reset(new MappedFile(static_cast<const uint8_t*>(p), size));
+  out->reset(new MappedFile(static_cast<const uint8_t*>(p), size, /*mapped=*/true));
   return Status::OK();
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
+  if (mapped_) ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
 }
 
 std::string HumanCount(int64_t n) {

@@ -27,13 +27,20 @@
 namespace moe {
 namespace data {
 
-// A read-only memory mapping of a whole file; unmapped on destruction. An empty file maps to
-// data() == nullptr, size() == 0.
+// A whole file, read-only: files up to kCopyBelowBytes are copied into memory, larger ones are
+// memory-mapped (unmapped on destruction). An empty file gives data() == nullptr, size() == 0.
+// Why copy small files: a mapping faults (SIGBUS) when the file is truncated while a run reads
+// it, e.g. a text file edited during a sweep; a large token file is not edited in place, and
+// copying it would cost its size in RAM per run.
 class MappedFile {
  public:
+  static constexpr int64_t kCopyBelowBytes = int64_t{64} << 20;
+
   // NotFound if `path` does not exist, IOError if it cannot be opened or mapped. `key` names the
   // setting the path came from ("data.path") for the messages.
-  static Status Open(const std::string& path, const std::string& key, std::unique_ptr<MappedFile>* out);
+  // `copy_below_bytes` is for tests of the mapped path.
+  static Status Open(const std::string& path, const std::string& key, std::unique_ptr<MappedFile>* out,
+                     int64_t copy_below_bytes = kCopyBelowBytes);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -42,9 +49,11 @@ class MappedFile {
   int64_t size() const { return size_; }
 
  private:
-  MappedFile(const uint8_t* data, int64_t size) : data_(data), size_(size) {}
+  MappedFile(const uint8_t* data, int64_t size, bool mapped) : data_(data), size_(size), mapped_(mapped) {}
   const uint8_t* data_;
   int64_t size_;
+  bool mapped_;
+  std::vector<uint8_t> copy_;  // the bytes of a small file (data_ points here)
 };
 
 // A view of `n` little-endian unsigned tokens of `width` (1 or 2) bytes.

@@ -316,3 +316,20 @@ TEST_CASE("data: files too large to scan on open check token ids per batch", "[d
                                                Contains("token id 5000") && Contains("model.vocab_size = 4096"));
   CHECK_THROWS_WITH(src->ValBatch(0), Contains("token id 5000"));
 }
+
+TEST_CASE("data: small files are copied, so truncating one during a run cannot fault it; large ones are mapped",
+          "[data]") {
+  TempDir dir;
+  std::string bytes(4096, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 7 + 3) % 251);
+  const std::string path = dir.Write("corpus.txt", bytes);
+  std::unique_ptr<moe::data::MappedFile> copied, mapped;
+  REQUIRE(moe::data::MappedFile::Open(path, "data.path", &copied).ok());
+  REQUIRE(moe::data::MappedFile::Open(path, "data.path", &mapped, /*copy_below_bytes=*/0).ok());
+  REQUIRE(copied->size() == 4096);
+  REQUIRE(mapped->size() == 4096);
+  CHECK(std::string(reinterpret_cast<const char*>(mapped->data()), 4096) == bytes);
+  mapped.reset();  // unmap before the truncation below: touching a truncated mapping is SIGBUS
+  std::ofstream(path, std::ios::trunc) << "x";  // an editor saving a shorter file mid-sweep
+  CHECK(std::string(reinterpret_cast<const char*>(copied->data()), 4096) == bytes);
+}
