@@ -7,7 +7,7 @@
 //   padded:  scatter into an (E, C, d) buffer and use torch::bmm; C = capacity, or the max load
 //            when dropless (one host sync). With a capacity every shape is static.
 //   grouped: sort assignments by expert and run at::_grouped_mm over contiguous row groups
-//            (dropless: no host sync; with a capacity one sync for the number of kept rows).
+//            (no host sync: a static row count; with a capacity, rows past the kept ones weigh 0).
 #pragma once
 
 #include <cstdint>

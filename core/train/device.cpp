@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
 
 namespace moe {
 
@@ -64,6 +66,41 @@ PeakMemory ReadPeakMemory(const DeviceInfo& dev) {
 void ResetPeakMemory(const DeviceInfo& dev) {
   if (dev.device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(dev.device.index());
 }
+
+struct StepGraph::Impl {
+  c10::cuda::CUDAStreamGuard stream_guard;
+  at::cuda::CUDAGraph graph;
+  bool captured = false;
+  explicit Impl(c10::cuda::CUDAStream s) : stream_guard(s) {}
+};
+
+StepGraph::StepGraph(const DeviceInfo& dev) {
+  TORCH_CHECK(dev.device.is_cuda(), "train.compile = \"cudagraph\" needs a CUDA device");
+  torch::cuda::synchronize();  // work queued on the old stream is done before the new one starts
+  impl_ = std::make_unique<Impl>(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev.device.index()));
+}
+
+StepGraph::~StepGraph() {
+  if (impl_) torch::cuda::synchronize();  // replays finish before the graph and stream go away
+}
+
+void StepGraph::Capture(const std::function<void()>& fn) {
+  torch::cuda::synchronize();
+  impl_->graph.capture_begin();
+  try {
+    fn();
+  } catch (...) {
+    // End the capture so that the error reaches the caller instead of a broken stream state.
+    try { impl_->graph.capture_end(); } catch (...) {}
+    throw;
+  }
+  impl_->graph.capture_end();
+  impl_->captured = true;
+}
+
+void StepGraph::Replay() { impl_->graph.replay(); }
+
+bool StepGraph::captured() const { return impl_->captured; }
 
 void ConfigureThreads(int64_t threads) {
   int n = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::thread::hardware_concurrency());

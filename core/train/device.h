@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include <torch/torch.h>
@@ -34,6 +36,29 @@ struct PeakMemory {
 };
 PeakMemory ReadPeakMemory(const DeviceInfo& dev);
 void ResetPeakMemory(const DeviceInfo& dev);
+
+// train.compile = "cudagraph": the whole training step captured once into a CUDA graph and
+// replayed. Construction moves this thread onto a side stream (capture needs one) for the
+// object's lifetime, so warm-up steps, the capture and the replays share one stream and its
+// cuBLAS workspace. The captured function must make no host sync and allocate only inside the
+// graph's private pool (tensors it creates stay valid, and are overwritten by each replay).
+// CUDA only: constructing it for a CPU device throws (ResolveDevice refuses that config first).
+class StepGraph {
+ public:
+  explicit StepGraph(const DeviceInfo& dev);
+  ~StepGraph();
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+
+  // Records fn's device work (nothing runs); then Replay() runs it.
+  void Capture(const std::function<void()>& fn);
+  void Replay();
+  bool captured() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // Sets LibTorch's intra-op threads (threads == 0: all cores). LibTorch can default to one
 // thread on small machines, which would make CPU runs needlessly slow.

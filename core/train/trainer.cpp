@@ -17,6 +17,7 @@
 #include "core/train/lr_schedule.h"
 #include "core/train/metrics.h"
 #include "core/train/optimizer.h"
+#include "core/train/profile.h"
 #include "core/util/exit_codes.h"
 
 namespace moe {
@@ -128,7 +129,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
   RunRecord rec;
   try {
     torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
-    GPT model(cfg, dev.compute_dtype);
+    GPT model(cfg, dev.compute_dtype, dev.device);
     model->to(dev.device);
     auto optimizer = BuildOptimizer(*model, cfg.optim);
 
@@ -194,25 +195,22 @@ int Train(const Config& cfg, const TrainOptions& opts) {
 
     std::vector<torch::Tensor> params = model->parameters();
     const double clip = cfg.optim.grad_clip > 0 ? cfg.optim.grad_clip : std::numeric_limits<double>::infinity();
-    for (int64_t step = start_step; step < cfg.train.steps; ++step) {
-      StepMetrics m;
-      m.step = step + 1;
-      m.lr = LearningRate(cfg.optim, step, cfg.train.steps);
-      SetLearningRate(*optimizer, m.lr);
-      ResetPeakMemory(dev);
-      Synchronize(dev);
-      const auto t0 = std::chrono::steady_clock::now();
+    FusedAdamW fused(*optimizer, dev.device);
+    const int64_t ga = cfg.train.grad_accum;
 
-      optimizer->zero_grad(/*set_to_none=*/true);
+    // One optimizer step on the device: forward/backward of every micro-batch, clipping, the
+    // fused AdamW update and the router-bias update. No host sync, so that eager steps queue
+    // ahead of the GPU and the same function can be captured into a CUDA graph. Returns the
+    // step's figures as one fp32 vector, read by the host in a single copy:
+    //   [loss, ce, balance, z, dropped, assignments, grad_norm, expert_load (E)...] (sums over micro-batches)
+    auto device_step = [&](const std::vector<torch::Tensor>& inputs, const std::vector<torch::Tensor>& targets) {
       torch::Tensor loss_sum, ce_sum, bal_sum, z_sum, load_sum, dropped_sum, assign_sum;
-      for (int64_t micro = 0; micro < cfg.train.grad_accum; ++micro) {
-        Batch b = data->TrainBatch(step, micro);
-        ForwardOut out = model->forward(b.inputs.to(dev.device, /*non_blocking=*/true),
-                                        b.targets.to(dev.device, /*non_blocking=*/true));
-        (out.loss / static_cast<double>(cfg.train.grad_accum)).backward();
-        auto acc = [](torch::Tensor& sum, const torch::Tensor& v) {
-          sum = sum.defined() ? sum + v.detach() : v.detach().clone();
-        };
+      auto acc = [](torch::Tensor& sum, const torch::Tensor& v) {
+        sum = sum.defined() ? sum + v.detach() : v.detach();
+      };
+      for (int64_t micro = 0; micro < ga; ++micro) {
+        ForwardOut out = model->forward(inputs[micro], targets[micro]);
+        (out.loss / static_cast<double>(ga)).backward();
         acc(loss_sum, out.loss);
         acc(ce_sum, out.ce_loss);
         acc(bal_sum, out.balance_loss);
@@ -221,8 +219,76 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         acc(dropped_sum, out.dropped);
         acc(assign_sum, out.assignments);
       }
-      const double ga = static_cast<double>(cfg.train.grad_accum);
-      m.loss = loss_sum.item<double>() / ga;
+      torch::Tensor grad_norm = ClipGradNorm(params, clip);
+      fused.Step();
+      model->UpdateRouterBias();
+      return torch::cat({torch::stack({loss_sum, ce_sum, bal_sum, z_sum, dropped_sum, assign_sum,
+                                       grad_norm.to(torch::kFloat32)}),
+                         load_sum.to(torch::kFloat32)});
+    };
+
+    // train.compile = "cudagraph": a few eager warm-up steps (lazy initialisation, allocator
+    // and library workspaces) on the graph's stream, then the step is captured once, on static
+    // input buffers, and replayed for every later step.
+    constexpr int64_t kGraphWarmupSteps = 3;
+    std::unique_ptr<StepGraph> graph;
+    std::vector<torch::Tensor> static_in, static_tgt;
+    torch::Tensor graph_stats;
+    if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev);
+    StepProfiler profiler(opts.run_dir);
+
+    for (int64_t step = start_step; step < cfg.train.steps; ++step) {
+      StepMetrics m;
+      m.step = step + 1;
+      m.lr = LearningRate(cfg.optim, step, cfg.train.steps);
+      // Per-step peaks, except under a graph: its pool is allocated once (warm-up and capture),
+      // so there the figure is the run's peak, which includes the pool.
+      if (!graph) ResetPeakMemory(dev);
+      Synchronize(dev);
+      profiler.BeforeStep(m.step);
+      const auto t0 = std::chrono::steady_clock::now();
+
+      fused.SetLearningRate(m.lr);
+      std::vector<torch::Tensor> inputs, targets;
+      for (int64_t micro = 0; micro < ga; ++micro) {
+        Batch b = data->TrainBatch(step, micro);
+        inputs.push_back(b.inputs.to(dev.device, /*non_blocking=*/true));
+        targets.push_back(b.targets.to(dev.device, /*non_blocking=*/true));
+      }
+      torch::Tensor stats;
+      if (!graph) {
+        optimizer->zero_grad(/*set_to_none=*/true);
+        stats = device_step(inputs, targets);
+      } else {
+        if (static_in.empty()) {
+          static_in = inputs;
+          static_tgt = targets;
+        } else {
+          for (int64_t micro = 0; micro < ga; ++micro) {
+            static_in[micro].copy_(inputs[micro]);
+            static_tgt[micro].copy_(targets[micro]);
+          }
+        }
+        if (graph->captured()) {
+          graph->Replay();
+        } else if (step - start_step < kGraphWarmupSteps) {
+          optimizer->zero_grad(/*set_to_none=*/true);
+          graph_stats = device_step(static_in, static_tgt);
+        } else {
+          // Gradients set to none: the captured backward allocates them in the graph's pool and
+          // every replay rewrites them (no zero_grad between replays).
+          optimizer->zero_grad(/*set_to_none=*/true);
+          graph->Capture([&] { graph_stats = device_step(static_in, static_tgt); });
+          graph->Replay();
+          rec.summary["compile_mode"] = "cudagraph";
+          rec.summary["cudagraph_captured_at_step"] = m.step;
+        }
+        stats = graph_stats;
+      }
+      torch::Tensor host = stats.to(torch::kCPU, torch::kFloat64).contiguous();  // the step's one sync
+      const double* h = host.data_ptr<double>();
+      const double gad = static_cast<double>(ga);
+      m.loss = h[0] / gad;
       if (!std::isfinite(m.loss)) {
         rec.last = m;
         rec.have_last = true;
@@ -231,22 +297,16 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         WriteSummary(opts.run_dir, rec, "diverged", kExitDiverged);
         return kExitDiverged;
       }
-      m.grad_norm = torch::nn::utils::clip_grad_norm_(params, clip);
-      optimizer->step();
-      model->UpdateRouterBias();
-
-      m.ce_loss = ce_sum.item<double>() / ga;
-      m.balance_loss = bal_sum.item<double>() / ga;
-      m.z_loss = z_sum.item<double>() / ga;
-      const double assignments = assign_sum.item<double>();
-      m.dropped_frac = assignments > 0 ? dropped_sum.item<double>() / assignments : 0.0;
-      if (n_moe_layers > 0) {
-        torch::Tensor load = load_sum.to(torch::kCPU, torch::kFloat64).contiguous();
-        m.expert_load.assign(load.data_ptr<double>(), load.data_ptr<double>() + load.numel());
-      }
+      m.ce_loss = h[1] / gad;
+      m.balance_loss = h[2] / gad;
+      m.z_loss = h[3] / gad;
+      m.dropped_frac = h[5] > 0 ? h[4] / h[5] : 0.0;
+      m.grad_norm = h[6];
+      if (n_moe_layers > 0) m.expert_load.assign(h + 7, h + host.numel());
       Synchronize(dev);
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       m.dt_ms = dt * 1e3;
+      profiler.AfterStep(m.step, m.dt_ms);
       m.tok_per_s = static_cast<double>(tokens_per_step) / dt;
       m.mfu = Mfu(m.tok_per_s / static_cast<double>(world), flops_per_token, peak);
       const PeakMemory mem = ReadPeakMemory(dev);
@@ -275,6 +335,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       const bool periodic = cfg.train.ckpt_every > 0 && m.step % cfg.train.ckpt_every == 0;
       if ((periodic || stop) && !last_step) {
         meta.step = m.step;
+        fused.SyncHostState();
         if (Status st = SaveCheckpoint(opts.run_dir, meta, *model, *optimizer); !st.ok()) {
           return Fail(st.message(), kExitFailed);
         }
