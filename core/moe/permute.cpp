@@ -1,0 +1,101 @@
+#include "core/moe/permute.h"
+
+#if defined(MOE_WITH_KERNELS)
+#include "kernels/moe_kernels.h"
+#endif
+
+// GCC 13 reports a false -Warray-bounds inside torch::autograd::Function::apply (the
+// std::vector<bool>::reserve of custom_function.h, inlined into our call sites).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 13
+#pragma GCC diagnostic ignored "-Warray-bounds"
+#endif
+
+namespace moe {
+
+namespace {
+
+constexpr bool KernelsBuilt() {
+#if defined(MOE_WITH_KERNELS)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool UseKernels(const torch::Tensor& t) {
+#if defined(MOE_WITH_KERNELS)
+  return t.is_cuda() && (t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat32);
+#else
+  (void)t;
+  return false;
+#endif
+}
+
+#if defined(MOE_WITH_KERNELS)
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct PermuteFn : public torch::autograd::Function<PermuteFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& tok,
+                               const torch::Tensor& inv, int64_t n_tokens, int64_t k) {
+    ctx->save_for_backward({inv});
+    ctx->saved_data["n"] = n_tokens;
+    ctx->saved_data["k"] = k;
+    return kernels::PermuteRows(x.contiguous(), tok);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const torch::Tensor inv = ctx->get_saved_variables()[0];
+    torch::Tensor dx = kernels::PermuteRowsBackward(grads[0], inv, ctx->saved_data["n"].toInt(),
+                                                    ctx->saved_data["k"].toInt());
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+struct UnpermuteFn : public torch::autograd::Function<UnpermuteFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& ys, const torch::Tensor& w,
+                               const torch::Tensor& inv) {
+    torch::Tensor wc = w.contiguous(), ysc = ys.contiguous();
+    ctx->save_for_backward({ysc, wc, inv});
+    return kernels::UnpermuteRows(ysc, inv, wc);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [dys, dw] = kernels::UnpermuteRowsBackward(grads[0], saved[0], saved[2], saved[1]);
+    return {dys, dw, torch::Tensor()};
+  }
+};
+#endif
+
+}  // namespace
+
+RowOrder MakeRowOrder(const torch::Tensor& sorted, int64_t M, int64_t k) {
+  RowOrder o;
+  o.k = k;
+  o.n_tokens = sorted.size(0) / k;
+  o.rows = sorted.narrow(0, 0, M);
+  o.tok = o.rows.div(k, "floor");
+  if (KernelsBuilt() && sorted.is_cuda()) {
+    // The inverse permutation: assignment sorted[i] sits in row i (rows >= M are not computed).
+    o.inv = torch::empty_like(sorted).scatter_(0, sorted, torch::arange(sorted.size(0), sorted.options()));
+  }
+  return o;
+}
+
+torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order) {
+#if defined(MOE_WITH_KERNELS)
+  if (UseKernels(x) && order.inv.defined()) return PermuteFn::apply(x, order.tok, order.inv, order.n_tokens, order.k);
+#endif
+  return x.index_select(0, order.tok);
+}
+
+torch::Tensor UnpermuteTokens(const torch::Tensor& ys, const torch::Tensor& w, const RowOrder& order) {
+#if defined(MOE_WITH_KERNELS)
+  if (UseKernels(ys) && order.inv.defined() && order.k <= 8) {
+    return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.inv);
+  }
+#endif
+  torch::Tensor g = w.reshape({-1}).index_select(0, order.rows).to(ys.scalar_type()).unsqueeze(1);  // (M, 1)
+  return torch::zeros({order.n_tokens, ys.size(1)}, ys.options()).index_add(0, order.tok, ys * g);
+}
+
+}  // namespace moe

@@ -1,0 +1,45 @@
+// Shared device helpers for kernels/*.cu: bf16/fp32 conversion and 16-byte vectors.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+
+namespace moe::kernels {
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T FromFloat(float v);
+template <> __device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+
+// VEC elements moved as one aligned load/store (16 bytes when VEC = 16 / sizeof(T)).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+// The widest vector that divides the row and keeps every row 16-byte aligned.
+inline int VecWidth(int64_t d, size_t elem_size) {
+  const int64_t w = static_cast<int64_t>(16 / elem_size);
+  return d % w == 0 ? static_cast<int>(w) : 1;
+}
+
+}  // namespace moe::kernels
+
+// Dispatches T over the row dtypes the MoE kernels take (bf16, fp32) and VEC over {16 bytes, 1}.
+#define MOE_DISPATCH_ROWS(dtype, vec, ...)                                                  \
+  [&] {                                                                                     \
+    if ((dtype) == at::kBFloat16) {                                                         \
+      using T = __nv_bfloat16;                                                              \
+      if ((vec) == 8) { constexpr int VEC = 8; return __VA_ARGS__(); }                      \
+      constexpr int VEC = 1; return __VA_ARGS__();                                          \
+    } else {                                                                                \
+      TORCH_CHECK((dtype) == at::kFloat, "moe kernels: rows must be bf16 or fp32, got ", dtype); \
+      using T = float;                                                                      \
+      if ((vec) == 4) { constexpr int VEC = 4; return __VA_ARGS__(); }                      \
+      constexpr int VEC = 1; return __VA_ARGS__();                                          \
+    }                                                                                       \
+  }()

@@ -1,0 +1,101 @@
+// MoE token permutation: gather each routed row into expert-contiguous order, and its backward
+// as a gather-sum over a token's k rows (instead of an atomic scatter-add).
+#include "kernels/common.cuh"
+#include "kernels/moe_kernels.h"
+
+#include <ATen/cuda/CUDAContext.h>
+
+namespace moe::kernels {
+
+// ----------------------------------------------------------------------------
+// kernels
+
+// One block per output row i: xs[i] = x[src[i]].
+template <typename T, int VEC>
+__global__ void permute_rows_kernel(T* __restrict__ xs, const T* __restrict__ x, const int64_t* __restrict__ src,
+                                    int64_t d) {
+  const int64_t i = blockIdx.x;
+  const int64_t s = src[i];
+  const auto* in = reinterpret_cast<const Vec<T, VEC>*>(x + s * d);
+  auto* out = reinterpret_cast<Vec<T, VEC>*>(xs + i * d);
+  for (int64_t c = threadIdx.x; c < d / VEC; c += blockDim.x) out[c] = in[c];
+}
+
+// One block per token n: dx[n] = sum_j dxs[inv[n*k + j]] for inv in [0, M), fp32 accumulation.
+template <typename T, int VEC>
+__global__ void permute_rows_backward_kernel(T* __restrict__ dx, const T* __restrict__ dxs,
+                                             const int64_t* __restrict__ inv, int64_t M, int k, int64_t d) {
+  const int64_t n = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < d / VEC; c += blockDim.x) {
+    float acc[VEC];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) acc[v] = 0.f;
+    for (int j = 0; j < k; ++j) {
+      const int64_t r = inv[n * k + j];
+      if (r < 0 || r >= M) continue;
+      const Vec<T, VEC> g = reinterpret_cast<const Vec<T, VEC>*>(dxs + r * d)[c];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) acc[v] += ToFloat(g.v[v]);
+    }
+    Vec<T, VEC> o;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) o.v[v] = FromFloat<T>(acc[v]);
+    reinterpret_cast<Vec<T, VEC>*>(dx + n * d)[c] = o;
+  }
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+template <typename T, int VEC>
+void permute_rows(T* xs, const T* x, const int64_t* src, int64_t M, int64_t d, cudaStream_t stream) {
+  if (M == 0 || d == 0) return;
+  const int block = 128;
+  permute_rows_kernel<T, VEC><<<static_cast<unsigned>(M), block, 0, stream>>>(xs, x, src, d);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int VEC>
+void permute_rows_backward(T* dx, const T* dxs, const int64_t* inv, int64_t N, int64_t M, int k, int64_t d,
+                           cudaStream_t stream) {
+  if (N == 0 || d == 0) return;
+  const int block = 128;
+  permute_rows_backward_kernel<T, VEC><<<static_cast<unsigned>(N), block, 0, stream>>>(dx, dxs, inv, M, k, d);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ----------------------------------------------------------------------------
+// ATen entry points
+
+at::Tensor PermuteRows(const at::Tensor& x, const at::Tensor& src) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "PermuteRows: x must be a contiguous (N, d) CUDA tensor");
+  TORCH_CHECK(src.is_cuda() && src.dim() == 1 && src.scalar_type() == at::kLong && src.is_contiguous(),
+              "PermuteRows: src must be a contiguous (M,) int64 CUDA tensor");
+  const int64_t M = src.size(0), d = x.size(1);
+  at::Tensor xs = at::empty({M, d}, x.options());  // (M, d)
+  const int vec = VecWidth(d, x.element_size());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
+    permute_rows<T, VEC>(reinterpret_cast<T*>(xs.data_ptr()), reinterpret_cast<const T*>(x.data_ptr()),
+                         src.data_ptr<int64_t>(), M, d, stream);
+  });
+  return xs;
+}
+
+at::Tensor PermuteRowsBackward(const at::Tensor& dxs, const at::Tensor& inv, int64_t n_tokens, int64_t k) {
+  TORCH_CHECK(dxs.is_cuda() && dxs.dim() == 2, "PermuteRowsBackward: dxs must be an (M, d) CUDA tensor");
+  TORCH_CHECK(inv.is_cuda() && inv.scalar_type() == at::kLong && inv.numel() == n_tokens * k && inv.is_contiguous(),
+              "PermuteRowsBackward: inv must be a contiguous (N*k,) int64 CUDA tensor");
+  at::Tensor g = dxs.contiguous();
+  const int64_t M = g.size(0), d = g.size(1);
+  at::Tensor dx = at::empty({n_tokens, d}, g.options());  // (N, d)
+  const int vec = VecWidth(d, g.element_size());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  MOE_DISPATCH_ROWS(g.scalar_type(), vec, [&] {
+    permute_rows_backward<T, VEC>(reinterpret_cast<T*>(dx.data_ptr()), reinterpret_cast<const T*>(g.data_ptr()),
+                                  inv.data_ptr<int64_t>(), n_tokens, M, static_cast<int>(k), d, stream);
+  });
+  return dx;
+}
+
+}  // namespace moe::kernels

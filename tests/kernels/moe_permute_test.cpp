@@ -1,0 +1,62 @@
+// kernels/moe_permute.cu against the ATen reference (index_select / index_add) on random data.
+#include "tests/kernels/kernel_test_util.h"
+
+#include "kernels/moe_kernels.h"
+
+namespace {
+
+// A random routing of N tokens x k slots: a permutation of the N*k assignment ids, of which the
+// first M are rows; inv is its inverse (values >= M: not a row).
+struct Routing {
+  at::Tensor sorted, rows, tok, inv;
+};
+Routing RandomRouting(int64_t N, int64_t k, int64_t M) {
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  Routing r;
+  r.sorted = at::randperm(N * k, cuda.dtype(at::kLong));
+  r.rows = r.sorted.narrow(0, 0, M).contiguous();
+  r.tok = r.rows.div(k, "floor");
+  r.inv = at::empty_like(r.sorted).scatter_(0, r.sorted, at::arange(N * k, cuda.dtype(at::kLong)));
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("kernels: PermuteRows gathers the routed rows like index_select", "[kernels][permute]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(1);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (int64_t d : {int64_t{768}, int64_t{30}}) {  // 16-byte vectors, and the scalar path
+      DYNAMIC_SECTION("dtype " << dt << " d " << d) {
+        const int64_t N = 1000, k = 2, M = 1700;
+        Routing r = RandomRouting(N, k, M);
+        at::Tensor x = at::randn({N, d}, at::TensorOptions().device(at::kCUDA).dtype(dt));
+        moe_test::PoisonAllocator(M * d, dt);
+        at::Tensor xs = moe::kernels::PermuteRows(x, r.tok);
+        REQUIRE(xs.sizes() == at::IntArrayRef({M, d}));
+        CHECK(moe_test::AllFinite(xs));
+        CHECK(at::equal(xs, x.index_select(0, r.tok)));  // a copy: exact
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: PermuteRowsBackward sums each token's row gradients like index_add", "[kernels][permute]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(2);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (int64_t d : {int64_t{768}, int64_t{30}}) {
+      DYNAMIC_SECTION("dtype " << dt << " d " << d) {
+        const int64_t N = 1000, k = 3, M = 2500;  // 500 assignments are not rows
+        Routing r = RandomRouting(N, k, M);
+        at::Tensor dxs = at::randn({M, d}, at::TensorOptions().device(at::kCUDA).dtype(dt));
+        at::Tensor ref = at::zeros({N, d}, dxs.options().dtype(at::kDouble)).index_add(0, r.tok, dxs.to(at::kDouble));
+        moe_test::PoisonAllocator(N * d, dt);
+        at::Tensor dx = moe::kernels::PermuteRowsBackward(dxs, r.inv, N, k);
+        REQUIRE(dx.sizes() == at::IntArrayRef({N, d}));
+        CHECK(moe_test::AllFinite(dx));
+        CHECK(moe_test::RelErr(dx, ref) < (dt == at::kFloat ? 1e-6 : 1e-2));
+      }
+    }
+  }
+}
