@@ -4,12 +4,6 @@
 #include "kernels/moe_kernels.h"
 #endif
 
-// GCC 13 reports a false -Warray-bounds inside torch::autograd::Function::apply (the
-// std::vector<bool>::reserve of custom_function.h, inlined into our call sites).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 13
-#pragma GCC diagnostic ignored "-Warray-bounds"
-#endif
-
 namespace moe {
 
 namespace {
