@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# GPU machine (device tool): build moe-train (+ kernels_tests when CUDA kernels exist), check the
+# kernels against ATen, run the reference config through moe-train in each mode and the PyTorch
+# peer in the same call, print one table (issue 5).
+#   source .devdeps/env.sh && scripts/gpu-bench.sh                 (carry .devdeps)
+# Env: RUNS (space-separated run names from the list below; default: all), REF_VARIANTS (peer
+# variants; default: moe_grouped_eager moe_grouped_compile; "none" skips the peer), STEPS (40),
+# PROFILE_RUN (a run name: also profile its steps 21..22 with MOE_PROFILE_STEPS).
+# Figures: moe-train: median over steps 11..STEPS of per-step tok/s from metrics.jsonl (host
+# clock around a device-synchronised step); peer: its own CUDA-event timing (15 steps after 3
+# warm-up). MFU for both: 774.3 MFLOP/token over 989 TFLOP/s (H100 SXM dense bf16).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=${OUT:-/tmp/moe-gpu}
+mkdir -p "$out"
+build=/tmp/moe-build
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
+  || { tail -40 "$out/configure.log"; exit 1; }
+targets="moe-train"
+grep -q "kernels_tests" tests/CMakeLists.txt && targets="$targets kernels_tests"
+cmake --build "$build" --target $targets >"$out/build.log" 2>&1 || { grep -E "error|warning" "$out/build.log" | head -40; exit 1; }
+echo "build: $(grep -c 'warning' "$out/build.log" || true) warnings"
+if [ -x "$build/bin/kernels_tests" ]; then
+  "$build/bin/kernels_tests" 2>&1 | tail -5 | tee "$out/kernels_tests.log"
+fi
+
+steps=${STEPS:-40}
+# name | --set overrides on experiments/configs/reference.toml
+all_runs=(
+  "grouped_eager_c0|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=0"
+  "grouped_eager_c1|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=1.0"
+  "grouped_graph_c1|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.0"
+  "grouped_eager_c125|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=1.25"
+  "grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25"
+  "padded_eager_c125|moe.impl=\"padded\" train.compile=\"eager\" moe.capacity_factor=1.25"
+  "padded_graph_c125|moe.impl=\"padded\" train.compile=\"cudagraph\" moe.capacity_factor=1.25"
+  "dense_eager|model.moe=false train.compile=\"eager\""
+  "dense_graph|model.moe=false train.compile=\"cudagraph\""
+  "fp8tw_grouped_eager_c0|moe.impl=\"grouped\" moe.capacity_factor=0 precision.fp8=true precision.fp8_recipe=\"tensorwise\""
+  "fp8tw_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\""
+  "fp8rw_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\""
+  "fp8tw_noexp_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_experts=false"
+)
+want=" ${RUNS:-} "
+: > "$out/runs.txt"
+for entry in "${all_runs[@]}"; do
+  name=${entry%%|*}; sets=${entry#*|}
+  [ -n "${RUNS:-}" ] && [[ "$want" != *" $name "* ]] && continue
+  args=(--config experiments/configs/reference.toml --run-dir "/tmp/runs/$name" --set train.steps="$steps" --set train.log_every=20)
+  for s in $sets; do args+=(--set "$s"); done
+  env_prof=()
+  [ "${PROFILE_RUN:-}" = "$name" ] && env_prof=(MOE_PROFILE_STEPS=21:22)
+  rc=0
+  env "${env_prof[@]}" timeout 240 "$build/bin/moe-train" "${args[@]}" >"$out/train_$name.log" 2>&1 || rc=$?
+  echo "$name $rc" >> "$out/runs.txt"
+  echo "== $name (exit $rc)"; grep -v "^profile" "$out/train_$name.log" | tail -2
+  grep "^profile" "$out/train_$name.log" | head -46 || true
+done
+if [ "${REF_VARIANTS:-}" != "none" ]; then
+  python3 .devdeps/reference/ref_moe.py ${REF_VARIANTS:-moe_grouped_eager moe_grouped_compile} 2>&1 | grep '^{' | tee "$out/reference.jsonl"
+else
+  : > "$out/reference.jsonl"
+fi
+python3 - "$out" <<'PY'
+import json, sys, statistics, os
+out = sys.argv[1]
+rows = []
+ref = [json.loads(l) for l in open(f"{out}/reference.jsonl")]
+best = max([r["tok_s"] for r in ref if r.get("name", "").endswith("compile") and "tok_s" in r] or [0]) or None
+for line in open(f"{out}/runs.txt"):
+    name, rc = line.split()
+    p = f"/tmp/runs/{name}/metrics.jsonl"
+    m = [json.loads(l) for l in open(p)][10:] if os.path.exists(p) else []
+    mode = "?"
+    sp = f"/tmp/runs/{name}/summary.json"
+    if os.path.exists(sp): mode = json.load(open(sp)).get("compile_mode", "?")
+    if not m or rc != "0": rows.append((f"moe-train {name}", f"exit {rc}", None, None, None)); continue
+    t = statistics.median(r["tok_per_s"] for r in m)
+    rows.append((f"moe-train {name}", mode, t, statistics.median((r["mfu"] or 0) for r in m) * 100,
+                 max(r["mem_peak_alloc_mib"] for r in m)))
+for r in ref:
+    rows.append((f"ref {r['name']}", "torch", r.get("tok_s"), r.get("mfu"), r.get("peak_mib")))
+print(f"\n| run | mode ran | tok/s | MFU % | peak MiB | x ref best ({best}) |\n|---|---|---:|---:|---:|---:|")
+for n, mode, t, mf, pk in rows:
+    f = lambda v, fmt: (fmt % v) if v is not None else "n/a"
+    ratio = f(t / best if (t and best) else None, "%.2f")
+    print(f"| {n} | {mode} | {f(t, '%.0f')} | {f(mf, '%.1f')} | {f(pk, '%.0f')} | {ratio} |")
+PY
