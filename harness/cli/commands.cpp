@@ -167,6 +167,11 @@ int CmdRun(const CommonOptions& c, const std::string& grid_path, const RunOption
   st = RegisterSweep(store.get(), grid, runs_dir.string(), &sweep, &created);
   if (!st.ok()) return Fail(st);
   if (!created) {
+    if (sweep.status == "cancelled") {
+      std::fprintf(stderr, "moe-sweep: sweep %s in %s was cancelled; rename [sweep] name to run it again\n",
+                   sweep.name.c_str(), DbPath(c).c_str());
+      return kUsage;
+    }
     std::printf("sweep %s is already in %s (status %s): continuing it\n", sweep.name.c_str(), DbPath(c).c_str(),
                 sweep.status.c_str());
   }

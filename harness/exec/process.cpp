@@ -10,6 +10,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 extern char** environ;
 
@@ -131,6 +133,17 @@ void ChildProcess::Signal(int sig) const {
 bool ProcessAlive(pid_t pid) {
   if (pid <= 0) return false;
   return ::kill(pid, 0) == 0 || errno == EPERM;
+}
+
+bool IsRunProcess(pid_t pid, const std::string& run_dir) {
+  if (!ProcessAlive(pid)) return false;
+  std::ifstream env("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
+  if (!env) return !std::filesystem::exists("/proc/self/environ");
+  const std::string want = "MOE_RUN_DIR=" + run_dir;
+  for (std::string entry; std::getline(env, entry, '\0');) {
+    if (entry == want) return true;
+  }
+  return false;
 }
 
 }  // namespace moe::harness

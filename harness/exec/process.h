@@ -59,4 +59,9 @@ class ChildProcess {
 // True when a process with this pid exists on this machine (kill(pid, 0)).
 bool ProcessAlive(pid_t pid);
 
+// True when the process `pid` is alive and was started by a runner for `run_dir` (its
+// environment holds MOE_RUN_DIR=<run_dir>), so that a recycled pid is never waited for or
+// signalled. Where /proc is unavailable, falls back to ProcessAlive.
+bool IsRunProcess(pid_t pid, const std::string& run_dir);
+
 }  // namespace moe::harness

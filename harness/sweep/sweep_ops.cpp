@@ -71,8 +71,9 @@ Status RecoverSweep(Store* store, const SweepRecord& sweep, const std::string& h
                     const LogFn& log) {
   if (sweep.runner_pid != 0 && sweep.runner_pid != ::getpid()) {
     const bool same_host = sweep.runner_host == host;
-    const bool live = same_host ? ProcessAlive(static_cast<pid_t>(sweep.runner_pid))
-                                : Now() - sweep.runner_heartbeat < stale_after_s;
+    // A live runner heartbeats every few seconds; a recycled pid does not.
+    const bool fresh = Now() - sweep.runner_heartbeat < stale_after_s;
+    const bool live = fresh && (!same_host || ProcessAlive(static_cast<pid_t>(sweep.runner_pid)));
     if (live) {
       return Status::Busy("sweep '" + sweep.name + "' is being run by pid " + std::to_string(sweep.runner_pid) +
                           " on " + sweep.runner_host + "; stop it (Ctrl-C) or wait for it");
@@ -82,13 +83,13 @@ Status RecoverSweep(Store* store, const SweepRecord& sweep, const std::string& h
   MOE_RETURN_IF_ERROR(store->ListRuns(sweep.id, &runs));
   for (const auto& r : runs) {
     if (r.status != RunStatus::kRunning) continue;
-    if (r.host == host && r.pid > 0 && ProcessAlive(static_cast<pid_t>(r.pid))) {
+    if (r.host == host && r.pid > 0 && IsRunProcess(static_cast<pid_t>(r.pid), r.run_dir)) {
       // A trainer outliving its runner (PR_SET_PDEATHSIG already sent SIGTERM on Linux): let it
       // finish its checkpoint; insist after a minute, kill after two.
       log("recover: waiting for trainer pid " + std::to_string(r.pid) + " of " + r.name + " to checkpoint and exit");
       const auto t0 = std::chrono::steady_clock::now();
       bool termed = false;
-      while (ProcessAlive(static_cast<pid_t>(r.pid))) {
+      while (IsRunProcess(static_cast<pid_t>(r.pid), r.run_dir)) {
         const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (waited > 60 && !termed) { ::kill(static_cast<pid_t>(r.pid), SIGTERM); termed = true; }
         if (waited > 120) { ::kill(static_cast<pid_t>(r.pid), SIGKILL); break; }
@@ -141,7 +142,9 @@ Status CancelSweep(Store* store, const SweepRecord& sweep, const std::string& ru
     if (!run_name.empty() && r.name != run_name) continue;
     found = true;
     if (r.status == RunStatus::kCompleted || r.status == RunStatus::kCancelled) continue;
-    if (r.status == RunStatus::kRunning && r.host == host && r.pid > 0) ::kill(static_cast<pid_t>(r.pid), SIGTERM);
+    if (r.status == RunStatus::kRunning && r.host == host && IsRunProcess(static_cast<pid_t>(r.pid), r.run_dir)) {
+      ::kill(static_cast<pid_t>(r.pid), SIGTERM);
+    }
     MOE_RETURN_IF_ERROR(store->SetRunStatus(r.id, RunStatus::kCancelled, "cancelled", Now()));
     ++*cancelled;
   }

@@ -19,10 +19,11 @@ namespace moe::harness {
 Status RegisterSweep(Store* store, const Grid& grid, const std::string& runs_dir, SweepRecord* sweep, bool* created);
 
 // Makes the sweep safe to run from this process:
-//   - Busy when another live runner holds it (same host and its pid is alive, or another host
-//     with a heartbeat fresher than `stale_after_s`);
+//   - Busy when another live runner holds it: its heartbeat is fresher than `stale_after_s`
+//     and, on this host, its pid is alive;
 //   - runs left "running" by a dead runner are recovered: when their trainer is still alive on
-//     this host it is asked to stop (SIGTERM: checkpoint and exit) and waited for; then what
+//     this host (its environment names the run's folder: a recycled pid is never touched) it is
+//     asked to stop (SIGTERM: checkpoint and exit) and waited for; then what
 //     their metrics file holds is ingested, and the run is marked completed (summary.json says
 //     so) or interrupted (continues from its checkpoint); a "recovered" event records it.
 using LogFn = std::function<void(const std::string&)>;

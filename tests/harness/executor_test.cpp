@@ -100,7 +100,7 @@ void CheckComplete(const std::string& db, const std::string& sweep, int64_t step
 
 }  // namespace
 
-TEST_CASE("runner: a sweep completes; every step is stored once; the queue progression is recorded", "[runner]") {
+TEST_CASE("runner: a sweep completes - every step is stored once - the queue progression is recorded", "[runner]") {
   TempDir d;
   WriteFile(d / "g.toml", Grid("ok", "train.seed = [1, 2, 4]"));
   CliResult r = RunCli(Argv(d, {"run", d / "g.toml"}), d.path());
@@ -149,7 +149,7 @@ TEST_CASE("runner: a sweep completes; every step is stored once; the queue progr
   }
 }
 
-TEST_CASE("runner: failed, killed and diverged runs are marked failed and the queue goes on", "[runner]") {
+TEST_CASE("runner: failed killed and diverged runs are marked failed and the queue goes on", "[runner]") {
   TempDir d;
   // Fake trainer: seed 13 exits 1 with an OOM message, 9 SIGKILLs itself, 3 diverges (exit 3).
   WriteFile(d / "g.toml", Grid("mixed", "train.seed = [13, 1, 9, 3, 2]"));
@@ -185,7 +185,7 @@ TEST_CASE("runner: failed, killed and diverged runs are marked failed and the qu
   }
 }
 
-TEST_CASE("runner: --fail-fast pauses the queue at the first failure; resume continues", "[runner]") {
+TEST_CASE("runner: --fail-fast pauses the queue at the first failure - resume continues", "[runner]") {
   TempDir d;
   WriteFile(d / "g.toml", Grid("ff", "train.seed = [1, 13, 2]"));
   CliResult r = RunCli(Argv(d, {"run", d / "g.toml", "--fail-fast"}), d.path());
@@ -244,7 +244,7 @@ TEST_CASE("runner: a grid that needs GPUs on a machine without them is refused b
   CHECK(r.err.find("needs 1 GPU(s) per run") != std::string::npos);
 }
 
-TEST_CASE("runner: SIGINT pauses (trainers checkpoint), resume finishes with the same losses", "[runner][pause]") {
+TEST_CASE("runner: SIGINT pauses (trainers checkpoint) resume finishes with the same losses", "[runner][pause]") {
   TempDir d;
   WriteFile(d / "g.toml", Grid("pause", "train.seed = [1, 2]", "", 40));
   Cli cli(Argv(d, {"run", d / "g.toml"}), d.path(), {{"FAKE_STEP_MS", "40"}});
@@ -279,7 +279,7 @@ TEST_CASE("runner: SIGINT pauses (trainers checkpoint), resume finishes with the
                                                  "resumed:paused", "sweep_started:running", "completed:completed"});
 }
 
-TEST_CASE("runner: a second SIGINT stops at once; the run continues from its last checkpoint", "[runner][pause]") {
+TEST_CASE("runner: a second SIGINT stops at once - the run continues from its last checkpoint", "[runner][pause]") {
   TempDir d;
   WriteFile(d / "g.toml", Grid("hard", "train.seed = [1]", "", 40));
   // A trainer that ignores the first SIGINT's request for a while: long steps.
@@ -299,7 +299,7 @@ TEST_CASE("runner: a second SIGINT stops at once; the run continues from its las
   CheckComplete(d / "s.db", "hard", 40);
 }
 
-TEST_CASE("runner: SIGKILL of the runner, then resume: no run lost or run twice, no metric row duplicated",
+TEST_CASE("runner: SIGKILL of the runner then resume: no run lost or run twice no metric row duplicated",
           "[runner][crash]") {
   TempDir d;
   WriteFile(d / "g.toml", Grid("crash", "train.seed = [1, 2, 4]", "", 30));
@@ -347,7 +347,7 @@ TEST_CASE("runner: status reads while a sweep writes", "[runner]") {
   CheckComplete(d / "s.db", "live", 40);
 }
 
-TEST_CASE("runner: an external [command] trainer is queued, paused and resumed like moe-train", "[runner][command]") {
+TEST_CASE("runner: an external command trainer is queued paused and resumed like moe-train", "[runner][command]") {
   TempDir d;
   WriteFile(d / "g.toml", "[sweep]\nname = \"ext\"\n[command]\nargv = [\"" + kFake +
                               "\", \"--config\", \"{config}\", \"--run-dir\", \"{run_dir}\"]\n"
@@ -414,4 +414,16 @@ TEST_CASE("runner: a bad grid stops the command with its message and leaves the 
   CHECK(dry.out.find("moe.top_k=2  precision.fp8=true") != std::string::npos);
   CHECK(dry.out.find("\n4 runs\n") != std::string::npos);
   CHECK(!std::filesystem::exists(d / "dry.db"));
+}
+
+TEST_CASE("runner: a second runner on a live sweep is refused", "[runner]") {
+  TempDir d;
+  WriteFile(d / "g.toml", Grid("busy", "train.seed = [1]", "", 200));
+  Cli cli(Argv(d, {"run", d / "g.toml"}), d.path(), {{"FAKE_STEP_MS", "20"}});
+  REQUIRE(WaitFor([&] { return StoredStep(d / "s.db", "busy", "seed1") >= 2; }));
+  CliResult second = RunCli(Argv(d, {"resume", "busy"}), d.path());
+  CHECK(second.exit_code == 1);
+  CHECK(second.err.find("is being run by pid " + std::to_string(cli.pid())) != std::string::npos);
+  CHECK(cli.Wait().exit_code == 0);
+  CHECK(Runs(d / "s.db", "busy")[0].attempt == 1);
 }

@@ -41,7 +41,7 @@ std::vector<std::string> Names(const Grid& g) {
 
 }  // namespace
 
-TEST_CASE("grid: cartesian product in file order, last axis fastest", "[grid]") {
+TEST_CASE("grid: cartesian product in file order last axis fastest", "[grid]") {
   Grid g = Expand(R"(
 [grid]
 precision.fp8 = [false, true]
@@ -77,7 +77,7 @@ moe.capacity_factor = 0
                                              "cudagraph_cap1.25"});
 }
 
-TEST_CASE("grid: include adds named runs on top of base; unnamed ones spell their keys", "[grid]") {
+TEST_CASE("grid: include adds named runs on top of base - unnamed ones spell their keys", "[grid]") {
   Grid g = Expand(R"(
 [grid]
 moe.n_experts = [4, 8]
@@ -115,7 +115,7 @@ moe.top_k = [1, 2]
   CHECK(r.runs[4].config["train"]["seed"] == 101);
 }
 
-TEST_CASE("grid: a seed axis, a run-name template and array values", "[grid]") {
+TEST_CASE("grid: a seed axis a run-name template and array values", "[grid]") {
   std::string text = std::string(kBase);
   text.replace(text.find("name = \"t\""), 10, "name = \"t\"\nrun_name = \"L{model.n_layer}-{train.seed}-{moe.router}\"");
   Grid g;
@@ -131,7 +131,7 @@ TEST_CASE("grid: a seed axis, a run-name template and array values", "[grid]") {
   CHECK(c.runs[0].config["layers"] == nlohmann::json::array({1, 2}));
 }
 
-TEST_CASE("grid: names are stable across re-expansion and unique; collisions fall back to key-value", "[grid]") {
+TEST_CASE("grid: names are stable across re-expansion and unique - collisions fall back to key-value", "[grid]") {
   const std::string extra = "[grid]\nmoe.router = [\"softmax\", \"sigmoid\"]\nmoe.impl = [\"loop\", \"grouped\"]\n";
   Grid a = Expand(extra), b = Expand(extra);
   CHECK(Names(a) == Names(b));
@@ -169,7 +169,7 @@ TEST_CASE("grid: run names are safe as directory names", "[grid][names]") {
   CHECK(ValueText(1.0) == "1.0");
 }
 
-TEST_CASE("grid: placeholders are substituted textually, with escapes", "[grid]") {
+TEST_CASE("grid: placeholders are substituted textually with escapes", "[grid]") {
   auto lookup = [](const std::string& k, std::string* v) {
     if (k != "x") return false;
     *v = "a b;$(rm -rf /)";
@@ -183,7 +183,7 @@ TEST_CASE("grid: placeholders are substituted textually, with escapes", "[grid]"
 }
 
 // Each class of bad grid: the message names the position, the run and the key.
-TEST_CASE("grid: bad grids are refused with the position, run and key", "[grid][errors]") {
+TEST_CASE("grid: bad grids are refused with the position run and key", "[grid][errors]") {
   struct Case {
     const char* what;
     std::string extra;

@@ -114,7 +114,7 @@ TEST_CASE("integration: a sweep of the real trainer completes with every metric 
   CHECK(runs["cap1.25"].rows.back().dropped_frac.has_value());
 }
 
-TEST_CASE("integration: SIGINT pauses mid-run; resume ends with the losses of an uninterrupted sweep",
+TEST_CASE("integration: SIGINT pauses mid-run - resume ends with the losses of an uninterrupted sweep",
           "[integration][pause]") {
   REQUIRE_TRAINER();
   TempDir d;
@@ -157,7 +157,7 @@ TEST_CASE("integration: SIGINT pauses mid-run; resume ends with the losses of an
   CHECK(resumed["sigmoid"].rec.attempt == 1);
 }
 
-TEST_CASE("integration: runner killed with SIGKILL mid-run, then resumed: nothing lost or duplicated",
+TEST_CASE("integration: runner killed with SIGKILL mid-run then resumed: nothing lost or duplicated",
           "[integration][crash]") {
   REQUIRE_TRAINER();
   TempDir d;

@@ -11,7 +11,7 @@
 using namespace moe::harness;
 using moe::harness::testing::TempDir;
 
-TEST_CASE("metrics: a line fills the columns; unknown keys become extras", "[metrics]") {
+TEST_CASE("metrics: a line fills the columns - unknown keys become extras", "[metrics]") {
   MetricRow r;
   REQUIRE(ParseMetricLine(R"({"step":7,"loss":3.5,"mfu":null,"tokens":448,"expert_load":[3,1],"val_loss":3.6,)"
                           R"("tok_per_s":1e3,"my_extra":"x","gpu_temp":71})", &r).ok());

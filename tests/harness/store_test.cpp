@@ -80,7 +80,7 @@ TEST_CASE("store: reopening a file keeps its data and does not re-run migrations
   CHECK(ro->GetSweep("a", &got).ok());
 }
 
-TEST_CASE("store: a database from a newer moe-sweep is refused, untouched", "[store]") {
+TEST_CASE("store: a database from a newer moe-sweep is refused untouched", "[store]") {
   TempDir dir;
   const std::string db = dir / "new.db";
   sqlite3* raw = nullptr;
@@ -110,7 +110,7 @@ TEST_CASE("store: a read-only opener of a missing database gets NotFound and cre
   CHECK(!std::filesystem::exists(dir / "none.db"));
 }
 
-TEST_CASE("store: CreateSweep is one transaction; a duplicate name writes nothing", "[store]") {
+TEST_CASE("store: CreateSweep is one transaction - a duplicate name writes nothing", "[store]") {
   auto s = Memory();
   std::vector<RunRecord> runs;
   SweepRecord a = NewSweep(s.get(), "a", 3, &runs);
@@ -132,7 +132,7 @@ TEST_CASE("store: CreateSweep is one transaction; a duplicate name writes nothin
   CHECK(s->GetSweep("b", &b).IsNotFound());
 }
 
-TEST_CASE("store: metrics are keyed by (run, step); re-ingesting replaces, never duplicates", "[store]") {
+TEST_CASE("store: metrics are keyed by (run step) - re-ingesting replaces never duplicates", "[store]") {
   auto s = Memory();
   std::vector<RunRecord> runs;
   SweepRecord sw = NewSweep(s.get(), "a", 2, &runs);
@@ -201,7 +201,7 @@ TEST_CASE("store: run life cycle and the queue progression in events", "[store]"
   CHECK(all[0].cancelled == 1);
 }
 
-TEST_CASE("store: a writer holding the lock makes another writer Busy, not corrupt", "[store]") {
+TEST_CASE("store: a writer holding the lock makes another writer Busy not corrupt", "[store]") {
   TempDir dir;
   const std::string db = dir / "b.db";
   std::unique_ptr<Store> a;
