@@ -12,7 +12,7 @@ TEST_CASE("capacity: C = ceil(tokens*top_k/n_experts*factor), 0 = dropless", "[c
   }
 }
 
-TEST_CASE("capacity: first choices outrank second choices; overflow drops", "[capacity]") {
+TEST_CASE("capacity: first choices outrank second choices, overflow drops", "[capacity]") {
   // 4 tokens, top-2, 3 experts. Slot-major order:
   //   slot 0: t0->0 t1->0 t2->0 t3->1 ; slot 1: t0->1 t1->2 t2->1 t3->0
   // ranks: expert 0: t0s0 0, t1s0 1, t2s0 2, t3s1 3;  expert 1: t3s0 0, t0s1 1, t2s1 2;  expert 2: t1s1 0

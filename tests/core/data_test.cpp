@@ -160,7 +160,7 @@ TEST_CASE("data: synthetic tokens cover the vocabulary roughly uniformly", "[dat
   CHECK(counts.max().item<int64_t>() < 624);
 }
 
-TEST_CASE("data: bin windows are the file's tokens; validation only from the held-out tail", "[data]") {
+TEST_CASE("data: bin windows are the file's tokens, validation only from the held-out tail", "[data]") {
   TempDir dir;
   // 2000 distinct tokens with both bytes in use (37 is odd, so i*37 mod 65536 never repeats).
   std::vector<int64_t> tokens;
@@ -317,7 +317,7 @@ TEST_CASE("data: files too large to scan on open check token ids per batch", "[d
   CHECK_THROWS_WITH(src->ValBatch(0), Contains("token id 5000"));
 }
 
-TEST_CASE("data: small files are copied, so truncating one during a run cannot fault it; large ones are mapped",
+TEST_CASE("data: small files are copied, so truncating one during a run cannot fault it, large ones are mapped",
           "[data]") {
   TempDir dir;
   std::string bytes(4096, '\0');

@@ -30,7 +30,7 @@ TEST_CASE("router: softmax scores, top-k in score order, renormalised weights", 
   }
 }
 
-TEST_CASE("router: sigmoid scores are the weights; probs are normalised per token", "[router]") {
+TEST_CASE("router: sigmoid scores are the weights, probs are normalised per token", "[router]") {
   torch::Tensor logits = T2({0, 1, -1, 2}, 1, 4);
   auto sig = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
   const double S = sig(0) + sig(1) + sig(-1) + sig(2);

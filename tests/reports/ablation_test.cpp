@@ -40,7 +40,7 @@ TEST_CASE("ablation: axes are keys with two or more values, in first-appearance 
   CHECK(axes[1].values == std::vector<json>{1, 2});
 }
 
-TEST_CASE("ablation: pairs hold every other axis fixed; include runs without the axis are left out", "[ablation]") {
+TEST_CASE("ablation: pairs hold every other axis fixed, include runs without the axis are left out", "[ablation]") {
   // A 2 x 2 grid (experts x fp8), a third expert count for fp8=false only, and a dense include run.
   const std::vector<json> params = {
       json::parse(R"({"moe.n_experts": 8, "precision.fp8": false})"),   // 0
