@@ -8,6 +8,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/build.sh
-build/bin/moe-sweep run experiments/smoke_cpu.toml
+rc=0
+build/bin/moe-sweep run experiments/smoke_cpu.toml || rc=$?
+# 75: paused by Ctrl-C (moe-sweep printed how to resume); no report of a half sweep then.
+[ "$rc" -eq 75 ] && exit 75
 sweep=$(sed -n 's/^name *= *"\(.*\)".*/\1/p' experiments/smoke_cpu.toml | head -1)
+# A sweep with failed runs (rc 3) still gets its report: the failures are part of it.
 build/bin/moe-report generate --sweep "$sweep"
+exit "$rc"
