@@ -108,10 +108,6 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     return Fail("precision.fp8 = true: FP8 GEMMs are not implemented in this build yet; use precision.fp8 = false",
                 kExitInvalidConfig);
   }
-  if (cfg.train.compile == "cudagraph") {
-    return Fail("train.compile = \"cudagraph\": graph capture is not implemented in this build yet; use \"eager\"",
-                kExitInvalidConfig);
-  }
   if (cfg.moe.expert_parallel > 1) {
     return Fail("moe.expert_parallel > 1: expert parallelism is not implemented in this build yet; use 1",
                 kExitInvalidConfig);
