@@ -1,0 +1,171 @@
+#include "core/precision/fp8_grouped.h"
+
+#include <limits>
+
+#include <ATen/cuda/CUDAContext.h>
+
+#include "core/precision/fp8.h"
+#include "core/precision/fp8_linear.h"
+
+namespace moe {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+constexpr auto kE4M3 = torch::kFloat8_e4m3fn;
+constexpr int64_t kAlign = 16;  // rows per weight-gradient group: a multiple of 16 fp8 bytes
+
+torch::Tensor CpuScaledGroupedMm(const torch::Tensor& a, const torch::Tensor& inv_a, const torch::Tensor& b,
+                                 const torch::Tensor& inv_b, const torch::Tensor& offs, torch::ScalarType out_dtype) {
+  const auto ends = offs.to(torch::kCPU, torch::kLong);
+  const int64_t G = ends.size(0);
+  const auto* e = ends.data_ptr<int64_t>();
+  const auto f32 = torch::kFloat32;
+  if (b.dim() == 3) {  // 2D x 3D: groups of rows
+    const int64_t M = a.size(0), N = b.size(2);
+    torch::Tensor out = torch::zeros({M, N}, a.options().dtype(f32));
+    for (int64_t g = 0, start = 0; g < G; start = e[g], ++g) {
+      const int64_t n = e[g] - start;
+      if (n <= 0) continue;
+      out.narrow(0, start, n)
+          .copy_(torch::mm(a.narrow(0, start, n).to(f32), b[g].to(f32)) * inv_a.narrow(0, start, n).unsqueeze(1) *
+                 inv_b[g].unsqueeze(0));
+    }
+    return out.to(out_dtype);
+  }
+  // 2D x 2D: groups of the contraction
+  const int64_t K = a.size(0), N = b.size(1);
+  torch::Tensor out = torch::zeros({G, K, N}, a.options().dtype(f32));
+  for (int64_t g = 0, start = 0; g < G; start = e[g], ++g) {
+    const int64_t n = e[g] - start;
+    if (n <= 0) continue;
+    out[g].copy_(torch::mm(a.narrow(1, start, n).to(f32), b.narrow(0, start, n).to(f32)) *
+                 inv_a.narrow(0, g * K, K).unsqueeze(1) * inv_b.narrow(0, g * N, N).unsqueeze(0));
+  }
+  return out.to(out_dtype);
+}
+
+// The weight-gradient operands, padded per expert (see the header): for each padded slot, the
+// source row (M = the appended zero row).
+struct PaddedGroups {
+  torch::Tensor src;      // (Mp,) int64 row of x / dy, or M for padding
+  torch::Tensor pad_end;  // (E,) int32 cumulative padded ends: the offsets of the GEMM
+};
+
+PaddedGroups PadGroups(const torch::Tensor& offs, int64_t M) {
+  const int64_t E = offs.size(0);
+  const torch::Tensor end = offs.to(torch::kLong);                         // (E,)
+  const torch::Tensor count = end - torch::cat({end.new_zeros({1}), end.narrow(0, 0, E - 1)});
+  const torch::Tensor start = end - count;
+  const torch::Tensor padded = ((count + (kAlign - 1)).div(kAlign, "floor") * kAlign).clamp_min(kAlign);
+  const torch::Tensor pend = padded.cumsum(0);
+  const torch::Tensor pstart = pend - padded;
+  const int64_t Mp = (M + kAlign - 1) / kAlign * kAlign + kAlign * E;     // >= pend[E-1], static
+  const torch::Tensor slot = torch::arange(Mp, end.options());
+  torch::Tensor grp = torch::searchsorted(pend, slot, /*out_int32=*/false, /*right=*/true).clamp_max(E - 1);
+  const torch::Tensor local = slot - pstart.index_select(0, grp);
+  const torch::Tensor valid = local.lt(count.index_select(0, grp)).logical_and(slot.lt(pend.narrow(0, E - 1, 1)));
+  PaddedGroups p;
+  p.src = torch::where(valid, start.index_select(0, grp) + local, torch::full({}, M, end.options()));
+  p.pad_end = pend.to(torch::kInt32);
+  return p;
+}
+
+// t: (M, C) compute dtype. Returns its rows transposed, quantised and padded per expert:
+// data (C, Mp) e4m3 row-major, and inv (E*C,) expert-major. One scale per column of t over all
+// rows, shared by every expert: the kernel takes a scale per (expert, column), but a per-expert
+// amax is a segmented reduction that eager ATen can only do through (Mp, C) temporaries, and
+// e4m3's range (2^-9 .. 448) holds an expert whose column is 1000x below the amax. The padding
+// is a byte gather of the FP8 data (uint8 view) from a zero column appended after the M rows.
+std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Tensor& t, const PaddedGroups& p,
+                                                                 int64_t E) {
+  const int64_t M = t.size(0), C = t.size(1);
+  const double inf = std::numeric_limits<double>::infinity();
+  torch::Tensor amax = at::linalg_vector_norm(t, inf, torch::IntArrayRef{0}, /*keepdim=*/false, torch::kFloat32);  // (C,)
+  torch::Tensor scale = AmaxToScale(amax, kE4M3);                                   // (C,)
+  torch::Tensor buf = torch::empty({C, M + 1}, t.options().dtype(kE4M3));
+  torch::Tensor body = buf.narrow(1, 0, M);
+  at::mul_out(body, t.t(), scale.unsqueeze(1));                                     // (C, M)
+  torch::Tensor bytes = buf.view(torch::kUInt8);
+  bytes.narrow(1, M, 1).zero_();                                                    // the padding source
+  torch::Tensor data = bytes.index_select(1, p.src).view(kE4M3);                    // (C, Mp)
+  return {data, scale.reciprocal().repeat({E})};
+}
+
+struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& offs) {
+    ctx->save_for_backward({x, w, offs});
+    Fp8Tensor xq = Quantize(x, kE4M3, Fp8Granularity::kRow);                   // (M, K), (M, 1)
+    Fp8Tensor wq = Quantize(w.transpose(1, 2), kE4M3, Fp8Granularity::kRow);   // (E, N, K), (E, N, 1)
+    return ScaledGroupedMm(xq.data, xq.inv_scale().view({-1}), wq.data.transpose(1, 2),
+                           wq.inv_scale().squeeze(-1), offs, x.scalar_type());  // (M, N)
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &w = saved[1], &offs = saved[2];
+    const torch::Tensor dy = grads[0].contiguous();  // (M, N)
+    const int64_t M = x.size(0), E = w.size(0);
+    torch::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      Fp8Tensor dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);  // (M, N), (M, 1)
+      Fp8Tensor wq = Quantize(w, kE4M3, Fp8Granularity::kRow);    // (E, K, N), (E, K, 1): per (e, k) over N
+      dx = ScaledGroupedMm(dyq.data, dyq.inv_scale().view({-1}), wq.data.transpose(1, 2), wq.inv_scale().squeeze(-1),
+                           offs, x.scalar_type());  // (M, K)
+    }
+    if (ctx->needs_input_grad(1)) {
+      if (M == 0) {
+        dw = torch::zeros_like(w);
+      } else if (Fp8WeightGradInComputeDtype()) {
+        dw = at::_grouped_mm(x.t(), dy, offs).to(w.scalar_type());  // (E, K, N)
+      } else {
+        PaddedGroups p = PadGroups(offs, M);
+        auto [xt, inv_x] = QuantizePaddedTransposed(x, p, E);     // (K, Mp), (E*K,)
+        auto [dyt, inv_dy] = QuantizePaddedTransposed(dy, p, E);  // (N, Mp), (E*N,)
+        dw = ScaledGroupedMm(xt, inv_x, dyt.t(), inv_dy, p.pad_end, x.scalar_type()).to(w.scalar_type());  // (E, K, N)
+      }
+    }
+    return {dx, dw, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std::string* why) {
+  if (d % 16 != 0 || h % 16 != 0) {
+    if (why) *why = "n_embd (" + std::to_string(d) + ") and expert hidden (" + std::to_string(h) +
+                    ") must be multiples of 16";
+    return false;
+  }
+  if (device.is_cuda()) {
+    const auto* prop = at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0);
+    if (!((prop->major == 9 || prop->major == 10) && prop->minor == 0)) {
+      if (why) *why = "at::_scaled_grouped_mm needs compute capability 9.0 or 10.0, this GPU has " +
+                      std::to_string(prop->major) + "." + std::to_string(prop->minor);
+      return false;
+    }
+  }
+  return true;
+}
+
+torch::Tensor ScaledGroupedMm(const torch::Tensor& a, const torch::Tensor& inv_a, const torch::Tensor& b,
+                              const torch::Tensor& inv_b, const torch::Tensor& offs, torch::ScalarType out_dtype) {
+  if (!a.is_cuda()) return CpuScaledGroupedMm(a, inv_a, b, inv_b, offs, out_dtype);
+  torch::Tensor y = at::_scaled_grouped_mm(a, b, inv_a, inv_b, offs, std::nullopt, std::nullopt, torch::kBFloat16);
+  return y.scalar_type() == out_dtype ? y : y.to(out_dtype);
+}
+
+torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 3 && w.size(1) == x.size(1) && offs.size(0) == w.size(0),
+              "Fp8GroupedMm: expected x (M, K), w (E, K, N), offs (E,); got ", x.sizes(), ", ", w.sizes(), ", ",
+              offs.sizes());
+  if (x.size(0) == 0) {
+    // Nothing routed here: an empty result that still connects to both inputs' graphs.
+    return (x.sum() + w.sum()).to(x.scalar_type()) * torch::zeros({0, w.size(2)}, x.options());
+  }
+  return Fp8GroupedFn::apply(x, w, offs);
+}
+
+}  // namespace moe

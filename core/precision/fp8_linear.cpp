@@ -1,0 +1,108 @@
+#include "core/precision/fp8_linear.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace moe {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+constexpr auto kE4M3 = torch::kFloat8_e4m3fn;
+constexpr auto kE5M2 = torch::kFloat8_e5m2;
+
+// An (R, C) FP8 matrix re-laid out column-major: same logical shape, C-major bytes. A byte copy.
+torch::Tensor ColumnMajor(const torch::Tensor& q) { return q.t().contiguous().t(); }
+
+struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
+  // x: (M, K) compute dtype; w: (N, K). Returns (M, N) in x's dtype.
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe) {
+    const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
+    const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
+    Fp8Tensor xq = Quantize(x, kE4M3, g);  // (M, K), scale () or (M, 1)
+    Fp8Tensor wq = Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
+    torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type());
+    ctx->saved_data["rowwise"] = rowwise;
+    if (Fp8WeightGradInComputeDtype() && !rowwise) ctx->saved_data["x"] = x;
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
+    if (rowwise) {
+      ctx->save_for_backward({x, w});
+    } else {
+      ctx->saved_data["xq"] = xq.data;
+      ctx->saved_data["x_inv"] = xq.inv_scale();
+      ctx->saved_data["wq"] = wq.data;
+      ctx->saved_data["w_inv"] = wq.inv_scale();
+    }
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const torch::Tensor dy = grads[0].contiguous();  // (M, N)
+    const auto dt = dy.scalar_type();
+    const auto w_dtype = static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    torch::Tensor dx, dw;
+    if (ctx->saved_data["rowwise"].toBool()) {
+      auto saved = ctx->get_saved_variables();
+      const torch::Tensor& x = saved[0];  // (M, K)
+      const torch::Tensor& w = saved[1];  // (N, K)
+      if (ctx->needs_input_grad(0)) {
+        Fp8Tensor dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);      // (M, N), per row over N
+        Fp8Tensor wt = Quantize(w.t(), kE4M3, Fp8Granularity::kRow);    // (K, N), per k over N
+        dx = ScaledMm(dyq.data, dyq.inv_scale(), wt.data.t(), wt.inv_scale().t(), dt);  // (M, K)
+      }
+      if (ctx->needs_input_grad(1) && Fp8WeightGradInComputeDtype()) {
+        dw = torch::mm(dy.t(), x).to(w_dtype);
+      } else if (ctx->needs_input_grad(1)) {
+        Fp8Tensor dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
+        Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);    // (K, M), per k over M
+        dw = ScaledMm(dyt.data, dyt.inv_scale(), xt.data.t(), xt.inv_scale().t(), dt).to(w_dtype);  // (N, K)
+      }
+    } else {
+      Fp8Tensor dyq = Quantize(dy, kE5M2, Fp8Granularity::kTensor);  // (M, N)
+      if (ctx->needs_input_grad(0)) {
+        const torch::Tensor wq = ctx->saved_data["wq"].toTensor();  // (N, K)
+        dx = ScaledMm(dyq.data, dyq.inv_scale(), ColumnMajor(wq), ctx->saved_data["w_inv"].toTensor(), dt);
+      }
+      if (ctx->needs_input_grad(1) && Fp8WeightGradInComputeDtype()) {
+        dw = torch::mm(dy.t(), ctx->saved_data["x"].toTensor()).to(w_dtype);
+      } else if (ctx->needs_input_grad(1)) {
+        const torch::Tensor xq = ctx->saved_data["xq"].toTensor();  // (M, K)
+        dw = ScaledMm(dyq.data.t().contiguous(), dyq.inv_scale(), ColumnMajor(xq), ctx->saved_data["x_inv"].toTensor(),
+                      dt).to(w_dtype);
+      }
+    }
+    return {dx, dw, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool Fp8WeightGradInComputeDtype() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOE_FP8_WGRAD");
+    const bool b = v != nullptr && std::strcmp(v, "bf16") == 0;
+    if (b) std::fprintf(stderr, "moe-train: MOE_FP8_WGRAD=bf16: FP8 weight-gradient GEMMs run in the compute dtype\n");
+    return b;
+  }();
+  return on;
+}
+
+bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
+  return M > 0 && K > 0 && N > 0 && M % 16 == 0 && K % 16 == 0 && N % 16 == 0;
+}
+
+torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe) {
+  const int64_t K = x.size(-1), N = w.size(0);
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == K, "Fp8Linear: w must be (N, ", K, "), got ", w.sizes());
+  TORCH_CHECK(Fp8LinearSupported(x.numel() / K, K, N), "Fp8Linear: shape (", x.numel() / K, ", ", K, ") x (", K, ", ",
+              N, ") is not FP8-capable (dimensions must be multiples of 16)");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe));  // (M, N)
+  return y.view(out_shape);
+}
+
+}  // namespace moe

@@ -1,0 +1,37 @@
+// y = x @ w^T with all three GEMMs in FP8 (output, input gradient, weight gradient), each through
+// at::_scaled_mm with dynamic scales from the current amax (see fp8.h for the recipes).
+//
+//   forward   y  = x  @ w^T    x (M, K) row-major,   w^T (K, N) column-major (w itself)
+//   backward  dx = dy @ w      dy (M, N) row-major,  w (N, K) column-major (w^T contiguous)
+//             dw = dy^T @ x    dy^T (N, M) row-major, x (M, K) column-major (x^T contiguous)
+//
+// tensorwise keeps x and w as FP8 for the backward (their transposes are byte copies: one
+// scale covers both layouts); rowwise keeps x in its compute dtype and w as the parameter,
+// since the backward GEMMs contract over other dimensions and need other scales.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+#include "core/precision/fp8.h"
+
+namespace moe {
+
+// Whether the three GEMMs of a (M, K) x (K, N) linear can run in FP8: at::_scaled_mm needs
+// every contracted and every column dimension a multiple of 16, and the three GEMMs contract
+// over K, N and M in turn. Shapes that fail stay in the compute dtype.
+bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
+
+// x: (..., K) in the compute dtype (bf16 or fp32); w: (N, K) parameter, usually the fp32 master.
+// Returns (..., N) in x's dtype; the gradient reaches w in w's dtype. Requires
+// Fp8LinearSupported(x.numel() / K, K, N).
+torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe);
+
+// Experimental, for measurement only: with MOE_FP8_WGRAD=bf16 in the environment the weight-
+// gradient GEMMs (linear and expert) run in the compute dtype instead of FP8 (torchao's
+// "rowwise_with_gw_hp" idea: that GEMM is the one whose FP8 operands need transposed casts).
+// Read once; moe-train notes it on stderr.
+bool Fp8WeightGradInComputeDtype();
+
+}  // namespace moe

@@ -1,0 +1,54 @@
+#include "core/precision/precision_plan.h"
+
+#include "core/model/cast.h"
+#include "core/precision/fp8_grouped.h"
+#include "core/precision/fp8_linear.h"
+
+namespace moe {
+
+torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w) {
+  const int64_t K = x.size(-1);
+  if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) return Fp8Linear(x, w, p.recipe);
+  return CastLinear(x, w);
+}
+
+PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& device) {
+  PrecisionPlan p;
+  p.fp8_ = cfg.precision.fp8;
+  p.experts_ = cfg.precision.fp8_experts;
+  Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
+  TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
+  p.rows_ = cfg.train.batch_size * cfg.model.seq_len;
+  p.device_ = device;
+  return p;
+}
+
+LinearPrecision PrecisionPlan::Linear(const std::string& name, int64_t in, int64_t out) {
+  LinearPrecision lp;
+  if (!fp8_) return lp;
+  if (!Fp8LinearSupported(rows_, in, out)) {
+    fallbacks_.push_back(name + ": (" + std::to_string(rows_) + " x " + std::to_string(in) + ") @ (" +
+                         std::to_string(in) + " x " + std::to_string(out) +
+                         ") needs every dimension a multiple of 16 for at::_scaled_mm");
+    return lp;
+  }
+  lp.fp8 = true;
+  lp.recipe = recipe_;
+  return lp;
+}
+
+bool PrecisionPlan::Experts(const std::string& name, int64_t d, int64_t h, bool grouped_backend) {
+  if (!fp8_ || !experts_) return false;
+  if (!grouped_backend) {
+    fallbacks_.push_back(name + ".experts: FP8 experts need moe.impl = grouped (at::_scaled_grouped_mm)");
+    return false;
+  }
+  std::string why;
+  if (!Fp8GroupedSupported(d, h, device_, &why)) {
+    fallbacks_.push_back(name + ".experts: " + why);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace moe

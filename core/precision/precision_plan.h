@@ -1,0 +1,69 @@
+// Which GEMMs run in FP8: the one place that decides, per layer, from the config and the shapes.
+// The model asks the plan once per linear layer (and once per MoE layer for its experts) while it
+// is built, keeps the answer, and calls PlannedLinear / the expert backend with it.
+//
+// FP8 covers the attention projections (qkv, o), the dense MLPs, the shared experts and, with
+// precision.fp8_experts, the routed experts (grouped backend). Two GEMMs never do:
+//   - the LM head: its logits feed the softmax cross-entropy directly and its input gradient is
+//     the whole loss signal; it is also where FP8 recipes (torchao, Transformer Engine) lose the
+//     most accuracy, so they leave it in high precision, as we do;
+//   - the router: its logits make discrete top-k choices (a rounding flip changes the expert),
+//     it is tiny (n_experts columns, often not a multiple of 16), and it runs in fp32.
+// Layers whose shapes the FP8 kernels cannot take stay in the compute dtype and are listed in
+// fallbacks() (the trainer writes them to summary.json).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "core/config/config.h"
+#include "core/precision/fp8.h"
+
+namespace moe {
+
+// The decision for one linear layer.
+struct LinearPrecision {
+  bool fp8 = false;
+  Fp8Recipe recipe = Fp8Recipe::kTensorwise;
+};
+
+// x: (..., in) compute dtype; w: (out, in) fp32 parameter. Fp8Linear when p.fp8 and this call's
+// row count fits (Fp8LinearSupported); otherwise the compute-dtype CastLinear. The row check
+// is per call because batches other than the training one (evaluation, tests) may not fit.
+torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w);
+
+class PrecisionPlan {
+ public:
+  // FP8 off: every GEMM in the compute dtype.
+  PrecisionPlan() = default;
+
+  // From precision.{fp8, fp8_recipe, fp8_experts}; the training micro-batch has
+  // train.batch_size * model.seq_len rows; `device` decides whether the expert kernel exists.
+  static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
+
+  // The decision for linear layer `name` mapping in -> out features; records a fallback when FP8
+  // is on and the shape cannot run.
+  LinearPrecision Linear(const std::string& name, int64_t in, int64_t out);
+
+  // Whether MoE layer `name`'s routed experts (width d, hidden h) run in FP8: fp8 and
+  // fp8_experts on, the grouped backend, and Fp8GroupedSupported. Records a fallback otherwise
+  // (when fp8 and fp8_experts are on).
+  bool Experts(const std::string& name, int64_t d, int64_t h, bool grouped_backend);
+
+  bool fp8() const { return fp8_; }
+  // "layer: reason" for each layer that FP8 would cover but that stays in the compute dtype.
+  const std::vector<std::string>& fallbacks() const { return fallbacks_; }
+
+ private:
+  bool fp8_ = false;
+  bool experts_ = false;
+  Fp8Recipe recipe_ = Fp8Recipe::kTensorwise;
+  int64_t rows_ = 0;  // rows of a training micro-batch
+  torch::Device device_ = torch::kCPU;
+  std::vector<std::string> fallbacks_;
+};
+
+}  // namespace moe
