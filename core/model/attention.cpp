@@ -1,24 +1,27 @@
 #include "core/model/attention.h"
 
-#include "core/model/cast.h"
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
 
 namespace moe {
 
-CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& m)
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& m, PrecisionPlan* plan, const std::string& name)
     : n_head_(m.n_head), n_kv_head_(KvHeads(m)), head_dim_(m.n_embd / m.n_head) {
   const int64_t d = m.n_embd;
   qkv_ = register_module(
       "qkv", torch::nn::Linear(torch::nn::LinearOptions(d, (n_head_ + 2 * n_kv_head_) * head_dim_).bias(false)));
   o_ = register_module("o", torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
+  if (plan != nullptr) {
+    qkv_p_ = plan->Linear(name + ".qkv", d, (n_head_ + 2 * n_kv_head_) * head_dim_);
+    o_p_ = plan->Linear(name + ".o", d, d);
+  }
 }
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                                const torch::Tensor& sin) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
   // (B, T, H + 2*Hkv, hd) -> q (B, T, H, hd), k and v (B, T, Hkv, hd)
-  torch::Tensor qkv = CastLinear(x, qkv_->weight).view({B, T, n_head_ + 2 * n_kv_head_, head_dim_});
+  torch::Tensor qkv = PlannedLinear(qkv_p_, x, qkv_->weight).view({B, T, n_head_ + 2 * n_kv_head_, head_dim_});
   auto parts = qkv.split({n_head_, n_kv_head_, n_kv_head_}, 2);
   // Reference order: rotate, then normalise (the two commute: rotation keeps the norm).
   torch::Tensor q = RmsNorm(ApplyRope(parts[0], cos, sin));
@@ -29,7 +32,7 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
                                                      /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
                                                      /*scale=*/std::nullopt, /*enable_gqa=*/n_kv_head_ != n_head_);
   // (B, H, T, hd) -> (B, T, C)
-  return CastLinear(y.transpose(1, 2).reshape({B, T, C}), o_->weight);
+  return PlannedLinear(o_p_, y.transpose(1, 2).reshape({B, T, C}), o_->weight);
 }
 
 }  // namespace moe

@@ -5,15 +5,20 @@
 // ordered [q heads | k heads | v heads]; o.weight (n_embd, n_embd).
 #pragma once
 
+#include <string>
+
 #include <torch/torch.h>
 
 #include "core/config/config.h"
+#include "core/precision/precision_plan.h"
 
 namespace moe {
 
 class CausalSelfAttentionImpl : public torch::nn::Module {
  public:
-  explicit CausalSelfAttentionImpl(const ModelConfig& m);
+  // With a plan, qkv and o ask it (as "<name>.qkv", "<name>.o") whether to run in FP8.
+  explicit CausalSelfAttentionImpl(const ModelConfig& m, PrecisionPlan* plan = nullptr,
+                                   const std::string& name = "attn");
 
   // x: (B, T, n_embd) in the compute dtype; cos/sin: RoPE tables (see rope.h).
   // Returns (B, T, n_embd) in x's dtype.
@@ -22,6 +27,7 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
  private:
   int64_t n_head_, n_kv_head_, head_dim_;
   torch::nn::Linear qkv_{nullptr}, o_{nullptr};
+  LinearPrecision qkv_p_, o_p_;
 };
 TORCH_MODULE(CausalSelfAttention);
 

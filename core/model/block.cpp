@@ -4,12 +4,14 @@
 
 namespace moe {
 
-BlockImpl::BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype) {
-  attn_ = register_module("attn", CausalSelfAttention(cfg.model));
+BlockImpl::BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype, PrecisionPlan* plan) {
+  const std::string name = "blocks." + std::to_string(layer);
+  attn_ = register_module("attn", CausalSelfAttention(cfg.model, plan, name + ".attn"));
   if (IsMoeLayer(cfg.model, layer)) {
-    moe_ = register_module("moe", MoELayer(cfg.model, cfg.moe, compute_dtype));
+    moe_ = register_module("moe", MoELayer(cfg.model, cfg.moe, compute_dtype, plan, name + ".moe"));
   } else {
-    mlp_ = register_module("mlp", MLP(cfg.model.n_embd, cfg.model.mlp_hidden_mult * cfg.model.n_embd, cfg.model.mlp));
+    mlp_ = register_module("mlp", MLP(cfg.model.n_embd, cfg.model.mlp_hidden_mult * cfg.model.n_embd, cfg.model.mlp,
+                                      plan, name + ".mlp"));
   }
 }
 

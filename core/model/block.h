@@ -10,6 +10,7 @@
 #include "core/model/attention.h"
 #include "core/model/mlp.h"
 #include "core/moe/moe_layer.h"
+#include "core/precision/precision_plan.h"
 
 namespace moe {
 
@@ -20,7 +21,9 @@ struct BlockOut {
 
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype);
+  // With a plan, every GEMM of the block asks it (as "blocks.<layer>.attn.qkv" etc.) whether to
+  // run in FP8.
+  BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype, PrecisionPlan* plan = nullptr);
 
   BlockOut forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 

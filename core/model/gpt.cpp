@@ -6,11 +6,12 @@
 
 namespace moe {
 
-GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype) : cfg_(cfg), compute_dtype_(compute_dtype) {
+GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device)
+    : cfg_(cfg), compute_dtype_(compute_dtype), plan_(PrecisionPlan::FromConfig(cfg, device)) {
   const ModelConfig& m = cfg.model;
   wte_ = register_module("wte", torch::nn::Embedding(m.vocab_size, m.n_embd));
   blocks_ = register_module("blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < m.n_layer; ++i) blocks_->push_back(Block(cfg, i, compute_dtype));
+  for (int64_t i = 0; i < m.n_layer; ++i) blocks_->push_back(Block(cfg, i, compute_dtype, &plan_));
   lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(m.n_embd, m.vocab_size).bias(false)));
   RopeTables rope = MakeRopeTables(m.seq_len, m.n_embd / m.n_head, m.rope_base);
   rope_cos_ = register_buffer("rope_cos", rope.cos);
@@ -36,6 +37,7 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
       dropped = dropped + b.moe.dropped;
     }
   }
+  // The LM head stays in the compute dtype under FP8 (precision_plan.h says why).
   torch::Tensor logits = CastLinear(RmsNorm(x), lm_head_->weight).to(torch::kFloat32);  // (B, T, V)
   ForwardOut out;
   out.ce_loss = torch::nn::functional::cross_entropy(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));

@@ -12,6 +12,7 @@
 
 #include "core/config/config.h"
 #include "core/model/block.h"
+#include "core/precision/precision_plan.h"
 
 namespace moe {
 
@@ -31,7 +32,9 @@ class GPTImpl : public torch::nn::Module {
  public:
   // Builds the model for `cfg` (model + moe sections; precision decides the compute dtype through
   // `compute_dtype`). Initialisation is seeded by the caller (torch::manual_seed) before this.
-  GPTImpl(const Config& cfg, torch::ScalarType compute_dtype);
+  // `device` is where the model will run: the precision plan asks it whether the FP8 expert
+  // kernel exists (CPU: always, by the reference path).
+  GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device = torch::kCPU);
 
   // idx, targets: (B, T) int64 token ids, T <= model.seq_len.
   ForwardOut forward(const torch::Tensor& idx, const torch::Tensor& targets);
@@ -44,6 +47,9 @@ class GPTImpl : public torch::nn::Module {
   // Parameter accounting (see core/model/accounting.h for the formulas).
   const Config& config() const { return cfg_; }
 
+  // Which GEMMs run in FP8; fallbacks() lists the layers FP8 would cover but cannot.
+  const PrecisionPlan& precision_plan() const { return plan_; }
+
   // Parameter names (for optimizer groups and checkpoints): wte.weight (vocab, d),
   // lm_head.weight (vocab, d), blocks.<i>.attn.{qkv,o}.weight, blocks.<i>.mlp.{fc,proj | gate,up,down}.weight,
   // blocks.<i>.moe.{router.weight, w1, w2[, w3]}, blocks.<i>.moe.shared.<j>.*. Every parameter is a
@@ -53,6 +59,7 @@ class GPTImpl : public torch::nn::Module {
  private:
   Config cfg_;
   torch::ScalarType compute_dtype_;
+  PrecisionPlan plan_;
   torch::nn::Embedding wte_{nullptr};
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::Linear lm_head_{nullptr};

@@ -1,6 +1,5 @@
 #include "core/model/mlp.h"
 
-#include "core/model/cast.h"
 
 namespace moe {
 
@@ -10,7 +9,9 @@ torch::nn::Linear NoBias(int64_t in, int64_t out) {
 }
 }  // namespace
 
-MLPImpl::MLPImpl(int64_t d, int64_t hidden, const std::string& activation) : swiglu_(activation == "swiglu") {
+MLPImpl::MLPImpl(int64_t d, int64_t hidden, const std::string& activation, PrecisionPlan* plan,
+                 const std::string& name)
+    : swiglu_(activation == "swiglu") {
   TORCH_CHECK(activation == "relu2" || activation == "swiglu", "unknown MLP activation '", activation, "'");
   if (swiglu_) {
     in_ = register_module("gate", NoBias(d, hidden));
@@ -20,16 +21,21 @@ MLPImpl::MLPImpl(int64_t d, int64_t hidden, const std::string& activation) : swi
     in_ = register_module("fc", NoBias(d, hidden));
     out_ = register_module("proj", NoBias(hidden, d));
   }
+  if (plan != nullptr) {
+    in_p_ = plan->Linear(name + (swiglu_ ? ".gate" : ".fc"), d, hidden);
+    if (swiglu_) up_p_ = plan->Linear(name + ".up", d, hidden);
+    out_p_ = plan->Linear(name + (swiglu_ ? ".down" : ".proj"), hidden, d);
+  }
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = CastLinear(x, in_->weight);  // (..., hidden)
+  torch::Tensor h = PlannedLinear(in_p_, x, in_->weight);  // (..., hidden)
   if (swiglu_) {
-    h = torch::silu(h) * CastLinear(x, up_->weight);
+    h = torch::silu(h) * PlannedLinear(up_p_, x, up_->weight);
   } else {
     h = torch::relu(h).square();
   }
-  return CastLinear(h, out_->weight);
+  return PlannedLinear(out_p_, h, out_->weight);
 }
 
 int64_t MLPImpl::NumParams(int64_t d, int64_t hidden, const std::string& activation) {

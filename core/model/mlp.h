@@ -7,12 +7,16 @@
 
 #include <torch/torch.h>
 
+#include "core/precision/precision_plan.h"
+
 namespace moe {
 
 class MLPImpl : public torch::nn::Module {
  public:
-  // activation: "relu2" | "swiglu" (validated by the config; anything else throws).
-  MLPImpl(int64_t d, int64_t hidden, const std::string& activation);
+  // activation: "relu2" | "swiglu" (validated by the config; anything else throws). With a plan,
+  // each projection asks it (as "<name>.fc" etc.) whether to run in FP8.
+  MLPImpl(int64_t d, int64_t hidden, const std::string& activation, PrecisionPlan* plan = nullptr,
+          const std::string& name = "mlp");
 
   // x: (..., d) in the compute dtype -> (..., d) same dtype.
   torch::Tensor forward(const torch::Tensor& x);
@@ -25,6 +29,7 @@ class MLPImpl : public torch::nn::Module {
   torch::nn::Linear in_{nullptr};    // fc (relu2) or gate (swiglu)
   torch::nn::Linear up_{nullptr};    // swiglu only
   torch::nn::Linear out_{nullptr};   // proj (relu2) or down (swiglu)
+  LinearPrecision in_p_, up_p_, out_p_;
 };
 TORCH_MODULE(MLP);
 

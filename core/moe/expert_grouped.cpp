@@ -3,6 +3,7 @@
 // Makes no host sync, with or without a capacity.
 #include "core/moe/experts.h"
 #include "core/moe/permute.h"
+#include "core/precision/fp8_grouped.h"
 
 namespace moe {
 
@@ -23,9 +24,12 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
   torch::Tensor offs = in.kept.cumsum(0).to(torch::kInt32);       // (E,)
   if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
   torch::Tensor xs = PermuteTokens(in.x, order);                  // (M, d)
-  torch::Tensor a = at::_grouped_mm(xs, w.w1.to(dt), offs);       // (M, h)
-  torch::Tensor b = w.w3.defined() ? at::_grouped_mm(xs, w.w3.to(dt), offs) : torch::Tensor();
-  torch::Tensor ys = at::_grouped_mm(ExpertActivation(a, b), w.w2.to(dt), offs);  // (M, d)
+  auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt) {
+    return w.fp8 ? Fp8GroupedMm(x, wt, offs) : at::_grouped_mm(x, wt.to(dt), offs);
+  };
+  torch::Tensor a = gmm(xs, w.w1);                                // (M, h)
+  torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3) : torch::Tensor();
+  torch::Tensor ys = gmm(ExpertActivation(a, b), w.w2);          // (M, d)
   torch::Tensor wk = in.weights * in.keep;                         // (N, k) dropped assignments weigh 0
   return UnpermuteTokens(ys, wk, order);                           // (N, d)
 }

@@ -26,6 +26,7 @@ struct ExpertWeights {
   torch::Tensor w1;  // (E, d, h): input projection (the gate projection for swiglu)
   torch::Tensor w3;  // (E, d, h): swiglu "up" projection; undefined for relu2
   torch::Tensor w2;  // (E, h, d): output projection
+  bool fp8 = false;  // grouped backend only: the GEMMs through Fp8GroupedMm (precision_plan.h decides)
 };
 
 // One routed batch. x in the compute dtype; the rest from the router and capacity steps.

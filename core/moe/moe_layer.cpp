@@ -8,7 +8,9 @@
 
 namespace moe {
 
-MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype) : e_(e) {
+MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype,
+                           PrecisionPlan* plan, const std::string& name)
+    : e_(e) {
   const int64_t d = m.n_embd, h = e.expert_hidden_mult * m.n_embd, E = e.n_experts;
   Status st = ResolveExpertImpl(e.impl, d, h, compute_dtype, &impl_);
   TORCH_CHECK(st.ok(), st.ToString());
@@ -21,7 +23,10 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
   w2_ = register_parameter("w2", torch::randn({E, h, d}) / std::sqrt(static_cast<double>(h)));
   router_bias_ = register_buffer("router_bias", torch::zeros({E}));
   shared_ = register_module("shared", torch::nn::ModuleList());
-  for (int64_t i = 0; i < e.n_shared_experts; ++i) shared_->push_back(MLP(d, h, m.mlp));
+  for (int64_t i = 0; i < e.n_shared_experts; ++i) {
+    shared_->push_back(MLP(d, h, m.mlp, plan, name + ".shared." + std::to_string(i)));
+  }
+  if (plan != nullptr) fp8_experts_ = plan->Experts(name, d, h, impl_ == ExpertImpl::kGrouped);
   pending_load_ = torch::zeros({E});
 }
 
@@ -33,7 +38,7 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
   CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
 
   ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
-  torch::Tensor y = RunExperts(impl_, in, ExpertWeights{w1_, w3_, w2_});  // (N, d)
+  torch::Tensor y = RunExperts(impl_, in, ExpertWeights{w1_, w3_, w2_, fp8_experts_});  // (N, d)
   for (const auto& s : *shared_) y = y + s->as<MLPImpl>()->forward(xf);
 
   MoEOut out;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include <torch/torch.h>
 
@@ -28,7 +29,10 @@ class MoELayerImpl : public torch::nn::Module {
  public:
   // Throws c10::Error when moe.impl cannot run for this shape/dtype (validate the config with
   // ResolveExpertImpl first to get a Status instead).
-  MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype);
+  // With a plan, the shared experts' projections and the routed experts ask it (under `name`)
+  // whether to run in FP8; the router never does (precision_plan.h says why).
+  MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype,
+               PrecisionPlan* plan = nullptr, const std::string& name = "moe");
 
   // x: (B, T, d) compute dtype. When grad mode is on (training), adds the routed load to the
   // pending load for UpdateRouterBias; evaluation under NoGradGuard leaves it alone.
@@ -45,6 +49,7 @@ class MoELayerImpl : public torch::nn::Module {
  private:
   MoEConfig e_;
   ExpertImpl impl_;
+  bool fp8_experts_ = false;
   torch::nn::Linear router_{nullptr};  // only its weight (E, d) is used, in fp32
   torch::Tensor w1_, w2_, w3_;
   torch::Tensor router_bias_;

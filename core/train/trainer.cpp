@@ -104,10 +104,6 @@ int Train(const Config& cfg, const TrainOptions& opts) {
   if (Status st = ResolveDevice(cfg, &dev); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
   // Options that are valid configs but whose implementation is not in this build yet: refuse
   // rather than silently measuring something else.
-  if (cfg.precision.fp8) {
-    return Fail("precision.fp8 = true: FP8 GEMMs are not implemented in this build yet; use precision.fp8 = false",
-                kExitInvalidConfig);
-  }
   if (cfg.moe.expert_parallel > 1) {
     return Fail("moe.expert_parallel > 1: expert parallelism is not implemented in this build yet; use 1",
                 kExitInvalidConfig);
@@ -169,6 +165,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     s["compute_dtype"] = std::string(c10::toString(dev.compute_dtype));
     s["compile_mode"] = "eager";
     s["moe_impl"] = cfg.moe.impl;
+    s["fp8_bf16_fallback_layers"] = model->precision_plan().fallbacks();  // FP8 on: layers left in bf16
     s["threads"] = torch::get_num_threads();
     s["data"] = data->Describe();
     s["steps_total"] = cfg.train.steps;
