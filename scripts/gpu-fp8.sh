@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU machine (device tool): the FP8 tests on CUDA, then moe-train bf16 vs FP8 figures.
+#   source .devdeps/env.sh && scripts/gpu-fp8.sh [RUNS...]       (carry .devdeps)
+# RUNS (default: ref): ref = reference config bf16 / fp8 tensorwise / rowwise / experts off;
+# refgw/widegw = the same with MOE_FP8_WGRAD=bf16; wide = n_embd 2048, 16 heads, 4 layers, 8 experts; loss = 200 steps on a text corpus (the
+# repo's own sources), bf16 vs fp8. Figures: median tok/s over steps 11..N (1..10 warm-up).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=${OUT:-/tmp/moe-fp8}
+mkdir -p "$out"
+build=/tmp/moe-build
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
+  || { tail -40 "$out/configure.log"; exit 1; }
+cmake --build "$build" --target moe-train core_tests >"$out/build.log" 2>&1 || { grep -E "error" -A3 "$out/build.log" | head -40; exit 1; }
+"$build/bin/core_tests" "[fp8]" 2>&1 | tail -4
+steps=${STEPS:-30}
+train() {  # name, extra --set arguments...
+  local name=$1; shift
+  "$build/bin/moe-train" --config experiments/configs/reference.toml --run-dir "/tmp/runs/$name" \
+    --set train.steps="$steps" --set train.log_every=0 "$@" >"$out/$name.log" 2>&1 || tail -5 "$out/$name.log"
+}
+for what in ${@:-ref}; do
+  case $what in
+    ref)
+      train ref_bf16
+      train ref_fp8_tw --set precision.fp8=true
+      train ref_fp8_rw --set precision.fp8=true --set precision.fp8_recipe=rowwise
+      train ref_fp8_tw_noexp --set precision.fp8=true --set precision.fp8_experts=false
+      train ref_fp8_rw_noexp --set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_experts=false ;;
+    wide)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      train wide_bf16 "${W[@]}"
+      train wide_fp8_tw "${W[@]}" --set precision.fp8=true
+      train wide_fp8_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+    refgw)  # experimental: weight-gradient GEMMs in bf16 (MOE_FP8_WGRAD=bf16)
+      MOE_FP8_WGRAD=bf16 train ref_fp8gw_tw --set precision.fp8=true
+      MOE_FP8_WGRAD=bf16 train ref_fp8gw_rw --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+    widegw)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      MOE_FP8_WGRAD=bf16 train wide_fp8gw_tw "${W[@]}" --set precision.fp8=true
+      MOE_FP8_WGRAD=bf16 train wide_fp8gw_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+    loss)
+      find core harness reports tests docs -name '*.cpp' -o -name '*.h' -o -name '*.md' | sort | xargs cat >/tmp/corpus.txt
+      for i in 1 2 3 4 5 6 7 8; do cat /tmp/corpus.txt; done >/tmp/corpus8.txt
+      L=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      steps=200 train loss_bf16 "${L[@]}"
+      steps=200 train loss_fp8_tw "${L[@]}" --set precision.fp8=true
+      steps=200 train loss_fp8_rw "${L[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+  esac
+done
+python3 - <<'PY'
+import json, os, statistics
+print("\n| run | tok/s | MFU % | peak MiB | loss (mean of last 20) | bf16 fallbacks |\n|---|---:|---:|---:|---:|---|")
+for name in sorted(os.listdir("/tmp/runs")):
+    p = f"/tmp/runs/{name}/metrics.jsonl"
+    if not os.path.exists(p): print(f"| {name} | failed | | | | |"); continue
+    rows = [json.loads(l) for l in open(p)]
+    tail = rows[10:] or rows
+    s = json.load(open(f"/tmp/runs/{name}/summary.json")) if os.path.exists(f"/tmp/runs/{name}/summary.json") else {}
+    print(f"| {name} | {statistics.median(r['tok_per_s'] for r in tail):.0f} | "
+          f"{statistics.median((r['mfu'] or 0) for r in tail)*100:.1f} | {max(r['mem_peak_alloc_mib'] for r in rows):.0f} | "
+          f"{statistics.mean(r['loss'] for r in rows[-20:]):.4f} | {len(s.get('fp8_bf16_fallback_layers', []))} |")
+PY
