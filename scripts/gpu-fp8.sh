@@ -3,7 +3,7 @@
 #   source .devdeps/env.sh && scripts/gpu-fp8.sh [RUNS...]       (carry .devdeps)
 # RUNS (default: ref): ref = reference config bf16 / fp8 tensorwise / rowwise / experts off;
 # refgw/widegw = the same with MOE_FP8_WGRAD=bf16; wide = n_embd 2048, 16 heads, 4 layers, 8 experts; loss = 200 steps on a text corpus (the
-# repo's own sources), bf16 vs fp8. Figures: median tok/s over steps 11..N (1..10 warm-up).
+# repo's own sources), bf16 vs fp8 and the grouped/padded/loop backends. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -47,7 +47,10 @@ for what in ${@:-ref}; do
       L=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
       steps=200 train loss_bf16 "${L[@]}"
       steps=200 train loss_fp8_tw "${L[@]}" --set precision.fp8=true
-      steps=200 train loss_fp8_rw "${L[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+      steps=200 train loss_fp8_rw "${L[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise
+      # The issue's other loss check: every expert backend within 1% of loop (bf16, same data).
+      steps=200 train loss_bf16_padded "${L[@]}" --set moe.impl=padded
+      steps=200 train loss_bf16_loop "${L[@]}" --set moe.impl=loop ;;
   esac
 done
 python3 - <<'PY'
