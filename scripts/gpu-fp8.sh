@@ -2,7 +2,7 @@
 # GPU machine (device tool): the FP8 tests on CUDA, then moe-train bf16 vs FP8 figures.
 #   source .devdeps/env.sh && scripts/gpu-fp8.sh [RUNS...]       (carry .devdeps)
 # RUNS (default: ref): ref = reference config bf16 / fp8 tensorwise / rowwise / experts off;
-# refgw/widegw = the same with MOE_FP8_WGRAD=bf16; wide = n_embd 2048, 16 heads, 4 layers, 8 experts; loss = 200 steps on a text corpus (the
+# refgw/widegw = the same with precision.fp8_wgrad = "compute"; wide = n_embd 2048, 16 heads, 4 layers, 8 experts; loss = 200 steps on a text corpus (the
 # repo's own sources), bf16 vs fp8 and the grouped/padded/loop backends. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +34,7 @@ for what in ${@:-ref}; do
       train wide_bf16 "${W[@]}"
       train wide_fp8_tw "${W[@]}" --set precision.fp8=true
       train wide_fp8_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
-    refgw)  # experimental: weight-gradient GEMMs in bf16 (MOE_FP8_WGRAD=bf16)
+    refgw)  # weight-gradient GEMMs in the compute dtype (precision.fp8_wgrad = "compute")
       MOE_FP8_WGRAD=bf16 train ref_fp8gw_tw --set precision.fp8=true
       MOE_FP8_WGRAD=bf16 train ref_fp8gw_rw --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
     widegw)

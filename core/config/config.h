@@ -160,12 +160,14 @@ struct PrecisionConfig {
   bool fp8 = false;
   std::string fp8_recipe = "tensorwise";
   bool fp8_experts = true;
+  std::string fp8_wgrad = "fp8";
 
   template <class V> void Visit(V&& v) {
     MOE_FIELD(v, compute, "auto | fp32 | bf16 (auto: bf16 on CUDA, fp32 on CPU; master weights stay fp32)");
     MOE_FIELD(v, fp8, "FP8 (e4m3) GEMMs for linear layers with dynamic scaling");
     MOE_FIELD(v, fp8_recipe, "tensorwise | rowwise scaling");
     MOE_FIELD(v, fp8_experts, "with fp8: also run the expert GEMMs in FP8");
+    MOE_FIELD(v, fp8_wgrad, "with fp8: weight-gradient GEMMs in fp8 | compute (the compute dtype; torchao's gw_hp variant)");
   }
 };
 

@@ -25,7 +25,7 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
   if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
   torch::Tensor xs = PermuteTokens(in.x, order);                  // (M, d)
   auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt) {
-    return w.fp8 ? Fp8GroupedMm(x, wt, offs) : at::_grouped_mm(x, wt.to(dt), offs);
+    return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_wgrad) : at::_grouped_mm(x, wt.to(dt), offs);
   };
   torch::Tensor a = gmm(xs, w.w1);                                // (M, h)
   torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3) : torch::Tensor();

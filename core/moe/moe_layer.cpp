@@ -26,7 +26,10 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
   for (int64_t i = 0; i < e.n_shared_experts; ++i) {
     shared_->push_back(MLP(d, h, m.mlp, plan, name + ".shared." + std::to_string(i)));
   }
-  if (plan != nullptr) fp8_experts_ = plan->Experts(name, d, h, impl_ == ExpertImpl::kGrouped);
+  if (plan != nullptr) {
+    fp8_experts_ = plan->Experts(name, d, h, impl_ == ExpertImpl::kGrouped);
+    fp8_wgrad_ = plan->wgrad_fp8();
+  }
   pending_load_ = torch::zeros({E});
 }
 
@@ -38,7 +41,7 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
   CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
 
   ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
-  torch::Tensor y = RunExperts(impl_, in, ExpertWeights{w1_, w3_, w2_, fp8_experts_});  // (N, d)
+  torch::Tensor y = RunExperts(impl_, in, ExpertWeights{w1_, w3_, w2_, fp8_experts_, fp8_wgrad_});  // (N, d)
   for (const auto& s : *shared_) y = y + s->as<MLPImpl>()->forward(xf);
 
   MoEOut out;

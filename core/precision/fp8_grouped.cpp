@@ -95,8 +95,9 @@ std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Te
 
 struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
-                               const torch::Tensor& offs) {
+                               const torch::Tensor& offs, bool wgrad_fp8) {
     ctx->save_for_backward({x, w, offs});
+    ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
     Fp8Tensor xq = Quantize(x, kE4M3, Fp8Granularity::kRow);                   // (M, K), (M, 1)
     Fp8Tensor wq = Quantize(w.transpose(1, 2), kE4M3, Fp8Granularity::kRow);   // (E, N, K), (E, N, 1)
     return ScaledGroupedMm(xq.data, xq.inv_scale().view({-1}), wq.data.transpose(1, 2),
@@ -118,7 +119,7 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     if (ctx->needs_input_grad(1)) {
       if (M == 0) {
         dw = torch::zeros_like(w);
-      } else if (Fp8WeightGradInComputeDtype()) {
+      } else if (!ctx->saved_data["wgrad_fp8"].toBool()) {
         dw = at::_grouped_mm(x.t(), dy, offs).to(w.scalar_type());  // (E, K, N)
       } else {
         PaddedGroups p = PadGroups(offs, M);
@@ -127,7 +128,7 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
         dw = ScaledGroupedMm(xt, inv_x, dyt.t(), inv_dy, p.pad_end, x.scalar_type()).to(w.scalar_type());  // (E, K, N)
       }
     }
-    return {dx, dw, torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -157,7 +158,8 @@ torch::Tensor ScaledGroupedMm(const torch::Tensor& a, const torch::Tensor& inv_a
   return y.scalar_type() == out_dtype ? y : y.to(out_dtype);
 }
 
-torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs) {
+torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
+                           bool wgrad_fp8) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 3 && w.size(1) == x.size(1) && offs.size(0) == w.size(0),
               "Fp8GroupedMm: expected x (M, K), w (E, K, N), offs (E,); got ", x.sizes(), ", ", w.sizes(), ", ",
               offs.sizes());
@@ -165,7 +167,7 @@ torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const
     // Nothing routed here: an empty result that still connects to both inputs' graphs.
     return (x.sum() + w.sum()).to(x.scalar_type()) * torch::zeros({0, w.size(2)}, x.options());
   }
-  return Fp8GroupedFn::apply(x, w, offs);
+  return Fp8GroupedFn::apply(x, w, offs, wgrad_fp8);
 }
 
 }  // namespace moe

@@ -31,7 +31,9 @@ bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std:
 // x: (M, K) compute dtype, rows sorted by expert; w: (E, K, N) parameter (fp32 master);
 // offs: (E,) int32 cumulative row ends (offs[E-1] == M; an expert with no rows repeats the
 // previous end). Returns (M, N) in x's dtype, differentiable in x and w.
-torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs);
+// wgrad_fp8 = false: the weight gradient through at::_grouped_mm in x's dtype (precision.fp8_wgrad).
+torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
+                           bool wgrad_fp8 = true);
 
 // The scaled grouped GEMM itself (exposed for tests), in the at::_scaled_grouped_mm layouts:
 //   2D x 3D: a (M, K) row-major, inv_a (M,); b (E, K, N) column-major per expert, inv_b (E, N)

@@ -1,8 +1,5 @@
 #include "core/precision/fp8_linear.h"
 
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 namespace moe {
@@ -19,14 +16,16 @@ torch::Tensor ColumnMajor(const torch::Tensor& q) { return q.t().contiguous().t(
 
 struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
   // x: (M, K) compute dtype; w: (N, K). Returns (M, N) in x's dtype.
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe,
+                               bool wgrad_fp8) {
     const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
     const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
     Fp8Tensor xq = Quantize(x, kE4M3, g);  // (M, K), scale () or (M, 1)
     Fp8Tensor wq = Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
     torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type());
     ctx->saved_data["rowwise"] = rowwise;
-    if (Fp8WeightGradInComputeDtype() && !rowwise) ctx->saved_data["x"] = x;
+    ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
+    if (!wgrad_fp8 && !rowwise) ctx->saved_data["x"] = x;
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     if (rowwise) {
       ctx->save_for_backward({x, w});
@@ -43,6 +42,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     const torch::Tensor dy = grads[0].contiguous();  // (M, N)
     const auto dt = dy.scalar_type();
     const auto w_dtype = static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    const bool wgrad_fp8 = ctx->saved_data["wgrad_fp8"].toBool();
     torch::Tensor dx, dw;
     if (ctx->saved_data["rowwise"].toBool()) {
       auto saved = ctx->get_saved_variables();
@@ -53,8 +53,8 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
         Fp8Tensor wt = Quantize(w.t(), kE4M3, Fp8Granularity::kRow);    // (K, N), per k over N
         dx = ScaledMm(dyq.data, dyq.inv_scale(), wt.data.t(), wt.inv_scale().t(), dt);  // (M, K)
       }
-      if (ctx->needs_input_grad(1) && Fp8WeightGradInComputeDtype()) {
-        dw = torch::mm(dy.t(), x).to(w_dtype);
+      if (ctx->needs_input_grad(1) && !wgrad_fp8) {
+        dw = torch::mm(dy.t(), x.to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1)) {
         Fp8Tensor dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
         Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);    // (K, M), per k over M
@@ -66,42 +66,32 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
         const torch::Tensor wq = ctx->saved_data["wq"].toTensor();  // (N, K)
         dx = ScaledMm(dyq.data, dyq.inv_scale(), ColumnMajor(wq), ctx->saved_data["w_inv"].toTensor(), dt);
       }
-      if (ctx->needs_input_grad(1) && Fp8WeightGradInComputeDtype()) {
-        dw = torch::mm(dy.t(), ctx->saved_data["x"].toTensor()).to(w_dtype);
+      if (ctx->needs_input_grad(1) && !wgrad_fp8) {
+        dw = torch::mm(dy.t(), ctx->saved_data["x"].toTensor().to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1)) {
         const torch::Tensor xq = ctx->saved_data["xq"].toTensor();  // (M, K)
         dw = ScaledMm(dyq.data.t().contiguous(), dyq.inv_scale(), ColumnMajor(xq), ctx->saved_data["x_inv"].toTensor(),
                       dt).to(w_dtype);
       }
     }
-    return {dx, dw, torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
-bool Fp8WeightGradInComputeDtype() {
-  static const bool on = [] {
-    const char* v = std::getenv("MOE_FP8_WGRAD");
-    const bool b = v != nullptr && std::strcmp(v, "bf16") == 0;
-    if (b) std::fprintf(stderr, "moe-train: MOE_FP8_WGRAD=bf16: FP8 weight-gradient GEMMs run in the compute dtype\n");
-    return b;
-  }();
-  return on;
-}
-
 bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
   return M > 0 && K > 0 && N > 0 && M % 16 == 0 && K % 16 == 0 && N % 16 == 0;
 }
 
-torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe) {
+torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, bool wgrad_fp8) {
   const int64_t K = x.size(-1), N = w.size(0);
   TORCH_CHECK(w.dim() == 2 && w.size(1) == K, "Fp8Linear: w must be (N, ", K, "), got ", w.sizes());
   TORCH_CHECK(Fp8LinearSupported(x.numel() / K, K, N), "Fp8Linear: shape (", x.numel() / K, ", ", K, ") x (", K, ", ",
               N, ") is not FP8-capable (dimensions must be multiples of 16)");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
-  torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe));  // (M, N)
+  torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe), wgrad_fp8);  // (M, N)
   return y.view(out_shape);
 }
 

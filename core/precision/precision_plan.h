@@ -28,6 +28,7 @@ namespace moe {
 struct LinearPrecision {
   bool fp8 = false;
   Fp8Recipe recipe = Fp8Recipe::kTensorwise;
+  bool wgrad_fp8 = true;  // precision.fp8_wgrad = "fp8"
 };
 
 // x: (..., in) compute dtype; w: (out, in) fp32 parameter. Fp8Linear when p.fp8 and this call's
@@ -54,6 +55,8 @@ class PrecisionPlan {
   bool Experts(const std::string& name, int64_t d, int64_t h, bool grouped_backend);
 
   bool fp8() const { return fp8_; }
+  // precision.fp8_wgrad: whether FP8 GEMMs (linear and expert) keep their weight gradient in FP8.
+  bool wgrad_fp8() const { return wgrad_fp8_; }
   // "layer: reason" for each layer that FP8 would cover but that stays in the compute dtype.
   const std::vector<std::string>& fallbacks() const { return fallbacks_; }
 
@@ -61,6 +64,7 @@ class PrecisionPlan {
   bool fp8_ = false;
   bool experts_ = false;
   Fp8Recipe recipe_ = Fp8Recipe::kTensorwise;
+  bool wgrad_fp8_ = true;
   int64_t rows_ = 0;  // rows of a training micro-batch
   torch::Device device_ = torch::kCPU;
   std::vector<std::string> fallbacks_;

@@ -372,3 +372,36 @@ TEST_CASE("fp8: on CUDA the kernels agree with the CPU arithmetic (skipped witho
   }
   CHECK(gpu[2][1].abs().max().item<double>() == 0.0);
 }
+
+TEST_CASE("fp8: fp8_wgrad = compute keeps the weight gradient out of FP8, the other two GEMMs in it", "[fp8]") {
+  // In fp32 compute the high-precision weight gradient is exact up to fp32 rounding, while the
+  // output and input gradient still carry FP8 error: both must hold, for linear and experts.
+  torch::manual_seed(5);
+  torch::Tensor x0 = torch::randn({64, 48}), w0 = torch::randn({32, 48}) / 7, g = torch::randn({64, 32});
+  for (auto recipe : {moe::Fp8Recipe::kTensorwise, moe::Fp8Recipe::kRowwise}) {
+    INFO(moe::Fp8RecipeName(recipe));
+    torch::Tensor x = Leaf(x0, torch::kFloat32), w = Leaf(w0, torch::kFloat32);
+    torch::Tensor y = moe::Fp8Linear(x, w, recipe, /*wgrad_fp8=*/false);
+    y.backward(g);
+    torch::Tensor xr = x0.clone().requires_grad_(), wr = w0.clone().requires_grad_();
+    torch::matmul(xr, wr.t()).backward(g);
+    CHECK(RelErr(w.grad(), wr.grad()) < 1e-5);
+    CHECK(RelErr(x.grad(), xr.grad()) > 1e-3);
+    CHECK(RelErr(y, torch::matmul(x0, w0.t())) > 1e-3);
+  }
+  const int64_t E = 3, K = 32, N = 16;
+  torch::Tensor offs = torch::tensor({10, 10, 24}, torch::kInt32);
+  torch::Tensor xg0 = torch::randn({24, K}), wg0 = torch::randn({E, K, N}) / 6, gg = torch::randn({24, N});
+  torch::Tensor xg = Leaf(xg0, torch::kFloat32), wg = Leaf(wg0, torch::kFloat32);
+  moe::Fp8GroupedMm(xg, wg, offs, /*wgrad_fp8=*/false).backward(gg);
+  torch::Tensor dw_ref = torch::zeros_like(wg0);
+  dw_ref[0] = torch::mm(xg0.narrow(0, 0, 10).t(), gg.narrow(0, 0, 10));
+  dw_ref[2] = torch::mm(xg0.narrow(0, 10, 14).t(), gg.narrow(0, 10, 14));
+  CHECK(RelErr(wg.grad(), dw_ref) < 1e-5);
+  CHECK(wg.grad()[1].abs().max().item<double>() == 0.0);
+
+  moe::Config cfg;
+  cfg.precision.fp8_wgrad = "bf16";
+  moe::Status st = moe::ValidateConfig(cfg);
+  CHECK(st.message().find("precision.fp8_wgrad = \"bf16\": valid: fp8, compute") != std::string::npos);
+}
