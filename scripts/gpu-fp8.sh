@@ -35,12 +35,12 @@ for what in ${@:-ref}; do
       train wide_fp8_tw "${W[@]}" --set precision.fp8=true
       train wide_fp8_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
     refgw)  # weight-gradient GEMMs in the compute dtype (precision.fp8_wgrad = "compute")
-      MOE_FP8_WGRAD=bf16 train ref_fp8gw_tw --set precision.fp8=true
-      MOE_FP8_WGRAD=bf16 train ref_fp8gw_rw --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+      train ref_fp8gw_tw --set precision.fp8=true --set precision.fp8_wgrad=compute
+      train ref_fp8gw_rw --set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_wgrad=compute ;;
     widegw)
       W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
-      MOE_FP8_WGRAD=bf16 train wide_fp8gw_tw "${W[@]}" --set precision.fp8=true
-      MOE_FP8_WGRAD=bf16 train wide_fp8gw_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+      train wide_fp8gw_tw "${W[@]}" --set precision.fp8=true --set precision.fp8_wgrad=compute
+      train wide_fp8gw_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_wgrad=compute ;;
     loss)
       find core harness reports tests docs -name '*.cpp' -o -name '*.h' -o -name '*.md' | sort | xargs cat >/tmp/corpus.txt
       for i in 1 2 3 4 5 6 7 8; do cat /tmp/corpus.txt; done >/tmp/corpus8.txt
