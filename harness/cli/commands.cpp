@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "harness/exec/gpu_detect.h"
 #include "harness/exec/local_executor.h"
 #include "harness/exec/progress.h"
 #include "harness/grid/grid.h"
@@ -72,8 +73,9 @@ std::vector<std::string> SplitList(const std::string& s) {
 
 std::vector<std::string> Gpus(const RunOptions& o) {
   if (!o.gpus.empty()) return SplitList(o.gpus);
-  if (const char* e = std::getenv("CUDA_VISIBLE_DEVICES"); e && *e) return SplitList(e);
-  return {};
+  // Set (even to ""): the environment already chose; "" means no GPU, i.e. the CPU.
+  if (const char* e = std::getenv("CUDA_VISIBLE_DEVICES")) return SplitList(e);
+  return DetectGpus();
 }
 
 Status OpenWriter(const CommonOptions& c, std::unique_ptr<Store>* store) {

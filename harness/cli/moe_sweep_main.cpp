@@ -13,7 +13,7 @@ int main(int argc, char** argv) {
   RunOptions ro;
   auto add_run_flags = [&](CLI::App* sub) {
     sub->add_option("--db", common.db, "SQLite database (default: $MOE_SWEEP_DB or ./moe-sweep.db)");
-    sub->add_option("--gpus", ro.gpus, "GPU ids to use, e.g. 0,1,2,3 (default: $CUDA_VISIBLE_DEVICES; none = CPU)");
+    sub->add_option("--gpus", ro.gpus, "GPU ids to use, e.g. 0,1,2,3 (default: $CUDA_VISIBLE_DEVICES if set, else every GPU the driver lists; none = CPU)");
     sub->add_option("--max-parallel", ro.max_parallel, "runs at once (default: [resources] max_parallel)")->check(CLI::PositiveNumber);
     sub->add_flag("--fail-fast", ro.fail_fast, "pause the sweep at the first failed run");
     sub->add_option("--trainer", ro.trainer, "moe-train executable (default: $MOE_TRAIN, or next to moe-sweep)");
