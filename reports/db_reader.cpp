@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "harness/store/schema.h"
+#include "harness/store/sqlite_rows.h"
 
 namespace moe::reports {
 
@@ -29,10 +30,6 @@ nlohmann::json ParseObject(const std::string& text) {
   return j.is_object() ? j : nlohmann::json::object();
 }
 
-std::optional<double> OptDouble(const SQLite::Column& c) {
-  if (c.isNull()) return std::nullopt;
-  return c.getDouble();
-}
 
 // A read transaction for the lifetime of the object: every SELECT sees one snapshot.
 class ReadSnapshot {
@@ -100,9 +97,7 @@ Status SweepReader::Load(const std::string& name, int64_t tail, SweepData* out) 
     ReadSnapshot snapshot(*db_);
     auto& s = out->sweep;
     {
-      SQLite::Statement q(*db_,
-          "SELECT id, name, description, grid_path, grid_hash, plan_hash, grid_text, created_at, status, tail, "
-          "runs_dir, resources_json, command_json, runner_pid, runner_host, runner_heartbeat FROM sweeps WHERE name = ?");
+      SQLite::Statement q(*db_, std::string("SELECT ") + harness::kSweepColumns + " FROM sweeps WHERE name = ?");
       q.bind(1, name);
       if (!q.executeStep()) {
         std::vector<std::string> names;
@@ -113,57 +108,22 @@ Status SweepReader::Load(const std::string& name, int64_t tail, SweepData* out) 
         return Status::NotFound("no sweep named '" + name + "' in " + path_ +
                                 (known.empty() ? " (it holds no sweeps)" : " (sweeps: " + known + ")"));
       }
-      s.id = q.getColumn(0).getInt64();
-      s.name = q.getColumn(1).getString();
-      s.description = q.getColumn(2).getString();
-      s.grid_path = q.getColumn(3).getString();
-      s.grid_hash = q.getColumn(4).getString();
-      s.plan_hash = q.getColumn(5).getString();
-      s.grid_text = q.getColumn(6).getString();
-      s.created_at = q.getColumn(7).getDouble();
-      s.status = q.getColumn(8).getString();
-      s.tail = q.getColumn(9).getInt64();
-      s.runs_dir = q.getColumn(10).getString();
-      s.resources_json = q.getColumn(11).getString();
-      s.command_json = q.getColumn(12).getString();
-      s.runner_pid = q.getColumn(13).getInt64();
-      s.runner_host = q.getColumn(14).getString();
-      s.runner_heartbeat = q.getColumn(15).getDouble();
+      s = harness::ReadSweepRow(q, 0);
     }
     out->tail = tail > 0 ? tail : (s.tail > 0 ? s.tail : 50);
     out->as_of = std::max(s.created_at, s.runner_heartbeat);
 
     std::unordered_map<int64_t, size_t> index;
     {
-      SQLite::Statement q(*db_,
-          "SELECT id, ordinal, name, params_json, config_json, status, attempt, exit_code, pid, host, gpus, started_at, "
-          "finished_at, heartbeat_at, run_dir, total_steps, error_tail, summary_json FROM runs WHERE sweep_id = ? "
-          "ORDER BY ordinal, id");
+      SQLite::Statement q(*db_, std::string("SELECT ") + harness::kRunColumns +
+                                    " FROM runs r WHERE r.sweep_id = ? ORDER BY r.ordinal, r.id");
       q.bind(1, s.id);
       while (q.executeStep()) {
         RunData run;
         auto& r = run.record;
-        r.id = q.getColumn(0).getInt64();
-        r.sweep_id = s.id;
-        r.ordinal = q.getColumn(1).getInt64();
-        r.name = q.getColumn(2).getString();
-        r.params_json = q.getColumn(3).getString();
-        r.config_json = q.getColumn(4).getString();
-        if (!harness::ParseRunStatus(q.getColumn(5).getString(), &r.status)) {
-          return Status::Corruption("run " + r.name + " has an unknown status '" + q.getColumn(5).getString() + "'");
+        if (!harness::ReadRunRow(q, 0, &r)) {
+          return Status::Corruption("run " + r.name + " has an unknown status '" + q.getColumn(6).getString() + "'");
         }
-        r.attempt = q.getColumn(6).getInt64();
-        if (!q.getColumn(7).isNull()) r.exit_code = q.getColumn(7).getInt();
-        r.pid = q.getColumn(8).getInt64();
-        r.host = q.getColumn(9).getString();
-        r.gpus = q.getColumn(10).getString();
-        r.started_at = OptDouble(q.getColumn(11));
-        r.finished_at = OptDouble(q.getColumn(12));
-        r.heartbeat_at = OptDouble(q.getColumn(13));
-        r.run_dir = q.getColumn(14).getString();
-        r.total_steps = q.getColumn(15).getInt64();
-        r.error_tail = q.getColumn(16).getString();
-        r.summary_json = q.getColumn(17).getString();
         run.params = ParseObject(r.params_json);
         run.summary = ParseObject(r.summary_json);
         for (const auto& t : {r.started_at, r.finished_at, r.heartbeat_at}) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "harness/store/schema.h"
+#include "harness/store/sqlite_rows.h"
 
 namespace moe::harness {
 
@@ -57,74 +58,27 @@ void BindOpt(SQLite::Statement& st, int i, const std::optional<int64_t>& v) {
 void BindText(SQLite::Statement& st, int i, const std::string& v, bool empty_is_null) {
   if (empty_is_null && v.empty()) st.bind(i); else st.bind(i, v);
 }
-std::optional<double> OptDouble(const SQLite::Column& c) {
-  if (c.isNull()) return std::nullopt;
-  return c.getDouble();
-}
 std::optional<int64_t> OptInt(const SQLite::Column& c) {
   if (c.isNull()) return std::nullopt;
   return c.getInt64();
 }
 
-constexpr const char* kSweepColumns =
-    "id, name, description, grid_path, grid_hash, plan_hash, grid_text, created_at, status, tail, runs_dir, "
-    "resources_json, command_json, runner_pid, runner_host, runner_heartbeat";
-
-SweepRecord ReadSweep(SQLite::Statement& q, int o) {
-  SweepRecord s;
-  s.id = q.getColumn(o + 0).getInt64();
-  s.name = q.getColumn(o + 1).getString();
-  s.description = q.getColumn(o + 2).getString();
-  s.grid_path = q.getColumn(o + 3).getString();
-  s.grid_hash = q.getColumn(o + 4).getString();
-  s.plan_hash = q.getColumn(o + 5).getString();
-  s.grid_text = q.getColumn(o + 6).getString();
-  s.created_at = q.getColumn(o + 7).getDouble();
-  s.status = q.getColumn(o + 8).getString();
-  s.tail = q.getColumn(o + 9).getInt64();
-  s.runs_dir = q.getColumn(o + 10).getString();
-  s.resources_json = q.getColumn(o + 11).getString();
-  s.command_json = q.getColumn(o + 12).getString();
-  s.runner_pid = q.getColumn(o + 13).getInt64();
-  s.runner_host = q.getColumn(o + 14).getString();
-  s.runner_heartbeat = q.getColumn(o + 15).getDouble();
-  return s;
-}
-
-constexpr const char* kRunSelect =
-    "SELECT r.id, r.sweep_id, r.ordinal, r.name, r.params_json, r.config_json, r.status, r.attempt, r.exit_code, "
-    "r.pid, r.host, r.gpus, r.started_at, r.finished_at, r.heartbeat_at, r.run_dir, r.total_steps, r.error_tail, "
-    "r.summary_json, m.step, m.loss, m.tok_per_s, m.mfu, "
+// The run columns, then the run's latest metric figures and its peak memory (ReadRun).
+const std::string kRunSelect =
+    std::string("SELECT ") + kRunColumns + ", m.step, m.loss, m.tok_per_s, m.mfu, "
     "(SELECT MAX(COALESCE(mem_peak_alloc_mib, mem_peak_reserved_mib)) FROM metrics WHERE run_id = r.id) "
     "FROM runs r LEFT JOIN metrics m ON m.run_id = r.id AND "
     "m.step = (SELECT MAX(step) FROM metrics WHERE run_id = r.id) ";
 
 RunRecord ReadRun(SQLite::Statement& q) {
   RunRecord r;
-  r.id = q.getColumn(0).getInt64();
-  r.sweep_id = q.getColumn(1).getInt64();
-  r.ordinal = q.getColumn(2).getInt64();
-  r.name = q.getColumn(3).getString();
-  r.params_json = q.getColumn(4).getString();
-  r.config_json = q.getColumn(5).getString();
-  ParseRunStatus(q.getColumn(6).getString(), &r.status);
-  r.attempt = q.getColumn(7).getInt64();
-  if (!q.getColumn(8).isNull()) r.exit_code = q.getColumn(8).getInt();
-  r.pid = q.getColumn(9).getInt64();
-  r.host = q.getColumn(10).getString();
-  r.gpus = q.getColumn(11).getString();
-  r.started_at = OptDouble(q.getColumn(12));
-  r.finished_at = OptDouble(q.getColumn(13));
-  r.heartbeat_at = OptDouble(q.getColumn(14));
-  r.run_dir = q.getColumn(15).getString();
-  r.total_steps = q.getColumn(16).getInt64();
-  r.error_tail = q.getColumn(17).getString();
-  r.summary_json = q.getColumn(18).getString();
-  r.last_step = q.getColumn(19).isNull() ? 0 : q.getColumn(19).getInt64();
-  r.last_loss = OptDouble(q.getColumn(20));
-  r.last_tok_per_s = OptDouble(q.getColumn(21));
-  r.last_mfu = OptDouble(q.getColumn(22));
-  r.peak_mem_mib = OptDouble(q.getColumn(23));
+  ReadRunRow(q, 0, &r);
+  const int m = kRunColumnCount;  // the figures follow the run columns
+  r.last_step = q.getColumn(m).isNull() ? 0 : q.getColumn(m).getInt64();
+  r.last_loss = OptDouble(q.getColumn(m + 1));
+  r.last_tok_per_s = OptDouble(q.getColumn(m + 2));
+  r.last_mfu = OptDouble(q.getColumn(m + 3));
+  r.peak_mem_mib = OptDouble(q.getColumn(m + 4));
   return r;
 }
 
@@ -176,7 +130,7 @@ class SqliteStore final : public Store {
       SQLite::Statement q(*db_, std::string("SELECT ") + kSweepColumns + " FROM sweeps WHERE name = ?");
       q.bind(1, name);
       if (!q.executeStep()) return Status::NotFound("no sweep named '" + name + "' in " + db_->getFilename());
-      *out = ReadSweep(q, 0);
+      *out = ReadSweepRow(q, 0);
     })
   }
 
@@ -194,7 +148,7 @@ class SqliteStore final : public Store {
           "FROM sweeps s ORDER BY created_at, id");
       while (q.executeStep()) {
         SweepListing l;
-        l.sweep = ReadSweep(q, 0);
+        l.sweep = ReadSweepRow(q, 0);
         l.total = q.getColumn(16).getInt64();
         l.queued = q.getColumn(17).getInt64();
         l.running = q.getColumn(18).getInt64();
@@ -230,7 +184,7 @@ class SqliteStore final : public Store {
   Status ListRuns(int64_t sweep_id, std::vector<RunRecord>* out) override {
     STORE_TRY("list runs", {
       out->clear();
-      SQLite::Statement q(*db_, std::string(kRunSelect) + "WHERE r.sweep_id = ? ORDER BY r.ordinal");
+      SQLite::Statement q(*db_, kRunSelect + "WHERE r.sweep_id = ? ORDER BY r.ordinal");
       q.bind(1, sweep_id);
       while (q.executeStep()) out->push_back(ReadRun(q));
     })
@@ -238,7 +192,7 @@ class SqliteStore final : public Store {
 
   Status GetRun(int64_t run_id, RunRecord* out) override {
     STORE_TRY("read run", {
-      SQLite::Statement q(*db_, std::string(kRunSelect) + "WHERE r.id = ?");
+      SQLite::Statement q(*db_, kRunSelect + "WHERE r.id = ?");
       q.bind(1, run_id);
       if (!q.executeStep()) return Status::NotFound("no run with id " + std::to_string(run_id));
       *out = ReadRun(q);
