@@ -13,8 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/util/exit_codes.h"
+#include "core/util/process.h"
 #include "harness/exec/metrics_tail.h"
-#include "harness/exec/process.h"
 #include "harness/exec/run_files.h"
 #include "harness/exec/signals.h"
 #include "harness/grid/command.h"

@@ -9,8 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/util/process.h"
 #include "harness/exec/metrics_tail.h"
-#include "harness/exec/process.h"
 #include "harness/exec/run_files.h"
 
 namespace moe::harness {

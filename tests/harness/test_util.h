@@ -15,7 +15,7 @@
 #include <utility>
 #include <vector>
 
-#include "harness/exec/process.h"
+#include "core/util/process.h"
 
 namespace moe::harness::testing {
 

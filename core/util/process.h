@@ -2,6 +2,9 @@
 // stdout/stderr appended to files, stdin from /dev/null. On Linux the child gets SIGTERM when
 // the runner dies (PR_SET_PDEATHSIG), so a killed runner leaves trainers that checkpoint and
 // exit instead of orphans that keep writing.
+//
+// Used by the runner (harness/exec) for trainers and by `moe-train --nproc` (core/dist/launch.h)
+// for its ranks; it lives in core/util so that both can link it without LibTorch.
 #pragma once
 
 #include <sys/types.h>
@@ -12,7 +15,7 @@
 
 #include "core/util/status.h"
 
-namespace moe::harness {
+namespace moe {
 
 struct SpawnOptions {
   std::vector<std::string> argv;                            // argv[0]: a path, or a name looked up in PATH
@@ -64,4 +67,4 @@ bool ProcessAlive(pid_t pid);
 // signalled. Where /proc is unavailable, falls back to ProcessAlive.
 bool IsRunProcess(pid_t pid, const std::string& run_dir);
 
-}  // namespace moe::harness
+}  // namespace moe

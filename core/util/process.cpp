@@ -1,4 +1,4 @@
-#include "harness/exec/process.h"
+#include "core/util/process.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -10,12 +10,11 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 
 extern char** environ;
 
-namespace moe::harness {
+namespace moe {
 
 namespace {
 
@@ -138,7 +137,9 @@ bool ProcessAlive(pid_t pid) {
 bool IsRunProcess(pid_t pid, const std::string& run_dir) {
   if (!ProcessAlive(pid)) return false;
   std::ifstream env("/proc/" + std::to_string(pid) + "/environ", std::ios::binary);
-  if (!env) return !std::filesystem::exists("/proc/self/environ");
+  // access(), not std::filesystem: this file is linked into LibTorch binaries too, and the PyPI
+  // libtorch exports its own std::filesystem (see tests/core/temp_dir.h).
+  if (!env) return ::access("/proc/self/environ", F_OK) != 0;
   const std::string want = "MOE_RUN_DIR=" + run_dir;
   for (std::string entry; std::getline(env, entry, '\0');) {
     if (entry == want) return true;
@@ -146,4 +147,4 @@ bool IsRunProcess(pid_t pid, const std::string& run_dir) {
   return false;
 }
 
-}  // namespace moe::harness
+}  // namespace moe
