@@ -8,7 +8,8 @@
 //   text       any file as raw bytes (vocabulary 256).
 // bin and text hold out the last data.val_frac of the file for validation and draw training
 // windows at random offsets from the rest; see core/data/token_file.h for the exact scheme.
-// Randomness is a counter-based hash of (train.seed, step, micro, rank), see core/data/random.h.
+// Randomness is a counter-based hash of (train.seed, step, micro) and the global row, see
+// core/data/random.h.
 #pragma once
 
 #include <memory>
@@ -30,8 +31,10 @@ class DataSource {
  public:
   virtual ~DataSource() = default;
   // Training micro-batch `micro` of optimizer step `step` (0-based), for data-parallel `rank` of
-  // `world` (each rank reads its own shard: different samples for different ranks). The samples
-  // depend on the rank, not on `world`: rank 0 of any run reads what a one-rank run reads.
+  // `world`. Each step has one global batch of unbounded rows, a pure function of (seed, step,
+  // micro); rank r reads its rows [r*B, (r+1)*B) (B = train.batch_size), so ranks read disjoint
+  // shards, and W ranks of batch B together read exactly what one rank of batch W*B reads (the
+  // data-parallel equality tests rely on this). Rank 0 reads what a one-rank run reads.
   // Throws std::runtime_error for a token id >= model.vocab_size in a bin file that was too large
   // to check on open (a corrupt corpus is not a state a training step can recover from).
   virtual Batch TrainBatch(int64_t step, int64_t micro, int64_t rank = 0, int64_t world = 1) = 0;

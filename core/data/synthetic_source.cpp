@@ -1,5 +1,6 @@
 // synthetic: uniform random tokens, the default for throughput runs (no I/O, no tokenizer).
-// Every token is StreamAt(key, b*(T+1) + t) of a key hashed from (seed, stream, step, micro, rank),
+// Every token is StreamAt(key, g*(T+1) + t) of a key hashed from (seed, stream, step, micro), with
+// g = rank*B + b the row's index in the step's global batch,
 // so a batch is a pure function of its coordinates: resume sees the same data, rows fill in
 // parallel, and nothing is carried between steps. Validation uses its own stream tag.
 #include <algorithm>
@@ -23,13 +24,12 @@ class SyntheticSource : public DataSource {
   explicit SyntheticSource(const Config& cfg)
       : seed_(cfg.train.seed), vocab_(cfg.model.vocab_size), B_(cfg.train.batch_size), T_(cfg.model.seq_len) {}
 
-  // `world` is not part of the key (see token_file.h): rank r's data does not depend on how many
-  // ranks there are.
+  // Rank r reads rows [r*B, (r+1)*B) of the step's global batch (data_source.h).
   Batch TrainBatch(int64_t step, int64_t micro, int64_t rank, int64_t /*world*/) override {
-    return Fill(data::StreamKey({seed_, data::kTrainStream, step, micro, rank}));
+    return Fill(data::StreamKey({seed_, data::kTrainStream, step, micro, 0}), rank * B_);
   }
 
-  Batch ValBatch(int64_t i) override { return Fill(data::StreamKey({seed_, data::kValStream, i})); }
+  Batch ValBatch(int64_t i) override { return Fill(data::StreamKey({seed_, data::kValStream, i}), 0); }
 
   std::string Describe() const override {
     std::ostringstream os;
@@ -38,8 +38,9 @@ class SyntheticSource : public DataSource {
   }
 
  private:
-  // Row b is T+1 consecutive stream values: inputs the first T, targets the last T.
-  Batch Fill(uint64_t key) const {
+  // Row b is T+1 consecutive stream values from row row0 + b on: inputs the first T, targets the
+  // last T.
+  Batch Fill(uint64_t key, int64_t row0) const {
     torch::Tensor inputs = torch::empty({B_, T_}, torch::kInt64);   // (B, T)
     torch::Tensor targets = torch::empty({B_, T_}, torch::kInt64);  // (B, T)
     int64_t* in = inputs.data_ptr<int64_t>();
@@ -49,7 +50,7 @@ class SyntheticSource : public DataSource {
     const int64_t grain = std::max<int64_t>(1, 16384 / (T + 1));
     at::parallel_for(0, B_, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const uint64_t base = static_cast<uint64_t>(b * (T + 1));
+        const uint64_t base = static_cast<uint64_t>((row0 + b) * (T + 1));
         for (int64_t t = 0; t <= T; ++t) {
           const int64_t tok = data::Below(data::StreamAt(key, base + t), vocab);
           if (t < T) in[b * T + t] = tok;

@@ -135,12 +135,11 @@ class TokenFileSource : public DataSource {
         n_train_(n_train),
         n_val_windows_((span_.n - n_train - 1) / T_) {}
 
-  // `world` is not part of the key: a rank's data depends only on its own index, so rank 0 of a
-  // multi-rank run reads what a single-rank run reads.
+  // Rank r reads rows [r*B, (r+1)*B) of the step's global batch (data_source.h).
   Batch TrainBatch(int64_t step, int64_t micro, int64_t rank, int64_t /*world*/) override {
-    const uint64_t key = StreamKey({seed_, kTrainStream, step, micro, rank});
+    const uint64_t key = StreamKey({seed_, kTrainStream, step, micro, 0});
     std::vector<int64_t> offsets(B_);
-    for (int64_t b = 0; b < B_; ++b) offsets[b] = Below(StreamAt(key, b), n_train_ - T_);
+    for (int64_t b = 0; b < B_; ++b) offsets[b] = Below(StreamAt(key, rank * B_ + b), n_train_ - T_);
     return GatherWindows(span_, offsets, T_, check_vocab_, "data.path = " + Quote(path_));
   }
 

@@ -4,8 +4,8 @@
 // out for validation and the rest is for training:
 //
 //   [0, n_train)   training:   row b of TrainBatch(step, micro, rank) is the window at offset
-//                              Below(StreamAt(StreamKey({seed, kTrainStream, step, micro, rank}), b),
-//                                    n_train - T)
+//                              Below(StreamAt(StreamKey({seed, kTrainStream, step, micro, 0}),
+//                                             rank*B + b), n_train - T)
 //                              so every training window lies wholly in the training split.
 //   [n_train, n)   validation: fixed windows at offsets n_train + k*T, k in [0, (n_val-1)/T);
 //                              ValBatch(i) row b is window (i*B + b) mod count. Independent of the

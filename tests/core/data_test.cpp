@@ -151,6 +151,35 @@ TEST_CASE("data: synthetic batches are a pure function of (seed, step, micro, ra
   CHECK_THAT(src->Describe(), Contains("synthetic") && Contains("1000"));
 }
 
+TEST_CASE("data: W ranks of batch B read the global batch of one rank of batch W*B", "[data][dist]") {
+  // Data-parallel runs are compared with single-process runs on the same global batch; that needs
+  // rank r's shard to be rows [r*B, (r+1)*B) of what a W*B-row rank 0 reads, for every source.
+  TempDir dir;
+  std::vector<int64_t> tokens;
+  for (int64_t i = 0; i < 3000; ++i) tokens.push_back((i * 37 + 11) % 65536);
+  const std::string bin = dir.Write("tokens.bin", EncodeU16(tokens));
+  const int64_t B = 3, T = 8, W = 4;
+  for (const char* source : {"synthetic", "bin"}) {
+    INFO(source);
+    const std::string path = std::string(source) == "bin" ? bin : "";
+    auto shard_src = MustOpen(MakeConfig(source, path, B, T, 65536));
+    auto global_src = MustOpen(MakeConfig(source, path, W * B, T, 65536));
+    for (int64_t step : {0, 5}) {
+      Batch global = global_src->TrainBatch(step, 1, 0, 1);
+      std::vector<torch::Tensor> in, tg;
+      for (int64_t r = 0; r < W; ++r) {
+        Batch b = shard_src->TrainBatch(step, 1, r, W);
+        in.push_back(b.inputs);
+        tg.push_back(b.targets);
+      }
+      CHECK(torch::equal(torch::cat(in), global.inputs));
+      CHECK(torch::equal(torch::cat(tg), global.targets));
+      // Shards are disjoint samples, not copies.
+      CHECK_FALSE(torch::equal(in[0], in[1]));
+    }
+  }
+}
+
 TEST_CASE("data: synthetic tokens cover the vocabulary roughly uniformly", "[data]") {
   const int64_t V = 8;
   auto src = MustOpen(MakeConfig("synthetic", "", 64, 64, V));
