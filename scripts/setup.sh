@@ -11,7 +11,7 @@ quiet() { if [ -n "${VERBOSE:-}" ]; then "$@"; else "$@" >/dev/null 2>&1 || { ec
 
 debs=(build-essential cmake ninja-build pkg-config python3-venv
       libsqlitecpp-dev libsqlite3-dev sqlite3 libcli11-dev libtomlplusplus-dev catch2
-      nlohmann-json3-dev gnuplot-nox chromium)
+      nlohmann-json3-dev libgloo-dev gnuplot-nox chromium)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,0 +1,140 @@
+#include "core/dist/grad_sync.h"
+
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+namespace moe {
+
+namespace {
+
+// Runs after the parameter's AccumulateGrad node, i.e. once its .grad holds this backward's sum.
+class ReadyHook : public torch::autograd::FunctionPostHook {
+ public:
+  ReadyHook(std::function<void()> on_ready) : on_ready_(std::move(on_ready)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    on_ready_();
+    return outputs;
+  }
+
+ private:
+  std::function<void()> on_ready_;
+};
+
+}  // namespace
+
+GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes)
+    : params_(std::move(params)), bucket_of_(params_.size(), -1), views_(params_.size()), comm_(comm), scale_(scale) {
+  // Reverse order: the last layers' gradients come first in backward.
+  Bucket cur;
+  int64_t cur_bytes = 0;
+  torch::ScalarType cur_dtype = torch::kFloat32;
+  auto close = [&] {
+    if (cur.members.empty()) return;
+    buckets_.push_back(std::move(cur));
+    cur = Bucket();
+    cur_bytes = 0;
+  };
+  for (int64_t i = static_cast<int64_t>(params_.size()) - 1; i >= 0; --i) {
+    const torch::Tensor& p = params_[i];
+    TORCH_CHECK(p.requires_grad(), "GradSync: parameter ", i, " does not require grad");
+    const int64_t bytes = p.numel() * static_cast<int64_t>(p.element_size());
+    if (!cur.members.empty() && (cur_bytes + bytes > bucket_bytes || p.scalar_type() != cur_dtype)) close();
+    cur_dtype = p.scalar_type();
+    cur.members.push_back(i);
+    cur_bytes += bytes;
+  }
+  close();
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    Bucket& bk = buckets_[b];
+    int64_t numel = 0;
+    for (int64_t i : bk.members) numel += params_[i].numel();
+    const torch::Tensor& first = params_[bk.members.front()];
+    bk.flat = torch::zeros({numel}, first.options().requires_grad(false));
+    int64_t off = 0;
+    for (int64_t i : bk.members) {
+      views_[i] = bk.flat.narrow(0, off, params_[i].numel()).view(params_[i].sizes());
+      off += params_[i].numel();
+      bucket_of_[i] = static_cast<int64_t>(b);
+    }
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto acc = torch::autograd::impl::grad_accumulator(params_[i]);
+    TORCH_CHECK(acc, "GradSync: parameter ", i, " is not a leaf");
+    hook_keys_.push_back(acc->add_post_hook(
+        std::make_unique<ReadyHook>([this, i] { OnGradReady(static_cast<int64_t>(i)); })));
+    accumulators_.push_back(std::move(acc));  // the parameter holds it weakly: keep it (and the hook) alive
+  }
+  ZeroGrad();
+}
+
+GradSync::~GradSync() {
+  for (size_t i = 0; i < accumulators_.size(); ++i) accumulators_[i]->del_post_hook(hook_keys_[i]);
+}
+
+std::vector<int64_t> GradSync::BucketOfParams() const { return bucket_of_; }
+
+void GradSync::ZeroGrad() {
+  torch::NoGradGuard no_grad;
+  for (Bucket& b : buckets_) b.flat.zero_();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!params_[i].grad().defined() || !params_[i].grad().is_same(views_[i])) params_[i].mutable_grad() = views_[i];
+  }
+}
+
+void GradSync::Arm() {
+  std::lock_guard<std::mutex> lock(mu_);
+  armed_ = true;
+  next_launch_ = 0;
+  for (Bucket& b : buckets_) {
+    b.pending = static_cast<int64_t>(b.members.size());
+    b.launched = false;
+    b.work.reset();
+  }
+}
+
+void GradSync::OnGradReady(int64_t param_index) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // AccumulateGrad may have replaced .grad (e.g. a gradient of another layout is stolen rather
+  // than added); the bucket only sees writes through its view.
+  torch::Tensor& g = params_[param_index].mutable_grad();
+  if (!g.is_same(views_[param_index])) {
+    torch::NoGradGuard no_grad;
+    views_[param_index].copy_(g);
+    g = views_[param_index];
+  }
+  if (!armed_) return;
+  if (--buckets_[bucket_of_[param_index]].pending == 0) LaunchReadyInOrder();
+}
+
+void GradSync::LaunchReadyInOrder() {
+  while (next_launch_ < num_buckets() && buckets_[next_launch_].pending == 0) {
+    Launch(buckets_[next_launch_]);
+    ++next_launch_;
+  }
+}
+
+void GradSync::Launch(Bucket& b) {
+  b.launched = true;
+  if (comm_ != nullptr && comm_->size() > 1) b.work = comm_->AllReduceAsync(b.flat, ReduceOp::kSum);
+}
+
+void GradSync::Finish() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (armed_) {
+    for (Bucket& b : buckets_) b.pending = 0;  // no gradient this step: its zeros go in
+    LaunchReadyInOrder();
+  }
+  armed_ = false;
+  torch::NoGradGuard no_grad;
+  for (Bucket& b : buckets_) {
+    if (b.work) b.work->Wait();
+    b.work.reset();
+    if (scale_ != 1.0) b.flat.mul_(scale_);
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!params_[i].grad().is_same(views_[i])) params_[i].mutable_grad() = views_[i];
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,81 @@
+// Data-parallel gradient averaging, overlapped with the backward pass (what DDP's reducer does,
+// for our trainer): the parameters are packed into buckets of about `bucket_bytes`, in reverse
+// order (the order in which backward tends to produce their gradients), and each parameter's
+// .grad is a view into its bucket's flat buffer, so a bucket is all-reduced with no packing copy.
+// When the last gradient of a bucket has been accumulated on the step's last micro-batch (an
+// autograd post-hook on each parameter's gradient accumulator), its all-reduce is launched
+// asynchronously and runs while backward computes the earlier layers.
+//
+// Buckets are launched strictly in index order on every rank (a ready bucket waits for the ones
+// before it), because every rank must issue the same collectives in the same order.
+//
+// Ownership: holds the parameters (shared tensors) and their gradient accumulators; the
+// communicator is borrowed and must outlive this object.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "core/dist/communicator.h"
+
+namespace moe {
+
+class GradSync {
+ public:
+  // params: leaves with requires_grad, on one device, fp32 or bf16 (a bucket holds one dtype).
+  // comm: the group to sum over; nullptr or a group of size 1 means no communication (only the
+  // scaling). scale: multiplies the summed gradients (1 / number of ranks that each computed a
+  // mean loss, for the average over the run). bucket_bytes: target bucket size (a parameter
+  // larger than it gets a bucket of its own).
+  GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes);
+  ~GradSync();
+  GradSync(const GradSync&) = delete;
+  GradSync& operator=(const GradSync&) = delete;
+
+  // Zeroes the buckets and points every .grad at its view again (set_to_none by someone else
+  // would detach it). Call before the first backward of a step, instead of zero_grad.
+  void ZeroGrad();
+
+  // The next backward is the step's last micro-batch: its hooks launch the all-reduces.
+  // Earlier micro-batches only accumulate into the views.
+  void Arm();
+
+  // After the armed backward: launches the buckets not launched yet (a parameter that received no
+  // gradient is ready with 0), waits for all of them and applies the scale. Then every .grad
+  // holds scale * (sum over the group). Completes in the sense of communicator.h.
+  void Finish();
+
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // Bucket index of each parameter, in constructor order (for tests).
+  std::vector<int64_t> BucketOfParams() const;
+
+ private:
+  struct Bucket {
+    torch::Tensor flat;                  // (numel,) the bucket's gradients, back to back
+    std::vector<int64_t> members;        // indices into params_
+    int64_t pending = 0;                 // members whose gradient has not arrived this step
+    std::unique_ptr<PendingCollective> work;
+    bool launched = false;
+  };
+  void OnGradReady(int64_t param_index);  // called from the autograd engine's thread
+  void LaunchReadyInOrder();              // with mu_ held
+  void Launch(Bucket& b);
+
+  std::vector<torch::Tensor> params_;
+  std::vector<int64_t> bucket_of_;
+  std::vector<torch::Tensor> views_;
+  std::vector<Bucket> buckets_;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
+  std::vector<uintptr_t> hook_keys_;
+  Communicator* comm_;
+  double scale_;
+  bool armed_ = false;
+  int64_t next_launch_ = 0;
+  std::mutex mu_;  // the engine may run hooks on its device threads
+};
+
+}  // namespace moe

@@ -1,0 +1,193 @@
+// The communicator (Gloo, in-process: one thread per rank), the bucketed gradient averaging and
+// the differentiable all-to-all, each against what one process computes on all the data.
+#include <catch2/catch.hpp>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "core/dist/all_to_all.h"
+#include "core/dist/communicator.h"
+#include "core/dist/grad_sync.h"
+
+namespace {
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Runs body(comm) on `world` threads, each a rank of one Gloo group. Failures inside a rank are
+// collected and reported on the test thread (Catch2 assertions are not thread-safe).
+void OnRanks(int world, const std::function<void(moe::Communicator&, std::vector<std::string>&)>& body) {
+  const int port = FreePort();
+  std::vector<std::vector<std::string>> errors(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      moe::DistEnv env;
+      env.rank = r;
+      env.world = world;
+      env.local_rank = r;
+      env.master_port = port;
+      std::unique_ptr<moe::Communicator> comm;
+      moe::Status st = moe::Connect(env, torch::kCPU, 60, &comm);
+      if (!st.ok()) {
+        errors[r].push_back("connect: " + st.ToString());
+        return;
+      }
+      try {
+        body(*comm, errors[r]);
+      } catch (const std::exception& e) {
+        errors[r].push_back(e.what());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r) {
+    INFO("rank " << r);
+    for (const auto& e : errors[r]) FAIL_CHECK(e);
+  }
+}
+
+void Expect(bool ok, const std::string& what, std::vector<std::string>& errors) {
+  if (!ok) errors.push_back(what);
+}
+
+}  // namespace
+
+TEST_CASE("communicator: Gloo all-reduce (sum, max), broadcast and uneven all-to-all", "[dist]") {
+  OnRanks(3, [](moe::Communicator& c, std::vector<std::string>& err) {
+    const int r = c.rank();
+    Expect(c.size() == 3 && std::string(c.backend()) == "gloo", "group shape", err);
+    torch::Tensor t = torch::tensor({1.0 + r, -1.0 * r});
+    c.AllReduce(t, moe::ReduceOp::kSum);
+    Expect(torch::equal(t, torch::tensor({6.0, -3.0})), "sum", err);
+    torch::Tensor m = torch::tensor({static_cast<double>(r), 5.0 - r});
+    c.AllReduce(m, moe::ReduceOp::kMax);
+    Expect(torch::equal(m, torch::tensor({2.0, 5.0})), "max", err);
+    torch::Tensor b = torch::full({4}, static_cast<double>(r));
+    c.Broadcast(b, 1);
+    Expect(torch::equal(b, torch::full({4}, 1.0)), "broadcast", err);
+    // Rank r sends q+1 rows to rank q; row values encode (sender, receiver, index).
+    std::vector<int64_t> send{1, 2, 3}, recv{r + 1, r + 1, r + 1};
+    std::vector<torch::Tensor> blocks;
+    for (int q = 0; q < 3; ++q) blocks.push_back(torch::arange(q + 1).to(torch::kFloat) + 100 * r + 10 * q);
+    torch::Tensor in = torch::cat(blocks).unsqueeze(1).repeat({1, 2});  // (6, 2)
+    torch::Tensor out = torch::empty({3 * (r + 1), 2});
+    c.AllToAll(out, in, recv, send);
+    std::vector<torch::Tensor> want;
+    for (int q = 0; q < 3; ++q) want.push_back(torch::arange(r + 1).to(torch::kFloat) + 100 * q + 10 * r);
+    Expect(torch::equal(out, torch::cat(want).unsqueeze(1).repeat({1, 2})), "all-to-all", err);
+    c.Barrier();
+    // A subgroup of ranks {0, 2}: rank 1 stays out.
+    if (r != 1) {
+      auto sub = c.Subgroup({0, 2}, "even");
+      torch::Tensor s = torch::tensor({static_cast<double>(r)});
+      sub->AllReduce(s, moe::ReduceOp::kSum);
+      Expect(sub->size() == 2 && sub->rank() == r / 2 && s.item<double>() == 2.0, "subgroup", err);
+    }
+  });
+}
+
+TEST_CASE("grad sync: buckets average gradients over ranks, accumulated over micro-batches", "[dist]") {
+  // Five parameters of mixed sizes; 300-byte buckets force several buckets (75 fp32 each).
+  const std::vector<std::vector<int64_t>> shapes{{4, 5}, {30}, {2, 3, 4}, {50}, {7}};
+  auto make_params = [&] {
+    torch::manual_seed(0);
+    std::vector<torch::Tensor> ps;
+    for (const auto& s : shapes) ps.push_back(torch::randn(s).requires_grad_(true));
+    return ps;
+  };
+  // The loss of rank r, micro-batch m: sum_i sum(x_{r,m,i} * p_i^2), x fixed random data.
+  auto data = [&](int r, int m, size_t i) {
+    torch::manual_seed(1000 + 100 * r + 10 * m + static_cast<int64_t>(i));
+    return torch::randn(shapes[i]);
+  };
+  auto loss = [&](const std::vector<torch::Tensor>& ps, int r, int m) {
+    torch::Tensor l = torch::zeros({});
+    for (size_t i = 0; i < ps.size(); ++i) l = l + (data(r, m, i) * ps[i].square()).sum();
+    return l;
+  };
+  const int W = 2, M = 2;
+  // One process: the gradient of the mean over ranks of each rank's (summed over micro) loss.
+  std::vector<torch::Tensor> ref = make_params();
+  {
+    torch::Tensor total = torch::zeros({});
+    for (int r = 0; r < W; ++r)
+      for (int m = 0; m < M; ++m) total = total + loss(ref, r, m) / W;
+    total.backward();
+  }
+  std::vector<std::vector<torch::Tensor>> got(W);
+  std::vector<std::vector<int64_t>> buckets(W);
+  OnRanks(W, [&](moe::Communicator& c, std::vector<std::string>& err) {
+    std::vector<torch::Tensor> ps = make_params();
+    moe::GradSync sync(ps, &c, 1.0 / W, /*bucket_bytes=*/300);
+    Expect(sync.num_buckets() >= 3, "several buckets", err);
+    for (int step = 0; step < 2; ++step) {  // the second step checks ZeroGrad and re-arming
+      sync.ZeroGrad();
+      for (int m = 0; m < M; ++m) {
+        if (m == M - 1) sync.Arm();
+        loss(ps, c.rank(), m).backward();
+      }
+      sync.Finish();
+    }
+    for (auto& p : ps) got[c.rank()].push_back(p.grad().clone());
+    buckets[c.rank()] = sync.BucketOfParams();
+  });
+  for (int r = 0; r < W; ++r) {
+    REQUIRE(got[r].size() == ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) {
+      INFO("rank " << r << " param " << i);
+      CHECK(torch::allclose(got[r][i], ref[i].grad(), 1e-5, 1e-6));
+    }
+  }
+  // Reverse order: the last parameter is in bucket 0, bucket indices never decrease backwards.
+  REQUIRE(buckets[0].size() == shapes.size());
+  CHECK(buckets[0].back() == 0);
+  for (size_t i = 0; i + 1 < buckets[0].size(); ++i) CHECK(buckets[0][i] >= buckets[0][i + 1]);
+}
+
+TEST_CASE("all-to-all rows: forward exchange and its backward against one process", "[dist]") {
+  // Two ranks, each with rows x_r; rank r sends send[r][q] rows to q. Loss on each rank is a
+  // weighted sum of what it received; the gradient of each sent row is the weight its receiver
+  // applied, which is what one process computing the same exchange by indexing gets.
+  const std::vector<std::vector<int64_t>> send{{1, 3}, {2, 0}};
+  OnRanks(2, [&](moe::Communicator& c, std::vector<std::string>& err) {
+    const int r = c.rank(), o = 1 - r;
+    const std::vector<int64_t> recv{send[0][r], send[1][r]};
+    torch::manual_seed(7 + r);
+    torch::Tensor x = torch::randn({send[r][0] + send[r][1], 3}).requires_grad_(true);
+    torch::Tensor y = moe::AllToAllRows(x, send[r], recv, &c);
+    Expect(y.size(0) == recv[0] + recv[1], "received rows", err);
+    // Rows from rank q are x_q's block for r: check against x_q regenerated from its seed.
+    torch::manual_seed(7 + o);
+    torch::Tensor xo = torch::randn({send[o][0] + send[o][1], 3});
+    torch::Tensor from_o = xo.narrow(0, o == 0 ? 0 : send[o][0], send[o][r]);
+    torch::Tensor mine = x.detach().narrow(0, r == 0 ? 0 : send[r][0], send[r][r]);
+    torch::Tensor want = r == 0 ? torch::cat({mine, from_o}) : torch::cat({from_o, mine});
+    Expect(torch::equal(y.detach(), want), "forward rows", err);
+    // Loss weight of received row i on rank r: (r + 1) * (i + 1).
+    torch::Tensor wts = torch::arange(1, y.size(0) + 1).to(torch::kFloat).mul(r + 1).unsqueeze(1);
+    (y * wts).sum().backward();
+    // My block to rank q sits at q's received rows [offset of me, ...), weighted (q+1)*(i+1).
+    std::vector<torch::Tensor> g;
+    for (int q = 0; q < 2; ++q) {
+      const int64_t start = r == 0 ? 0 : send[0][q];  // rank 0's rows come first at q
+      g.push_back((torch::arange(start + 1, start + send[r][q] + 1).to(torch::kFloat) * (q + 1)).unsqueeze(1).expand({-1, 3}));
+    }
+    Expect(torch::equal(x.grad(), torch::cat(g)), "backward rows", err);
+  });
+}
