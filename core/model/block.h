@@ -23,7 +23,9 @@ class BlockImpl : public torch::nn::Module {
  public:
   // With a plan, every GEMM of the block asks it (as "blocks.<layer>.attn.qkv" etc.) whether to
   // run in FP8.
-  BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype, PrecisionPlan* plan = nullptr);
+  // `par`: the MoE layer's groups under data/expert parallelism (expert_parallel.h).
+  BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype, PrecisionPlan* plan = nullptr,
+            MoEParallel par = {});
 
   BlockOut forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 

@@ -6,12 +6,12 @@
 
 namespace moe {
 
-GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device)
+GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device, MoEParallel par)
     : cfg_(cfg), compute_dtype_(compute_dtype), plan_(PrecisionPlan::FromConfig(cfg, device)) {
   const ModelConfig& m = cfg.model;
   wte_ = register_module("wte", torch::nn::Embedding(m.vocab_size, m.n_embd));
   blocks_ = register_module("blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < m.n_layer; ++i) blocks_->push_back(Block(cfg, i, compute_dtype, &plan_));
+  for (int64_t i = 0; i < m.n_layer; ++i) blocks_->push_back(Block(cfg, i, compute_dtype, &plan_, par));
   lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(m.n_embd, m.vocab_size).bias(false)));
   RopeTables rope = MakeRopeTables(m.seq_len, m.n_embd / m.n_head, m.rope_base);
   rope_cos_ = register_buffer("rope_cos", rope.cos);

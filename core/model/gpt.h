@@ -34,7 +34,9 @@ class GPTImpl : public torch::nn::Module {
   // `compute_dtype`). Initialisation is seeded by the caller (torch::manual_seed) before this.
   // `device` is where the model will run: the precision plan asks it whether the FP8 expert
   // kernel exists (CPU: always, by the reference path).
-  GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device = torch::kCPU);
+  // `par`: the MoE layers' groups in a multi-process run (none: a single process).
+  GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device = torch::kCPU,
+          MoEParallel par = {});
 
   // idx, targets: (B, T) int64 token ids, T <= model.seq_len.
   ForwardOut forward(const torch::Tensor& idx, const torch::Tensor& targets);

@@ -11,6 +11,11 @@ torch::Tensor BalanceLoss(const torch::Tensor& probs, const torch::Tensor& indic
   return static_cast<double>(n_experts) * (f * P).sum();
 }
 
+torch::Tensor BalanceLossFromLoad(const torch::Tensor& probs, const torch::Tensor& load) {
+  torch::Tensor f = load.to(probs.scalar_type()) / load.sum().clamp_min(1);  // (E,)
+  return static_cast<double>(load.size(0)) * (f * probs.mean(0)).sum();
+}
+
 torch::Tensor ZLoss(const torch::Tensor& logits) {
   return logits.to(torch::kFloat32).logsumexp(-1).square().mean();
 }

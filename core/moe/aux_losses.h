@@ -16,6 +16,10 @@ namespace moe {
 // probs: (N, E) fp32; indices: (N, k) int64.
 torch::Tensor BalanceLoss(const torch::Tensor& probs, const torch::Tensor& indices, int64_t n_experts);
 
+// The same loss from the per-expert assignment counts: f = load / sum(load). load (E,) fp32, no
+// gradient (for data parallelism: the counts summed over every rank's tokens).
+torch::Tensor BalanceLossFromLoad(const torch::Tensor& probs, const torch::Tensor& load);
+
 // Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)^2. logits: (N, E) fp32.
 torch::Tensor ZLoss(const torch::Tensor& logits);
 

@@ -7,8 +7,17 @@
 
 namespace moe {
 
+torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, const ExpertWeights& w) {
+  const auto dt = xs.scalar_type();
+  auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt) {
+    return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_wgrad) : at::_grouped_mm(x, wt.to(dt), offs);
+  };
+  torch::Tensor a = gmm(xs, w.w1);  // (M, h)
+  torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3) : torch::Tensor();
+  return gmm(ExpertActivation(a, b), w.w2);  // (M, d)
+}
+
 torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
-  const auto dt = in.x.scalar_type();
   const int64_t N = in.x.size(0), k = in.indices.size(1);
   const int64_t E = w.w1.size(0);
   // Dropped assignments get key E so that the stable sort puts them after every kept row.
@@ -24,12 +33,7 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
   torch::Tensor offs = in.kept.cumsum(0).to(torch::kInt32);       // (E,)
   if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
   torch::Tensor xs = PermuteTokens(in.x, order);                  // (M, d)
-  auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt) {
-    return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_wgrad) : at::_grouped_mm(x, wt.to(dt), offs);
-  };
-  torch::Tensor a = gmm(xs, w.w1);                                // (M, h)
-  torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3) : torch::Tensor();
-  torch::Tensor ys = gmm(ExpertActivation(a, b), w.w2);          // (M, d)
+  torch::Tensor ys = GroupedFfn(xs, offs, w);                      // (M, d)
   torch::Tensor wk = in.weights * in.keep;                         // (N, k) dropped assignments weigh 0
   return UnpermuteTokens(ys, wk, order);                           // (N, d)
 }

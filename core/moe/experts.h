@@ -58,6 +58,11 @@ torch::Tensor LoopExperts(const ExpertInput& in, const ExpertWeights& w);
 torch::Tensor PaddedExperts(const ExpertInput& in, const ExpertWeights& w);
 torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w);
 
+// The expert FFNs over rows already grouped by expert: xs (M, d) compute dtype, expert e's rows
+// are [offs[e-1], offs[e]) (offs (E,) int32 cumulative ends, offs[E-1] = M). (M, d). For the
+// grouped backend and expert parallelism (which groups rows that arrived from other ranks).
+torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, const ExpertWeights& w);
+
 // The expert activation between the two projections, shared by the backends.
 // a = x @ w1 (and b = x @ w3 for swiglu, else undefined).
 inline torch::Tensor ExpertActivation(const torch::Tensor& a, const torch::Tensor& b) {

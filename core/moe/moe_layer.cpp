@@ -9,18 +9,23 @@
 namespace moe {
 
 MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype,
-                           PrecisionPlan* plan, const std::string& name)
-    : e_(e) {
+                           PrecisionPlan* plan, const std::string& name, MoEParallel par)
+    : e_(e), par_(par) {
   const int64_t d = m.n_embd, h = e.expert_hidden_mult * m.n_embd, E = e.n_experts;
   Status st = ResolveExpertImpl(e.impl, d, h, compute_dtype, &impl_);
   TORCH_CHECK(st.ok(), st.ToString());
   router_ = register_module("router", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(false)));
   torch::nn::init::zeros_(router_->weight);
-  w1_ = register_parameter("w1", torch::randn({E, d, h}) / std::sqrt(static_cast<double>(d)));
+  // Every rank draws all E experts (the same random stream as one process) and keeps its slice.
+  const int64_t L = E / par_.ep_size(), first = par_.ep_rank() * L;
+  TORCH_CHECK(L * par_.ep_size() == E, name, ": moe.n_experts = ", E, " is not a multiple of moe.expert_parallel = ",
+              par_.ep_size());
+  auto local = [&](const torch::Tensor& all) { return all.narrow(0, first, L).clone(); };
+  w1_ = register_parameter("w1", local(torch::randn({E, d, h}) / std::sqrt(static_cast<double>(d))));
   if (m.mlp == "swiglu") {
-    w3_ = register_parameter("w3", torch::randn({E, d, h}) / std::sqrt(static_cast<double>(d)));
+    w3_ = register_parameter("w3", local(torch::randn({E, d, h}) / std::sqrt(static_cast<double>(d))));
   }
-  w2_ = register_parameter("w2", torch::randn({E, h, d}) / std::sqrt(static_cast<double>(h)));
+  w2_ = register_parameter("w2", local(torch::randn({E, h, d}) / std::sqrt(static_cast<double>(h))));
   router_bias_ = register_buffer("router_bias", torch::zeros({E}));
   shared_ = register_module("shared", torch::nn::ModuleList());
   for (int64_t i = 0; i < e.n_shared_experts; ++i) {
@@ -41,14 +46,20 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
   CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
 
   ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
-  torch::Tensor y = RunExperts(impl_, in, ExpertWeights{w1_, w3_, w2_, fp8_experts_, fp8_wgrad_});  // (N, d)
+  const ExpertWeights w{w1_, w3_, w2_, fp8_experts_, fp8_wgrad_};
+  torch::Tensor y = par_.ep ? ExpertParallelExperts(in, w, e_.n_experts, par_.ep) : RunExperts(impl_, in, w);  // (N, d)
   for (const auto& s : *shared_) y = y + s->as<MLPImpl>()->forward(xf);
 
   MoEOut out;
   out.y = y.view({B, T, d});
-  out.balance_loss = BalanceLoss(r.probs, r.indices, e_.n_experts);
+  out.load = cap.load.to(torch::kFloat32);  // (E,)
+  // Data parallel: the balance loss's f and the bias-driving load are those of the global batch,
+  // so that W ranks train exactly what one process on the whole batch would (and the router
+  // biases of the replicas stay equal). P stays local: the mean over ranks of E*sum(f*P_r) is
+  // the global loss, and the gradient average over ranks is its gradient.
+  if (par_.world) par_.world->AllReduce(out.load, ReduceOp::kSum);
+  out.balance_loss = BalanceLossFromLoad(r.probs, out.load);
   out.z_loss = ZLoss(r.logits);
-  out.load = cap.load.to(torch::kFloat32);
   out.dropped = (cap.load - cap.kept).sum().to(torch::kFloat32);
   if (e_.bias_update_rate != 0 && torch::GradMode::is_enabled()) {
     torch::NoGradGuard ng;

@@ -2,7 +2,8 @@
 // with the auxiliary losses and the per-expert load that drives aux-loss-free balancing.
 //
 // Parameters: router.weight (E, d) (zeros at init, as in the reference), w1 (E, d, h),
-// w2 (E, h, d), and for swiglu w3 (E, d, h) (randn / sqrt(fan_in)); shared.<i>.* dense MLPs of
+// w2 (E, h, d), and for swiglu w3 (E, d, h) (randn / sqrt(fan_in); with expert parallelism the
+// local slice of L = E / ep_size experts); shared.<i>.* dense MLPs of
 // hidden expert_hidden_mult*d. Buffer: router_bias (E,) fp32, the selection bias (checkpointed).
 #pragma once
 
@@ -13,6 +14,7 @@
 
 #include "core/config/config.h"
 #include "core/model/mlp.h"
+#include "core/moe/expert_parallel.h"
 #include "core/moe/experts.h"
 
 namespace moe {
@@ -21,7 +23,8 @@ struct MoEOut {
   torch::Tensor y;             // (B, T, d) compute dtype
   torch::Tensor balance_loss;  // () fp32
   torch::Tensor z_loss;        // () fp32
-  torch::Tensor load;          // (E,) fp32 assignments per expert, before dropping
+  torch::Tensor load;          // (E,) fp32 assignments per expert, before dropping (over all ranks
+                               // when the layer has a world group)
   torch::Tensor dropped;       // () fp32 assignments dropped by capacity
 };
 
@@ -31,8 +34,11 @@ class MoELayerImpl : public torch::nn::Module {
   // ResolveExpertImpl first to get a Status instead).
   // With a plan, the shared experts' projections and the routed experts ask it (under `name`)
   // whether to run in FP8; the router never does (precision_plan.h says why).
+  // With par.ep, this rank holds only its n_experts / ep_size experts (expert_parallel.h): w1/w2/w3
+  // are (L, d, h) ..., the slice [ep_rank*L, (ep_rank+1)*L) of what a single process would
+  // initialise from the same seed. With par.world, routing statistics are summed over all ranks.
   MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype,
-               PrecisionPlan* plan = nullptr, const std::string& name = "moe");
+               PrecisionPlan* plan = nullptr, const std::string& name = "moe", MoEParallel par = {});
 
   // x: (B, T, d) compute dtype. When grad mode is on (training), adds the routed load to the
   // pending load for UpdateRouterBias; evaluation under NoGradGuard leaves it alone.
@@ -48,6 +54,7 @@ class MoELayerImpl : public torch::nn::Module {
 
  private:
   MoEConfig e_;
+  MoEParallel par_;
   ExpertImpl impl_;
   bool fp8_experts_ = false;
   bool fp8_wgrad_ = true;

@@ -1,0 +1,77 @@
+#include "core/moe/expert_parallel.h"
+
+#include <vector>
+
+#include "core/dist/all_to_all.h"
+#include "core/moe/permute.h"
+
+namespace moe {
+
+torch::Tensor ExpertParallelExperts(const ExpertInput& in, const ExpertWeights& w, int64_t n_experts,
+                                    Communicator* ep) {
+  const int64_t N = in.x.size(0), k = in.indices.size(1);
+  const int64_t P = ep->size(), E = n_experts, L = E / P;
+  TORCH_CHECK(L * P == E && w.w1.size(0) == L, "ExpertParallelExperts: ", E, " experts over ", P,
+              " ranks, local weights for ", w.w1.size(0));
+
+  // 1. This rank's kept assignments sorted by expert, hence by owning rank (dropped ones last).
+  torch::Tensor key = in.indices.masked_fill(in.keep.logical_not(), E).reshape({N * k});
+  torch::Tensor sorted = std::get<1>(key.sort(std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
+
+  // 2. Row counts: recv[q*L + l] = rows rank q sends for my local expert l.
+  torch::Tensor sent = in.kept.to(torch::kInt64).contiguous();  // (E,)
+  torch::Tensor recv = torch::empty_like(sent);                 // (P*L,)
+  ep->AllToAll(recv, sent, std::vector<int64_t>(P, L), std::vector<int64_t>(P, L));
+  torch::Tensor host = torch::cat({sent, recv}).to(torch::kCPU);  // the one host sync
+  const int64_t* hs = host.data_ptr<int64_t>();
+  const int64_t* hr = hs + E;
+  std::vector<int64_t> send_rows(P, 0), recv_rows(P, 0), local_rows(L, 0);
+  for (int64_t q = 0; q < P; ++q) {
+    for (int64_t l = 0; l < L; ++l) {
+      send_rows[q] += hs[q * L + l];
+      recv_rows[q] += hr[q * L + l];
+      local_rows[l] += hr[q * L + l];
+    }
+  }
+  int64_t m_send = 0, m_recv = 0;
+  for (int64_t q = 0; q < P; ++q) m_send += send_rows[q], m_recv += recv_rows[q];
+
+  // 3. Dispatch: rows leave grouped by (destination rank, its expert) and arrive grouped by
+  // (source rank, local expert); regroup them by local expert for the grouped GEMM.
+  const RowOrder order = MakeRowOrder(sorted, m_send, k);
+  torch::Tensor xs = PermuteTokens(in.x, order);                        // (m_send, d)
+  torch::Tensor xr = AllToAllRows(xs, send_rows, recv_rows, ep);        // (m_recv, d) by (q, l)
+  torch::Tensor by_expert = torch::empty({m_recv}, torch::kInt64);     // row of xr for each grouped row
+  {
+    std::vector<int64_t> start(P * L);  // first row of block (q, l) in xr
+    int64_t r = 0;
+    for (int64_t q = 0; q < P; ++q)
+      for (int64_t l = 0; l < L; ++l) start[q * L + l] = r, r += hr[q * L + l];
+    int64_t* out = by_expert.data_ptr<int64_t>();
+    int64_t i = 0;
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t q = 0; q < P; ++q)
+        for (int64_t j = 0; j < hr[q * L + l]; ++j) out[i++] = start[q * L + l] + j;
+  }
+  torch::Tensor perm = by_expert.to(in.x.device(), /*non_blocking=*/true);
+  torch::Tensor inv = torch::empty_like(perm).scatter_(0, perm, torch::arange(m_recv, perm.options()));
+
+  // 4. The local experts.
+  torch::Tensor yr;  // (m_recv, d) in xr's row order
+  if (m_recv > 0) {
+    torch::Tensor offs = torch::tensor(local_rows, torch::kInt64).cumsum(0).to(torch::kInt32).to(in.x.device());
+    torch::Tensor yg = GroupedFfn(xr.index_select(0, perm), offs, w);  // (m_recv, d) by local expert
+    yr = yg.index_select(0, inv);
+  } else {
+    // Nothing arrived, but the exchanges must still run in backward on every rank (they are
+    // collective): keep the graph connected through the empty rows.
+    yr = xr;
+  }
+
+  // 5. Combine: results go back where their rows came from, then weighted into each token.
+  torch::Tensor ys = AllToAllRows(yr, recv_rows, send_rows, ep);  // (m_send, d) in `order`
+  torch::Tensor wk = in.weights * in.keep;                         // (N, k)
+  return UnpermuteTokens(ys, wk, order);                           // (N, d)
+}
+
+}  // namespace moe
