@@ -12,9 +12,19 @@ namespace fs = std::filesystem;
 
 std::string CheckpointDir(const std::string& run_dir) { return (fs::path(run_dir) / "checkpoint").string(); }
 
-Status SaveCheckpoint(const std::string& run_dir, const CheckpointMeta& meta, torch::nn::Module& model,
-                      torch::optim::Optimizer& optimizer) {
+namespace {
+
+std::string StateFile(const CheckpointShard& shard) {
+  if (shard.count <= 1) return "state.pt";
+  return "state.ep" + std::to_string(shard.index) + "of" + std::to_string(shard.count) + ".pt";
+}
+
+}  // namespace
+
+Status SaveCheckpointState(const std::string& run_dir, int64_t step, torch::nn::Module& model,
+                           torch::optim::Optimizer& optimizer, const CheckpointShard& shard) {
   const fs::path dir = CheckpointDir(run_dir);
+  const std::string file = StateFile(shard);
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::IOError(dir.string() + ": " + ec.message());
@@ -27,30 +37,44 @@ Status SaveCheckpoint(const std::string& run_dir, const CheckpointMeta& meta, to
     optimizer.save(opt_archive);
     archive.write("optimizer", opt_archive);
     archive.write("rng_cpu", at::detail::getDefaultCPUGenerator().get_state());
-    archive.write("step", torch::tensor(meta.step, torch::kInt64));
-    archive.save_to((dir / "state.pt.tmp").string());
+    archive.write("step", torch::tensor(step, torch::kInt64));
+    archive.save_to((dir / (file + ".tmp")).string());
   } catch (const c10::Error& e) {
-    return Status::IOError(dir.string() + "/state.pt: " + e.what_without_backtrace());
+    return Status::IOError((dir / file).string() + ": " + e.what_without_backtrace());
   }
+  fs::rename(dir / (file + ".tmp"), dir / file, ec);
+  if (ec) return Status::IOError((dir / file).string() + ": rename failed: " + ec.message());
+  return Status::OK();
+}
+
+Status SaveCheckpointMeta(const std::string& run_dir, const CheckpointMeta& meta) {
+  const fs::path dir = CheckpointDir(run_dir);
   {
     std::ofstream out(dir / "meta.json.tmp", std::ios::trunc);
     out << nlohmann::json{{"step", meta.step}, {"config_hash", meta.config_hash}}.dump() << "\n";
     if (!out) return Status::IOError((dir / "meta.json.tmp").string() + ": write failed");
   }
-  // state first, then meta: meta.json names a step only once its state is in place. A crash
-  // between the two renames leaves a newer state with an older meta: the loader trusts the
-  // step stored inside state.pt, so that case still resumes consistently.
-  fs::rename(dir / "state.pt.tmp", dir / "state.pt", ec);
-  if (!ec) fs::rename(dir / "meta.json.tmp", dir / "meta.json", ec);
+  std::error_code ec;
+  fs::rename(dir / "meta.json.tmp", dir / "meta.json", ec);
   if (ec) return Status::IOError(dir.string() + ": rename failed: " + ec.message());
   return Status::OK();
 }
 
-Status LoadCheckpoint(const std::string& run_dir, CheckpointMeta* meta, torch::nn::Module& model,
+Status SaveCheckpoint(const std::string& run_dir, const CheckpointMeta& meta, torch::nn::Module& model,
                       torch::optim::Optimizer& optimizer) {
+  // state first, then meta: meta.json names a step only once its state is in place. A crash
+  // between the two renames leaves a newer state with an older meta: the loader trusts the
+  // step stored inside state.pt, so that case still resumes consistently.
+  MOE_RETURN_IF_ERROR(SaveCheckpointState(run_dir, meta.step, model, optimizer, CheckpointShard{}));
+  return SaveCheckpointMeta(run_dir, meta);
+}
+
+Status LoadCheckpoint(const std::string& run_dir, CheckpointMeta* meta, torch::nn::Module& model,
+                      torch::optim::Optimizer& optimizer, const CheckpointShard& shard) {
   const fs::path dir = CheckpointDir(run_dir);
-  if (!fs::exists(dir / "state.pt") || !fs::exists(dir / "meta.json")) {
-    return Status::NotFound(dir.string() + ": no checkpoint");
+  const std::string file = StateFile(shard);
+  if (!fs::exists(dir / file) || !fs::exists(dir / "meta.json")) {
+    return Status::NotFound(dir.string() + ": no checkpoint" + (shard.count > 1 ? " (" + file + ")" : ""));
   }
   std::string saved_hash;
   {
@@ -68,7 +92,7 @@ Status LoadCheckpoint(const std::string& run_dir, CheckpointMeta* meta, torch::n
   }
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from((dir / "state.pt").string());
+    archive.load_from((dir / file).string());
     torch::NoGradGuard no_grad;
     for (auto& p : model.named_parameters()) {
       torch::Tensor t;
@@ -104,7 +128,7 @@ Status LoadCheckpoint(const std::string& run_dir, CheckpointMeta* meta, torch::n
     archive.read("step", step);
     meta->step = step.item<int64_t>();
   } catch (const c10::Error& e) {
-    return Status::Corruption((dir / "state.pt").string() + ": " + e.what_without_backtrace());
+    return Status::Corruption((dir / file).string() + ": " + e.what_without_backtrace());
   }
   return Status::OK();
 }

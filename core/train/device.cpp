@@ -12,7 +12,7 @@
 
 namespace moe {
 
-Status ResolveDevice(const Config& cfg, DeviceInfo* out) {
+Status ResolveDevice(const Config& cfg, DeviceInfo* out, int local_rank) {
   const bool has_cuda = torch::cuda::is_available();
   out->count = has_cuda ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
   const std::string& want = cfg.train.device;
@@ -28,8 +28,15 @@ Status ResolveDevice(const Config& cfg, DeviceInfo* out) {
                                "(train.device = \"" + want + "\"); use train.compile = \"eager\" on the CPU");
   }
   if (use_cuda) {
-    out->device = torch::Device(torch::kCUDA, 0);
-    out->name = at::cuda::getDeviceProperties(0)->name;
+    if (local_rank >= out->count) {
+      return Status::Unsupported("LOCAL_RANK = " + std::to_string(local_rank) + " needs GPU " + std::to_string(local_rank) +
+                                 " and " + std::to_string(out->count) + " are visible (CUDA_VISIBLE_DEVICES='" +
+                                 std::string(getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "") +
+                                 "'); start at most one rank per GPU");
+    }
+    out->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(local_rank));
+    out->name = at::cuda::getDeviceProperties(local_rank)->name;
   } else {
     out->device = torch::kCPU;
     out->name = "cpu";

@@ -23,7 +23,9 @@ struct DeviceInfo {
 
 // Resolves train.device / precision.compute against this machine. GPU-only options (cuda,
 // cudagraph, bf16 on CUDA) asked for without a GPU give Unsupported with the key named.
-Status ResolveDevice(const Config& cfg, DeviceInfo* out);
+// `local_rank`: in a multi-process run, the GPU this rank uses (cuda:local_rank, made the current
+// device); Unsupported when fewer GPUs are visible.
+Status ResolveDevice(const Config& cfg, DeviceInfo* out, int local_rank = 0);
 
 // Waits for queued device work (no-op on CPU), so that host timers measure real work.
 void Synchronize(const DeviceInfo& dev);

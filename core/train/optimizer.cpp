@@ -100,4 +100,32 @@ torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_
   return total;
 }
 
+torch::Tensor ClipGradNormSharded(const std::vector<torch::Tensor>& replicated,
+                                  const std::vector<torch::Tensor>& sharded, double max_norm,
+                                  Communicator* shard_group) {
+  torch::NoGradGuard no_grad;
+  auto grads_of = [](const std::vector<torch::Tensor>& ps) {
+    std::vector<torch::Tensor> g;
+    for (const auto& p : ps) {
+      if (p.grad().defined()) g.push_back(p.grad());
+    }
+    return g;
+  };
+  std::vector<torch::Tensor> rep = grads_of(replicated), sh = grads_of(sharded);
+  const torch::TensorOptions f32 =
+      torch::TensorOptions().dtype(torch::kFloat32).device(replicated.empty() ? sharded.at(0).device() : replicated[0].device());
+  auto sq = [&](const std::vector<torch::Tensor>& g) {
+    return g.empty() ? torch::zeros({}, f32) : torch::stack(at::_foreach_norm(g, 2)).to(torch::kFloat32).square().sum();
+  };
+  torch::Tensor shard_sq = sq(sh).reshape({1});  // (1,): collectives take no 0-dim tensors
+  if (shard_group != nullptr) shard_group->AllReduce(shard_sq, ReduceOp::kSum);
+  torch::Tensor total = (sq(rep) + shard_sq.squeeze(0)).sqrt();
+  if (max_norm < std::numeric_limits<double>::infinity()) {
+    torch::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+    if (!rep.empty()) at::_foreach_mul_(rep, coef);
+    if (!sh.empty()) at::_foreach_mul_(sh, coef);
+  }
+  return total;
+}
+
 }  // namespace moe

@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "core/config/config.h"
+#include "core/dist/communicator.h"
 
 namespace moe {
 
@@ -57,5 +58,13 @@ class FusedAdamW {
 // norm before clipping as a () fp32 device tensor. No host sync (unlike LibTorch's
 // clip_grad_norm_, which returns a double).
 torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm);
+
+// The same for a model whose `sharded` parameters are split over `shard_group` (expert
+// parallelism: each rank holds other experts): the norm covers the replicated gradients once and
+// every rank's shard, so all ranks clip by the same factor, the one a single process holding the
+// whole model would use. shard_group may be null (then it is ClipGradNorm over both lists).
+torch::Tensor ClipGradNormSharded(const std::vector<torch::Tensor>& replicated,
+                                  const std::vector<torch::Tensor>& sharded, double max_norm,
+                                  Communicator* shard_group);
 
 }  // namespace moe

@@ -10,6 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/data/data_source.h"
+#include "core/dist/dist_env.h"
+#include "core/dist/grad_sync.h"
+#include "core/dist/parallel.h"
 #include "core/model/accounting.h"
 #include "core/model/gpt.h"
 #include "core/train/checkpoint.h"
@@ -47,8 +50,17 @@ struct RunRecord {
   bool have_last = false;
 };
 
+// Set once Train knows its place in a multi-process run, so that every message names its rank.
+std::string g_rank_tag;
+
+// In a multi-process run rank 0 writes summary.json, except for a failure: the rank that failed
+// writes its own reason (the others are then stopped by the launcher).
+bool g_rank0 = true;
+
 void WriteSummary(const std::string& run_dir, RunRecord& rec, const std::string& reason, int code) {
+  if (!g_rank0 && code != kExitFailed) return;
   auto& s = rec.summary;
+  if (!g_rank_tag.empty() && code == kExitFailed) s["failed_rank_tag"] = g_rank_tag;
   s["exit_reason"] = reason;
   s["exit_code"] = code;
   if (rec.have_last) {
@@ -69,8 +81,24 @@ void WriteSummary(const std::string& run_dir, RunRecord& rec, const std::string&
 }
 
 int Fail(const std::string& what, int code) {
-  std::fprintf(stderr, "moe-train: %s\n", what.c_str());
+  std::fprintf(stderr, "moe-train%s: %s\n", g_rank_tag.c_str(), what.c_str());
   return code;
+}
+
+// Data-parallel gradient buckets: DDP's default size, large enough to use the link's bandwidth,
+// small enough that the first bucket leaves early in backward.
+constexpr int64_t kGradBucketBytes = int64_t{25} << 20;
+
+// Collective timeout: a rank that dies makes its peers wait here until the launcher stops them;
+// the timeout only bounds a hang when nobody does.
+constexpr double kCollectiveTimeoutS = 600;
+
+bool IsExpertParam(const std::string& name) {
+  const auto ends = [&](const char* suffix) {
+    const std::string s = suffix;
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  return ends(".moe.w1") || ends(".moe.w2") || ends(".moe.w3");
 }
 
 std::string FormatLog(const StepMetrics& m, int64_t steps) {
@@ -100,14 +128,32 @@ double ValidationLoss(GPT& model, DataSource& data, const DeviceInfo& dev, int64
 
 int Train(const Config& cfg, const TrainOptions& opts) {
   ConfigureThreads(cfg.train.threads);
+  DistEnv denv;
+  if (Status st = ReadDistEnv(&denv); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
+  if (denv.distributed()) g_rank_tag = " [rank " + std::to_string(denv.rank) + "/" + std::to_string(denv.world) + "]";
   DeviceInfo dev;
-  if (Status st = ResolveDevice(cfg, &dev); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
-  // Options that are valid configs but whose implementation is not in this build yet: refuse
-  // rather than silently measuring something else.
-  if (cfg.moe.expert_parallel > 1) {
-    return Fail("moe.expert_parallel > 1: expert parallelism is not implemented in this build yet; use 1",
+  if (Status st = ResolveDevice(cfg, &dev, denv.local_rank); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
+  if (denv.distributed() && cfg.train.compile == "cudagraph") {
+    return Fail("train.compile = \"cudagraph\" runs in a single process only (this run has WORLD_SIZE = " +
+                    std::to_string(denv.world) + "); use train.compile = \"eager\" for multi-GPU runs",
                 kExitInvalidConfig);
   }
+  if (cfg.moe.expert_parallel > 1 && cfg.moe.impl != "grouped" && cfg.moe.impl != "auto") {
+    return Fail("moe.expert_parallel = " + std::to_string(cfg.moe.expert_parallel) + " runs the grouped expert GEMM; moe.impl = \"" +
+                    cfg.moe.impl + "\" is not supported with it (use \"grouped\" or \"auto\")",
+                kExitInvalidConfig);
+  }
+  ParallelGroups par;
+  if (Status st = SetupParallel(denv, cfg.moe.expert_parallel, dev.device, kCollectiveTimeoutS, &par); !st.ok()) {
+    return Fail(st.message(), st.IsInvalidArgument() ? kExitInvalidConfig : kExitFailed);
+  }
+  const bool rank0 = denv.rank == 0;
+  g_rank0 = rank0;
+  const int64_t world = denv.world;
+  // Who writes what: rank 0 the metrics, summary and meta.json; with expert parallelism the
+  // first replica of each expert shard its state file (checkpoint.h).
+  const CheckpointShard shard{par.ep_rank(), par.ep_size};
+  const bool writes_state = denv.rank < par.ep_size;
 
   std::error_code ec;
   fs::create_directories(opts.run_dir, ec);
@@ -121,14 +167,13 @@ int Train(const Config& cfg, const TrainOptions& opts) {
   RunRecord rec;
   try {
     torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
-    GPT model(cfg, dev.compute_dtype, dev.device);
+    GPT model(cfg, dev.compute_dtype, dev.device, par.moe());
     model->to(dev.device);
     auto optimizer = BuildOptimizer(*model, cfg.optim);
 
     const ParamCounts pc = CountParams(cfg);
     const double flops_per_token = FlopsPerToken(cfg);
     const double peak = PeakFlops(cfg.metrics, dev.name);
-    const int64_t world = 1;
     const int64_t tokens_per_step = cfg.train.batch_size * cfg.model.seq_len * cfg.train.grad_accum * world;
     const int64_t n_moe_layers = [&] {
       int64_t n = 0;
@@ -141,13 +186,27 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     int64_t start_step = 0;
     bool resumed = false;
     if (opts.resume) {
-      Status st = LoadCheckpoint(opts.run_dir, &meta, *model, *optimizer);
+      Status st = LoadCheckpoint(opts.run_dir, &meta, *model, *optimizer, shard);
+      // Every rank must resume from the same step (or all start afresh): a checkpoint torn
+      // between shards, or a rank that found none, would train ranks out of step.
+      int64_t found = st.ok() ? meta.step : (st.IsNotFound() ? -1 : -2);
+      if (par.distributed()) {
+        torch::Tensor t = torch::tensor({found, -found}, torch::TensorOptions().dtype(torch::kInt64)).to(dev.device);
+        par.world->AllReduce(t, ReduceOp::kMax);
+        t = t.cpu();
+        if (t[0].item<int64_t>() != -t[1].item<int64_t>()) {
+          return Fail(CheckpointDir(opts.run_dir) + ": the ranks found different checkpoints (steps " +
+                          std::to_string(-t[1].item<int64_t>()) + " to " + std::to_string(t[0].item<int64_t>()) +
+                          ", -1 = none); delete the checkpoint folder to restart the run",
+                      kExitFailed);
+        }
+      }
       if (st.ok()) {
         start_step = meta.step;
         resumed = true;
       } else if (!st.IsNotFound()) {
         return Fail(st.message(), st.IsInvalidArgument() ? kExitInvalidConfig : kExitFailed);
-      } else if (!opts.quiet) {
+      } else if (!opts.quiet && rank0) {
         std::printf("resume: no checkpoint in %s, starting from step 0\n", opts.run_dir.c_str());
       }
     }
@@ -159,7 +218,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     s["flops_per_token"] = flops_per_token;
     s["device"] = dev.device.str();
     s["device_name"] = dev.name;
-    s["device_count"] = world;
+    s["device_count"] = dev.device.is_cuda() ? world : 0;
+    s["world_size"] = world;
+    s["expert_parallel"] = par.ep_size;
+    s["comm_backend"] = par.distributed() ? nlohmann::json(par.world->backend()) : nlohmann::json(nullptr);
     s["peak_flops_per_device"] = peak > 0 ? nlohmann::json(peak) : nlohmann::json(nullptr);
     s["libtorch_version"] = TORCH_VERSION;
     s["compute_dtype"] = std::string(c10::toString(dev.compute_dtype));
@@ -176,10 +238,13 @@ int Train(const Config& cfg, const TrainOptions& opts) {
 
     MetricsWriter writer;
     const std::string metrics_path = (fs::path(opts.run_dir) / "metrics.jsonl").string();
-    if (Status st = writer.Open(metrics_path, opts.resume ? start_step : -1); !st.ok()) {
-      return Fail(st.message(), kExitFailed);
+    if (rank0) {
+      if (Status st = writer.Open(metrics_path, opts.resume ? start_step : -1); !st.ok()) {
+        return Fail(st.message(), kExitFailed);
+      }
     }
-    if (!opts.quiet) {
+    const bool quiet = opts.quiet || !rank0;
+    if (!quiet) {
       std::printf("moe-train: %s on %s (%s), params %.2fM total / %.2fM active, %.3g FLOP/token, %s\n",
                   opts.run_dir.c_str(), dev.name.c_str(), c10::toString(dev.compute_dtype),
                   pc.total / 1e6, pc.active / 1e6, flops_per_token, data->Describe().c_str());
@@ -190,6 +255,29 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     const double clip = cfg.optim.grad_clip > 0 ? cfg.optim.grad_clip : std::numeric_limits<double>::infinity();
     FusedAdamW fused(*optimizer, dev.device);
     const int64_t ga = cfg.train.grad_accum;
+
+    // Data parallelism: every rank's loss is the mean over its own tokens, so the run's gradient
+    // is the mean over ranks: sum, then scale by 1/W. Expert parameters under expert parallelism
+    // are summed only over the ranks holding the same shard (the all-to-all already brought the
+    // other ranks' tokens to them), with the same 1/W.
+    std::vector<torch::Tensor> dense_params, expert_params;
+    for (const auto& p : model->named_parameters()) {
+      (par.ep && IsExpertParam(p.key()) ? expert_params : dense_params).push_back(p.value());
+    }
+    std::unique_ptr<GradSync> dense_sync, expert_sync;
+    if (par.distributed()) {
+      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), 1.0 / static_cast<double>(world),
+                                              kGradBucketBytes);
+      if (!expert_params.empty()) {
+        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), 1.0 / static_cast<double>(world),
+                                                 kGradBucketBytes);
+      }
+      s["grad_buckets"] = dense_sync->num_buckets() + (expert_sync ? expert_sync->num_buckets() : 0);
+    }
+    auto for_syncs = [&](const std::function<void(GradSync&)>& f) {
+      if (dense_sync) f(*dense_sync);
+      if (expert_sync) f(*expert_sync);
+    };
 
     // One optimizer step on the device: forward/backward of every micro-batch, clipping, the
     // fused AdamW update and the router-bias update. No host sync, so that eager steps queue
@@ -202,6 +290,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         sum = sum.defined() ? sum + v.detach() : v.detach();
       };
       for (int64_t micro = 0; micro < ga; ++micro) {
+        if (micro == ga - 1) for_syncs([](GradSync& g) { g.Arm(); });
         ForwardOut out = model->forward(inputs[micro], targets[micro]);
         (out.loss / static_cast<double>(ga)).backward();
         acc(loss_sum, out.loss);
@@ -212,12 +301,15 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         acc(dropped_sum, out.dropped);
         acc(assign_sum, out.assignments);
       }
-      torch::Tensor grad_norm = ClipGradNorm(params, clip);
+      for_syncs([](GradSync& g) { g.Finish(); });
+      torch::Tensor grad_norm = par.ep ? ClipGradNormSharded(dense_params, expert_params, clip, par.ep.get())
+                                       : ClipGradNorm(params, clip);
       fused.Step();
       model->UpdateRouterBias();
-      return torch::cat({torch::stack({loss_sum, ce_sum, bal_sum, z_sum, dropped_sum, assign_sum,
-                                       grad_norm.to(torch::kFloat32)}),
-                         load_sum.to(torch::kFloat32)});
+      // Losses and drop counts over all ranks (the load is already global, moe_layer.h).
+      torch::Tensor sums = torch::stack({loss_sum, ce_sum, bal_sum, z_sum, dropped_sum, assign_sum});
+      if (par.distributed()) par.world->AllReduce(sums, ReduceOp::kSum);
+      return torch::cat({sums, grad_norm.to(torch::kFloat32).reshape({1}), load_sum.to(torch::kFloat32)});
     };
 
     // train.compile = "cudagraph": a few eager warm-up steps (lazy initialisation, allocator
@@ -244,13 +336,17 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       fused.SetLearningRate(m.lr);
       std::vector<torch::Tensor> inputs, targets;
       for (int64_t micro = 0; micro < ga; ++micro) {
-        Batch b = data->TrainBatch(step, micro);
+        Batch b = data->TrainBatch(step, micro, denv.rank, world);
         inputs.push_back(b.inputs.to(dev.device, /*non_blocking=*/true));
         targets.push_back(b.targets.to(dev.device, /*non_blocking=*/true));
       }
       torch::Tensor stats;
       if (!graph) {
-        optimizer->zero_grad(/*set_to_none=*/true);
+        if (par.distributed()) {
+          for_syncs([](GradSync& g) { g.ZeroGrad(); });
+        } else {
+          optimizer->zero_grad(/*set_to_none=*/true);
+        }
         stats = device_step(inputs, targets);
       } else {
         if (static_in.empty()) {
@@ -280,7 +376,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       }
       torch::Tensor host = stats.to(torch::kCPU, torch::kFloat64).contiguous();  // the step's one sync
       const double* h = host.data_ptr<double>();
-      const double gad = static_cast<double>(ga);
+      const double gad = static_cast<double>(ga * world);  // the sums are over micro-batches and ranks
       m.loss = h[0] / gad;
       if (!std::isfinite(m.loss)) {
         rec.last = m;
@@ -305,6 +401,20 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       const PeakMemory mem = ReadPeakMemory(dev);
       m.mem_peak_alloc_mib = mem.alloc_mib;
       m.mem_peak_reserved_mib = mem.reserved_mib;
+      // One small collective per step: the largest rank's memory, and whether any rank was asked
+      // to stop (the launcher forwards a signal to every rank, but they may see it a step apart;
+      // all must checkpoint the same step).
+      bool stop = opts.stop_requested && opts.stop_requested->load();
+      if (par.distributed()) {
+        torch::Tensor t = torch::tensor({m.mem_peak_alloc_mib, m.mem_peak_reserved_mib, stop ? 1.0 : 0.0},
+                                        torch::TensorOptions().dtype(torch::kFloat64))
+                              .to(dev.device);
+        par.world->AllReduce(t, ReduceOp::kMax);
+        t = t.cpu();
+        m.mem_peak_alloc_mib = t[0].item<double>();
+        m.mem_peak_reserved_mib = t[1].item<double>();
+        stop = t[2].item<double>() > 0;
+      }
       m.tokens = m.step * tokens_per_step;
 
       const bool last_step = m.step == cfg.train.steps;
@@ -314,27 +424,34 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         m.val_loss = ValidationLoss(model, *data, dev, cfg.train.eval_batches);
         rec.summary["final_val_loss"] = *m.val_loss;
       }
-      if (Status st = writer.Append(m); !st.ok()) return Fail(st.message(), kExitFailed);
+      if (rank0) {
+        if (Status st = writer.Append(m); !st.ok()) return Fail(st.message(), kExitFailed);
+      }
       rec.tok_per_s.push_back(m.tok_per_s);
       if (m.mfu) rec.mfu.push_back(*m.mfu);
       rec.last = m;
       rec.have_last = true;
 
-      if (!opts.quiet && cfg.train.log_every > 0 && (m.step % cfg.train.log_every == 0 || m.step == 1 || last_step)) {
+      if (!quiet && cfg.train.log_every > 0 && (m.step % cfg.train.log_every == 0 || m.step == 1 || last_step)) {
         std::printf("%s\n", FormatLog(m, cfg.train.steps).c_str());
         std::fflush(stdout);
       }
-      const bool stop = opts.stop_requested && opts.stop_requested->load();
       const bool periodic = cfg.train.ckpt_every > 0 && m.step % cfg.train.ckpt_every == 0;
       if ((periodic || stop) && !last_step) {
         meta.step = m.step;
         fused.SyncHostState();
-        if (Status st = SaveCheckpoint(opts.run_dir, meta, *model, *optimizer); !st.ok()) {
-          return Fail(st.message(), kExitFailed);
+        if (writes_state) {
+          if (Status st = SaveCheckpointState(opts.run_dir, m.step, *model, *optimizer, shard); !st.ok()) {
+            return Fail(st.message(), kExitFailed);
+          }
+        }
+        if (par.distributed()) par.world->Barrier();  // every shard in place before meta.json names the step
+        if (rank0) {
+          if (Status st = SaveCheckpointMeta(opts.run_dir, meta); !st.ok()) return Fail(st.message(), kExitFailed);
         }
       }
       if (stop && !last_step) {
-        if (!opts.quiet) std::printf("moe-train: interrupted after step %lld; checkpoint saved, resume with --resume\n",
+        if (!quiet) std::printf("moe-train: interrupted after step %lld; checkpoint saved, resume with --resume\n",
                                      static_cast<long long>(m.step));
         WriteSummary(opts.run_dir, rec, "interrupted", kExitInterrupted);
         return kExitInterrupted;
