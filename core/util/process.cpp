@@ -18,7 +18,9 @@ namespace moe {
 
 namespace {
 
-int OpenLog(const std::string& path) {
+int OpenLog(const std::string& path, bool inherit, int parent_fd) {
+  // A duplicate, so that the child's setup is the same either way (dup2 onto 1/2, then close).
+  if (inherit) return ::fcntl(parent_fd, F_DUPFD_CLOEXEC, 3);
   if (path.empty()) return ::open("/dev/null", O_WRONLY | O_CLOEXEC);
   return ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 }
@@ -51,8 +53,8 @@ Status ChildProcess::Spawn(const SpawnOptions& options, ChildProcess* out) {
   for (auto& s : argv_copy) argv.push_back(s.data());
   argv.push_back(nullptr);
 
-  const int out_fd = OpenLog(options.stdout_path);
-  const int err_fd = OpenLog(options.stderr_path);
+  const int out_fd = OpenLog(options.stdout_path, options.inherit_output, 1);
+  const int err_fd = OpenLog(options.stderr_path, options.inherit_output, 2);
   const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (out_fd < 0 || err_fd < 0 || null_fd < 0) {
     const int e = errno;
@@ -71,8 +73,10 @@ Status ChildProcess::Spawn(const SpawnOptions& options, ChildProcess* out) {
   if (pid == 0) {
     ::setpgid(0, 0);
 #ifdef __linux__
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (::getppid() != parent) ::_exit(127);
+    if (options.parent_death_signal != 0) {
+      ::prctl(PR_SET_PDEATHSIG, options.parent_death_signal);
+      if (::getppid() != parent) ::_exit(127);  // the parent died before prctl: nobody to signal us
+    }
 #else
     (void)parent;
 #endif

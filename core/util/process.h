@@ -1,12 +1,13 @@
 // A child process started without a shell: fork + execvp of an argv, in its own process group,
-// stdout/stderr appended to files, stdin from /dev/null. On Linux the child gets SIGTERM when
-// the runner dies (PR_SET_PDEATHSIG), so a killed runner leaves trainers that checkpoint and
-// exit instead of orphans that keep writing.
+// stdout/stderr appended to files (or the parent's), stdin from /dev/null. On Linux the child
+// gets a signal when its parent dies (PR_SET_PDEATHSIG; SIGTERM unless told otherwise), so a
+// killed runner leaves trainers that checkpoint and exit instead of orphans that keep writing.
 //
 // Used by the runner (harness/exec) for trainers and by `moe-train --nproc` (core/dist/launch.h)
 // for its ranks; it lives in core/util so that both can link it without LibTorch.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <string>
@@ -19,8 +20,14 @@ namespace moe {
 
 struct SpawnOptions {
   std::vector<std::string> argv;                            // argv[0]: a path, or a name looked up in PATH
-  std::vector<std::pair<std::string, std::string>> env;     // set on top of the runner's environment
+  std::vector<std::pair<std::string, std::string>> env;     // set on top of the parent's environment
   std::string stdout_path, stderr_path;                     // appended; "" = /dev/null
+  // true: the child writes to the parent's stdout and stderr (the paths above are ignored), as
+  // the ranks of `moe-train --nproc` do, so that they land in the run's stdout.log/stderr.log.
+  bool inherit_output = false;
+  // Sent to the child when the parent (thread) that started it dies; 0 = none. SIGTERM lets a
+  // trainer checkpoint; a rank gets SIGKILL, since its launcher can no longer coordinate it.
+  int parent_death_signal = SIGTERM;
 };
 
 struct ExitInfo {
