@@ -111,6 +111,11 @@ class Executor {
       if (trainer) {
         so.argv = {o_.trainer_path, "--config", run_dir + "/config.toml", "--run-dir", run_dir};
         if (resume) so.argv.push_back("--resume");
+        // One rank per GPU (issue 6); each uses cuda:LOCAL_RANK of the run's CUDA_VISIBLE_DEVICES.
+        if (o_.gpus_per_run > 1) {
+          so.argv.push_back("--nproc");
+          so.argv.push_back(std::to_string(o_.gpus_per_run));
+        }
       } else {
         st = BuildCommandArgv(command_, config, RunContext{sweep_.name, run.name, run_dir}, resume, &so.argv);
       }

@@ -1,6 +1,7 @@
 // The local executor: runs the queued and interrupted runs of one sweep on this machine, one
 // trainer process per run, at most `max_parallel` at once, each on a disjoint set of GPUs
-// (CUDA_VISIBLE_DEVICES) or on the CPU. It tails each run's metrics.jsonl into the store in
+// (CUDA_VISIBLE_DEVICES) or on the CPU. With gpus_per_run > 1, moe-train gets `--nproc
+// gpus_per_run` and starts one rank per GPU itself (an external [command] is left as written). It tails each run's metrics.jsonl into the store in
 // batched transactions, maps exit codes to run statuses, and handles SIGINT/SIGTERM (first:
 // pause; second: stop at once). It is the store's only writer while it runs.
 //

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -234,6 +235,87 @@ TEST_CASE("runner: parallel runs get disjoint GPU sets through CUDA_VISIBLE_DEVI
     }
   }
   CHECK(max_running == 2);  // 4 GPUs / 2 per run, although max_parallel = 3
+}
+
+namespace {
+std::vector<std::string> SplitGpus(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  for (std::string g; std::getline(ss, g, ',');) out.push_back(g);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("runner: runs are packed onto the GPUs with none shared - moe-train gets --nproc gpus_per_run",
+          "[runner][gpus]") {
+  struct Case {
+    int64_t gpus_per_run;
+    std::string seeds;
+    size_t want_at_once;
+  };
+  // An 8-GPU node; max_parallel is 8, so only the GPUs limit how many runs share the machine.
+  const std::vector<Case> cases = {
+      {1, "[1, 2, 4, 5, 6, 7, 8, 10]", 8},  // eight 1-GPU runs at once
+      {4, "[1, 2, 4, 5]", 2},               // two 4-GPU runs at once
+      {2, "[1, 2, 4, 5, 6]", 4},
+      {3, "[1, 2, 4]", 2},                  // two GPUs stay idle
+      {8, "[1, 2]", 1},
+  };
+  for (const auto& c : cases) {
+    INFO("gpus_per_run = " << c.gpus_per_run);
+    TempDir d;
+    WriteFile(d / "g.toml", Grid("pack", "train.seed = " + c.seeds,
+                                 "[resources]\ngpus_per_run = " + std::to_string(c.gpus_per_run) + "\nmax_parallel = 8"));
+    CliResult r = RunCli(Argv(d, {"run", d / "g.toml", "--gpus", "0,1,2,3,4,5,6,7"}), d.path(), {{"FAKE_STEP_MS", "30"}});
+    INFO(r.out << r.err);
+    REQUIRE(r.exit_code == 0);
+    const auto runs = Runs(d / "s.db", "pack");
+    std::map<int64_t, std::vector<std::string>> gpus_of;
+    for (const auto& x : runs) {
+      INFO(x.name << " on " << x.gpus);
+      const auto gpus = SplitGpus(x.gpus);
+      CHECK(static_cast<int64_t>(gpus.size()) == c.gpus_per_run);
+      CHECK(std::set<std::string>(gpus.begin(), gpus.end()).size() == gpus.size());
+      gpus_of[x.id] = gpus;
+      // Every rank sees the run's whole GPU list (rank i takes cuda:LOCAL_RANK), and the trainer
+      // is told how many ranks to start; one GPU means one process, without --nproc.
+      const auto extras = nlohmann::json::parse(Metrics(d / "s.db", x.id)[0].extras);
+      CHECK(extras["cvd"] == x.gpus);
+      CHECK(extras["nproc"] == c.gpus_per_run);
+    }
+    // Replay the queue GPU by GPU: a run never starts on a GPU that a running run holds.
+    auto s = Reader(d / "s.db");
+    std::vector<EventRecord> ev;
+    REQUIRE(s->ListEvents(runs[0].sweep_id, &ev).ok());
+    std::set<std::string> busy;
+    size_t running = 0, max_running = 0;
+    for (const auto& e : ev) {
+      if (e.kind == "run_started") {
+        for (const auto& g : gpus_of[e.run_id]) CHECK(busy.insert(g).second);
+        max_running = std::max(max_running, ++running);
+      } else if (e.kind == "run_finished") {
+        for (const auto& g : gpus_of[e.run_id]) busy.erase(g);
+        --running;
+      }
+    }
+    CHECK(max_running == c.want_at_once);
+  }
+}
+
+TEST_CASE("runner: an external command with several GPUs per run is not given --nproc", "[runner][gpus][command]") {
+  TempDir d;
+  WriteFile(d / "g.toml", "[sweep]\nname = \"ext2\"\n[command]\nargv = [\"" + kFake +
+                              "\", \"--config\", \"{config}\", \"--run-dir\", \"{run_dir}\"]\n"
+                              "[base]\ntrain.steps = 5\n[grid]\ntrain.seed = [1, 2]\n"
+                              "[resources]\ngpus_per_run = 2\nmax_parallel = 2\n");
+  CliResult r = RunCli({kSweepBin, "run", d / "g.toml", "--db", d / "s.db", "--gpus", "0,1,2,3"}, d.path());
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  for (const auto& x : Runs(d / "s.db", "ext2")) {
+    const auto extras = nlohmann::json::parse(Metrics(d / "s.db", x.id)[0].extras);
+    CHECK(extras["cvd"] == x.gpus);
+    CHECK(extras["nproc"] == 1);  // its argv is the grid's, as written
+  }
 }
 
 TEST_CASE("runner: a grid that needs GPUs on a machine without them is refused before running", "[runner]") {

@@ -1,5 +1,5 @@
 // A stand-in for moe-train that follows its process protocol, for fast executor tests:
-//   fake_trainer --config <run dir>/config.toml --run-dir <run dir> [--resume]
+//   fake_trainer --config <run dir>/config.toml --run-dir <run dir> [--resume] [--nproc N]
 // Reads train.steps, train.ckpt_every and train.seed from the config; writes one metrics line
 // per step (loss is a pure function of seed and step, so a resumed run reproduces it), saves a
 // "checkpoint" (the step number) every ckpt_every steps and on SIGINT/SIGTERM (then exits 75),
@@ -8,7 +8,8 @@
 //   seed 13: prints to stderr and exits 1 at step 3     seed 9: SIGKILLs itself at step 2
 //   seed 3:  exits 3 (diverged) at step 2
 // FAKE_STEP_MS (default 20) is the time per step. Each line carries "cvd" (the value of
-// CUDA_VISIBLE_DEVICES) and "attempt_pid" as extras, for the tests to inspect.
+// CUDA_VISIBLE_DEVICES), "nproc" (--nproc, 1 without it; one process plays all ranks) and
+// "attempt_pid" as extras, for the tests to inspect.
 #include <signal.h>
 #include <unistd.h>
 
@@ -46,11 +47,13 @@ void SaveCheckpoint(const fs::path& dir, int64_t step) {
 int main(int argc, char** argv) {
   std::string config, run_dir;
   bool resume = false;
+  int nproc = 1;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) config = argv[++i];
     else if (a == "--run-dir" && i + 1 < argc) run_dir = argv[++i];
     else if (a == "--resume") resume = true;
+    else if (a == "--nproc" && i + 1 < argc) nproc = std::atoi(argv[++i]);
   }
   if (config.empty() || run_dir.empty()) {
     std::fprintf(stderr, "usage: fake_trainer --config FILE --run-dir DIR [--resume]\n");
@@ -113,9 +116,9 @@ int main(int argc, char** argv) {
                  "{\"step\":%lld,\"loss\":%.6f,\"ce_loss\":%.6f,\"balance_loss\":0.01,\"z_loss\":0.0,\"lr\":0.0003,"
                  "\"grad_norm\":1.5,\"dt_ms\":%d,\"tok_per_s\":1000.0,\"mfu\":null,\"mem_peak_alloc_mib\":12.5,"
                  "\"mem_peak_reserved_mib\":16.0,\"tokens\":%lld,\"dropped_frac\":0.0,\"expert_load\":[1,2,3,4],"
-                 "\"cvd\":\"%s\",\"attempt_pid\":%d}\n",
+                 "\"cvd\":\"%s\",\"nproc\":%d,\"attempt_pid\":%d}\n",
                  static_cast<long long>(step), Loss(seed, step), Loss(seed, step) - 0.01, step_ms,
-                 static_cast<long long>(step * 64), cvd.c_str(), static_cast<int>(::getpid()));
+                 static_cast<long long>(step * 64), cvd.c_str(), nproc, static_cast<int>(::getpid()));
     std::fflush(m);
     if (ckpt_every > 0 && step % ckpt_every == 0) SaveCheckpoint(dir, step);
     if (g_stop) {
