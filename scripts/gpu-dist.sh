@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Multi-GPU machine (device tool, nvidia-h200-x2 / -x4): build moe-train, check that data- and
+# expert-parallel runs over NCCL train the losses of one GPU on the same global batch, then
+# measure the reference config on 1, 2 and 4 GPUs (issue 6). Prints tables last.
+#   source .devdeps/env.sh && scripts/gpu-dist.sh          (carry .devdeps)
+# Env: GPUS (max GPUs to use; default: all visible), STEPS (30), SKIP (space-separated parts:
+# equality scaling ep).
+# Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
+# tokens over the host time of a device-synchronised step); MFU per GPU over 989 TFLOP/s.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=${OUT:-/tmp/moe-dist}
+mkdir -p "$out"
+build=/tmp/moe-build
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+ngpu=$(nvidia-smi -L | wc -l)
+gpus=${GPUS:-$ngpu}
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
+  || { tail -40 "$out/configure.log"; exit 1; }
+grep "multi-process backends" "$out/configure.log" || true
+cmake --build "$build" --target moe-train >"$out/build.log" 2>&1 || { grep -E "error|warning" "$out/build.log" | head -40; exit 1; }
+echo "build: $(grep -c 'warning' "$out/build.log" || true) warnings"
+train="$build/bin/moe-train"
+steps=${STEPS:-30}
+skip=" ${SKIP:-} "
+
+# median tok/s and MFU of steps 11.. of a run; "-" when the run wrote nothing
+stats() {
+  python3 - "$1" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1] + "/metrics.jsonl")] if __import__("os").path.exists(sys.argv[1] + "/metrics.jsonl") else []
+rows = [r for r in rows if r["step"] > 10]
+if not rows: print("- - -"); sys.exit()
+tok = statistics.median(r["tok_per_s"] for r in rows)
+mfu = statistics.median(r["mfu"] for r in rows if r.get("mfu") is not None) * 100
+mem = max(r["mem_peak_alloc_mib"] for r in rows) / 1024
+print(f"{tok:.0f} {mfu:.1f} {mem:.1f}")
+PY
+}
+
+# -- 1. equality: N GPUs on batch B/N each against one GPU on batch B (same global batch) ------
+if [[ "$skip" != *" equality "* ]]; then
+  small=(--config experiments/configs/reference.toml --set model.n_layer=4 --set model.vocab_size=8192
+         --set moe.capacity_factor=0 --set train.steps=20 --set train.log_every=0 --set optim.lr=3e-4
+         --set moe.bias_update_rate=0.001 --set moe.z_loss_coef=0.001)
+  eq_cases=("1 1 16" "2 1 8" "2 2 8")
+  [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4" "4 4 4" "4 2 4")
+  for c in "${eq_cases[@]}"; do
+    read -r n ep b <<<"$c"
+    rc=0
+    timeout 300 "$train" "${small[@]}" --nproc "$n" --run-dir "/tmp/eq/n${n}_ep${ep}" --set train.batch_size="$b" \
+      --set moe.expert_parallel="$ep" >"$out/eq_n${n}_ep${ep}.log" 2>&1 || rc=$?
+    echo "eq n=$n ep=$ep exit $rc"; [ $rc -eq 0 ] || tail -5 "$out/eq_n${n}_ep${ep}.log"
+  done
+  python3 - "$gpus" <<'PY' | tee "$out/equality.txt"
+import json, sys
+def losses(d):
+    try: return [json.loads(l)["loss"] for l in open(f"/tmp/eq/{d}/metrics.jsonl")]
+    except OSError: return []
+ref = losses("n1_ep1")
+print("| run (global batch 16, 4 layers, bf16) | GPUs | expert_parallel | max rel. loss diff vs 1 GPU (20 steps) | final loss |")
+print("|---|---:|---:|---:|---:|")
+cases = [(2, 1), (2, 2)] + ([(4, 1), (4, 4), (4, 2)] if int(sys.argv[1]) >= 4 else [])
+print(f"| 1 GPU | 1 | 1 | - | {ref[-1]:.4f} |" if ref else "| 1 GPU | 1 | 1 | failed | |")
+for n, ep in cases:
+    l = losses(f"n{n}_ep{ep}")
+    if not l or len(l) != len(ref):
+        print(f"| NCCL | {n} | {ep} | failed | |"); continue
+    d = max(abs(a - b) / abs(b) for a, b in zip(l, ref))
+    print(f"| NCCL {'DP' if ep == 1 else 'EP' if ep == n else 'EPxDP'} | {n} | {ep} | {d:.2e} | {l[-1]:.4f} |")
+PY
+fi
+
+# -- 2. scaling: the reference config, data parallel, 1/2/4 GPUs, per-GPU batch 16 ----------------
+run_ref() {  # name nproc extra --set args...
+  local name=$1 n=$2; shift 2
+  local rc=0
+  timeout 300 "$train" --config experiments/configs/reference.toml --nproc "$n" --run-dir "/tmp/scale/$name" \
+    --set train.steps="$steps" --set train.log_every=10 "$@" >"$out/scale_$name.log" 2>&1 || rc=$?
+  echo "== $name (exit $rc)"; tail -2 "$out/scale_$name.log"
+}
+if [[ "$skip" != *" scaling "* ]]; then
+  for n in 1 2 4; do
+    [ "$n" -le "$gpus" ] && run_ref "dp$n" "$n" --set moe.impl=\"grouped\"
+  done
+fi
+# -- 3. 32 experts on 4 GPUs: expert parallel against data parallel holding all 32 ------------------
+if [[ "$skip" != *" ep "* ]] && [ "$gpus" -ge 4 ]; then
+  run_ref "e32_dp4" 4 --set moe.n_experts=32 --set moe.impl=\"grouped\"
+  run_ref "e32_ep4" 4 --set moe.n_experts=32 --set moe.expert_parallel=4
+fi
+if [ "$gpus" -ge 2 ] && [[ "$skip" != *" ep "* ]]; then
+  run_ref "e8_ep2" 2 --set moe.expert_parallel=2
+fi
+
+echo
+cat "$out/gpu.txt"
+[ -f "$out/equality.txt" ] && cat "$out/equality.txt"
+echo
+echo "| run | GPUs | tok/s (global) | MFU per GPU | peak mem (GiB, largest rank) | scaling eff. vs 1 GPU |"
+echo "|---|---:|---:|---:|---:|---:|"
+base=$(stats /tmp/scale/dp1 | cut -d' ' -f1)
+for name in dp1 dp2 dp4 e8_ep2 e32_dp4 e32_ep4; do
+  [ -d "/tmp/scale/$name" ] || continue
+  read -r tok mfu mem <<<"$(stats "/tmp/scale/$name")"
+  n=$(python3 -c "import json;print(json.load(open('/tmp/scale/$name/summary.json'))['world_size'])" 2>/dev/null || echo "?")
+  eff=$(python3 -c "print(f'{$tok/($n*$base)*100:.1f}%')" 2>/dev/null || echo "-")
+  echo "| $name | $n | $tok | $mfu% | $mem | $eff |"
+done

@@ -1,0 +1,183 @@
+// Multi-process training through the real binary on the CPU (Gloo): `moe-train --nproc N`
+// against one process on the same global batch, for data parallelism, expert parallelism and
+// both; interrupt + resume of a sharded run; a rank that dies takes the run down.
+#include <catch2/catch.hpp>
+
+#include <dirent.h>
+#include <signal.h>
+
+#include <cmath>
+#include <fstream>
+#include <set>
+
+#include "core/util/exit_codes.h"
+#include "tests/core/process_util.h"
+#include "tests/core/temp_dir.h"
+
+using moe_test::ReadJsonLines;
+
+namespace {
+
+const std::string kTrain = MOE_TRAIN_BIN;
+
+// Dropless, so that every rank keeps every assignment (with a capacity factor each rank applies
+// capacity to its own tokens, and drops differ from one process on the whole batch). The router
+// bias and z-loss are on, so that the global routing statistics are exercised too.
+const std::string kTinyMoe = R"(
+[model]
+vocab_size = 64
+n_layer = 2
+n_embd = 32
+n_head = 4
+n_kv_head = 2
+seq_len = 16
+[moe]
+n_experts = 4
+top_k = 2
+capacity_factor = 0.0
+z_loss_coef = 0.001
+bias_update_rate = 0.001
+[train]
+steps = 8
+batch_size = 4
+grad_accum = 2
+threads = 1
+log_every = 0
+eval_batches = 0
+[optim]
+lr = 0.003
+warmup_steps = 2
+)";
+
+std::vector<std::string> Args(const moe::testing::TempDir& dir, const std::string& run, int nproc, int64_t batch,
+                              int64_t ep, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> a{kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path(run),
+                             "--nproc", std::to_string(nproc), "--set", "train.batch_size=" + std::to_string(batch),
+                             "--set", "moe.expert_parallel=" + std::to_string(ep)};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+std::vector<double> Column(const std::string& metrics, const char* key) {
+  std::vector<double> out;
+  for (const auto& j : ReadJsonLines(metrics)) out.push_back(j[key].get<double>());
+  return out;
+}
+
+// Pids of the children of `pid` (its rank processes), from /proc.
+std::vector<pid_t> Children(pid_t pid) {
+  std::vector<pid_t> out;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  for (pid_t c; in >> c;) out.push_back(c);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of one process", "[dist][trainer]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  // One process on the global batch of 8 rows per micro-batch.
+  REQUIRE(moe_test::Run(Args(dir, "single", 1, 8, 1), dir.Path("single.log")) == moe::kExitCompleted);
+  const auto ref_loss = Column(dir.Path("single/metrics.jsonl"), "loss");
+  const auto ref_norm = Column(dir.Path("single/metrics.jsonl"), "grad_norm");
+  REQUIRE(ref_loss.size() == 8);
+
+  struct Case {
+    const char* what;
+    int nproc;
+    int64_t ep;
+  };
+  const Case cases[] = {
+      {"data parallel, 2 ranks", 2, 1},
+      {"expert parallel, 2 ranks", 2, 2},
+      {"expert parallel 2 x data parallel 2", 4, 2},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    const std::string run = "n" + std::to_string(c.nproc) + "ep" + std::to_string(c.ep);
+    REQUIRE(moe_test::Run(Args(dir, run, c.nproc, 8 / c.nproc, c.ep), dir.Path(run + ".log")) == moe::kExitCompleted);
+    // Rank 0 alone writes the metrics: one line per step, not one per rank.
+    const auto loss = Column(dir.Path(run + "/metrics.jsonl"), "loss");
+    const auto norm = Column(dir.Path(run + "/metrics.jsonl"), "grad_norm");
+    REQUIRE(loss.size() == ref_loss.size());
+    for (size_t i = 0; i < loss.size(); ++i) {
+      INFO("step " << i + 1);
+      CHECK(loss[i] == Approx(ref_loss[i]).epsilon(1e-5));
+      CHECK(norm[i] == Approx(ref_norm[i]).epsilon(1e-4));
+    }
+    const auto rows = ReadJsonLines(dir.Path(run + "/metrics.jsonl"));
+    CHECK(rows.back()["tokens"] == ReadJsonLines(dir.Path("single/metrics.jsonl")).back()["tokens"]);
+    auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path(run + "/summary.json")));
+    CHECK(summary["exit_reason"] == "completed");
+    CHECK(summary["world_size"] == c.nproc);
+    CHECK(summary["expert_parallel"] == c.ep);
+    CHECK(summary["comm_backend"] == "gloo");
+  }
+}
+
+TEST_CASE("moe-train --nproc: an interrupted expert-parallel run resumes to the losses of a straight one",
+          "[dist][trainer][resume]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  const std::vector<std::string> longer{"--set", "train.steps=200"};
+  REQUIRE(moe_test::Run(Args(dir, "straight", 2, 4, 2, longer), dir.Path("log")) == moe::kExitCompleted);
+  pid_t pid = moe_test::Spawn(Args(dir, "int", 2, 4, 2, longer), dir.Path("log"));
+  REQUIRE(pid > 0);
+  REQUIRE(moe_test::WaitForLines(dir.Path("int/metrics.jsonl"), 5, std::chrono::seconds(60)));
+  kill(pid, SIGINT);
+  REQUIRE(moe_test::Wait(pid) == moe::kExitInterrupted);
+  auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path("int/summary.json")));
+  REQUIRE(summary["exit_reason"] == "interrupted");
+  const int64_t stopped = summary["steps_done"].get<int64_t>();
+  CHECK(stopped < 200);
+  // One state file per expert shard, and the meta naming the step.
+  CHECK(std::filesystem::exists(dir.Path("int/checkpoint/state.ep0of2.pt")));
+  CHECK(std::filesystem::exists(dir.Path("int/checkpoint/state.ep1of2.pt")));
+  CHECK(nlohmann::json::parse(moe_test::ReadFile(dir.Path("int/checkpoint/meta.json")))["step"] == stopped);
+  std::vector<std::string> resume = Args(dir, "int", 2, 4, 2, longer);
+  resume.push_back("--resume");
+  REQUIRE(moe_test::Run(resume, dir.Path("log")) == moe::kExitCompleted);
+  const auto a = Column(dir.Path("straight/metrics.jsonl"), "loss");
+  const auto b = Column(dir.Path("int/metrics.jsonl"), "loss");
+  REQUIRE(b.size() == a.size());
+  for (size_t i = 0; i < a.size(); ++i) CHECK(b[i] == Approx(a[i]).epsilon(1e-6));
+}
+
+TEST_CASE("moe-train --nproc: a rank that dies takes the run down and is named", "[dist][trainer]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  pid_t pid = moe_test::Spawn(Args(dir, "run", 2, 4, 1, {"--set", "train.steps=100000"}), dir.Path("log"));
+  REQUIRE(pid > 0);
+  REQUIRE(moe_test::WaitForLines(dir.Path("run/metrics.jsonl"), 3, std::chrono::seconds(60)));
+  std::vector<pid_t> ranks = Children(pid);
+  REQUIRE(ranks.size() == 2);
+  kill(ranks[1], SIGKILL);  // rank 1: children are started in rank order
+  const int rc = moe_test::Wait(pid);
+  CHECK(rc != moe::kExitCompleted);
+  CHECK(rc != moe::kExitInterrupted);
+  for (pid_t r : ranks) CHECK(kill(r, 0) != 0);  // no rank left behind (both reaped by the launcher)
+  CHECK_THAT(moe_test::ReadFile(dir.Path("log")), Catch::Contains("rank 1 of 2"));
+}
+
+TEST_CASE("moe-train: expert parallelism that does not fit the ranks is a config error", "[dist][trainer]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  struct Case {
+    const char* what;
+    int nproc;
+    int64_t ep;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"2-way expert parallel in one process", 1, 2, "moe.expert_parallel = 2 must divide"},
+      {"2-way expert parallel over 3 ranks", 3, 2, "moe.expert_parallel = 2 must divide"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    const std::string log = dir.Path(std::string("bad") + std::to_string(c.nproc) + ".log");
+    CHECK(moe_test::Run(Args(dir, "bad", c.nproc, 2, c.ep), log) == moe::kExitInvalidConfig);
+    CHECK_THAT(moe_test::ReadFile(log), Catch::Contains(c.message));
+    CHECK_FALSE(std::filesystem::exists(dir.Path("bad/metrics.jsonl")));
+  }
+}
