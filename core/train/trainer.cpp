@@ -257,20 +257,19 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     const int64_t ga = cfg.train.grad_accum;
 
     // Data parallelism: every rank's loss is the mean over its own tokens, so the run's gradient
-    // is the mean over ranks: sum, then scale by 1/W. Expert parameters under expert parallelism
-    // are summed only over the ranks holding the same shard (the all-to-all already brought the
-    // other ranks' tokens to them), with the same 1/W.
+    // is the mean over ranks. Each rank backpropagates loss / W (free: it scales backward's seed)
+    // and the buckets are summed, so no pass over the gradients scales them afterwards. Expert
+    // parameters under expert parallelism are summed only over the ranks holding the same shard
+    // (the all-to-all already brought the other ranks' tokens, and their gradients, to them).
     std::vector<torch::Tensor> dense_params, expert_params;
     for (const auto& p : model->named_parameters()) {
       (par.ep && IsExpertParam(p.key()) ? expert_params : dense_params).push_back(p.value());
     }
     std::unique_ptr<GradSync> dense_sync, expert_sync;
     if (par.distributed()) {
-      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), 1.0 / static_cast<double>(world),
-                                              kGradBucketBytes);
+      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), /*scale=*/1.0, kGradBucketBytes);
       if (!expert_params.empty()) {
-        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), 1.0 / static_cast<double>(world),
-                                                 kGradBucketBytes);
+        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), /*scale=*/1.0, kGradBucketBytes);
       }
       s["grad_buckets"] = dense_sync->num_buckets() + (expert_sync ? expert_sync->num_buckets() : 0);
     }
@@ -292,7 +291,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       for (int64_t micro = 0; micro < ga; ++micro) {
         if (micro == ga - 1) for_syncs([](GradSync& g) { g.Arm(); });
         ForwardOut out = model->forward(inputs[micro], targets[micro]);
-        (out.loss / static_cast<double>(ga)).backward();
+        (out.loss / static_cast<double>(ga * world)).backward();
         acc(loss_sum, out.loss);
         acc(ce_sum, out.ce_loss);
         acc(bal_sum, out.balance_loss);
