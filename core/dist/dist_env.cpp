@@ -44,6 +44,11 @@ Status ReadDistEnv(DistEnv* out, const std::function<const char*(const char*)>& 
     return Status::InvalidArgument(std::string("environment LOCAL_RANK = \"") + lr +
                                    "\": expected an integer in [0, WORLD_SIZE = " + std::to_string(env.world) + ")");
   }
+  env.local_world = env.world;
+  if (const char* lw = get("LOCAL_WORLD_SIZE"); lw != nullptr && !ParseInt(lw, 1, env.world, &env.local_world)) {
+    return Status::InvalidArgument(std::string("environment LOCAL_WORLD_SIZE = \"") + lw +
+                                   "\": expected an integer in [1, WORLD_SIZE = " + std::to_string(env.world) + "]");
+  }
   if (const char* addr = get("MASTER_ADDR"); addr != nullptr && *addr != '\0') env.master_addr = addr;
   const char* port = get("MASTER_PORT");
   if (port == nullptr && env.world > 1) {

@@ -4,6 +4,7 @@
 //   RANK        global rank in [0, WORLD_SIZE)
 //   WORLD_SIZE  number of processes (one per GPU)
 //   LOCAL_RANK  rank on this machine; the GPU a rank uses is cuda:LOCAL_RANK
+//   LOCAL_WORLD_SIZE  ranks on this machine (default WORLD_SIZE); they share its CPU cores
 //   MASTER_ADDR, MASTER_PORT  the rendezvous (a TCPStore hosted by rank 0)
 // None of them set: a single process (rank 0 of 1).
 #pragma once
@@ -19,6 +20,7 @@ struct DistEnv {
   int rank = 0;
   int world = 1;
   int local_rank = 0;
+  int local_world = 1;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   bool distributed() const { return world > 1; }

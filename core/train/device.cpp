@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <thread>
 
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -109,8 +110,9 @@ void StepGraph::Replay() { impl_->graph.replay(); }
 
 bool StepGraph::captured() const { return impl_->captured; }
 
-void ConfigureThreads(int64_t threads) {
-  int n = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::thread::hardware_concurrency());
+void ConfigureThreads(int64_t threads, int ranks_on_machine) {
+  int n = threads > 0 ? static_cast<int>(threads)
+                      : static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_on_machine);
   if (n < 1) n = 1;
   torch::set_num_threads(n);
 }

@@ -62,8 +62,10 @@ class StepGraph {
   std::unique_ptr<Impl> impl_;
 };
 
-// Sets LibTorch's intra-op threads (threads == 0: all cores). LibTorch can default to one
-// thread on small machines, which would make CPU runs needlessly slow.
-void ConfigureThreads(int64_t threads);
+// Sets LibTorch's intra-op threads (threads == 0: the machine's cores divided among the
+// `ranks_on_machine` processes of a multi-process run). LibTorch can default to one thread on
+// small machines, which would make CPU runs needlessly slow; and several ranks each spinning a
+// thread per core would starve the threads that launch their GPU kernels.
+void ConfigureThreads(int64_t threads, int ranks_on_machine = 1);
 
 }  // namespace moe

@@ -127,9 +127,9 @@ double ValidationLoss(GPT& model, DataSource& data, const DeviceInfo& dev, int64
 }  // namespace
 
 int Train(const Config& cfg, const TrainOptions& opts) {
-  ConfigureThreads(cfg.train.threads);
   DistEnv denv;
   if (Status st = ReadDistEnv(&denv); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
+  ConfigureThreads(cfg.train.threads, denv.local_world);
   if (denv.distributed()) g_rank_tag = " [rank " + std::to_string(denv.rank) + "/" + std::to_string(denv.world) + "]";
   DeviceInfo dev;
   if (Status st = ResolveDevice(cfg, &dev, denv.local_rank); !st.ok()) return Fail(st.message(), kExitInvalidConfig);

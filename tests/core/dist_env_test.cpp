@@ -24,6 +24,8 @@ TEST_CASE("dist env: torchrun variables, defaults and errors that name the varia
       {"full torchrun set",
        {{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "29511"}},
        true, 3, 4, 1, 29511, ""},
+      {"local world too large", {{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "5"}, {"LOCAL_WORLD_SIZE", "3"}},
+       false, 0, 0, 0, 0, "LOCAL_WORLD_SIZE"},
       {"LOCAL_RANK defaults to RANK", {{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "1234"}}, true, 1, 2, 1, 1234, ""},
       {"one rank needs no port", {{"RANK", "0"}, {"WORLD_SIZE", "1"}}, true, 0, 1, 0, 29500, ""},
       {"rank out of range", {{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "1"}}, false, 0, 0, 0, 0, "RANK"},
