@@ -3,11 +3,12 @@
 #include "core/model/cast.h"
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
+#include "core/moe/aux_losses.h"
 
 namespace moe {
 
 GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device, MoEParallel par)
-    : cfg_(cfg), compute_dtype_(compute_dtype), plan_(PrecisionPlan::FromConfig(cfg, device)) {
+    : cfg_(cfg), compute_dtype_(compute_dtype), plan_(PrecisionPlan::FromConfig(cfg, device)), world_(par.world) {
   const ModelConfig& m = cfg.model;
   wte_ = register_module("wte", torch::nn::Embedding(m.vocab_size, m.n_embd));
   blocks_ = register_module("blocks", torch::nn::ModuleList());
@@ -25,16 +26,29 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(idx.device());
   torch::Tensor balance = torch::zeros({}, f32), z = torch::zeros({}, f32);
   torch::Tensor load = torch::zeros({cfg_.moe.n_experts}, f32), dropped = torch::zeros({}, f32);
-  int64_t n_moe = 0;
+  std::vector<torch::Tensor> loads, probs;
+  std::vector<BlockImpl*> moe_blocks;
   for (const auto& mod : *blocks_) {
     BlockOut b = mod->as<BlockImpl>()->forward(x, rope_cos_, rope_sin_);
     x = b.x;
     if (b.moe.y.defined()) {
-      ++n_moe;
-      balance = balance + b.moe.balance_loss;
+      moe_blocks.push_back(mod->as<BlockImpl>());
+      loads.push_back(b.moe.load);
+      probs.push_back(b.moe.probs_mean);
       z = z + b.moe.z_loss;
-      load = load + b.moe.load;
       dropped = dropped + b.moe.dropped;
+    }
+  }
+  const int64_t n_moe = static_cast<int64_t>(moe_blocks.size());
+  if (n_moe > 0) {
+    // The routing statistics of every layer in one collective, after the last layer rather than
+    // inside each (a per-layer all-reduce made the ranks wait for each other 12 times a forward).
+    torch::Tensor layer_load = torch::stack(loads);  // (n_moe, E)
+    if (world_) world_->AllReduce(layer_load, ReduceOp::kSum);
+    balance = BalanceLossFromLoad(torch::stack(probs), layer_load);  // mean over the layers
+    load = layer_load.sum(0);
+    if (torch::GradMode::is_enabled()) {
+      for (int64_t l = 0; l < n_moe; ++l) moe_blocks[l]->moe_layer()->AddPendingLoad(layer_load[l]);
     }
   }
   // The LM head stays in the compute dtype under FP8 (precision_plan.h says why).
@@ -42,7 +56,7 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   ForwardOut out;
   out.ce_loss = torch::nn::functional::cross_entropy(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
   const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));
-  out.balance_loss = balance / layers;
+  out.balance_loss = balance;
   out.z_loss = z / layers;
   out.loss = out.ce_loss + cfg_.moe.balance_coef * out.balance_loss + cfg_.moe.z_loss_coef * out.z_loss;
   out.expert_load = load;

@@ -34,7 +34,9 @@ class GPTImpl : public torch::nn::Module {
   // `compute_dtype`). Initialisation is seeded by the caller (torch::manual_seed) before this.
   // `device` is where the model will run: the precision plan asks it whether the FP8 expert
   // kernel exists (CPU: always, by the reference path).
-  // `par`: the MoE layers' groups in a multi-process run (none: a single process).
+  // `par`: the MoE layers' groups in a multi-process run (none: a single process). With
+  // par.world, the balance loss's f and the router-bias load are those of the global batch: one
+  // all-reduce of every layer's load per forward (collective: every rank runs every forward).
   GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch::Device& device = torch::kCPU,
           MoEParallel par = {});
 
@@ -66,6 +68,7 @@ class GPTImpl : public torch::nn::Module {
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::Linear lm_head_{nullptr};
   torch::Tensor rope_cos_, rope_sin_;  // (seq_len, head_dim/2) fp32 buffers
+  Communicator* world_ = nullptr;      // borrowed; sums the routing statistics over all ranks
 };
 TORCH_MODULE(GPT);
 

@@ -11,9 +11,9 @@ torch::Tensor BalanceLoss(const torch::Tensor& probs, const torch::Tensor& indic
   return static_cast<double>(n_experts) * (f * P).sum();
 }
 
-torch::Tensor BalanceLossFromLoad(const torch::Tensor& probs, const torch::Tensor& load) {
-  torch::Tensor f = load.to(probs.scalar_type()) / load.sum().clamp_min(1);  // (E,)
-  return static_cast<double>(load.size(0)) * (f * probs.mean(0)).sum();
+torch::Tensor BalanceLossFromLoad(const torch::Tensor& probs_mean, const torch::Tensor& load) {
+  torch::Tensor f = load.to(probs_mean.scalar_type()) / load.sum(1, /*keepdim=*/true).clamp_min(1);  // (L, E)
+  return static_cast<double>(load.size(1)) * (f * probs_mean).sum(1).mean();
 }
 
 torch::Tensor ZLoss(const torch::Tensor& logits) {

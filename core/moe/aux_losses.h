@@ -16,9 +16,12 @@ namespace moe {
 // probs: (N, E) fp32; indices: (N, k) int64.
 torch::Tensor BalanceLoss(const torch::Tensor& probs, const torch::Tensor& indices, int64_t n_experts);
 
-// The same loss from the per-expert assignment counts: f = load / sum(load). load (E,) fp32, no
-// gradient (for data parallelism: the counts summed over every rank's tokens).
-torch::Tensor BalanceLossFromLoad(const torch::Tensor& probs, const torch::Tensor& load);
+// The same loss for several layers at once, from per-expert assignment counts and mean router
+// probabilities: mean over layers l of n_experts * sum_i f_li * P_li with f_l = load_l / sum(load_l).
+// load (L, E) fp32, no gradient (under data parallelism: counted over every rank's tokens, so f
+// is the global batch's); probs_mean (L, E) fp32 (this rank's P: the mean over ranks of the
+// loss is then the global batch's loss). Returns () fp32.
+torch::Tensor BalanceLossFromLoad(const torch::Tensor& probs_mean, const torch::Tensor& load);
 
 // Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)^2. logits: (N, E) fp32.
 torch::Tensor ZLoss(const torch::Tensor& logits);

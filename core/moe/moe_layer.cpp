@@ -52,21 +52,18 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
 
   MoEOut out;
   out.y = y.view({B, T, d});
+  out.probs_mean = r.probs.mean(0);          // (E,)
   out.load = cap.load.to(torch::kFloat32);  // (E,)
-  // Data parallel: the balance loss's f and the bias-driving load are those of the global batch,
-  // so that W ranks train exactly what one process on the whole batch would (and the router
-  // biases of the replicas stay equal). P stays local: the mean over ranks of E*sum(f*P_r) is
-  // the global loss, and the gradient average over ranks is its gradient.
-  if (par_.world) par_.world->AllReduce(out.load, ReduceOp::kSum);
-  out.balance_loss = BalanceLossFromLoad(r.probs, out.load);
   out.z_loss = ZLoss(r.logits);
   out.dropped = (cap.load - cap.kept).sum().to(torch::kFloat32);
-  if (e_.bias_update_rate != 0 && torch::GradMode::is_enabled()) {
-    torch::NoGradGuard ng;
-    if (pending_load_.device() != out.load.device()) pending_load_ = pending_load_.to(out.load.device());
-    pending_load_.add_(out.load);
-  }
   return out;
+}
+
+void MoELayerImpl::AddPendingLoad(const torch::Tensor& load) {
+  if (e_.bias_update_rate == 0) return;
+  torch::NoGradGuard ng;
+  if (pending_load_.device() != load.device()) pending_load_ = pending_load_.to(load.device());
+  pending_load_.add_(load);
 }
 
 void MoELayerImpl::UpdateRouterBias() {

@@ -20,12 +20,11 @@
 namespace moe {
 
 struct MoEOut {
-  torch::Tensor y;             // (B, T, d) compute dtype
-  torch::Tensor balance_loss;  // () fp32
-  torch::Tensor z_loss;        // () fp32
-  torch::Tensor load;          // (E,) fp32 assignments per expert, before dropping (over all ranks
-                               // when the layer has a world group)
-  torch::Tensor dropped;       // () fp32 assignments dropped by capacity
+  torch::Tensor y;           // (B, T, d) compute dtype
+  torch::Tensor probs_mean;  // (E,) fp32, differentiable: P of the balance loss (aux_losses.h)
+  torch::Tensor z_loss;      // () fp32
+  torch::Tensor load;        // (E,) fp32 assignments per expert, before dropping (this rank's tokens)
+  torch::Tensor dropped;     // () fp32 assignments dropped by capacity
 };
 
 class MoELayerImpl : public torch::nn::Module {
@@ -36,13 +35,17 @@ class MoELayerImpl : public torch::nn::Module {
   // whether to run in FP8; the router never does (precision_plan.h says why).
   // With par.ep, this rank holds only its n_experts / ep_size experts (expert_parallel.h): w1/w2/w3
   // are (L, d, h) ..., the slice [ep_rank*L, (ep_rank+1)*L) of what a single process would
-  // initialise from the same seed. With par.world, routing statistics are summed over all ranks.
+  // initialise from the same seed.
   MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::ScalarType compute_dtype,
                PrecisionPlan* plan = nullptr, const std::string& name = "moe", MoEParallel par = {});
 
-  // x: (B, T, d) compute dtype. When grad mode is on (training), adds the routed load to the
-  // pending load for UpdateRouterBias; evaluation under NoGradGuard leaves it alone.
+  // x: (B, T, d) compute dtype. The balance loss needs the load of the whole (global) batch, so
+  // the model computes it from MoEOut's probs_mean and load over all layers at once (gpt.h).
   MoEOut forward(const torch::Tensor& x);
+
+  // Adds a training forward's load (E,) (of the global batch) to the pending load. The model calls
+  // it when grad mode is on; evaluation forwards do not count.
+  void AddPendingLoad(const torch::Tensor& load);
 
   // router_bias += rate * sign(mean(load) - load) from the pending load, then clears it.
   // No-op (and nothing accumulated) when rate == 0.

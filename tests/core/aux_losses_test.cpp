@@ -31,3 +31,25 @@ TEST_CASE("aux: z-loss is the mean squared logsumexp", "[aux]") {
   const double want = (std::pow(std::log(2.0), 2) + std::pow(std::log(4.0), 2)) / 2;
   CHECK(moe::ZLoss(logits).item<double>() == Approx(want).epsilon(1e-6));
 }
+
+TEST_CASE("aux losses: the multi-layer form from counts equals the per-layer losses averaged", "[moe]") {
+  // Three layers of random routing: BalanceLossFromLoad over (L, E) counts and mean router
+  // probabilities must be the mean of BalanceLoss per layer, with the same gradient in probs.
+  const int64_t N = 12, E = 4, k = 2, L = 3;
+  torch::manual_seed(3);
+  torch::Tensor logits = torch::randn({L, N, E}, torch::requires_grad());
+  torch::Tensor probs = logits.softmax(-1);
+  torch::Tensor idx = std::get<1>(probs.detach().topk(k, -1));  // (L, N, k)
+  torch::Tensor per_layer = torch::zeros({});
+  std::vector<torch::Tensor> loads, pm;
+  for (int64_t l = 0; l < L; ++l) {
+    per_layer = per_layer + moe::BalanceLoss(probs[l], idx[l], E) / static_cast<double>(L);
+    loads.push_back(torch::zeros({E}).scatter_add_(0, idx[l].reshape({-1}), torch::ones({N * k})));
+    pm.push_back(probs[l].mean(0));
+  }
+  torch::Tensor from_load = moe::BalanceLossFromLoad(torch::stack(pm), torch::stack(loads));
+  CHECK(from_load.item<double>() == Approx(per_layer.item<double>()).epsilon(1e-6));
+  torch::Tensor g1 = torch::autograd::grad({per_layer}, {logits}, {}, /*retain_graph=*/true)[0];
+  torch::Tensor g2 = torch::autograd::grad({from_load}, {logits})[0];
+  CHECK(torch::allclose(g1, g2, 1e-6, 1e-7));
+}
