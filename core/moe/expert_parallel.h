@@ -25,8 +25,10 @@ struct MoEParallel {
 };
 
 // Like RunExperts (same (N, d) result for the same routing), with `w` holding only this rank's
-// L experts ((L, d, h) ...) and in.kept / in.indices over all n_experts. Collective over `ep`;
-// makes one host sync (the exchanged row counts size the all-to-all). Uses the grouped GEMM.
+// L experts ((L, d, h) ...) and in.kept / in.indices over all n_experts. Collective over `ep`.
+// Uses the grouped GEMM. Dropless (in.capacity == 0): the kept rows only, sized by exchanging
+// the per-expert counts first, which costs one host sync per layer. With a capacity C: C slots
+// per expert from every rank, empty ones zero, so no host sync (and static shapes).
 torch::Tensor ExpertParallelExperts(const ExpertInput& in, const ExpertWeights& w, int64_t n_experts,
                                     Communicator* ep);
 

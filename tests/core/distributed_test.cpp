@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -114,6 +115,24 @@ TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of 
     CHECK(summary["expert_parallel"] == c.ep);
     CHECK(summary["comm_backend"] == "gloo");
   }
+}
+
+TEST_CASE("moe-train --nproc: with a capacity factor, expert parallel trains the losses of data parallel",
+          "[dist][trainer]") {
+  // Each rank applies the capacity to its own tokens, in both layouts; expert parallelism then
+  // exchanges fixed-size slots (no host sync), and must reproduce the data-parallel losses.
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  const std::vector<std::string> cap{"--set", "moe.capacity_factor=1.0"};
+  REQUIRE(moe_test::Run(Args(dir, "dp", 2, 4, 1, cap), dir.Path("dp.log")) == moe::kExitCompleted);
+  REQUIRE(moe_test::Run(Args(dir, "ep", 2, 4, 2, cap), dir.Path("ep.log")) == moe::kExitCompleted);
+  const auto want = Column(dir.Path("dp/metrics.jsonl"), "loss");
+  const auto got = Column(dir.Path("ep/metrics.jsonl"), "loss");
+  const auto dropped = Column(dir.Path("ep/metrics.jsonl"), "dropped_frac");
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
+  CHECK(*std::max_element(dropped.begin(), dropped.end()) > 0);  // the capacity did drop something
+  CHECK(Column(dir.Path("dp/metrics.jsonl"), "dropped_frac") == dropped);
 }
 
 TEST_CASE("moe-train --nproc: an interrupted expert-parallel run resumes to the losses of a straight one",
