@@ -44,31 +44,35 @@ if [[ "$skip" != *" equality "* ]]; then
   small=(--config experiments/configs/reference.toml --set model.n_layer=4 --set model.vocab_size=8192
          --set moe.capacity_factor=0 --set train.steps=20 --set train.log_every=0 --set optim.lr=3e-4
          --set moe.bias_update_rate=0.001 --set moe.z_loss_coef=0.001)
-  eq_cases=("1 1 16" "2 1 8" "2 2 8")
-  [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4" "4 4 4" "4 2 4")
+  # nproc expert_parallel per-rank-batch capacity_factor
+  eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25")
+  [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4 0" "4 4 4 0" "4 2 4 0")
   for c in "${eq_cases[@]}"; do
-    read -r n ep b <<<"$c"
+    read -r n ep b cf <<<"$c"
     rc=0
-    timeout 300 "$train" "${small[@]}" --nproc "$n" --run-dir "/tmp/eq/n${n}_ep${ep}" --set train.batch_size="$b" \
-      --set moe.expert_parallel="$ep" >"$out/eq_n${n}_ep${ep}.log" 2>&1 || rc=$?
-    echo "eq n=$n ep=$ep exit $rc"; [ $rc -eq 0 ] || tail -5 "$out/eq_n${n}_ep${ep}.log"
+    name="n${n}_ep${ep}_c${cf}"
+    timeout 300 "$train" "${small[@]}" --nproc "$n" --run-dir "/tmp/eq/$name" --set train.batch_size="$b" \
+      --set moe.expert_parallel="$ep" --set moe.capacity_factor="$cf" >"$out/eq_$name.log" 2>&1 || rc=$?
+    echo "eq $name exit $rc"; [ $rc -eq 0 ] || tail -5 "$out/eq_$name.log"
   done
   python3 - "$gpus" <<'PY' | tee "$out/equality.txt"
 import json, sys
 def losses(d):
     try: return [json.loads(l)["loss"] for l in open(f"/tmp/eq/{d}/metrics.jsonl")]
     except OSError: return []
-ref = losses("n1_ep1")
-print("| run (global batch 16, 4 layers, bf16) | GPUs | expert_parallel | max rel. loss diff vs 1 GPU (20 steps) | final loss |")
-print("|---|---:|---:|---:|---:|")
-cases = [(2, 1), (2, 2)] + ([(4, 1), (4, 4), (4, 2)] if int(sys.argv[1]) >= 4 else [])
-print(f"| 1 GPU | 1 | 1 | - | {ref[-1]:.4f} |" if ref else "| 1 GPU | 1 | 1 | failed | |")
-for n, ep in cases:
-    l = losses(f"n{n}_ep{ep}")
+print("| run (global batch 16, 4 layers, bf16) | GPUs | expert_parallel | compared with | max rel. loss diff (20 steps) | final loss |")
+print("|---|---:|---:|---|---:|---:|")
+# dropless: against one GPU on the whole batch; capacity 1.25: EP against DP (both drop per rank)
+cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25")]
+cases += [(4, 1, "0", "n1_ep1_c0"), (4, 4, "0", "n1_ep1_c0"), (4, 2, "0", "n1_ep1_c0")] if int(sys.argv[1]) >= 4 else []
+for n, ep, cf, ref_name in cases:
+    l, ref = losses(f"n{n}_ep{ep}_c{cf}"), losses(ref_name)
+    kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (f" cf {cf}" if cf != "0" else " dropless")
+    against = "1 GPU" if ref_name == "n1_ep1_c0" else "DP, same GPUs"
     if not l or len(l) != len(ref):
-        print(f"| NCCL | {n} | {ep} | failed | |"); continue
+        print(f"| NCCL {kind} | {n} | {ep} | {against} | failed | |"); continue
     d = max(abs(a - b) / abs(b) for a, b in zip(l, ref))
-    print(f"| NCCL {'DP' if ep == 1 else 'EP' if ep == n else 'EPxDP'} | {n} | {ep} | {d:.2e} | {l[-1]:.4f} |")
+    print(f"| NCCL {kind} | {n} | {ep} | {against} | {d:.2e} | {l[-1]:.4f} |")
 PY
 fi
 
@@ -89,6 +93,8 @@ fi
 if [[ "$skip" != *" ep "* ]] && [ "$gpus" -ge 4 ]; then
   run_ref "e32_dp4" 4 --set moe.n_experts=32 --set moe.impl=\"grouped\"
   run_ref "e32_ep4" 4 --set moe.n_experts=32 --set moe.expert_parallel=4
+  run_ref "e32_dp4_c125" 4 --set moe.n_experts=32 --set moe.impl=\"grouped\" --set moe.capacity_factor=1.25
+  run_ref "e32_ep4_c125" 4 --set moe.n_experts=32 --set moe.expert_parallel=4 --set moe.capacity_factor=1.25
 fi
 if [ "$gpus" -ge 2 ] && [[ "$skip" != *" ep "* ]]; then
   run_ref "e8_ep2" 2 --set moe.expert_parallel=2
@@ -101,7 +107,7 @@ echo
 echo "| run | GPUs | tok/s (global) | MFU per GPU | peak mem (GiB, largest rank) | scaling eff. vs 1 GPU |"
 echo "|---|---:|---:|---:|---:|---:|"
 base=$(stats /tmp/scale/dp1 | cut -d' ' -f1)
-for name in dp1 dp2 dp4 e8_ep2 e32_dp4 e32_ep4; do
+for name in dp1 dp2 dp4 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
   [ -d "/tmp/scale/$name" ] || continue
   read -r tok mfu mem <<<"$(stats "/tmp/scale/$name")"
   n=$(python3 -c "import json;print(json.load(open('/tmp/scale/$name/summary.json'))['world_size'])" 2>/dev/null || echo "?")
