@@ -468,6 +468,15 @@ Status ParseGrid(const std::string& text, const std::string& source, const std::
         }
         st = ValidateConfig(cfg);
       }
+      // The runner starts gpus_per_run ranks per run (one process when it is 0 or 1), and
+      // expert parallelism needs a multiple of its width: refuse here rather than at launch.
+      const int64_t ranks = std::max<int64_t>(1, res.gpus_per_run);
+      if (st.ok() && ranks % cfg.moe.expert_parallel != 0) {
+        st = Status::InvalidArgument("moe.expert_parallel = " + std::to_string(cfg.moe.expert_parallel) +
+                                     " needs a multiple of " + std::to_string(cfg.moe.expert_parallel) +
+                                     " ranks, and resources.gpus_per_run = " + std::to_string(res.gpus_per_run) +
+                                     " starts " + std::to_string(ranks) + " (one per GPU)");
+      }
       if (!st.ok()) return Status::InvalidArgument(ctx + st.message());
       run.config = ConfigToJson(cfg);
       run.total_steps = cfg.train.steps;

@@ -236,6 +236,11 @@ TEST_CASE("grid: bad grids are refused with the position run and key", "[grid][e
        "unknown placeholder {lr}"},
       {"repeat and a seed axis", "[sweep]\nname = \"t\"\nrepeat = 2\n[grid]\ntrain.seed = [1, 2]\n", "use one or the other"},
       {"bad resources", "[sweep]\nname = \"t\"\n[resources]\nmax_parallel = 0\n", "resources.max_parallel must be >= 1"},
+      {"expert parallel wider than the run's GPUs",
+       "[sweep]\nname = \"t\"\n[base]\nmoe.n_experts = 8\n[grid]\nmoe.expert_parallel = [1, 4]\n[resources]\ngpus_per_run = 2\n",
+       "moe.expert_parallel = 4 needs a multiple of 4 ranks, and resources.gpus_per_run = 2"},
+      {"expert parallel in a one-process run", "[sweep]\nname = \"t\"\n[base]\nmoe.expert_parallel = 2\n",
+       "resources.gpus_per_run = 0 starts 1"},
       {"command without argv", "[sweep]\nname = \"t\"\n[command]\nresume_args = []\n", "[command] argv must name a program"},
   };
   for (const auto& c : raw) {
