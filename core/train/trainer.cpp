@@ -218,7 +218,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     s["flops_per_token"] = flops_per_token;
     s["device"] = dev.device.str();
     s["device_name"] = dev.name;
-    s["device_count"] = dev.device.is_cuda() ? world : 0;
+    s["device_count"] = world;  // one device per rank (the report prints "<device_name> x <count>")
     s["world_size"] = world;
     s["expert_parallel"] = par.ep_size;
     s["comm_backend"] = par.distributed() ? nlohmann::json(par.world->backend()) : nlohmann::json(nullptr);
@@ -305,7 +305,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
                                        : ClipGradNorm(params, clip);
       fused.Step();
       model->UpdateRouterBias();
-      // Losses and drop counts over all ranks (the load is already global, moe_layer.h).
+      // Losses and drop counts over all ranks (the load is already the global batch's, gpt.h).
       torch::Tensor sums = torch::stack({loss_sum, ce_sum, bal_sum, z_sum, dropped_sum, assign_sum});
       if (par.distributed()) par.world->AllReduce(sums, ReduceOp::kSum);
       return torch::cat({sums, grad_norm.to(torch::kFloat32).reshape({1}), load_sum.to(torch::kFloat32)});
