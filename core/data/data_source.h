@@ -38,10 +38,12 @@ class DataSource {
   // Throws std::runtime_error for a token id >= model.vocab_size in a bin file that was too large
   // to check on open (a corrupt corpus is not a state a training step can recover from).
   virtual Batch TrainBatch(int64_t step, int64_t micro, int64_t rank = 0, int64_t world = 1) = 0;
-  // Validation micro-batch `i` from the held-out split (synthetic: a separate random stream).
+  // Validation micro-batch `i` from the held-out split (synthetic: a separate random stream),
+  // sharded like TrainBatch: rank r of `world` reads rows [r*B, (r+1)*B) of validation batch i
+  // of a W*B-row rank 0, so W ranks together score what one process of batch W*B scores.
   // bin/text: fixed windows of the held-out tail, independent of train.seed, so runs with
   // different seeds are scored on the same tokens; i past the end wraps around.
-  virtual Batch ValBatch(int64_t i) = 0;
+  virtual Batch ValBatch(int64_t i, int64_t rank = 0, int64_t world = 1) = 0;
   // Human description for logs and summary.json ("text: data/shakespeare.txt (1.1M tokens, 10% held out)").
   virtual std::string Describe() const = 0;
 };

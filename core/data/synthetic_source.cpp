@@ -29,7 +29,9 @@ class SyntheticSource : public DataSource {
     return Fill(data::StreamKey({seed_, data::kTrainStream, step, micro, 0}), rank * B_);
   }
 
-  Batch ValBatch(int64_t i) override { return Fill(data::StreamKey({seed_, data::kValStream, i}), 0); }
+  Batch ValBatch(int64_t i, int64_t rank, int64_t /*world*/) override {
+    return Fill(data::StreamKey({seed_, data::kValStream, i}), rank * B_);
+  }
 
   std::string Describe() const override {
     std::ostringstream os;

@@ -143,9 +143,10 @@ class TokenFileSource : public DataSource {
     return GatherWindows(span_, offsets, T_, check_vocab_, "data.path = " + Quote(path_));
   }
 
-  Batch ValBatch(int64_t i) override {
+  Batch ValBatch(int64_t i, int64_t rank, int64_t world) override {
     std::vector<int64_t> offsets(B_);
-    for (int64_t b = 0; b < B_; ++b) offsets[b] = n_train_ + ((i * B_ + b) % n_val_windows_) * T_;
+    const int64_t first = i * world * B_ + rank * B_;  // row 0 of this rank in the global batch
+    for (int64_t b = 0; b < B_; ++b) offsets[b] = n_train_ + ((first + b) % n_val_windows_) * T_;
     return GatherWindows(span_, offsets, T_, check_vocab_, "data.path = " + Quote(path_));
   }
 

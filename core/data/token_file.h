@@ -8,7 +8,8 @@
 //                                             rank*B + b), n_train - T)
 //                              so every training window lies wholly in the training split.
 //   [n_train, n)   validation: fixed windows at offsets n_train + k*T, k in [0, (n_val-1)/T);
-//                              ValBatch(i) row b is window (i*B + b) mod count. Independent of the
+//                              ValBatch(i, rank, world) row b is window (i*W*B + rank*B + b) mod
+//                              count (W = world; one rank: (i*B + b) mod count). Independent of the
 //                              seed, so runs with different seeds are scored on the same tokens.
 //
 // with n_val = floor(n * val_frac) and a window = T+1 consecutive tokens (inputs = the first T,

@@ -114,14 +114,19 @@ std::string FormatLog(const StepMetrics& m, int64_t steps) {
   return s;
 }
 
-double ValidationLoss(GPT& model, DataSource& data, const DeviceInfo& dev, int64_t batches) {
+// Mean cross-entropy over `batches` validation batches. In a multi-process run every rank scores
+// its own rows of each batch (data_source.h) and the means are averaged over the ranks (equal row
+// counts), so the figure is the one a single process of batch W*B gets; every rank must call it
+// (the forward and the average are collective).
+double ValidationLoss(GPT& model, DataSource& data, const DeviceInfo& dev, int64_t batches, const ParallelGroups& par) {
   torch::NoGradGuard no_grad;
-  double total = 0;
+  torch::Tensor total = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat32).device(dev.device));
   for (int64_t i = 0; i < batches; ++i) {
-    Batch b = data.ValBatch(i);
-    total += model->forward(b.inputs.to(dev.device), b.targets.to(dev.device)).ce_loss.item<double>();
+    Batch b = data.ValBatch(i, par.rank(), par.size());
+    total += model->forward(b.inputs.to(dev.device), b.targets.to(dev.device)).ce_loss.detach();
   }
-  return total / static_cast<double>(batches);
+  if (par.distributed()) par.world->AllReduce(total, ReduceOp::kSum);
+  return total.item<double>() / static_cast<double>(batches * par.size());
 }
 
 }  // namespace
@@ -420,7 +425,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       const bool eval_now = cfg.train.eval_batches > 0 &&
                             ((cfg.train.eval_every > 0 && m.step % cfg.train.eval_every == 0) || last_step);
       if (eval_now) {
-        m.val_loss = ValidationLoss(model, *data, dev, cfg.train.eval_batches);
+        m.val_loss = ValidationLoss(model, *data, dev, cfg.train.eval_batches, par);
         rec.summary["final_val_loss"] = *m.val_loss;
       }
       if (rank0) {
@@ -453,10 +458,14 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         if (!quiet) std::printf("moe-train: interrupted after step %lld; checkpoint saved, resume with --resume\n",
                                      static_cast<long long>(m.step));
         WriteSummary(opts.run_dir, rec, "interrupted", kExitInterrupted);
+        if (par.distributed()) par.world->Barrier();
         return kExitInterrupted;
       }
     }
     WriteSummary(opts.run_dir, rec, "completed", kExitCompleted);
+    // Leave together: a rank that exits (closing its connections) while a peer still reads the
+    // last collective's data can make the peer's transport fail.
+    if (par.distributed()) par.world->Barrier();
     return kExitCompleted;
   } catch (const c10::OutOfMemoryError& e) {
     WriteSummary(opts.run_dir, rec, "out_of_memory", kExitFailed);

@@ -52,6 +52,8 @@ void OnRanks(int world, const std::function<void(moe::Communicator&, std::vector
       }
       try {
         body(*comm, errors[r]);
+        // Nobody tears its group down while a peer may still be reading from it.
+        comm->Barrier();
       } catch (const std::exception& e) {
         errors[r].push_back(e.what());
       }

@@ -151,7 +151,7 @@ TEST_CASE("data: synthetic batches are a pure function of (seed, step, micro, ra
   CHECK_THAT(src->Describe(), Contains("synthetic") && Contains("1000"));
 }
 
-TEST_CASE("data: W ranks of batch B read the global batch of one rank of batch W*B", "[data][dist]") {
+TEST_CASE("data: W ranks of batch B read the global (training and validation) batch of one rank of batch W*B", "[data][dist]") {
   // Data-parallel runs are compared with single-process runs on the same global batch; that needs
   // rank r's shard to be rows [r*B, (r+1)*B) of what a W*B-row rank 0 reads, for every source.
   TempDir dir;
@@ -176,6 +176,12 @@ TEST_CASE("data: W ranks of batch B read the global batch of one rank of batch W
       CHECK(torch::equal(torch::cat(tg), global.targets));
       // Shards are disjoint samples, not copies.
       CHECK_FALSE(torch::equal(in[0], in[1]));
+      // Validation is sharded the same way (step here stands for the validation batch index).
+      Batch global_val = global_src->ValBatch(step, 0, 1);
+      std::vector<torch::Tensor> val;
+      for (int64_t r = 0; r < W; ++r) val.push_back(shard_src->ValBatch(step, r, W).inputs);
+      CHECK(torch::equal(torch::cat(val), global_val.inputs));
+      CHECK_FALSE(torch::equal(val[0], val[1]));
     }
   }
 }

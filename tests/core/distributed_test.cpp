@@ -78,8 +78,12 @@ std::vector<pid_t> Children(pid_t pid) {
 TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of one process", "[dist][trainer]") {
   moe::testing::TempDir dir;
   dir.Write("run.toml", kTinyMoe);
-  // One process on the global batch of 8 rows per micro-batch.
-  REQUIRE(moe_test::Run(Args(dir, "single", 1, 8, 1), dir.Path("single.log")) == moe::kExitCompleted);
+  // One process on the global batch of 8 rows per micro-batch (validation on 2 batches of 8 rows
+  // at the last step).
+  REQUIRE(moe_test::Run(Args(dir, "single", 1, 8, 1, {"--set", "train.eval_batches=2"}), dir.Path("single.log")) ==
+          moe::kExitCompleted);
+  const double ref_val =
+      nlohmann::json::parse(moe_test::ReadFile(dir.Path("single/summary.json")))["final_val_loss"].get<double>();
   const auto ref_loss = Column(dir.Path("single/metrics.jsonl"), "loss");
   const auto ref_norm = Column(dir.Path("single/metrics.jsonl"), "grad_norm");
   REQUIRE(ref_loss.size() == 8);
@@ -97,7 +101,8 @@ TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of 
   for (const Case& c : cases) {
     INFO(c.what);
     const std::string run = "n" + std::to_string(c.nproc) + "ep" + std::to_string(c.ep);
-    REQUIRE(moe_test::Run(Args(dir, run, c.nproc, 8 / c.nproc, c.ep), dir.Path(run + ".log")) == moe::kExitCompleted);
+    REQUIRE(moe_test::Run(Args(dir, run, c.nproc, 8 / c.nproc, c.ep, {"--set", "train.eval_batches=2"}),
+                          dir.Path(run + ".log")) == moe::kExitCompleted);
     // Rank 0 alone writes the metrics: one line per step, not one per rank.
     const auto loss = Column(dir.Path(run + "/metrics.jsonl"), "loss");
     const auto norm = Column(dir.Path(run + "/metrics.jsonl"), "grad_norm");
@@ -111,6 +116,8 @@ TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of 
     CHECK(rows.back()["tokens"] == ReadJsonLines(dir.Path("single/metrics.jsonl")).back()["tokens"]);
     auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path(run + "/summary.json")));
     CHECK(summary["exit_reason"] == "completed");
+    // Validation at the last step: the ranks score their shards of the same global batches.
+    CHECK(summary["final_val_loss"].get<double>() == Approx(ref_val).epsilon(1e-5));
     CHECK(summary["world_size"] == c.nproc);
     CHECK(summary["expert_parallel"] == c.ep);
     CHECK(summary["comm_backend"] == "gloo");
