@@ -28,9 +28,10 @@ class GradSync {
  public:
   // params: leaves with requires_grad, on one device, fp32 or bf16 (a bucket holds one dtype).
   // comm: the group to sum over; nullptr or a group of size 1 means no communication (only the
-  // scaling). scale: multiplies the summed gradients (1 / number of ranks that each computed a
-  // mean loss, for the average over the run). bucket_bytes: target bucket size (a parameter
-  // larger than it gets a bucket of its own).
+  // scaling). scale: multiplies the summed gradients: 1 when each rank backpropagated its loss
+  // already divided by the number of ranks (the trainer does: it costs nothing there), 1/W to
+  // average gradients of undivided losses. bucket_bytes: target bucket size (a parameter larger
+  // than it gets a bucket of its own).
   GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes);
   ~GradSync();
   GradSync(const GradSync&) = delete;
