@@ -14,6 +14,7 @@
 #include "core/util/exit_codes.h"
 #include "tests/core/process_util.h"
 #include "tests/core/temp_dir.h"
+#include "tests/core/tiny_model_config.h"
 
 using moe_test::ReadJsonLines;
 
@@ -24,17 +25,7 @@ const std::string kTrain = MOE_TRAIN_BIN;
 // Dropless, so that every rank keeps every assignment (with a capacity factor each rank applies
 // capacity to its own tokens, and drops differ from one process on the whole batch). The router
 // bias and z-loss are on, so that the global routing statistics are exercised too.
-const std::string kTinyMoe = R"(
-[model]
-vocab_size = 64
-n_layer = 2
-n_embd = 32
-n_head = 4
-n_kv_head = 2
-seq_len = 16
-[moe]
-n_experts = 4
-top_k = 2
+const std::string kTinyMoe = std::string(moe_test::kTinyMoeModelToml) + R"(
 capacity_factor = 0.0
 z_loss_coef = 0.001
 bias_update_rate = 0.001

@@ -296,17 +296,7 @@ TEST_CASE("fp8: a tiny MoE model trains with FP8 to the losses of the fp32 run",
 
 TEST_CASE("fp8: moe-train runs precision.fp8 and lists the bf16 fallbacks in summary.json", "[fp8][trainer]") {
   moe::testing::TempDir dir;
-  dir.Write("run.toml", R"(
-[model]
-vocab_size = 64
-n_layer = 2
-n_embd = 32
-n_head = 4
-n_kv_head = 2
-seq_len = 16
-[moe]
-n_experts = 4
-top_k = 2
+  dir.Write("run.toml", std::string(moe_test::kTinyMoeModelToml) + R"(
 [train]
 steps = 3
 batch_size = 4

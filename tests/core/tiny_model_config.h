@@ -22,4 +22,20 @@ inline moe::Config TinyConfig(bool use_moe) {
   return c;
 }
 
+// The tiny MoE model of the moe-train end-to-end tests as the start of a config file: the [model]
+// section and the first [moe] keys. It ends inside [moe], so a test appends its own [moe] keys
+// and then its other sections.
+inline const char* kTinyMoeModelToml = R"(
+[model]
+vocab_size = 64
+n_layer = 2
+n_embd = 32
+n_head = 4
+n_kv_head = 2
+seq_len = 16
+[moe]
+n_experts = 4
+top_k = 2
+)";
+
 }  // namespace moe_test

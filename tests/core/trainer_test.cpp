@@ -8,6 +8,7 @@
 #include "core/util/exit_codes.h"
 #include "tests/core/process_util.h"
 #include "tests/core/temp_dir.h"
+#include "tests/core/tiny_model_config.h"
 
 using moe_test::ReadJsonLines;
 
@@ -17,17 +18,7 @@ namespace {
 const std::string kTrain = MOE_TRAIN_BIN;
 
 // A tiny MoE model that trains a step in a few milliseconds on one core.
-const std::string kTinyMoe = R"(
-[model]
-vocab_size = 64
-n_layer = 2
-n_embd = 32
-n_head = 4
-n_kv_head = 2
-seq_len = 16
-[moe]
-n_experts = 4
-top_k = 2
+const std::string kTinyMoe = std::string(moe_test::kTinyMoeModelToml) + R"(
 capacity_factor = 1.0
 z_loss_coef = 0.001
 bias_update_rate = 0.001
