@@ -45,14 +45,14 @@ class C10dPending : public PendingCollective {
 // What every group of a run shares: the rendezvous store and how to build a backend.
 struct Rendezvous {
   StorePtr store;
-  bool cuda = false;
-  torch::Device device = torch::kCPU;
+  torch::Device device = torch::kCPU;  // CUDA: NCCL; otherwise Gloo
+  bool cuda() const { return device.is_cuda(); }
   std::string master_addr;
   std::chrono::milliseconds timeout{0};
 };
 
 Status MakeBackend(const Rendezvous& rv, StorePtr store, int rank, int size, BackendPtr* out) {
-  if (rv.cuda) {
+  if (rv.cuda()) {
 #if defined(MOE_WITH_NCCL)
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     opts->timeout = rv.timeout;
@@ -89,14 +89,14 @@ class C10dCommunicator : public Communicator {
   ~C10dCommunicator() override {
     // NCCL wants an explicit shutdown (its watchdog thread otherwise warns at exit).
     try {
-      if (rv_->cuda) backend_->shutdown();
+      if (rv_->cuda()) backend_->shutdown();
     } catch (...) {
     }
   }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  const char* backend() const override { return rv_->cuda ? "nccl" : "gloo"; }
+  const char* backend() const override { return rv_->cuda() ? "nccl" : "gloo"; }
 
   std::unique_ptr<PendingCollective> AllReduceAsync(torch::Tensor t, ReduceOp op) override {
     std::vector<torch::Tensor> ts{t};
@@ -120,7 +120,7 @@ class C10dCommunicator : public Communicator {
   }
 
   void Barrier() override {
-    if (rv_->cuda) {
+    if (rv_->cuda()) {
       // A barrier as a one-element all-reduce: NCCL's own barrier guesses the device from the
       // rank, which is wrong when CUDA_VISIBLE_DEVICES maps ranks differently.
       auto t = torch::zeros({1}, torch::TensorOptions().device(rv_->device));
@@ -155,7 +155,6 @@ class C10dCommunicator : public Communicator {
 Status Connect(const DistEnv& env, const torch::Device& device, double timeout_s,
                std::unique_ptr<Communicator>* out) {
   auto rv = std::make_shared<Rendezvous>();
-  rv->cuda = device.is_cuda();
   rv->device = device;
   rv->master_addr = env.master_addr;
   rv->timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
@@ -177,7 +176,7 @@ Status Connect(const DistEnv& env, const torch::Device& device, double timeout_s
     MOE_RETURN_IF_ERROR(MakeBackend(*rv, c10::make_intrusive<c10d::PrefixStore>("group/world", rv->store),
                                     env.rank, env.world, &backend));
   } catch (const std::exception& e) {
-    return Status::IOError(std::string("creating the ") + (rv->cuda ? "NCCL" : "Gloo") + " group failed: " + e.what());
+    return Status::IOError(std::string("creating the ") + (rv->cuda() ? "NCCL" : "Gloo") + " group failed: " + e.what());
   }
   *out = std::make_unique<C10dCommunicator>(rv, std::move(backend), env.rank, env.world);
   return Status::OK();
