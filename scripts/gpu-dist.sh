@@ -4,7 +4,8 @@
 # measure the reference config on 1, 2 and 4 GPUs (issue 6). Prints tables last.
 #   source .devdeps/env.sh && scripts/gpu-dist.sh          (carry .devdeps)
 # Env: GPUS (max GPUs to use; default: all visible), STEPS (30), SKIP (space-separated parts:
-# equality scaling ep).
+# equality scaling ep), PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
+# cf 1.25 pair in separate runs, and print scripts/trace_summary.py's comparison of them).
 # Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
 # tokens over the host time of a device-synchronised step); MFU per GPU over 989 TFLOP/s.
 set -euo pipefail
@@ -98,6 +99,30 @@ if [[ "$skip" != *" ep "* ]] && [ "$gpus" -ge 4 ]; then
 fi
 if [ "$gpus" -ge 2 ] && [[ "$skip" != *" ep "* ]]; then
   run_ref "e8_ep2" 2 --set moe.expert_parallel=2
+fi
+
+# -- 4. optional: kernel timelines of the same runs (profiled steps are slower: separate runs) ----
+if [ -n "${PROFILE:-}" ]; then
+  pb=${PROFILE#*:}
+  prof_run() {  # name nproc --set args...
+    local name=$1 n=$2; shift 2
+    MOE_PROFILE_STEPS=$PROFILE timeout 300 "$train" --config experiments/configs/reference.toml --nproc "$n" \
+      --run-dir "/tmp/prof/$name" --set train.steps=$((pb + 1)) --set train.log_every=0 "$@" >"$out/prof_$name.log" 2>&1 \
+      || echo "profile run $name failed: $(tail -1 "$out/prof_$name.log")"
+  }
+  nsteps=$((pb - ${PROFILE%%:*} + 1))
+  for n in 1 2 4; do [ "$n" -le "$gpus" ] && prof_run "dp$n" "$n" --set moe.impl=\"grouped\"; done
+  if [ "$gpus" -ge 4 ]; then
+    prof_run e32_dp4_c125 4 --set moe.n_experts=32 --set moe.impl=\"grouped\" --set moe.capacity_factor=1.25
+    prof_run e32_ep4_c125 4 --set moe.n_experts=32 --set moe.expert_parallel=4 --set moe.capacity_factor=1.25
+  fi
+  ts="python3 scripts/trace_summary.py --steps $nsteps"
+  for n in 2 4; do
+    [ -f /tmp/prof/dp$n/profile.rank0.json ] && $ts /tmp/prof/dp$n/profile.rank0.json --compare /tmp/prof/dp1/profile.json \
+      | tee -a "$out/profile.txt"
+  done
+  [ -f /tmp/prof/e32_ep4_c125/profile.rank0.json ] && $ts /tmp/prof/e32_ep4_c125/profile.rank0.json \
+    --compare /tmp/prof/e32_dp4_c125/profile.rank0.json | tee -a "$out/profile.txt"
 fi
 
 echo

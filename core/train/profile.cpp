@@ -14,7 +14,8 @@ namespace moe {
 namespace prof = torch::autograd::profiler;
 using torch::profiler::impl::ActivityType;
 
-StepProfiler::StepProfiler(std::string run_dir) : run_dir_(std::move(run_dir)) {
+StepProfiler::StepProfiler(std::string run_dir, int rank, int world)
+    : run_dir_(std::move(run_dir)), rank_(rank), world_(world) {
   const char* env = std::getenv("MOE_PROFILE_STEPS");
   if (env == nullptr || *env == '\0') return;
   long long a = 0, b = 0;
@@ -22,7 +23,9 @@ StepProfiler::StepProfiler(std::string run_dir) : run_dir_(std::move(run_dir)) {
     first_ = a;
     last_ = b;
   } else {
-    std::fprintf(stderr, "moe-train: MOE_PROFILE_STEPS='%s' ignored (expected a:b with 1 <= a <= b)\n", env);
+    if (rank_ == 0) {
+      std::fprintf(stderr, "moe-train: MOE_PROFILE_STEPS='%s' ignored (expected a:b with 1 <= a <= b)\n", env);
+    }
   }
 }
 
@@ -43,6 +46,9 @@ void StepProfiler::AfterStep(int64_t step, double wall_ms) {
   if (step != last_) return;
   active_ = false;
   std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+  const std::string file = world_ > 1 ? "profile.rank" + std::to_string(rank_) + ".json" : "profile.json";
+  result->save((std::filesystem::path(run_dir_) / file).string());
+  if (rank_ != 0) return;
   struct Agg {
     double us = 0;
     int64_t calls = 0;
@@ -69,7 +75,6 @@ void StepProfiler::AfterStep(int64_t step, double wall_ms) {
                  busy_us > 0 ? 100.0 * rows[i].second.us / busy_us : 0.0,
                  static_cast<long long>(rows[i].second.calls), name.c_str());
   }
-  result->save((std::filesystem::path(run_dir_) / "profile.json").string());
 }
 
 }  // namespace moe

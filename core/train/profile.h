@@ -2,8 +2,11 @@
 // Environment MOE_PROFILE_STEPS="a:b" profiles steps a..b (1-based, inclusive) with the Kineto
 // profiler (CPU + CUDA activities); after step b it prints to stderr the device time per kernel
 // name (top 40, summed over the profiled steps) and the device-busy total beside the steps'
-// wall time, and writes a Chrome trace to <run dir>/profile.json. Profiled steps run slower:
-// their metrics are not figures to report. Unset (the default): does nothing.
+// wall time, and writes a Chrome trace to <run dir>/profile.json. In a run of several ranks every
+// rank profiles the same steps and writes profile.rank<R>.json; only rank 0 prints the table
+// (scripts/trace_summary.py reads the traces: compute vs communication overlap, idle gaps).
+// Profiled steps run slower: their metrics are not figures to report. Unset (the default): does
+// nothing.
 #pragma once
 
 #include <cstdint>
@@ -13,12 +16,14 @@ namespace moe {
 
 class StepProfiler {
  public:
-  explicit StepProfiler(std::string run_dir);
+  // rank, world: this process's place in the run (0, 1 for a single process).
+  StepProfiler(std::string run_dir, int rank, int world);
   void BeforeStep(int64_t step);                 // step: 1-based
   void AfterStep(int64_t step, double wall_ms);  // call after the step's device work is done
 
  private:
   std::string run_dir_;
+  int rank_ = 0, world_ = 1;
   int64_t first_ = 0, last_ = -1;
   bool active_ = false;
   double wall_ms_ = 0;

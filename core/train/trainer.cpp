@@ -324,7 +324,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     std::vector<torch::Tensor> static_in, static_tgt;
     torch::Tensor graph_stats;
     if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev);
-    StepProfiler profiler(opts.run_dir);
+    StepProfiler profiler(opts.run_dir, denv.rank, denv.world);
 
     for (int64_t step = start_step; step < cfg.train.steps; ++step) {
       StepMetrics m;
