@@ -15,7 +15,8 @@
 
 namespace moe::kernels {
 
-// xs (M, d) = x[src[i]] for each row i. x (N, d) bf16 or fp32, contiguous; src (M,) int64 in [0, N).
+// xs (M, d) = x[src[i]] for each row i, zeros where src[i] is outside [0, N) (an empty capacity
+// slot). x (N, d) bf16 or fp32, contiguous; src (M,) int64.
 at::Tensor PermuteRows(const at::Tensor& x, const at::Tensor& src);
 
 // dx (N, d), dx[n] = sum over j of dxs[inv[n*k + j]] (skipped where inv is outside [0, M)).

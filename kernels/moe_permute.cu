@@ -10,14 +10,22 @@ namespace moe::kernels {
 // ----------------------------------------------------------------------------
 // kernels
 
-// One block per output row i: xs[i] = x[src[i]].
+// One block per output row i: xs[i] = x[src[i]], or zeros where src[i] is outside [0, N) (an
+// empty capacity slot).
 template <typename T, int VEC>
 __global__ void permute_rows_kernel(T* __restrict__ xs, const T* __restrict__ x, const int64_t* __restrict__ src,
-                                    int64_t d) {
+                                    int64_t N, int64_t d) {
   const int64_t i = blockIdx.x;
   const int64_t s = src[i];
-  const auto* in = reinterpret_cast<const Vec<T, VEC>*>(x + s * d);
   auto* out = reinterpret_cast<Vec<T, VEC>*>(xs + i * d);
+  if (s < 0 || s >= N) {
+    Vec<T, VEC> z;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) z.v[v] = FromFloat<T>(0.f);
+    for (int64_t c = threadIdx.x; c < d / VEC; c += blockDim.x) out[c] = z;
+    return;
+  }
+  const auto* in = reinterpret_cast<const Vec<T, VEC>*>(x + s * d);
   for (int64_t c = threadIdx.x; c < d / VEC; c += blockDim.x) out[c] = in[c];
 }
 
@@ -48,10 +56,10 @@ __global__ void permute_rows_backward_kernel(T* __restrict__ dx, const T* __rest
 // launchers
 
 template <typename T, int VEC>
-void permute_rows(T* xs, const T* x, const int64_t* src, int64_t M, int64_t d, cudaStream_t stream) {
+void permute_rows(T* xs, const T* x, const int64_t* src, int64_t N, int64_t M, int64_t d, cudaStream_t stream) {
   if (M == 0 || d == 0) return;
   const int block = 128;
-  permute_rows_kernel<T, VEC><<<static_cast<unsigned>(M), block, 0, stream>>>(xs, x, src, d);
+  permute_rows_kernel<T, VEC><<<static_cast<unsigned>(M), block, 0, stream>>>(xs, x, src, N, d);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -71,13 +79,13 @@ at::Tensor PermuteRows(const at::Tensor& x, const at::Tensor& src) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous(), "PermuteRows: x must be a contiguous (N, d) CUDA tensor");
   TORCH_CHECK(src.is_cuda() && src.dim() == 1 && src.scalar_type() == at::kLong && src.is_contiguous(),
               "PermuteRows: src must be a contiguous (M,) int64 CUDA tensor");
-  const int64_t M = src.size(0), d = x.size(1);
+  const int64_t N = x.size(0), M = src.size(0), d = x.size(1);
   at::Tensor xs = at::empty({M, d}, x.options());  // (M, d)
   const int vec = VecWidth(d, x.element_size());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
     permute_rows<T, VEC>(reinterpret_cast<T*>(xs.data_ptr()), reinterpret_cast<const T*>(x.data_ptr()),
-                         src.data_ptr<int64_t>(), M, d, stream);
+                         src.data_ptr<int64_t>(), N, M, d, stream);
   });
   return xs;
 }

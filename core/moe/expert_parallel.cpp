@@ -14,25 +14,18 @@ namespace {
 // the routing: no host sync, at the cost of computing the empty slots (a zero row stays zero
 // through relu^2 and SwiGLU and adds nothing to any gradient).
 torch::Tensor StaticCapacityExchange(const ExpertInput& in, const ExpertWeights& w, int64_t E, Communicator* ep) {
-  const int64_t N = in.x.size(0), d = in.x.size(1), k = in.indices.size(1), C = in.capacity;
-  const int64_t P = ep->size(), L = E / P, S = E * C;
-  // Slot of each assignment: expert*C + position when kept; dropped ones go to a spare slot S.
-  torch::Tensor slot = torch::where(in.keep, in.indices * C + in.position, torch::full_like(in.indices, S))
-                           .reshape({N * k});                                        // (N*k,)
-  torch::Tensor tok = torch::arange(N * k, slot.options()).div(k, "floor");          // (N*k,)
-  torch::Tensor send = torch::zeros({S + 1, d}, in.x.options())
-                           .index_add(0, slot, in.x.index_select(0, tok))
-                           .narrow(0, 0, S);                                          // (E*C, d) by (rank, l, c)
+  const int64_t d = in.x.size(1), C = in.capacity;
+  const int64_t P = ep->size(), L = E / P;
+  const SlotOrder order = MakeSlotOrder(in.indices, in.keep, in.position, C, E);
+  torch::Tensor send = PermuteToSlots(in.x, order);                                   // (E*C, d) by (rank, l, c)
   const std::vector<int64_t> splits(P, L * C);
   torch::Tensor recv = AllToAllRows(send, splits, splits, ep);                        // (P*L*C, d) by (q, l, c)
   torch::Tensor xg = recv.view({P, L, C, d}).transpose(0, 1).reshape({L * P * C, d});  // by (l, q, c)
-  torch::Tensor offs = (torch::arange(1, L + 1, slot.options()) * (P * C)).to(torch::kInt32);
+  torch::Tensor offs = (torch::arange(1, L + 1, order.slot.options()) * (P * C)).to(torch::kInt32);
   torch::Tensor yg = GroupedFfn(xg, offs, w);                                          // (L*P*C, d)
   torch::Tensor back = yg.view({L, P, C, d}).transpose(0, 1).reshape({P * L * C, d});  // by (q, l, c)
   torch::Tensor ys = AllToAllRows(back, splits, splits, ep);                          // (E*C, d) by slot
-  torch::Tensor ext = torch::cat({ys, torch::zeros({1, d}, ys.options())});            // spare slot: zeros
-  torch::Tensor wk = (in.weights * in.keep).to(ys.scalar_type()).reshape({N * k, 1});  // (N*k, 1)
-  return (ext.index_select(0, slot) * wk).view({N, k, d}).sum(1);                     // (N, d)
+  return UnpermuteFromSlots(ys, in.weights * in.keep, order);                          // (N, d)
 }
 
 }  // namespace
@@ -91,8 +84,8 @@ torch::Tensor ExpertParallelExperts(const ExpertInput& in, const ExpertWeights& 
   torch::Tensor yr;  // (m_recv, d) in xr's row order
   if (m_recv > 0) {
     torch::Tensor offs = torch::tensor(local_rows, torch::kInt64).cumsum(0).to(torch::kInt32).to(in.x.device());
-    torch::Tensor yg = GroupedFfn(xr.index_select(0, perm), offs, w);  // (m_recv, d) by local expert
-    yr = yg.index_select(0, inv);
+    torch::Tensor yg = GroupedFfn(PermuteRowsExact(xr, perm, inv), offs, w);  // (m_recv, d) by local expert
+    yr = PermuteRowsExact(yg, inv, perm);
   } else {
     // Nothing arrived, but the exchanges must still run in backward on every rank (they are
     // collective): keep the graph connected through the empty rows.

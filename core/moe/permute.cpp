@@ -92,4 +92,55 @@ torch::Tensor UnpermuteTokens(const torch::Tensor& ys, const torch::Tensor& w, c
   return torch::zeros({order.n_tokens, ys.size(1)}, ys.options()).index_add(0, order.tok, ys * g);
 }
 
+SlotOrder MakeSlotOrder(const torch::Tensor& indices, const torch::Tensor& keep, const torch::Tensor& position,
+                        int64_t capacity, int64_t n_experts) {
+  SlotOrder o;
+  o.n_tokens = indices.size(0);
+  o.k = indices.size(1);
+  o.slots = n_experts * capacity;
+  o.slot = torch::where(keep, indices * capacity + position, torch::full_like(indices, o.slots))
+               .reshape({o.n_tokens * o.k});  // (N*k,)
+  if (KernelsBuilt() && indices.is_cuda()) {
+    // Dropped assignments all land in the spare entry S, which is cut off.
+    torch::Tensor token = torch::arange(o.n_tokens * o.k, o.slot.options()).div(o.k, "floor");
+    o.tok = torch::full({o.slots + 1}, o.n_tokens, o.slot.options())
+                .scatter_(0, o.slot, token)
+                .narrow(0, 0, o.slots)
+                .contiguous();  // (S,)
+  }
+  return o;
+}
+
+torch::Tensor PermuteToSlots(const torch::Tensor& x, const SlotOrder& order) {
+#if defined(MOE_WITH_KERNELS)
+  if (UseKernels(x) && order.tok.defined()) return PermuteFn::apply(x, order.tok, order.slot, order.n_tokens, order.k);
+#endif
+  const int64_t S = order.slots, d = x.size(1);
+  torch::Tensor token = torch::arange(order.n_tokens * order.k, order.slot.options()).div(order.k, "floor");
+  return torch::zeros({S + 1, d}, x.options())
+      .index_add(0, order.slot, x.index_select(0, token))
+      .narrow(0, 0, S);  // (S, d)
+}
+
+torch::Tensor UnpermuteFromSlots(const torch::Tensor& ys, const torch::Tensor& w, const SlotOrder& order) {
+#if defined(MOE_WITH_KERNELS)
+  if (UseKernels(ys) && order.tok.defined() && order.k <= 8) {
+    return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.slot);
+  }
+#endif
+  const int64_t N = order.n_tokens, k = order.k, d = ys.size(1);
+  torch::Tensor ext = torch::cat({ys, torch::zeros({1, d}, ys.options())});  // the spare slot: zeros
+  torch::Tensor wk = w.to(ys.scalar_type()).reshape({N * k, 1});             // (N*k, 1)
+  return (ext.index_select(0, order.slot) * wk).view({N, k, d}).sum(1);      // (N, d)
+}
+
+torch::Tensor PermuteRowsExact(const torch::Tensor& x, const torch::Tensor& perm, const torch::Tensor& inv) {
+#if defined(MOE_WITH_KERNELS)
+  // A permutation is a routing with k = 1: the forward gathers by perm, the backward by inv.
+  if (UseKernels(x) && perm.is_cuda()) return PermuteFn::apply(x, perm, inv, x.size(0), 1);
+#endif
+  (void)inv;
+  return x.index_select(0, perm);
+}
+
 }  // namespace moe

@@ -41,6 +41,29 @@ TEST_CASE("kernels: PermuteRows gathers the routed rows like index_select", "[ke
   }
 }
 
+TEST_CASE("kernels: PermuteRows writes zeros for sources outside [0, N) (empty capacity slots)", "[kernels][permute]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(2);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (int64_t d : {int64_t{768}, int64_t{30}}) {
+      DYNAMIC_SECTION("dtype " << dt << " d " << d) {
+        const int64_t N = 500, M = 900;
+        auto i64 = at::TensorOptions().device(at::kCUDA).dtype(at::kLong);
+        // Sources in [-3, N + 3): some rows below 0, some at or past N.
+        at::Tensor src = at::randint(-3, N + 3, {M}, i64);
+        at::Tensor x = at::randn({N, d}, at::TensorOptions().device(at::kCUDA).dtype(dt));
+        moe_test::PoisonAllocator(M * d, dt);
+        at::Tensor xs = moe::kernels::PermuteRows(x, src);
+        at::Tensor valid = (src >= 0).logical_and(src < N);
+        REQUIRE(valid.logical_not().any().item<bool>());
+        at::Tensor ref = at::cat({x, at::zeros({1, d}, x.options())}).index_select(0, at::where(valid, src, N));
+        CHECK(moe_test::AllFinite(xs));
+        CHECK(at::equal(xs, ref));
+      }
+    }
+  }
+}
+
 TEST_CASE("kernels: PermuteRowsBackward sums each token's row gradients like index_add", "[kernels][permute]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(2);
