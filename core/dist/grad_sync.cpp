@@ -24,7 +24,12 @@ class ReadyHook : public torch::autograd::FunctionPostHook {
 }  // namespace
 
 GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes)
-    : params_(std::move(params)), bucket_of_(params_.size(), -1), views_(params_.size()), comm_(comm), scale_(scale) {
+    : params_(std::move(params)),
+      bucket_of_(params_.size(), -1),
+      views_(params_.size()),
+      written_(params_.size(), false),
+      comm_(comm),
+      scale_(scale) {
   // Reverse order: the last layers' gradients come first in backward.
   Bucket cur;
   int64_t cur_bytes = 0;
@@ -50,7 +55,7 @@ GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double
     int64_t numel = 0;
     for (int64_t i : bk.members) numel += params_[i].numel();
     const torch::Tensor& first = params_[bk.members.front()];
-    bk.flat = torch::zeros({numel}, first.options().requires_grad(false));
+    bk.flat = torch::empty({numel}, first.options().requires_grad(false));
     int64_t off = 0;
     for (int64_t i : bk.members) {
       views_[i] = bk.flat.narrow(0, off, params_[i].numel()).view(params_[i].sizes());
@@ -75,10 +80,13 @@ GradSync::~GradSync() {
 std::vector<int64_t> GradSync::BucketOfParams() const { return bucket_of_; }
 
 void GradSync::ZeroGrad() {
-  torch::NoGradGuard no_grad;
-  for (Bucket& b : buckets_) b.flat.zero_();
+  // No zero-fill: .grad is set to none, so the step's first gradient of a parameter is stolen by
+  // AccumulateGrad and copied into the bucket by the hook (one pass), instead of being added to
+  // zeros (a fill and a read-modify-write pass over every bucket). Parameters that receive no
+  // gradient this step are zeroed in Finish.
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (!params_[i].grad().defined() || !params_[i].grad().is_same(views_[i])) params_[i].mutable_grad() = views_[i];
+    params_[i].mutable_grad() = torch::Tensor();
+    written_[i] = false;
   }
 }
 
@@ -97,12 +105,16 @@ void GradSync::OnGradReady(int64_t param_index) {
   std::lock_guard<std::mutex> lock(mu_);
   // AccumulateGrad may have replaced .grad (e.g. a gradient of another layout is stolen rather
   // than added); the bucket only sees writes through its view.
+  // After ZeroGrad the first gradient is a tensor of its own (copied in here); later ones of the
+  // step are added into the view in place, or, where AccumulateGrad replaced .grad by a new sum,
+  // copied again (that sum includes the view's earlier value).
   torch::Tensor& g = params_[param_index].mutable_grad();
   if (!g.is_same(views_[param_index])) {
     torch::NoGradGuard no_grad;
     views_[param_index].copy_(g);
     g = views_[param_index];
   }
+  written_[param_index] = true;
   if (!armed_) return;
   if (--buckets_[bucket_of_[param_index]].pending == 0) LaunchReadyInOrder();
 }
@@ -121,12 +133,17 @@ void GradSync::Launch(Bucket& b) {
 
 void GradSync::Finish() {
   std::lock_guard<std::mutex> lock(mu_);
+  torch::NoGradGuard no_grad;
+  // A parameter that received no gradient this step contributes zeros (a bucket with such a
+  // member has not been launched yet: its pending count never reached 0).
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!written_[i]) views_[i].zero_();
+  }
   if (armed_) {
-    for (Bucket& b : buckets_) b.pending = 0;  // no gradient this step: its zeros go in
+    for (Bucket& b : buckets_) b.pending = 0;
     LaunchReadyInOrder();
   }
   armed_ = false;
-  torch::NoGradGuard no_grad;
   for (Bucket& b : buckets_) {
     if (b.work) b.work->Wait();
     b.work.reset();

@@ -37,8 +37,11 @@ class GradSync {
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
 
-  // Zeroes the buckets and points every .grad at its view again (set_to_none by someone else
-  // would detach it). Call before the first backward of a step, instead of zero_grad.
+  // Starts a step: every .grad is set to none (not zero-filled); the step's first gradient of a
+  // parameter is copied into its bucket view by the hook, later ones accumulate there, and a
+  // parameter without any gradient this step is zeroed in Finish. Call before the first
+  // backward of a step, instead of zero_grad. Between ZeroGrad and Finish a .grad is either
+  // undefined or a view into its bucket.
   void ZeroGrad();
 
   // The next backward is the step's last micro-batch: its hooks launch the all-reduces.
@@ -69,6 +72,7 @@ class GradSync {
   std::vector<torch::Tensor> params_;
   std::vector<int64_t> bucket_of_;
   std::vector<torch::Tensor> views_;
+  std::vector<bool> written_;  // the parameter's view holds this step's gradient
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
   std::vector<uintptr_t> hook_keys_;

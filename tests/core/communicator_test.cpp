@@ -166,6 +166,36 @@ TEST_CASE("grad sync: buckets average gradients over ranks, accumulated over mic
   for (size_t i = 0; i + 1 < buckets[0].size(); ++i) CHECK(buckets[0][i] >= buckets[0][i + 1]);
 }
 
+TEST_CASE("grad sync: a parameter without a gradient this step sums to zero, not to last step's", "[dist]") {
+  // ZeroGrad does not zero-fill the buckets: a stale value must not survive a step in which the
+  // parameter got no gradient.
+  const int W = 2;
+  std::vector<std::vector<torch::Tensor>> got(W);
+  OnRanks(W, [&](moe::Communicator& c, std::vector<std::string>& err) {
+    torch::Tensor a = Randn({6}, 1).requires_grad_(true), b = Randn({5}, 2).requires_grad_(true);
+    moe::GradSync sync({a, b}, &c, 1.0, /*bucket_bytes=*/1 << 20);  // one bucket with both
+    Expect(sync.num_buckets() == 1, "one bucket", err);
+    // Step 1: both get gradients.
+    sync.ZeroGrad();
+    sync.Arm();
+    ((a * 3).sum() + (b * 5).sum()).backward();
+    sync.Finish();
+    Expect(torch::allclose(a.grad(), torch::full({6}, 3.0 * W)), "step 1: a", err);
+    // Step 2: a gets none (its bucket is launched by Finish); b's first gradient is copied in.
+    sync.ZeroGrad();
+    sync.Arm();
+    (b * static_cast<double>(c.rank() + 1)).sum().backward();
+    sync.Finish();
+    got[c.rank()] = {a.grad().clone(), b.grad().clone()};
+  });
+  for (int r = 0; r < W; ++r) {
+    INFO("rank " << r);
+    REQUIRE(got[r].size() == 2);
+    CHECK(torch::equal(got[r][0], torch::zeros({6})));
+    CHECK(torch::allclose(got[r][1], torch::full({5}, 1.0 + 2.0)));  // rank 0 sends 1, rank 1 sends 2
+  }
+}
+
 TEST_CASE("all-to-all rows: forward exchange and its backward against one process", "[dist]") {
   // Two ranks, each with rows x_r; rank r sends send[r][q] rows to q. Loss on each rank is a
   // weighted sum of what it received; the gradient of each sent row is the weight its receiver
