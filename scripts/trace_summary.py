@@ -23,15 +23,20 @@ GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
 
 
 def load(path):
+    """GPU events as (start us, end us, name, stream, launching CPU op), sorted by start."""
     with open(path) as f:
         ev = json.load(f)["traceEvents"]
+    cpu_op = {}
+    for e in ev:
+        if e.get("ph") == "X" and e.get("cat") == "cpu_op":
+            cpu_op.setdefault(e.get("args", {}).get("External id"), e["name"])
     out = []
     for e in ev:
         if e.get("ph") != "X" or e.get("cat") not in GPU_CATS:
             continue
         args = e.get("args", {})
         out.append((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)), e["name"],
-                    args.get("stream", e.get("tid"))))
+                    args.get("stream", e.get("tid")), cpu_op.get(args.get("External id"), "?")))
     out.sort()
     return out
 
@@ -74,9 +79,9 @@ def summarize(path, steps, n_gaps):
         print(f"{path}: no GPU events")
         return {}
     t0, t1 = ev[0][0], max(e[1] for e in ev)
-    comp = union([(a, b) for a, b, n, _ in ev if not is_comm(n)])
-    comm = union([(a, b) for a, b, n, _ in ev if is_comm(n)])
-    every = union([(a, b) for a, b, _, _ in ev])
+    comp = union([(a, b) for a, b, n, *_ in ev if not is_comm(n)])
+    comm = union([(a, b) for a, b, n, *_ in ev if is_comm(n)])
+    every = union([(a, b) for a, b, *_ in ev])
     ms = lambda us: us / 1e3 / steps
     window = t1 - t0
     print(f"== {path} ({len(ev)} GPU events, {steps} step(s))")
@@ -84,7 +89,7 @@ def summarize(path, steps, n_gaps):
           f" (exposed {ms(total(comm) - intersect(comp, comm)):6.2f})   idle {ms(window - total(every)):6.2f}")
     # The compute stream: the stream with the most non-NCCL time.
     per_stream = collections.Counter()
-    for a, b, n, s in ev:
+    for a, b, n, s, _ in ev:
         if not is_comm(n):
             per_stream[s] += b - a
     main = per_stream.most_common(1)[0][0]
@@ -92,15 +97,16 @@ def summarize(path, steps, n_gaps):
     gaps = []
     for prev, nxt in zip(on_main, on_main[1:]):
         if nxt[0] > prev[1]:
-            gaps.append((nxt[0] - prev[1], prev[2][:60], nxt[2][:60]))
+            gaps.append((nxt[0] - prev[1], (prev[1] - t0) / window, f"{prev[4]} | {prev[2][:40]}",
+                         f"{nxt[4]} | {nxt[2][:40]}"))
     gaps.sort(reverse=True)
     hole = sum(g[0] for g in gaps)
     print(f"  compute stream {main}: busy {ms(per_stream[main]):.2f} ms/step, holes {ms(hole):.2f} ms/step"
           f" ({len(gaps)} holes); largest:")
-    for g, a, b in gaps[:n_gaps]:
-        print(f"    {g / 1e3:7.3f} ms  after {a}  before {b}")
+    for g, at, a, b in gaps[:n_gaps]:
+        print(f"    {g / 1e3:7.3f} ms at {at:4.0%} of the window: after [{a}] before [{b}]")
     by_name = collections.defaultdict(float)
-    for a, b, n, _ in ev:
+    for a, b, n, *_ in ev:
         by_name[n] += b - a
     return {k: v / steps for k, v in by_name.items()}
 
