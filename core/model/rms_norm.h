@@ -1,14 +1,20 @@
 // Parameterless RMSNorm over the last dimension, as in the reference peer (F.rms_norm without a
 // weight). Keeping it gain-free is part of the architecture: there are no norm parameters to
 // count, decay or checkpoint.
+//
+// One dispatch point: on CUDA builds with kernels/ (MOE_WITH_KERNELS) and CUDA bf16/fp32 tensors,
+// the fused kernels with their own backward (kernels/rms_norm.cu); elsewhere at::rms_norm itself
+// (so CPU results are bit-identical to it). Both compute the same function.
 #pragma once
 
 #include <torch/torch.h>
 
 namespace moe {
 
-// x / sqrt(mean(x^2, -1) + eps), eps = the dtype's machine epsilon (ATen's default, as in
-// PyTorch's F.rms_norm(x, (x.size(-1),))). Same shape and dtype as x.
+// x / sqrt(mean(x^2, -1) + eps) with ATen's default eps, as PyTorch's F.rms_norm(x, (x.size(-1),))
+// computes it: fp32 math for bf16 and fp32 inputs, eps = FLT_EPSILON (the fp32 epsilon also for
+// bf16: ATen takes the epsilon of the type it computes in). Same shape and dtype as x.
+// Differentiable in x.
 torch::Tensor RmsNorm(const torch::Tensor& x);
 
 }  // namespace moe

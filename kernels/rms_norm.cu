@@ -1,0 +1,258 @@
+// Parameterless RMSNorm over the last dimension, y = x * rstd with rstd = 1/sqrt(mean(x^2) + eps),
+// and its backward dx = rstd * (dy - y_hat * mean(dy * y_hat)), y_hat = x * rstd: one launch each,
+// every row reduced in fp32 by the threads that then write it. Short rows (attention heads, d_model
+// up to 2048 in bf16) go to lane groups inside a warp, so a row costs no __syncthreads and a block
+// holds many rows; wide rows get a whole block each.
+#include "kernels/common.cuh"
+#include "kernels/rms_norm.h"
+
+#include <cstdint>
+#include <initializer_list>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace moe::kernels {
+
+namespace {
+constexpr int kGroupBlock = 256;        // threads per block when lane groups (<= a warp) take the rows
+constexpr int64_t kMaxGroupVecs = 256;  // rows of up to this many vectors go to lane groups (8 per lane)
+constexpr int kMaxBlock = 1024;
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// kernels
+
+namespace {
+
+// Sum over an aligned group of G lanes (G a power of two <= 32), returned to each of them. Every
+// lane of the warp calls it (full mask), also those of a group whose row is past the end.
+__device__ __forceinline__ float GroupSum(float v, int G) {
+  for (int off = G / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread. Called
+// once per kernel, so `partial` needs no sync before its reuse.
+__device__ __forceinline__ float BlockSum(float v) {
+  __shared__ float partial[kMaxBlock / 32];
+  __shared__ float total;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = GroupSum(v, 32);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : 0.f;
+    s = GroupSum(s, 32);
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+// The rows a thread works on. WHOLE: row = blockIdx.x and all blockDim.x (= G) threads share it;
+// else blockDim.x / G rows per block, one per aligned group of G lanes.
+template <bool WHOLE>
+__device__ __forceinline__ int64_t RowOf(int G) {
+  if constexpr (WHOLE) {
+    return blockIdx.x;
+  } else {
+    return static_cast<int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
+  }
+}
+template <bool WHOLE>
+__device__ __forceinline__ float RowSum(float v, int G) {
+  if constexpr (WHOLE) {
+    return BlockSum(v);
+  } else {
+    return GroupSum(v, G);
+  }
+}
+
+}  // namespace
+
+// x, y (rows, d); rstd (rows,). Vectors of VEC elements; d % VEC == 0 (VEC = 1 for any other d).
+template <typename T, int VEC, bool WHOLE>
+__global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, const T* __restrict__ x,
+                                        int64_t rows, int64_t d, int G, float eps) {
+  const int64_t row = RowOf<WHOLE>(G);
+  const int lane = static_cast<int>(threadIdx.x % G);
+  const bool live = row < rows;  // false only for spare groups of the last block; they still shuffle
+  const int64_t nvec = d / VEC;
+  const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + (live ? row : 0) * d);  // (d,)
+  float ss = 0.f;
+  if (live) {
+    for (int64_t c = lane; c < nvec; c += G) {
+      const Vec<T, VEC> a = xr[c];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        const float f = ToFloat(a.v[v]);
+        ss += f * f;
+      }
+    }
+  }
+  ss = RowSum<WHOLE>(ss, G);
+  if (!live) return;
+  const float r = rsqrtf(ss / static_cast<float>(d) + eps);
+  if (lane == 0) rstd[row] = r;
+  auto* yr = reinterpret_cast<Vec<T, VEC>*>(y + row * d);  // (d,)
+  // The second read of the row: these threads loaded it a moment ago, so it comes from L1/L2.
+  for (int64_t c = lane; c < nvec; c += G) {
+    const Vec<T, VEC> a = xr[c];
+    Vec<T, VEC> o;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) o.v[v] = FromFloat<T>(ToFloat(a.v[v]) * r);
+    yr[c] = o;
+  }
+}
+
+// dx, dy, x (rows, d); rstd (rows,). With y_hat = x * r, mean(dy * y_hat) = r * <dy, x> / d, so
+//   dx = r * (dy - x * c),  c = r^2 * <dy, x> / d
+// which is exact also with eps inside r (d rstd / dx = -rstd^3 * x / d).
+template <typename T, int VEC, bool WHOLE>
+__global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                                         const float* __restrict__ rstd, int64_t rows, int64_t d, int G) {
+  const int64_t row = RowOf<WHOLE>(G);
+  const int lane = static_cast<int>(threadIdx.x % G);
+  const bool live = row < rows;
+  const int64_t nvec = d / VEC;
+  const int64_t base = (live ? row : 0) * d;
+  const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + base);    // (d,)
+  const auto* gr = reinterpret_cast<const Vec<T, VEC>*>(dy + base);   // (d,)
+  float dot = 0.f;
+  if (live) {
+    for (int64_t c = lane; c < nvec; c += G) {
+      const Vec<T, VEC> a = xr[c], g = gr[c];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) dot += ToFloat(g.v[v]) * ToFloat(a.v[v]);
+    }
+  }
+  dot = RowSum<WHOLE>(dot, G);
+  if (!live) return;
+  const float r = rstd[row];
+  const float k = r * r * dot / static_cast<float>(d);
+  auto* dxr = reinterpret_cast<Vec<T, VEC>*>(dx + base);  // (d,)
+  for (int64_t c = lane; c < nvec; c += G) {
+    const Vec<T, VEC> a = xr[c], g = gr[c];
+    Vec<T, VEC> o;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) o.v[v] = FromFloat<T>(r * (ToFloat(g.v[v]) - ToFloat(a.v[v]) * k));
+    dxr[c] = o;
+  }
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+namespace {
+
+// How rows of nvec vectors are spread over threads.
+struct RowPlan {
+  bool whole = false;  // one block per row (else lane groups)
+  int threads = 0;     // per block
+  int group = 0;       // threads per row: a power of two <= 32, or `threads` when whole
+  int64_t blocks = 0;
+};
+
+RowPlan PlanRows(int64_t rows, int64_t nvec) {
+  RowPlan p;
+  if (nvec <= kMaxGroupVecs) {
+    // The smallest power-of-two group that covers the row in one step, at most a warp (then up
+    // to 8 steps): a 64-wide bf16 head row is 8 vectors and takes 8 lanes, not a whole warp.
+    p.group = 1;
+    while (p.group < 32 && p.group < nvec) p.group *= 2;
+    p.threads = kGroupBlock;
+    p.blocks = (rows + kGroupBlock / p.group - 1) / (kGroupBlock / p.group);
+  } else {
+    // About 4 vectors per thread, whole warps, at most 1024 threads (wider rows loop more).
+    const int64_t want = ((nvec + 3) / 4 + 31) / 32 * 32;
+    p.whole = true;
+    p.threads = static_cast<int>(want < kMaxBlock ? want : kMaxBlock);
+    p.group = p.threads;
+    p.blocks = rows;
+  }
+  TORCH_CHECK(p.blocks <= INT32_MAX, "rms_norm: ", rows, " rows is more than one launch takes");
+  return p;
+}
+
+// 16-byte vectors when every row starts 16-byte aligned: d a multiple of the vector and every
+// base pointer aligned (a contiguous view at an odd storage offset is not); scalar otherwise.
+int RowVecWidth(int64_t d, size_t elem_size, std::initializer_list<const void*> ptrs) {
+  int w = VecWidth(d, elem_size);
+  for (const void* p : ptrs) {
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) w = 1;
+  }
+  return w;
+}
+
+}  // namespace
+
+template <typename T, int VEC>
+void rms_norm_forward(T* y, float* rstd, const T* x, int64_t rows, int64_t d, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  const RowPlan p = PlanRows(rows, d / VEC);
+  const auto grid = static_cast<unsigned>(p.blocks);
+  if (p.whole) {
+    rms_norm_forward_kernel<T, VEC, true><<<grid, p.threads, 0, stream>>>(y, rstd, x, rows, d, p.group, eps);
+  } else {
+    rms_norm_forward_kernel<T, VEC, false><<<grid, p.threads, 0, stream>>>(y, rstd, x, rows, d, p.group, eps);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int VEC>
+void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, int64_t rows, int64_t d,
+                       cudaStream_t stream) {
+  if (rows == 0) return;
+  const RowPlan p = PlanRows(rows, d / VEC);
+  const auto grid = static_cast<unsigned>(p.blocks);
+  if (p.whole) {
+    rms_norm_backward_kernel<T, VEC, true><<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, rows, d, p.group);
+  } else {
+    rms_norm_backward_kernel<T, VEC, false><<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, rows, d, p.group);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ----------------------------------------------------------------------------
+// ATen entry points
+
+RmsNormOut RmsNormForward(const at::Tensor& x_in, double eps) {
+  TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0,
+              "RmsNormForward: x must be a (..., d) CUDA tensor with d >= 1");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor x = x_in.contiguous();
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  RmsNormOut out;
+  out.y = at::empty(x.sizes(), x.options());                    // (..., d)
+  out.rstd = at::empty({rows}, x.options().dtype(at::kFloat));  // (rows,)
+  const int vec = RowVecWidth(d, x.element_size(), {x.data_ptr(), out.y.data_ptr()});
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
+    rms_norm_forward<T, VEC>(reinterpret_cast<T*>(out.y.data_ptr()), out.rstd.data_ptr<float>(),
+                             reinterpret_cast<const T*>(x.data_ptr()), rows, d, static_cast<float>(eps), stream);
+  });
+  return out;
+}
+
+at::Tensor RmsNormBackward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& rstd) {
+  TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0,
+              "RmsNormBackward: x must be a (..., d) CUDA tensor with d >= 1");
+  TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(), "RmsNormBackward: dy must be a CUDA tensor of x's shape");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor x = x_in.contiguous();
+  at::Tensor dy = dy_in.to(x.scalar_type()).contiguous();
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  TORCH_CHECK(rstd.is_cuda() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() && rstd.numel() == rows,
+              "RmsNormBackward: rstd must be the contiguous (rows,) fp32 tensor of RmsNormForward");
+  at::Tensor dx = at::empty(x.sizes(), x.options());  // (..., d)
+  const int vec = RowVecWidth(d, x.element_size(), {x.data_ptr(), dy.data_ptr(), dx.data_ptr()});
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
+    rms_norm_backward<T, VEC>(reinterpret_cast<T*>(dx.data_ptr()), reinterpret_cast<const T*>(dy.data_ptr()),
+                              reinterpret_cast<const T*>(x.data_ptr()), rstd.data_ptr<float>(), rows, d, stream);
+  });
+  return dx;
+}
+
+}  // namespace moe::kernels

@@ -1,0 +1,178 @@
+// kernels/rms_norm.cu against a float64 ATen reference on random data: the entry points (y, rstd,
+// dx) and moe::RmsNorm's autograd path, over a table of row counts, widths, dtypes, scales and
+// storage offsets; plus ATen's own CUDA rms_norm (the function the kernels replace) and a CUDA
+// graph capture (the training step is captured, so the launchers must not sync).
+#include "tests/kernels/kernel_test_util.h"
+
+#include <limits>
+#include <string>
+
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "core/model/rms_norm.h"
+#include "kernels/rms_norm.h"
+
+namespace {
+
+// ATen's default eps for bf16 and fp32 inputs alike (core/model/rms_norm.h).
+constexpr double kEps = std::numeric_limits<float>::epsilon();
+
+struct Case {
+  int64_t rows, d;
+  double scale;    // x = scale * randn: 1e-4 puts mean(x^2) = 1e-8 below eps, where eps decides y
+  int64_t offset;  // elements before x in its storage: 1 misaligns every row (scalar path)
+};
+
+// d_model 768 and the expert/MLP widths, an odd width (scalar path), 0 / 1 / 16384 rows; the
+// attention heads' 64 and 128 (lane groups narrower than a warp), wide rows (a block per row),
+// d = 1, and misaligned copies of the vector paths.
+const Case kCases[] = {
+    {1, 768, 1.0, 0},     {0, 768, 1.0, 0},     {16384, 768, 1.0, 0},  {16384, 768, 1e-4, 0},
+    {1, 1536, 1.0, 0},    {0, 1536, 1.0, 0},    {16384, 1536, 1.0, 0}, {1, 2048, 1.0, 0},
+    {0, 2048, 1.0, 0},    {16384, 2048, 3.0, 0}, {1, 100, 1.0, 0},     {0, 100, 1.0, 0},
+    {16384, 100, 1.0, 0}, {16384, 100, 1e-4, 1}, {1000, 768, 1.0, 1},  {4096, 64, 1.0, 0},
+    {4096, 128, 1e-4, 0}, {4096, 128, 1.0, 1},  {64, 8192, 1.0, 0},    {64, 8192, 1e-4, 0},
+    {33, 4099, 1.0, 0},   {7, 20000, 1.0, 0},   {257, 1, 1.0, 0},      {300, 24, 1.0, 0},
+};
+
+// A contiguous (rows, d) copy of `v` in dtype dt that starts `offset` elements into its storage.
+at::Tensor Place(const at::Tensor& v, at::ScalarType dt, int64_t offset) {
+  const int64_t n = v.numel();
+  at::Tensor buf = at::empty({n + offset}, v.options().dtype(dt));
+  at::Tensor x = buf.narrow(0, offset, n).view(v.sizes());
+  x.copy_(v);
+  return x;
+}
+
+// float64 reference of the forward and of the backward for the cotangent dy, through ATen's
+// autograd (independent of the kernel's closed form).
+struct Reference {
+  at::Tensor y, rstd, dx;
+};
+Reference Float64Reference(const at::Tensor& x, const at::Tensor& dy) {
+  Reference r;
+  at::Tensor xd = x.to(at::kDouble).detach().requires_grad_(true);
+  at::Tensor y = at::rms_norm(xd, {x.size(-1)}, {}, kEps);
+  r.rstd = (xd.detach().pow(2).mean(-1) + kEps).rsqrt().reshape({-1});
+  y.backward(dy.to(at::kDouble));
+  r.y = y.detach();
+  r.dx = xd.grad();
+  return r;
+}
+
+double Tol(at::ScalarType dt, double fp32, double bf16) { return dt == at::kFloat ? fp32 : bf16; }
+
+}  // namespace
+
+TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random rows", "[kernels][rms_norm]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(11);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (const Case& c : kCases) {
+      DYNAMIC_SECTION("dtype " << dt << " rows " << c.rows << " d " << c.d << " scale " << c.scale << " offset "
+                               << c.offset) {
+        at::Tensor x = Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
+        // The upstream gradient has a component along y, so the projection term of the backward
+        // (y_hat * mean(dy * y_hat)) is as large as dy itself and a kernel without it fails.
+        at::Tensor y_hat = at::rms_norm(x.to(at::kDouble), {c.d}, {}, kEps);
+        at::Tensor dy = Place(at::randn({c.rows, c.d}, cuda.dtype(at::kDouble)) + y_hat, dt, c.offset);
+        const Reference ref = Float64Reference(x, dy);
+
+        moe_test::PoisonAllocator(c.rows * c.d, dt);
+        moe_test::PoisonAllocator(c.rows, at::kFloat);
+        moe::kernels::RmsNormOut out = moe::kernels::RmsNormForward(x, kEps);
+        REQUIRE(out.y.sizes() == x.sizes());
+        REQUIRE(out.y.scalar_type() == dt);
+        REQUIRE(out.rstd.sizes() == at::IntArrayRef({c.rows}));
+        REQUIRE(out.rstd.scalar_type() == at::kFloat);
+        CHECK(moe_test::AllFinite(out.y));
+        CHECK(moe_test::AllFinite(out.rstd));
+        // rstd comes from the exact input values in fp32: tight in both dtypes (eps 2^-7 instead
+        // of 2^-23 is off by 0.4% at scale 1). y is rounded once to dt.
+        CHECK(moe_test::RelErr(out.rstd, ref.rstd) < 1e-5);
+        CHECK(moe_test::RelErr(out.y, ref.y) < Tol(dt, 1e-5, 5e-3));
+        // ATen's own CUDA rms_norm in dt (what the model called before): the same fp32 values
+        // rounded the same way, apart from rare rounding-boundary flips.
+        CHECK(moe_test::RelErr(out.y, at::rms_norm(x, {c.d})) < Tol(dt, 1e-5, 1e-3));
+
+        moe_test::PoisonAllocator(c.rows * c.d, dt);
+        at::Tensor dx = moe::kernels::RmsNormBackward(dy, x, out.rstd);
+        REQUIRE(dx.sizes() == x.sizes());
+        REQUIRE(dx.scalar_type() == dt);
+        CHECK(moe_test::AllFinite(dx));
+        CHECK(moe_test::RelErr(dx, ref.dx) < Tol(dt, 1e-5, 1e-2));
+
+        // The same through moe::RmsNorm's autograd function (the path the model takes).
+        at::Tensor xg = x.detach().clone().requires_grad_(true);
+        at::Tensor y = moe::RmsNorm(xg);
+        REQUIRE(y.grad_fn() != nullptr);
+        CHECK(y.grad_fn()->name().find("RmsNormFn") != std::string::npos);
+        moe_test::PoisonAllocator(c.rows * c.d, dt);
+        y.backward(dy);
+        REQUIRE(xg.grad().defined());
+        CHECK(moe_test::RelErr(y, ref.y) < Tol(dt, 1e-5, 5e-3));
+        CHECK(moe_test::RelErr(xg.grad(), ref.dx) < Tol(dt, 1e-5, 1e-2));
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: RmsNorm takes (B, T, H, hd) views and strided gradients like the attention's", "[kernels][rms_norm]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(12);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    DYNAMIC_SECTION("dtype " << dt) {
+      // q of a fused qkv projection: a non-contiguous slice of (B, T, H + 2Hkv, hd).
+      const int64_t B = 3, T = 50, H = 6, hd = 64;
+      at::Tensor qkv = at::randn({B, T, H + 4, hd}, cuda.dtype(dt));
+      at::Tensor q = qkv.narrow(2, 0, H).detach().requires_grad_(true);
+      REQUIRE_FALSE(q.is_contiguous());
+      // SDPA hands back gradients in (B, H, T, hd) layout, transposed to q's shape.
+      at::Tensor dy = at::randn({B, H, T, hd}, cuda.dtype(dt)).transpose(1, 2);
+      const Reference ref = Float64Reference(q.detach(), dy);
+      at::Tensor y = moe::RmsNorm(q);
+      REQUIRE(y.sizes() == q.sizes());
+      y.backward(dy);
+      CHECK(moe_test::RelErr(y, ref.y) < Tol(dt, 1e-5, 5e-3));
+      CHECK(moe_test::RelErr(q.grad(), ref.dx) < Tol(dt, 1e-5, 1e-2));
+    }
+  }
+}
+
+TEST_CASE("kernels: RmsNorm forward and backward replay from a CUDA graph", "[kernels][rms_norm]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(13);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    DYNAMIC_SECTION("dtype " << dt) {
+      at::Tensor x = at::randn({2048, 768}, cuda.dtype(dt));
+      at::Tensor dy = at::randn({2048, 768}, cuda.dtype(dt));
+      moe::kernels::RmsNormOut eager = moe::kernels::RmsNormForward(x, kEps);
+      at::Tensor eager_dx = moe::kernels::RmsNormBackward(dy, x, eager.rstd);
+      // A host sync inside the launchers would make the capture fail.
+      torch::cuda::synchronize();  // the inputs are ready before the side stream captures
+      at::cuda::CUDAGraph graph;
+      moe::kernels::RmsNormOut out;
+      at::Tensor dx;
+      {
+        c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
+        graph.capture_begin();
+        out = moe::kernels::RmsNormForward(x, kEps);
+        dx = moe::kernels::RmsNormBackward(dy, x, out.rstd);
+        graph.capture_end();
+      }
+      x.copy_(at::randn_like(x));  // replay reads the new values in place
+      graph.replay();
+      moe::kernels::RmsNormOut fresh = moe::kernels::RmsNormForward(x, kEps);
+      CHECK(at::equal(out.y, fresh.y));
+      CHECK(at::equal(out.rstd, fresh.rstd));
+      CHECK(at::equal(dx, moe::kernels::RmsNormBackward(dy, x, fresh.rstd)));
+      CHECK_FALSE(at::equal(out.y, eager.y));
+      CHECK_FALSE(at::equal(dx, eager_dx));
+    }
+  }
+}
