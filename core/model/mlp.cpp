@@ -1,5 +1,6 @@
 #include "core/model/mlp.h"
 
+#include "core/model/activations.h"
 
 namespace moe {
 
@@ -33,7 +34,7 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
   if (swiglu_) {
     h = torch::silu(h) * PlannedLinear(up_p_, x, up_->weight);
   } else {
-    h = torch::relu(h).square();
+    h = ReluSquare(h);
   }
   return PlannedLinear(out_p_, h, out_->weight);
 }

@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include "core/model/activations.h"
 #include "core/util/status.h"
 
 namespace moe {
@@ -64,9 +65,10 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w);
 torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, const ExpertWeights& w);
 
 // The expert activation between the two projections, shared by the backends.
-// a = x @ w1 (and b = x @ w3 for swiglu, else undefined).
+// a = x @ w1 (and b = x @ w3 for swiglu, else undefined); a may have zero rows (an expert with
+// no tokens).
 inline torch::Tensor ExpertActivation(const torch::Tensor& a, const torch::Tensor& b) {
-  return b.defined() ? torch::silu(a) * b : torch::relu(a).square();
+  return b.defined() ? torch::silu(a) * b : ReluSquare(a);
 }
 
 }  // namespace moe

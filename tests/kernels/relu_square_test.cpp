@@ -1,0 +1,144 @@
+// kernels/relu_square.cu against ATen on random data: the entry points and moe::ReluSquare's
+// autograd path, over a table of shapes (the experts' (tokens*k, 1536) activations, zero rows,
+// tails shorter than a vector), dtypes and storage offsets; against relu(x).square() in the same
+// dtype (equal: both round the same fp32 value once) and against float64; plus a CUDA graph
+// capture (the training step is captured, so the launchers must not sync).
+#include "tests/kernels/kernel_test_util.h"
+
+#include <string>
+
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "core/model/activations.h"
+#include "kernels/relu_square.h"
+
+namespace {
+
+struct Case {
+  int64_t rows, cols;
+  int64_t offset;  // elements before x in its storage: 1 misaligns it (scalar path)
+};
+
+const Case kCases[] = {
+    {0, 1536, 0},     {1, 1536, 0},    {32768, 1536, 0}, {32768, 1536, 1}, {16384, 3072, 0},
+    {1000, 100, 0},   {3, 7, 0},       {3, 7, 1},        {1, 1, 0},        {0, 0, 0},
+    {4097, 13, 0},    {257, 768, 1},
+};
+
+// A contiguous (rows, cols) copy of `v` in dtype dt that starts `offset` elements into its storage.
+at::Tensor Place(const at::Tensor& v, at::ScalarType dt, int64_t offset) {
+  const int64_t n = v.numel();
+  at::Tensor buf = at::empty({n + offset}, v.options().dtype(dt));
+  at::Tensor x = buf.narrow(0, offset, n).view(v.sizes());
+  x.copy_(v);
+  return x;
+}
+
+// Equal values (NaN fails; -0 equals 0, which the kernel's 2 * relu(x) * dy may give where ATen's
+// masked gradient gives +0).
+bool SameValues(const at::Tensor& a, const at::Tensor& b) {
+  return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && at::eq(a, b).all().item<bool>();
+}
+
+double Tol(at::ScalarType dt, double fp32, double bf16) { return dt == at::kFloat ? fp32 : bf16; }
+
+}  // namespace
+
+TEST_CASE("kernels: ReluSquare forward and backward match ATen on random data", "[kernels][relu_square]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(21);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (const Case& c : kCases) {
+      DYNAMIC_SECTION("dtype " << dt << " rows " << c.rows << " cols " << c.cols << " offset " << c.offset) {
+        const int64_t n = c.rows * c.cols;
+        at::Tensor x = Place(at::randn({c.rows, c.cols}, cuda), dt, c.offset);
+        at::Tensor dy = Place(at::randn({c.rows, c.cols}, cuda), dt, c.offset);
+        at::Tensor xd = x.to(at::kDouble), dyd = dy.to(at::kDouble);
+        at::Tensor y_ref = at::relu(xd).square();
+        at::Tensor dx_ref = 2.0 * at::relu(xd) * dyd;
+
+        moe_test::PoisonAllocator(n, dt);
+        at::Tensor y = moe::kernels::ReluSquareForward(x);
+        REQUIRE(y.sizes() == x.sizes());
+        REQUIRE(y.scalar_type() == dt);
+        CHECK(moe_test::AllFinite(y));
+        CHECK(SameValues(y, at::relu(x).square()));
+        CHECK(moe_test::RelErr(y, y_ref) < Tol(dt, 1e-6, 5e-3));
+
+        moe_test::PoisonAllocator(n, dt);
+        at::Tensor dx = moe::kernels::ReluSquareBackward(dy, x);
+        REQUIRE(dx.sizes() == x.sizes());
+        REQUIRE(dx.scalar_type() == dt);
+        CHECK(moe_test::AllFinite(dx));
+        CHECK(moe_test::RelErr(dx, dx_ref) < Tol(dt, 1e-6, 5e-3));
+
+        // Through moe::ReluSquare's autograd function (the path the MLP and the experts take),
+        // against ATen's autograd of relu(x).square() in the same dtype.
+        at::Tensor xg = x.detach().clone().requires_grad_(true);
+        at::Tensor xa = x.detach().clone().requires_grad_(true);
+        at::Tensor yg = moe::ReluSquare(xg);
+        REQUIRE(yg.grad_fn() != nullptr);
+        CHECK(yg.grad_fn()->name().find("ReluSquareFn") != std::string::npos);
+        at::Tensor ya = at::relu(xa).square();
+        moe_test::PoisonAllocator(n, dt);
+        yg.backward(dy);
+        ya.backward(dy);
+        REQUIRE(xg.grad().defined());
+        CHECK(SameValues(yg, ya));
+        CHECK(SameValues(xg.grad(), xa.grad()));
+        CHECK(moe_test::RelErr(xg.grad(), dx_ref) < Tol(dt, 1e-6, 5e-3));
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: ReluSquare takes non-contiguous inputs and gradients", "[kernels][relu_square]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(22);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    DYNAMIC_SECTION("dtype " << dt) {
+      at::Tensor x = at::randn({1536, 300}, cuda.dtype(dt)).t().detach().requires_grad_(true);  // (300, 1536)
+      at::Tensor dy = at::randn({1536, 300}, cuda.dtype(dt)).t();
+      REQUIRE_FALSE(x.is_contiguous());
+      at::Tensor y = moe::ReluSquare(x);
+      y.backward(dy);
+      at::Tensor xa = x.detach().clone().requires_grad_(true);
+      at::relu(xa).square().backward(dy);
+      CHECK(SameValues(y, at::relu(x.detach()).square()));
+      CHECK(SameValues(x.grad(), xa.grad()));
+    }
+  }
+}
+
+TEST_CASE("kernels: ReluSquare forward and backward replay from a CUDA graph", "[kernels][relu_square]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(23);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    DYNAMIC_SECTION("dtype " << dt) {
+      at::Tensor x = at::randn({4096, 1536}, cuda.dtype(dt));
+      at::Tensor dy = at::randn({4096, 1536}, cuda.dtype(dt));
+      at::Tensor eager_y = moe::kernels::ReluSquareForward(x);
+      torch::cuda::synchronize();  // the inputs are ready before the side stream captures
+      // A host sync inside the launchers would make the capture fail.
+      at::cuda::CUDAGraph graph;
+      at::Tensor y, dx;
+      {
+        c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
+        graph.capture_begin();
+        y = moe::kernels::ReluSquareForward(x);
+        dx = moe::kernels::ReluSquareBackward(dy, x);
+        graph.capture_end();
+      }
+      x.copy_(at::randn_like(x));  // replay reads the new values in place
+      graph.replay();
+      CHECK(at::equal(y, moe::kernels::ReluSquareForward(x)));
+      CHECK(at::equal(dx, moe::kernels::ReluSquareBackward(dy, x)));
+      CHECK_FALSE(at::equal(y, eager_y));
+    }
+  }
+}
