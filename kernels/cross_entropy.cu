@@ -1,0 +1,318 @@
+// Fused softmax cross-entropy over bf16 logits: the forward reads each row once (an online max
+// and sum of exponentials, fp32) and writes the per-row loss and logsumexp; the backward reads the
+// row once more and writes the bf16 gradient, recomputing the softmax from the saved logsumexp.
+// Replaces cast-to-fp32 + log_softmax + nll_loss, which moved the (N, V) logits through device
+// memory in fp32 several times per step (issue 5).
+#include "kernels/common.cuh"
+#include "kernels/cross_entropy.h"
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace moe::kernels {
+
+namespace {
+using bf16 = __nv_bfloat16;
+constexpr int kVec = 8;       // bf16 per 16-byte load
+constexpr int kUnroll = 4;    // 16-byte loads each thread has in flight before it uses the first
+constexpr int kSmallV = 2048; // below this a row is too short to keep 256 threads busy
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// kernels
+
+// A thread's (or a group's) running softmax denominator: s = sum over the values seen of
+// exp(x - m), m = their max. m is never NaN (fmaxf drops NaN); a NaN value makes s NaN instead,
+// so NaN logits give a NaN loss, as in ATen.
+struct MaxSum {
+  float m, s;
+};
+
+// s measured against m_old, re-expressed against m_new >= m_old. Equal maxima (-inf included,
+// where exp(-inf - -inf) would be NaN) leave s as it is.
+__device__ __forceinline__ float Rescale(float s, float m_old, float m_new) {
+  return m_old == m_new ? s : s * __expf(m_old - m_new);
+}
+
+__device__ __forceinline__ MaxSum Combine(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.m, b.m);
+  return {m, Rescale(a.s, a.m, m) + Rescale(b.s, b.m, m)};
+}
+
+// Folds K values into a: one max over all K, one rescale, then K exponentials (the K values are
+// already in registers, so this is a single pass over the row).
+template <int K>
+__device__ __forceinline__ void Accumulate(MaxSum& a, const float (&x)[K]) {
+  float m = a.m;
+#pragma unroll
+  for (int i = 0; i < K; ++i) m = fmaxf(m, x[i]);
+  a.s = Rescale(a.s, a.m, m);
+  a.m = m;
+  if (m == -INFINITY) {
+    // Only -inf (a masked vocabulary entry contributes exp(-inf) = 0) or NaN so far: x - m
+    // would be NaN for the -inf ones.
+#pragma unroll
+    for (int i = 0; i < K; ++i) a.s += isnan(x[i]) ? x[i] : 0.f;
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < K; ++i) a.s += __expf(x[i] - m);
+}
+
+// The (m, s) of the whole block, valid in thread 0.
+template <int BLOCK>
+__device__ __forceinline__ MaxSum BlockReduce(MaxSum a) {
+  static_assert(BLOCK % 32 == 0 && BLOCK <= 1024, "whole warps");
+  constexpr int kWarps = BLOCK / 32;
+  __shared__ float sm[kWarps], ss[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    a = Combine(a, {__shfl_xor_sync(0xffffffffu, a.m, off), __shfl_xor_sync(0xffffffffu, a.s, off)});
+  }
+  if (lane == 0) {
+    sm[warp] = a.m;
+    ss[warp] = a.s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    a = lane < kWarps ? MaxSum{sm[lane], ss[lane]} : MaxSum{-INFINITY, 0.f};
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+      a = Combine(a, {__shfl_xor_sync(0xffffffffu, a.m, off), __shfl_xor_sync(0xffffffffu, a.s, off)});
+    }
+  }
+  return a;
+}
+
+// Elements of the row before its first 16-byte boundary (rows start unaligned when V % 8 != 0;
+// bf16 tensors are always 2-byte aligned, so this is a whole number of elements).
+template <int VEC>
+__device__ __forceinline__ int HeadElems(const bf16* row, int V) {
+  if (VEC == 1) return 0;
+  const int mis = static_cast<int>(reinterpret_cast<uintptr_t>(row) % 16);
+  return min(mis == 0 ? 0 : (16 - mis) / static_cast<int>(sizeof(bf16)), V);
+}
+
+// One block per row r:
+//   lse[r]  = log(sum_j exp(logits[r, j]))                         logits (N, V) bf16
+//   loss[r] = lse[r] - logits[r, t]  (0 where t = targets[r] is ignore_index)
+// The row is split into a scalar head (up to the first 16-byte boundary), 16-byte vectors, and a
+// scalar tail, so any V and any row alignment read the body with vector loads.
+template <int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+    cross_entropy_forward_kernel(float* __restrict__ loss, float* __restrict__ lse, const bf16* __restrict__ logits,
+                                 const int64_t* __restrict__ targets, int V, int64_t ignore_index) {
+  const int64_t r = blockIdx.x;
+  const bf16* row = logits + r * V;  // int64: N*V exceeds 2^31 at the trainer's shapes
+  const int head = HeadElems<kVec>(row, V);
+  const int nvec = (V - head) / kVec;
+  const int tail = head + nvec * kVec;
+
+  MaxSum a{-INFINITY, 0.f};
+  for (int j = threadIdx.x; j < head; j += BLOCK) {
+    const float x[1] = {ToFloat(row[j])};
+    Accumulate<1>(a, x);
+  }
+  for (int j = tail + threadIdx.x; j < V; j += BLOCK) {
+    const float x[1] = {ToFloat(row[j])};
+    Accumulate<1>(a, x);
+  }
+  const auto* pv = reinterpret_cast<const Vec<bf16, kVec>*>(row + head);
+  int c = threadIdx.x;
+  for (; c + (kUnroll - 1) * BLOCK < nvec; c += kUnroll * BLOCK) {
+    Vec<bf16, kVec> v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = pv[c + u * BLOCK];
+    float x[kUnroll * kVec];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) x[u * kVec + i] = ToFloat(v[u].v[i]);
+    }
+    Accumulate<kUnroll * kVec>(a, x);
+  }
+  for (; c < nvec; c += BLOCK) {
+    const Vec<bf16, kVec> v = pv[c];
+    float x[kVec];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) x[i] = ToFloat(v.v[i]);
+    Accumulate<kVec>(a, x);
+  }
+
+  a = BlockReduce<BLOCK>(a);
+  if (threadIdx.x == 0) {
+    const float l = a.m + logf(a.s);  // all -inf: -inf + log(0) = -inf, and the loss NaN, as in ATen
+    lse[r] = l;
+    const int64_t t = targets[r];
+    if (t == ignore_index) {
+      loss[r] = 0.f;
+    } else {
+      CUDA_KERNEL_ASSERT(t >= 0 && t < V);
+      loss[r] = l - ToFloat(row[t]);
+    }
+  }
+}
+
+// One block per row r, t = targets[r]:
+//   dlogits[r, j] = (exp(logits[r, j] - lse[r]) - [j == t]) * dloss[r]      (N, V) bf16
+// and 0 for the whole row when t is ignore_index (its logits are not read). VEC = 8 reads and
+// writes 16-byte vectors after a common scalar head (the caller checks that logits and dlogits
+// share their alignment mod 16); VEC = 1 is all scalar.
+template <int BLOCK, int VEC>
+__global__ void __launch_bounds__(BLOCK)
+    cross_entropy_backward_kernel(bf16* __restrict__ dlogits, const bf16* __restrict__ logits,
+                                  const int64_t* __restrict__ targets, const float* __restrict__ lse,
+                                  const float* __restrict__ dloss, int V, int64_t ignore_index) {
+  const int64_t r = blockIdx.x;
+  const bf16* row = logits + r * V;
+  bf16* drow = dlogits + r * V;
+  const int head = HeadElems<VEC>(row, V);
+  const int nvec = (V - head) / VEC;
+  const int tail = head + nvec * VEC;
+  using VecT = Vec<bf16, VEC>;
+  auto* dv = reinterpret_cast<VecT*>(drow + head);
+
+  const int64_t t64 = targets[r];
+  if (t64 == ignore_index) {  // block-uniform
+    const bf16 zero = FromFloat<bf16>(0.f);
+    for (int j = threadIdx.x; j < head; j += BLOCK) drow[j] = zero;
+    for (int j = tail + threadIdx.x; j < V; j += BLOCK) drow[j] = zero;
+    VecT z;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) z.v[i] = zero;
+    for (int c = threadIdx.x; c < nvec; c += BLOCK) dv[c] = z;
+    return;
+  }
+  CUDA_KERNEL_ASSERT(t64 >= 0 && t64 < V);
+  const int t = static_cast<int>(t64);
+  const float l = lse[r], g = dloss[r];
+  auto grad = [&](float x, int j) { return FromFloat<bf16>((__expf(x - l) - (j == t ? 1.f : 0.f)) * g); };
+
+  for (int j = threadIdx.x; j < head; j += BLOCK) drow[j] = grad(ToFloat(row[j]), j);
+  for (int j = tail + threadIdx.x; j < V; j += BLOCK) drow[j] = grad(ToFloat(row[j]), j);
+  const auto* pv = reinterpret_cast<const VecT*>(row + head);
+  int c = threadIdx.x;
+  for (; c + (kUnroll - 1) * BLOCK < nvec; c += kUnroll * BLOCK) {
+    VecT v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = pv[c + u * BLOCK];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j0 = head + (c + u * BLOCK) * VEC;
+      VecT o;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) o.v[i] = grad(ToFloat(v[u].v[i]), j0 + i);
+      dv[c + u * BLOCK] = o;
+    }
+  }
+  for (; c < nvec; c += BLOCK) {
+    const VecT v = pv[c];
+    const int j0 = head + c * VEC;
+    VecT o;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) o.v[i] = grad(ToFloat(v.v[i]), j0 + i);
+    dv[c] = o;
+  }
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+void cross_entropy_forward(float* loss, float* lse, const bf16* logits, const int64_t* targets, int64_t N, int V,
+                           int64_t ignore_index, cudaStream_t stream) {
+  if (N == 0) return;
+  const auto grid = static_cast<unsigned>(N);
+  if (V >= kSmallV) {
+    cross_entropy_forward_kernel<256><<<grid, 256, 0, stream>>>(loss, lse, logits, targets, V, ignore_index);
+  } else {
+    cross_entropy_forward_kernel<64><<<grid, 64, 0, stream>>>(loss, lse, logits, targets, V, ignore_index);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int VEC>
+void cross_entropy_backward(bf16* dlogits, const bf16* logits, const int64_t* targets, const float* lse,
+                            const float* dloss, int64_t N, int V, int64_t ignore_index, cudaStream_t stream) {
+  if (N == 0) return;
+  const auto grid = static_cast<unsigned>(N);
+  if (V >= kSmallV) {
+    cross_entropy_backward_kernel<256, VEC>
+        <<<grid, 256, 0, stream>>>(dlogits, logits, targets, lse, dloss, V, ignore_index);
+  } else {
+    cross_entropy_backward_kernel<64, VEC>
+        <<<grid, 64, 0, stream>>>(dlogits, logits, targets, lse, dloss, V, ignore_index);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ----------------------------------------------------------------------------
+// ATen entry points
+
+namespace {
+void CheckLogitsTargets(const at::Tensor& logits, const at::Tensor& targets, const char* what) {
+  TORCH_CHECK(logits.is_cuda() && logits.dim() == 2 && logits.scalar_type() == at::kBFloat16 &&
+                  logits.is_contiguous(),
+              what, ": logits must be a contiguous (N, V) bf16 CUDA tensor");
+  // int indices within a row (with a block's worth of headroom past V).
+  TORCH_CHECK(logits.size(1) >= 1 && logits.size(1) <= (int64_t{1} << 30), what, ": V = ", logits.size(1),
+              " outside [1, 2^30]");
+  TORCH_CHECK(logits.size(0) <= std::numeric_limits<int>::max(), what, ": N = ", logits.size(0),
+              " rows exceed the grid");
+  TORCH_CHECK(targets.device() == logits.device() && targets.dim() == 1 && targets.scalar_type() == at::kLong &&
+                  targets.is_contiguous() && targets.size(0) == logits.size(0),
+              what, ": targets must be a contiguous (N,) int64 tensor on the logits' device");
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits, const at::Tensor& targets,
+                                                       int64_t ignore_index) {
+  CheckLogitsTargets(logits, targets, "CrossEntropyForward");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t N = logits.size(0);
+  const int V = static_cast<int>(logits.size(1));
+  auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor loss = at::empty({N}, f32);  // (N,)
+  at::Tensor lse = at::empty({N}, f32);   // (N,)
+  cross_entropy_forward(loss.data_ptr<float>(), lse.data_ptr<float>(),
+                        reinterpret_cast<const bf16*>(logits.data_ptr()), targets.data_ptr<int64_t>(), N, V,
+                        ignore_index, at::cuda::getCurrentCUDAStream());
+  return {loss, lse};
+}
+
+at::Tensor CrossEntropyBackward(const at::Tensor& dloss_in, const at::Tensor& logits, const at::Tensor& targets,
+                                const at::Tensor& lse, int64_t ignore_index) {
+  CheckLogitsTargets(logits, targets, "CrossEntropyBackward");
+  const int64_t N = logits.size(0);
+  TORCH_CHECK(lse.device() == logits.device() && lse.dim() == 1 && lse.size(0) == N &&
+                  lse.scalar_type() == at::kFloat && lse.is_contiguous(),
+              "CrossEntropyBackward: lse must be the forward's contiguous (N,) fp32 output");
+  TORCH_CHECK(dloss_in.device() == logits.device() && dloss_in.dim() == 1 && dloss_in.size(0) == N,
+              "CrossEntropyBackward: dloss must be (N,) on the logits' device");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  // The mean's backward hands over an expanded (stride 0) cotangent: materialise its N floats.
+  at::Tensor dloss = dloss_in.to(at::kFloat).contiguous();
+  const int V = static_cast<int>(logits.size(1));
+  at::Tensor dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);  // (N, V) bf16
+  const auto in = reinterpret_cast<uintptr_t>(logits.data_ptr()), out = reinterpret_cast<uintptr_t>(dlogits.data_ptr());
+  auto run = [&](auto vec) {
+    cross_entropy_backward<decltype(vec)::value>(
+        reinterpret_cast<bf16*>(dlogits.data_ptr()), reinterpret_cast<const bf16*>(logits.data_ptr()),
+        targets.data_ptr<int64_t>(), lse.data_ptr<float>(), dloss.data_ptr<float>(), N, V, ignore_index,
+        at::cuda::getCurrentCUDAStream());
+  };
+  // Vector loads and stores need the same head for both rows: the two base pointers must agree
+  // mod 16 (always, unless logits is a view that starts mid-vector).
+  if (in % 16 == out % 16) {
+    run(std::integral_constant<int, kVec>{});
+  } else {
+    run(std::integral_constant<int, 1>{});
+  }
+  return dlogits;
+}
+
+}  // namespace moe::kernels

@@ -1,0 +1,39 @@
+// ATen entry points of the fused softmax cross-entropy over bf16 logits (kernels/cross_entropy.cu).
+// Built only where CUDA is found (MOE_WITH_KERNELS). Both functions take CUDA tensors, run on the
+// current stream, allocate their outputs, check their launch and never synchronise with the host
+// (safe inside a CUDA graph capture). Not differentiable by themselves: the autograd wrapper, with
+// the mean over the rows, is core/model/cross_entropy.cpp.
+//
+// N rows of V logits each. Math is fp32 throughout (the logits are read as bf16 and widened);
+// the row is read once in the forward (online max and sum) and once in the backward (softmax
+// recomputed from the saved lse), so no (N, V) fp32 tensor is ever materialised.
+//
+// Targets follow ATen's cross_entropy: a target equal to ignore_index contributes zero loss and
+// zero gradient; any other target outside [0, V) fails a device-side assert (as ATen's
+// nll_loss does), which poisons the CUDA context.
+#pragma once
+
+#include <cstdint>
+#include <tuple>
+
+#include <ATen/ATen.h>
+
+namespace moe::kernels {
+
+// Forward. logits (N, V) bf16 contiguous, 1 <= V <= 2^30, N < 2^31; targets (N,) int64 contiguous.
+// Returns {loss, lse}, both newly allocated (N,) fp32:
+//   lse[r]  = log(sum_j exp(logits[r, j]))
+//   loss[r] = lse[r] - logits[r, targets[r]]   (0 where targets[r] == ignore_index)
+// N == 0 gives empty outputs and launches nothing.
+std::tuple<at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits, const at::Tensor& targets,
+                                                       int64_t ignore_index = -100);
+
+// Backward for the cotangent dloss (N,) fp32 of the per-row loss (any strides; it is made
+// contiguous). logits, targets as in the forward, lse (N,) fp32 its output. Returns a newly
+// allocated dlogits (N, V) bf16:
+//   dlogits[r, j] = (exp(logits[r, j] - lse[r]) - [j == targets[r]]) * dloss[r]
+// and exactly 0 for every j of a row whose target is ignore_index.
+at::Tensor CrossEntropyBackward(const at::Tensor& dloss, const at::Tensor& logits, const at::Tensor& targets,
+                                const at::Tensor& lse, int64_t ignore_index = -100);
+
+}  // namespace moe::kernels
