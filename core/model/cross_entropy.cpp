@@ -1,0 +1,55 @@
+#include "core/model/cross_entropy.h"
+
+#if defined(MOE_WITH_KERNELS)
+#include "kernels/cross_entropy.h"
+#endif
+
+namespace moe {
+
+namespace {
+
+constexpr int64_t kIgnoreIndex = -100;  // ATen's default, the one cross_entropy uses
+
+#if defined(MOE_WITH_KERNELS)
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool UseKernels(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return logits.is_cuda() && logits.scalar_type() == torch::kBFloat16 && logits.dim() == 2 &&
+         logits.size(1) >= 1 && logits.size(1) <= (int64_t{1} << 30) && targets.dim() == 1 &&
+         targets.scalar_type() == torch::kLong;
+}
+
+// Per-row losses (N,) fp32; the mean is taken outside in ATen ops, so its backward hands the
+// kernel dloss = upstream / count for every row (the kernel zeroes ignored rows itself).
+struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets) {
+    auto [loss, lse] = kernels::CrossEntropyForward(logits, targets, kIgnoreIndex);
+    // The bf16 logits (which nothing else keeps) and lse (N,): half the memory of the fp32
+    // log-softmax that ATen's path saves.
+    ctx->save_for_backward({logits, targets, lse});
+    return loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    return {kernels::CrossEntropyBackward(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex), torch::Tensor()};
+  }
+};
+#endif
+
+}  // namespace
+
+torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets) {
+#if defined(MOE_WITH_KERNELS)
+  if (UseKernels(logits, targets)) {
+    const torch::Tensor t = targets.contiguous();
+    torch::Tensor loss = CrossEntropyFn::apply(logits.contiguous(), t);     // (N,) fp32
+    torch::Tensor count = t.ne(kIgnoreIndex).sum().to(torch::kFloat32);    // () on the device: no sync
+    return loss.sum() / count;
+  }
+#endif
+  return torch::nn::functional::cross_entropy(logits.to(torch::kFloat32), targets);
+}
+
+}  // namespace moe

@@ -1,0 +1,22 @@
+// The LM loss: mean softmax cross-entropy of the logits against the next-token targets, behind one
+// dispatch point. On CUDA builds with kernels/ (MOE_WITH_KERNELS) and bf16 CUDA logits, the fused
+// kernels (kernels/cross_entropy.cu), which read the bf16 logits directly: no fp32 copy of the
+// (N, V) logits and no log-softmax tensor is made, forward or backward. Elsewhere (the CPU, fp32
+// logits) ATen's cross_entropy on an fp32 copy, exactly as before the kernels existed. Both
+// compute the same function.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace moe {
+
+// Mean over the rows r whose target is not -100 (ATen's default ignore_index) of
+// logsumexp(logits[r]) - logits[r, targets[r]], in fp32: the value of
+// torch::nn::functional::cross_entropy(logits.to(kFloat32), targets) with default options
+// (all rows ignored: NaN, as there). logits (N, V) floating point; targets (N,) int64 in [0, V)
+// or -100 (other values: an error on the CPU, a device-side assert on CUDA). Returns a () fp32
+// tensor on the logits' device, differentiable in logits (the gradient in logits' dtype). No
+// host synchronisation (the ignored-row count stays on the device): safe in a CUDA graph capture.
+torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets);
+
+}  // namespace moe
