@@ -1,6 +1,7 @@
 #include "core/model/gpt.h"
 
 #include "core/model/cast.h"
+#include "core/model/cross_entropy.h"
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
 #include "core/moe/aux_losses.h"
@@ -52,9 +53,11 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
     }
   }
   // The LM head stays in the compute dtype under FP8 (precision_plan.h says why).
-  torch::Tensor logits = CastLinear(RmsNorm(x), lm_head_->weight).to(torch::kFloat32);  // (B, T, V)
+  // Logits stay in the compute dtype: CrossEntropyLoss reads bf16 directly on CUDA (fused kernel)
+  // and makes the fp32 copy itself elsewhere.
+  torch::Tensor logits = CastLinear(RmsNorm(x), lm_head_->weight);  // (B, T, V)
   ForwardOut out;
-  out.ce_loss = torch::nn::functional::cross_entropy(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
+  out.ce_loss = CrossEntropyLoss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
   const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));
   out.balance_loss = balance;
   out.z_loss = z / layers;
