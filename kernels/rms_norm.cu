@@ -1,13 +1,14 @@
 // Parameterless RMSNorm over the last dimension, y = x * rstd with rstd = 1/sqrt(mean(x^2) + eps),
 // and its backward dx = rstd * (dy - y_hat * mean(dy * y_hat)), y_hat = x * rstd: one launch each,
-// every row reduced in fp32 by the threads that then write it. Short rows (attention heads, d_model
-// up to 2048 in bf16) go to lane groups inside a warp, so a row costs no __syncthreads and a block
-// holds many rows; wide rows get a whole block each.
+// every row reduced in fp32 by the threads that then write it, from registers (the row is read from
+// memory once, up to 4096 vectors: bf16 d 32768). Short rows (attention heads, d_model up to 2048 in bf16) go to lane groups inside a
+// warp, so a row costs no __syncthreads and a block holds many rows; wide rows get a whole block.
 #include "kernels/common.cuh"
 #include "kernels/rms_norm.h"
 
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,6 +17,7 @@ namespace moe::kernels {
 
 namespace {
 constexpr int kGroupBlock = 256;        // threads per block when lane groups (<= a warp) take the rows
+constexpr int kSmallGroupBlock = 64;    // the same, for the register-heavy 8 vectors per lane
 constexpr int64_t kMaxGroupVecs = 256;  // rows of up to this many vectors go to lane groups (8 per lane)
 constexpr int kMaxBlock = 1024;
 }  // namespace
@@ -71,8 +73,31 @@ __device__ __forceinline__ float RowSum(float v, int G) {
 
 }  // namespace
 
+// The row's vectors this thread owns, c = lane + i * G, held in registers between the reduction and
+// the write: ITEMS > 0 loads them all up front (independent loads in flight at once, and the row
+// is read from memory once); ITEMS = 0 is the fallback for rows too wide for that, which loops and
+// reads the row a second time (from L2) for the write.
+template <typename T, int VEC, int ITEMS>
+struct RowVecs {
+  Vec<T, VEC> v[ITEMS > 0 ? ITEMS : 1];
+  // Loads the owned vectors of row `p` (zeros past nvec or when !live, so sums need no guard).
+  __device__ __forceinline__ void Load(const Vec<T, VEC>* p, int lane, int G, int64_t nvec, bool live) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int64_t c = lane + static_cast<int64_t>(i) * G;
+      if (live && c < nvec) {
+        v[i] = p[c];
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[i].v[e] = FromFloat<T>(0.f);
+      }
+    }
+  }
+};
+
 // x, y (rows, d); rstd (rows,). Vectors of VEC elements; d % VEC == 0 (VEC = 1 for any other d).
-template <typename T, int VEC, bool WHOLE>
+// ITEMS > 0: nvec <= ITEMS * G (PlanRows guarantees it).
+template <typename T, int VEC, bool WHOLE, int ITEMS>
 __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, const T* __restrict__ x,
                                         int64_t rows, int64_t d, int G, float eps) {
   const int64_t row = RowOf<WHOLE>(G);
@@ -80,13 +105,24 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
   const bool live = row < rows;  // false only for spare groups of the last block; they still shuffle
   const int64_t nvec = d / VEC;
   const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + (live ? row : 0) * d);  // (d,)
+  RowVecs<T, VEC, ITEMS> a;
   float ss = 0.f;
-  if (live) {
-    for (int64_t c = lane; c < nvec; c += G) {
-      const Vec<T, VEC> a = xr[c];
+  if constexpr (ITEMS > 0) {
+    a.Load(xr, lane, G, nvec, live);
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        const float f = ToFloat(a.v[v]);
+    for (int i = 0; i < ITEMS; ++i) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float f = ToFloat(a.v[i].v[e]);
+        ss += f * f;
+      }
+    }
+  } else if (live) {
+    for (int64_t c = lane; c < nvec; c += G) {
+      const Vec<T, VEC> xv = xr[c];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float f = ToFloat(xv.v[e]);
         ss += f * f;
       }
     }
@@ -96,20 +132,27 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
   const float r = rsqrtf(ss / static_cast<float>(d) + eps);
   if (lane == 0) rstd[row] = r;
   auto* yr = reinterpret_cast<Vec<T, VEC>*>(y + row * d);  // (d,)
-  // The second read of the row: these threads loaded it a moment ago, so it comes from L1/L2.
-  for (int64_t c = lane; c < nvec; c += G) {
-    const Vec<T, VEC> a = xr[c];
+  auto scale = [r](const Vec<T, VEC>& xv) {
     Vec<T, VEC> o;
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) o.v[v] = FromFloat<T>(ToFloat(a.v[v]) * r);
-    yr[c] = o;
+    for (int e = 0; e < VEC; ++e) o.v[e] = FromFloat<T>(ToFloat(xv.v[e]) * r);
+    return o;
+  };
+  if constexpr (ITEMS > 0) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int64_t c = lane + static_cast<int64_t>(i) * G;
+      if (c < nvec) yr[c] = scale(a.v[i]);
+    }
+  } else {
+    for (int64_t c = lane; c < nvec; c += G) yr[c] = scale(xr[c]);
   }
 }
 
 // dx, dy, x (rows, d); rstd (rows,). With y_hat = x * r, mean(dy * y_hat) = r * <dy, x> / d, so
-//   dx = r * (dy - x * c),  c = r^2 * <dy, x> / d
+//   dx = r * (dy - x * k),  k = r^2 * <dy, x> / d
 // which is exact also with eps inside r (d rstd / dx = -rstd^3 * x / d).
-template <typename T, int VEC, bool WHOLE>
+template <typename T, int VEC, bool WHOLE, int ITEMS>
 __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
                                          const float* __restrict__ rstd, int64_t rows, int64_t d, int G) {
   const int64_t row = RowOf<WHOLE>(G);
@@ -117,14 +160,23 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict
   const bool live = row < rows;
   const int64_t nvec = d / VEC;
   const int64_t base = (live ? row : 0) * d;
-  const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + base);    // (d,)
-  const auto* gr = reinterpret_cast<const Vec<T, VEC>*>(dy + base);   // (d,)
+  const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + base);   // (d,)
+  const auto* gr = reinterpret_cast<const Vec<T, VEC>*>(dy + base);  // (d,)
+  RowVecs<T, VEC, ITEMS> a, g;
   float dot = 0.f;
-  if (live) {
-    for (int64_t c = lane; c < nvec; c += G) {
-      const Vec<T, VEC> a = xr[c], g = gr[c];
+  if constexpr (ITEMS > 0) {
+    a.Load(xr, lane, G, nvec, live);
+    g.Load(gr, lane, G, nvec, live);
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) dot += ToFloat(g.v[v]) * ToFloat(a.v[v]);
+    for (int i = 0; i < ITEMS; ++i) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) dot += ToFloat(g.v[i].v[e]) * ToFloat(a.v[i].v[e]);
+    }
+  } else if (live) {
+    for (int64_t c = lane; c < nvec; c += G) {
+      const Vec<T, VEC> xv = xr[c], gv = gr[c];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) dot += ToFloat(gv.v[e]) * ToFloat(xv.v[e]);
     }
   }
   dot = RowSum<WHOLE>(dot, G);
@@ -132,12 +184,20 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict
   const float r = rstd[row];
   const float k = r * r * dot / static_cast<float>(d);
   auto* dxr = reinterpret_cast<Vec<T, VEC>*>(dx + base);  // (d,)
-  for (int64_t c = lane; c < nvec; c += G) {
-    const Vec<T, VEC> a = xr[c], g = gr[c];
+  auto grad = [r, k](const Vec<T, VEC>& xv, const Vec<T, VEC>& gv) {
     Vec<T, VEC> o;
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) o.v[v] = FromFloat<T>(r * (ToFloat(g.v[v]) - ToFloat(a.v[v]) * k));
-    dxr[c] = o;
+    for (int e = 0; e < VEC; ++e) o.v[e] = FromFloat<T>(r * (ToFloat(gv.v[e]) - ToFloat(xv.v[e]) * k));
+    return o;
+  };
+  if constexpr (ITEMS > 0) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int64_t c = lane + static_cast<int64_t>(i) * G;
+      if (c < nvec) dxr[c] = grad(a.v[i], g.v[i]);
+    }
+  } else {
+    for (int64_t c = lane; c < nvec; c += G) dxr[c] = grad(xr[c], gr[c]);
   }
 }
 
@@ -151,6 +211,7 @@ struct RowPlan {
   bool whole = false;  // one block per row (else lane groups)
   int threads = 0;     // per block
   int group = 0;       // threads per row: a power of two <= 32, or `threads` when whole
+  int items = 0;       // vectors per thread held in registers (1, 2, 4, 8); 0: loop over the row
   int64_t blocks = 0;
 };
 
@@ -158,21 +219,48 @@ RowPlan PlanRows(int64_t rows, int64_t nvec) {
   RowPlan p;
   if (nvec <= kMaxGroupVecs) {
     // The smallest power-of-two group that covers the row in one step, at most a warp (then up
-    // to 8 steps): a 64-wide bf16 head row is 8 vectors and takes 8 lanes, not a whole warp.
+    // to 8 vectors per lane): a 64-wide bf16 head row is 8 vectors and takes 8 lanes.
     p.group = 1;
     while (p.group < 32 && p.group < nvec) p.group *= 2;
-    p.threads = kGroupBlock;
-    p.blocks = (rows + kGroupBlock / p.group - 1) / (kGroupBlock / p.group);
+    p.items = 1;
+    while (p.items * p.group < nvec) p.items *= 2;
+    // 8 vectors per lane take ~100-160 registers: small blocks, so that several fit on an SM.
+    p.threads = p.items >= 8 ? kSmallGroupBlock : kGroupBlock;
+    const int rows_per_block = p.threads / p.group;
+    p.blocks = (rows + rows_per_block - 1) / rows_per_block;
   } else {
-    // About 4 vectors per thread, whole warps, at most 1024 threads (wider rows loop more).
+    // About 4 vectors per thread, whole warps, at most 1024 threads; rows wider than 4 * 1024
+    // vectors (bf16 d > 32768) loop instead of holding the row in registers.
     const int64_t want = ((nvec + 3) / 4 + 31) / 32 * 32;
     p.whole = true;
     p.threads = static_cast<int>(want < kMaxBlock ? want : kMaxBlock);
     p.group = p.threads;
+    p.items = nvec <= 4 * static_cast<int64_t>(p.threads) ? 4 : 0;
     p.blocks = rows;
   }
   TORCH_CHECK(p.blocks <= INT32_MAX, "rms_norm: ", rows, " rows is more than one launch takes");
   return p;
+}
+
+// Calls f(whole, items) with both as compile-time constants (std::integral_constant) for the
+// kernel template, from the plan's runtime values.
+template <typename F>
+void WithPlan(const RowPlan& p, F&& f) {
+  using std::integral_constant;
+  if (p.whole) {
+    if (p.items == 4) {
+      f(std::true_type{}, integral_constant<int, 4>{});
+    } else {
+      f(std::true_type{}, integral_constant<int, 0>{});
+    }
+    return;
+  }
+  switch (p.items) {
+    case 1: f(std::false_type{}, integral_constant<int, 1>{}); break;
+    case 2: f(std::false_type{}, integral_constant<int, 2>{}); break;
+    case 4: f(std::false_type{}, integral_constant<int, 4>{}); break;
+    default: f(std::false_type{}, integral_constant<int, 8>{}); break;
+  }
 }
 
 // 16-byte vectors when every row starts 16-byte aligned: d a multiple of the vector and every
@@ -191,12 +279,10 @@ template <typename T, int VEC>
 void rms_norm_forward(T* y, float* rstd, const T* x, int64_t rows, int64_t d, float eps, cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
-  const auto grid = static_cast<unsigned>(p.blocks);
-  if (p.whole) {
-    rms_norm_forward_kernel<T, VEC, true><<<grid, p.threads, 0, stream>>>(y, rstd, x, rows, d, p.group, eps);
-  } else {
-    rms_norm_forward_kernel<T, VEC, false><<<grid, p.threads, 0, stream>>>(y, rstd, x, rows, d, p.group, eps);
-  }
+  WithPlan(p, [&](auto whole, auto items) {
+    rms_norm_forward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value>
+        <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(y, rstd, x, rows, d, p.group, eps);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -205,12 +291,10 @@ void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, int64_
                        cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
-  const auto grid = static_cast<unsigned>(p.blocks);
-  if (p.whole) {
-    rms_norm_backward_kernel<T, VEC, true><<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, rows, d, p.group);
-  } else {
-    rms_norm_backward_kernel<T, VEC, false><<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, rows, d, p.group);
-  }
+  WithPlan(p, [&](auto whole, auto items) {
+    rms_norm_backward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value>
+        <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(dx, dy, x, rstd, rows, d, p.group);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
