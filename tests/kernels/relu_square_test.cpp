@@ -4,8 +4,11 @@
 // dtype (equal: both round the same fp32 value once) and against float64; plus a CUDA graph
 // capture (the training step is captured, so the launchers must not sync).
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/graph_timer.h"
 
+#include <functional>
 #include <string>
+#include <vector>
 
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -140,5 +143,31 @@ TEST_CASE("kernels: ReluSquare forward and backward replay from a CUDA graph", "
       CHECK(at::equal(dx, moe::kernels::ReluSquareBackward(dy, x)));
       CHECK_FALSE(at::equal(y, eager_y));
     }
+  }
+}
+
+// Not run by default: `kernels_tests "[.bench]"` prints us per forward+backward (autograd, in a
+// CUDA graph) of moe::ReluSquare against relu(x).square() on the experts' (tokens*k, hidden)
+// activations.
+TEST_CASE("kernels: ReluSquare forward+backward time against relu(x).square()", "[.bench]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(24);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    std::vector<at::Tensor> xs, dys;
+    for (int i = 0; i < 2; ++i) {
+      xs.push_back(at::randn({32768, 1536}, at::TensorOptions().device(at::kCUDA).dtype(dt)).requires_grad_(true));
+      dys.push_back(at::randn_like(xs.back()));
+    }
+    auto time_us = [&](const std::function<at::Tensor(const at::Tensor&)>& act) {
+      int i = 0;
+      return moe_test::GraphTimeUs([&] {
+        const int k = i++ % 2;
+        xs[k].mutable_grad() = at::Tensor();  // no gradient accumulation pass in the timing
+        act(xs[k]).backward(dys[k]);
+      });
+    };
+    const double aten = time_us([](const at::Tensor& x) { return at::relu(x).square(); });
+    const double fused = time_us([](const at::Tensor& x) { return moe::ReluSquare(x); });
+    WARN("relu^2 fwd+bwd (32768, 1536) " << dt << ": relu(x).square() " << aten << " us, fused " << fused << " us");
   }
 }

@@ -3,9 +3,12 @@
 // storage offsets; plus ATen's own CUDA rms_norm (the function the kernels replace) and a CUDA
 // graph capture (the training step is captured, so the launchers must not sync).
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/graph_timer.h"
 
+#include <functional>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -174,5 +177,37 @@ TEST_CASE("kernels: RmsNorm forward and backward replay from a CUDA graph", "[ke
       CHECK_FALSE(at::equal(out.y, eager.y));
       CHECK_FALSE(at::equal(dx, eager_dx));
     }
+  }
+}
+
+// Not run by default: `kernels_tests "[.bench]"` prints us per forward+backward (autograd, in a
+// CUDA graph) of moe::RmsNorm against at::rms_norm at the model's shapes: the residual stream
+// (16384 tokens x 768, bf16 in the blocks, fp32 after the embedding) and the QK-norm head rows.
+TEST_CASE("kernels: RmsNorm forward+backward time against at::rms_norm", "[.bench]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(14);
+  struct Shape {
+    int64_t rows, d;
+    at::ScalarType dt;
+  };
+  for (const Shape& s : {Shape{16384, 768, at::kBFloat16}, Shape{16384, 768, at::kFloat},
+                         Shape{16384 * 12, 64, at::kBFloat16}, Shape{16384, 2048, at::kBFloat16}}) {
+    std::vector<at::Tensor> xs, dys;  // 4 input sets: together larger than L2 at these shapes
+    for (int i = 0; i < 4; ++i) {
+      xs.push_back(at::randn({s.rows, s.d}, at::TensorOptions().device(at::kCUDA).dtype(s.dt)).requires_grad_(true));
+      dys.push_back(at::randn_like(xs.back()));
+    }
+    auto time_us = [&](const std::function<at::Tensor(const at::Tensor&)>& norm) {
+      int i = 0;
+      return moe_test::GraphTimeUs([&] {
+        const int k = i++ % 4;
+        xs[k].mutable_grad() = at::Tensor();  // no gradient accumulation pass in the timing
+        norm(xs[k]).backward(dys[k]);
+      });
+    };
+    const double aten = time_us([](const at::Tensor& x) { return at::rms_norm(x, {x.size(-1)}); });
+    const double fused = time_us([](const at::Tensor& x) { return moe::RmsNorm(x); });
+    WARN("rms_norm fwd+bwd (" << s.rows << ", " << s.d << ") " << s.dt << ": at::rms_norm " << aten << " us, fused "
+                              << fused << " us");
   }
 }
