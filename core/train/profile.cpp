@@ -31,7 +31,13 @@ StepProfiler::StepProfiler(std::string run_dir, int rank, int world)
 
 void StepProfiler::BeforeStep(int64_t step) {
   if (step != first_) return;
-  std::set<ActivityType> acts = {ActivityType::CPU};
+  // MOE_PROFILE_ACTIVITIES=cuda: kernels only. Recording every CPU op slows the host enough
+  // that ranks of a multi-GPU run drift apart and wait for each other; without it the
+  // timeline keeps the unprofiled run's shape (but holes lose the name of the launching op).
+  const char* which = std::getenv("MOE_PROFILE_ACTIVITIES");
+  const bool cuda_only = which != nullptr && std::string(which) == "cuda" && torch::cuda::is_available();
+  std::set<ActivityType> acts;
+  if (!cuda_only) acts.insert(ActivityType::CPU);
   if (torch::cuda::is_available()) acts.insert(ActivityType::CUDA);
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
   prof::prepareProfiler(config, acts);

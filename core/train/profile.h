@@ -5,7 +5,8 @@
 // wall time, and writes a Chrome trace to <run dir>/profile.json. In a run of several ranks every
 // rank profiles the same steps and writes profile.rank<R>.json; only rank 0 prints the table
 // (scripts/trace_summary.py reads the traces: compute vs communication overlap, idle gaps).
-// Profiled steps run slower: their metrics are not figures to report. Unset (the default): does
+// MOE_PROFILE_ACTIVITIES=cuda records kernels only (much less host overhead, which matters when
+// ranks wait for each other). Profiled steps run slower: their metrics are not figures to report. Unset (the default): does
 // nothing.
 #pragma once
 
