@@ -2,7 +2,45 @@
 
 #include <torch/torch.h>
 
+#if defined(MOE_WITH_KERNELS)
+#include "kernels/rope.h"
+#endif
+
 namespace moe {
+
+namespace {
+
+#if defined(MOE_WITH_KERNELS)
+// The kernels' domain; shapes are checked by them (the ATen path would reject the same shapes).
+bool UseKernels(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  return x.is_cuda() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32) &&
+         x.dim() == 4 && cos.device() == x.device() && sin.device() == x.device() && cos.is_floating_point() &&
+         sin.is_floating_point();
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Saves only the tables (model buffers, no copy): the backward is a rotation of dy alone. The
+// kernels take fp32 tables; other float tables are converted first (exact from bf16; the kernels
+// round them to x's dtype as the ATen expression's cast does).
+struct RopeFn : public torch::autograd::Function<RopeFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin) {
+    torch::Tensor c = cos.to(torch::kFloat32), s = sin.to(torch::kFloat32);
+    ctx->save_for_backward({c, s});
+    ctx->saved_data["dtype"] = static_cast<int64_t>(x.scalar_type());
+    return kernels::RopeForward(x, c, s);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt());
+    return {kernels::RopeBackward(grads[0].to(dtype), saved[0], saved[1]), torch::Tensor(), torch::Tensor()};
+  }
+};
+#endif
+
+}  // namespace
 
 RopeTables MakeRopeTables(int64_t seq_len, int64_t head_dim, double base) {
   TORCH_CHECK(head_dim % 2 == 0, "RoPE needs an even head_dim, got ", head_dim);
@@ -15,6 +53,9 @@ RopeTables MakeRopeTables(int64_t seq_len, int64_t head_dim, double base) {
 }
 
 torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+#if defined(MOE_WITH_KERNELS)
+  if (UseKernels(x, cos, sin)) return RopeFn::apply(x, cos, sin);
+#endif
   const int64_t T = x.size(1);
   const int64_t half = x.size(-1) / 2;
   // (1, T, 1, hd/2): broadcast over batch and heads.

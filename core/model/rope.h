@@ -18,7 +18,10 @@ struct RopeTables {
 RopeTables MakeRopeTables(int64_t seq_len, int64_t head_dim, double base);
 
 // x: (B, T, H, head_dim) in any float dtype; cos/sin: (>= T, head_dim/2). Uses the first T rows,
-// cast to x's dtype. Returns the rotated tensor, same shape and dtype.
+// cast to x's dtype. Returns the rotated tensor, same shape and dtype, contiguous. Differentiable
+// in x. On CUDA bf16/fp32 (kernels built) it runs the fused kernels of kernels/rope.h: x may then
+// be a view with any (B, T, H) strides (q, k of the fused qkv projection) and the math is fp32
+// from the dtype-rounded tables, rounded once; elsewhere it is the ATen expression.
 torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
 }  // namespace moe
