@@ -1,5 +1,6 @@
 #include "core/model/activations.h"
 
+#include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/relu_square.h"
 #endif
@@ -7,15 +8,6 @@
 namespace moe {
 
 namespace {
-
-bool UseKernels(const torch::Tensor& x) {
-#if defined(MOE_WITH_KERNELS)
-  return x.is_cuda() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32);
-#else
-  (void)x;
-  return false;
-#endif
-}
 
 #if defined(MOE_WITH_KERNELS)
 using torch::autograd::AutogradContext;
@@ -39,7 +31,7 @@ struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
 
 torch::Tensor ReluSquare(const torch::Tensor& x) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(x)) return ReluSquareFn::apply(x);
+  if (OnKernelDevice(x)) return ReluSquareFn::apply(x);
 #endif
   return torch::relu(x).square();
 }

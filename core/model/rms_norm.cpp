@@ -2,6 +2,7 @@
 
 #include <limits>
 
+#include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/rms_norm.h"
 #endif
@@ -15,17 +16,9 @@ namespace {
 // the model normalises, not torch.finfo(bf16).eps = 2^-7.
 constexpr double kEps = std::numeric_limits<float>::epsilon();
 
-bool UseKernels(const torch::Tensor& x) {
 #if defined(MOE_WITH_KERNELS)
-  return x.is_cuda() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32) &&
-         x.dim() >= 1 && x.size(-1) > 0;
-#else
-  (void)x;
-  return false;
-#endif
-}
+bool UseKernels(const torch::Tensor& x) { return OnKernelDevice(x) && x.dim() >= 1 && x.size(-1) > 0; }
 
-#if defined(MOE_WITH_KERNELS)
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/rope.h"
 #endif
@@ -13,9 +14,8 @@ namespace {
 #if defined(MOE_WITH_KERNELS)
 // The kernels' domain; shapes are checked by them (the ATen path would reject the same shapes).
 bool UseKernels(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  return x.is_cuda() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat32) &&
-         x.dim() == 4 && cos.device() == x.device() && sin.device() == x.device() && cos.is_floating_point() &&
-         sin.is_floating_point();
+  return OnKernelDevice(x) && x.dim() == 4 && cos.device() == x.device() && sin.device() == x.device() &&
+         cos.is_floating_point() && sin.is_floating_point();
 }
 
 using torch::autograd::AutogradContext;

@@ -1,5 +1,6 @@
 #include "core/moe/permute.h"
 
+#include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/moe_kernels.h"
 #endif
@@ -7,23 +8,6 @@
 namespace moe {
 
 namespace {
-
-constexpr bool KernelsBuilt() {
-#if defined(MOE_WITH_KERNELS)
-  return true;
-#else
-  return false;
-#endif
-}
-
-bool UseKernels(const torch::Tensor& t) {
-#if defined(MOE_WITH_KERNELS)
-  return t.is_cuda() && (t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat32);
-#else
-  (void)t;
-  return false;
-#endif
-}
 
 #if defined(MOE_WITH_KERNELS)
 using torch::autograd::AutogradContext;
@@ -77,14 +61,14 @@ RowOrder MakeRowOrder(const torch::Tensor& sorted, int64_t M, int64_t k) {
 
 torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(x) && order.inv.defined()) return PermuteFn::apply(x, order.tok, order.inv, order.n_tokens, order.k);
+  if (OnKernelDevice(x) && order.inv.defined()) return PermuteFn::apply(x, order.tok, order.inv, order.n_tokens, order.k);
 #endif
   return x.index_select(0, order.tok);
 }
 
 torch::Tensor UnpermuteTokens(const torch::Tensor& ys, const torch::Tensor& w, const RowOrder& order) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(ys) && order.inv.defined() && order.k <= 8) {
+  if (OnKernelDevice(ys) && order.inv.defined() && order.k <= 8) {
     return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.inv);
   }
 #endif
@@ -113,7 +97,7 @@ SlotOrder MakeSlotOrder(const torch::Tensor& indices, const torch::Tensor& keep,
 
 torch::Tensor PermuteToSlots(const torch::Tensor& x, const SlotOrder& order) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(x) && order.tok.defined()) return PermuteFn::apply(x, order.tok, order.slot, order.n_tokens, order.k);
+  if (OnKernelDevice(x) && order.tok.defined()) return PermuteFn::apply(x, order.tok, order.slot, order.n_tokens, order.k);
 #endif
   const int64_t S = order.slots, d = x.size(1);
   torch::Tensor token = torch::arange(order.n_tokens * order.k, order.slot.options()).div(order.k, "floor");
@@ -124,7 +108,7 @@ torch::Tensor PermuteToSlots(const torch::Tensor& x, const SlotOrder& order) {
 
 torch::Tensor UnpermuteFromSlots(const torch::Tensor& ys, const torch::Tensor& w, const SlotOrder& order) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(ys) && order.tok.defined() && order.k <= 8) {
+  if (OnKernelDevice(ys) && order.tok.defined() && order.k <= 8) {
     return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.slot);
   }
 #endif
@@ -137,7 +121,7 @@ torch::Tensor UnpermuteFromSlots(const torch::Tensor& ys, const torch::Tensor& w
 torch::Tensor PermuteRowsExact(const torch::Tensor& x, const torch::Tensor& perm, const torch::Tensor& inv) {
 #if defined(MOE_WITH_KERNELS)
   // A permutation is a routing with k = 1: the forward gathers by perm, the backward by inv.
-  if (UseKernels(x) && perm.is_cuda()) return PermuteFn::apply(x, perm, inv, x.size(0), 1);
+  if (OnKernelDevice(x) && perm.is_cuda()) return PermuteFn::apply(x, perm, inv, x.size(0), 1);
 #endif
   (void)inv;
   return x.index_select(0, perm);
