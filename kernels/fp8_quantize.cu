@@ -1,0 +1,453 @@
+// FP8 quantisation, scale = fp8_max / max(amax, eps) and data = fp8(x * scale), fused:
+//   rows of a contiguous x:  one launch; a warp (short rows) or a block (wide rows) per row reduces
+//                            its amax, writes the scale, and re-reads the row (from L1/L2) to cast.
+//   rows of a transposed x:  x = base^T with base (B, C, R) contiguous; x's rows are base's
+//                            columns. Column amax over tiles (atomicMax into (B, R)), then one
+//                            tiled cast-and-transpose through shared memory, coalesced both ways.
+//   one scale per tensor:    grid-stride amax (atomicMax into one float), then the cast (plain, or
+//                            the tiled transpose for a transposed x).
+// Amax atomics use the float's bits as an unsigned int: for non-negative floats (|x|, sign bit
+// clear) the bit patterns order as the values do, and a NaN's (0x7F800001..) are above +inf's, so
+// the maximum propagates NaN as ATen's amax norm does. No host syncs: the step is a CUDA graph.
+#include "kernels/common.cuh"
+#include "kernels/fp8_quantize.h"
+
+#include <cuda_fp8.h>
+
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace moe::kernels {
+
+namespace {
+constexpr int kRowBlock = 256;        // threads per block of the row kernel (8 warps, or a whole row)
+constexpr int64_t kMaxWarpVecs = 256; // rows of up to this many vectors get a warp (8 per lane)
+constexpr int kTileR = 64;            // transposed tiles: x rows (base columns) per tile
+constexpr int kTileC = 128;           // x columns (base rows) per tile: one 128-byte fp8 line per x row
+constexpr int kAmaxRows = 256;        // base rows per block of the column-amax kernel
+constexpr int kFlatBlock = 256;       // threads per block of the whole-tensor kernels
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// kernels
+
+namespace {
+
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ constexpr float Fp8MaxOf() {
+  return F == __NV_E4M3 ? 448.f : 57344.f;
+}
+
+// As AmaxToScale: fp8_max / clamp_min(amax, eps), in fp32 with IEEE division (__fdiv_rn, whatever
+// the compile flags). Written so that a NaN amax gives a NaN scale, as ATen's clamp_min does
+// (fmaxf would return eps).
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ float ScaleOf(float amax, float eps) {
+  return __fdiv_rn(Fp8MaxOf<F>(), amax < eps ? eps : amax);
+}
+
+// |v| as ordered bits (see the file comment).
+template <typename T>
+__device__ __forceinline__ unsigned AbsBits(T v) {
+  return __float_as_uint(fabsf(ToFloat(v)));
+}
+__device__ __forceinline__ unsigned MaxU(unsigned a, unsigned b) { return a > b ? a : b; }
+
+__device__ __forceinline__ unsigned WarpMax(unsigned v) {
+  for (int off = 16; off > 0; off /= 2) v = MaxU(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// Maximum over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
+// Called once per kernel, so the shared arrays need no sync before reuse.
+__device__ __forceinline__ unsigned BlockMax(unsigned v) {
+  __shared__ unsigned partial[32];
+  __shared__ unsigned total;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = WarpMax(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    unsigned m = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : 0u;
+    m = WarpMax(m);
+    if (lane == 0) total = m;
+  }
+  __syncthreads();
+  return total;
+}
+
+// fp32 product, then one round-to-nearest-even cast. __NV_SATFINITE clamps to +-fp8_max (inf
+// included) and keeps NaN a NaN; a clamp by fminf/fmaxf before the cast would turn NaN into 448.
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ uint8_t CastFp8(float v, float scale) {
+  return __nv_cvt_float_to_fp8(__fmul_rn(v, scale), __NV_SATFINITE, F);
+}
+
+// VEC scaled casts of one input vector into VEC bytes, two per cvt where VEC is even.
+template <typename T, int VEC, __nv_fp8_interpretation_t F>
+__device__ __forceinline__ Vec<uint8_t, VEC> CastVec(const Vec<T, VEC>& in, float scale) {
+  Vec<uint8_t, VEC> o;
+  if constexpr (VEC % 2 == 0) {
+#pragma unroll
+    for (int e = 0; e < VEC; e += 2) {
+      const float2 p = make_float2(__fmul_rn(ToFloat(in.v[e]), scale), __fmul_rn(ToFloat(in.v[e + 1]), scale));
+      const __nv_fp8x2_storage_t q = __nv_cvt_float2_to_fp8x2(p, __NV_SATFINITE, F);  // .x in the low byte
+      o.v[e] = static_cast<uint8_t>(q & 0xffu);
+      o.v[e + 1] = static_cast<uint8_t>(q >> 8);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) o.v[e] = CastFp8<F>(ToFloat(in.v[e]), scale);
+  }
+  return o;
+}
+
+}  // namespace
+
+// Row scales of a contiguous x: (rows, K) -> out (rows, K) fp8, scale (rows,) fp32. Vectors of
+// VEC elements (K % VEC == 0, x 16-byte aligned when VEC > 1). WHOLE: a block per row (row =
+// blockIdx.x); else a warp per row, kRowBlock / 32 rows per block. Pass 1 reduces the amax,
+// pass 2 re-reads the row (a warp's 1.5 KiB row of d_model 768 is still in L1) to cast it.
+template <typename T, int VEC, __nv_fp8_interpretation_t F, bool WHOLE>
+__global__ void fp8_quantize_rows_kernel(uint8_t* __restrict__ out, float* __restrict__ scale,
+                                         const T* __restrict__ x, int64_t rows, int64_t K, float eps) {
+  const int64_t row = WHOLE ? static_cast<int64_t>(blockIdx.x)
+                            : static_cast<int64_t>(blockIdx.x) * (kRowBlock / 32) + threadIdx.x / 32;
+  if (!WHOLE && row >= rows) return;  // the whole warp leaves: it shuffles with no one else
+  const int lane = WHOLE ? static_cast<int>(threadIdx.x) : static_cast<int>(threadIdx.x % 32);
+  const int G = WHOLE ? static_cast<int>(blockDim.x) : 32;
+  const int64_t nvec = K / VEC;
+  const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + row * K);  // (K,)
+  unsigned m = 0u;
+#pragma unroll 4
+  for (int64_t c = lane; c < nvec; c += G) {
+    const Vec<T, VEC> v = xr[c];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v.v[e]));
+  }
+  m = WHOLE ? BlockMax(m) : WarpMax(m);
+  const float s = ScaleOf<F>(__uint_as_float(m), eps);
+  if (lane == 0) scale[row] = s;
+  auto* orow = reinterpret_cast<Vec<uint8_t, VEC>*>(out + row * K);  // (K,) fp8
+#pragma unroll 4
+  for (int64_t c = lane; c < nvec; c += G) orow[c] = CastVec<T, VEC, F>(xr[c], s);
+}
+
+// Whole-tensor amax: amax (one float's bits, zeroed by the launcher) = max |x| over the nvec
+// vectors of x, grid-stride, one atomic per block.
+template <typename T, int VEC>
+__global__ void fp8_tensor_amax_kernel(unsigned* __restrict__ amax, const T* __restrict__ x, int64_t nvec) {
+  const auto* xv = reinterpret_cast<const Vec<T, VEC>*>(x);
+  unsigned m = 0u;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nvec;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const Vec<T, VEC> v = xv[i];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v.v[e]));
+  }
+  m = BlockMax(m);
+  if (threadIdx.x == 0) atomicMax(amax, m);
+}
+
+// Whole-tensor cast of a contiguous x: out (nvec vectors) = fp8(x * scale), scale from the amax
+// the previous kernel left in device memory; block 0 writes it to scale_out ().
+template <typename T, int VEC, __nv_fp8_interpretation_t F>
+__global__ void fp8_tensor_cast_kernel(uint8_t* __restrict__ out, float* __restrict__ scale_out,
+                                       const T* __restrict__ x, const unsigned* __restrict__ amax, int64_t nvec,
+                                       float eps) {
+  const float s = ScaleOf<F>(__uint_as_float(*amax), eps);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = s;
+  const auto* xv = reinterpret_cast<const Vec<T, VEC>*>(x);
+  auto* ov = reinterpret_cast<Vec<uint8_t, VEC>*>(out);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < nvec;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    ov[i] = CastVec<T, VEC, F>(xv[i], s);
+  }
+}
+
+// Column amax of base (B, C, R) contiguous: amax (B, R) float bits, zeroed by the launcher, gets
+// max over c of |base[b, c, r]|. Block (32, 8) covers 64 columns x kAmaxRows rows: each warp reads
+// 64 consecutive elements of a row per step (coalesced), the 8 warps' partials meet in shared
+// memory, and one atomicMax per column and block combines the row chunks.
+// Grid (ceil(C / kAmaxRows), ceil(R / 64), B).
+template <typename T>
+__global__ void fp8_column_amax_kernel(unsigned* __restrict__ amax, const T* __restrict__ base, int64_t R,
+                                       int64_t C) {
+  __shared__ unsigned part[8][kTileR];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t b = blockIdx.z;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kAmaxRows, r0 = static_cast<int64_t>(blockIdx.y) * kTileR;
+  const T* src = base + b * C * R;  // (C, R)
+  unsigned m[kTileR / 32] = {};
+  for (int i = ty; i < kAmaxRows; i += 8) {
+    const int64_t c = c0 + i;
+    if (c >= C) break;
+#pragma unroll
+    for (int k = 0; k < kTileR / 32; ++k) {
+      const int64_t r = r0 + tx + 32 * k;
+      if (r < R) m[k] = MaxU(m[k], AbsBits(src[c * R + r]));
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kTileR / 32; ++k) part[ty][tx + 32 * k] = m[k];
+  __syncthreads();
+  if (ty == 0) {
+#pragma unroll
+    for (int k = 0; k < kTileR / 32; ++k) {
+      const int64_t r = r0 + tx + 32 * k;
+      unsigned v = 0u;
+#pragma unroll
+      for (int w = 0; w < 8; ++w) v = MaxU(v, part[w][tx + 32 * k]);
+      if (r < R) atomicMax(amax + b * R + r, v);
+    }
+  }
+}
+
+// Cast and transpose: base (B, C, R) contiguous -> out (B, R, C) fp8 contiguous, out[b, r, c] =
+// fp8(base[b, c, r] * scale), scale per (b, r) from amax (B, R) (ROWWISE) or one from amax (1,).
+// The blocks of the first column tile write the scales (scale_out (B, R), or () once).
+// Block (32, 8) per kTileR x kTileC tile of out: reads go along base rows (32 consecutive
+// elements per warp), the fp8 bytes land transposed in shared memory, and the writes go along out
+// rows, 4 bytes per lane (a 128-byte line per warp) where C % 4 == 0 and the tile is whole.
+// The tile's row stride, kTileC + 4 bytes = 33 words, keeps both shared-memory phases free of bank
+// conflicts (the byte stores of a warp hit 32 consecutive rows, the word loads one row).
+// Grid (ceil(C / kTileC), ceil(R / kTileR), B).
+template <typename T, __nv_fp8_interpretation_t F, bool ROWWISE>
+__global__ void fp8_cast_transpose_kernel(uint8_t* __restrict__ out, float* __restrict__ scale_out,
+                                          const T* __restrict__ base, const unsigned* __restrict__ amax, int64_t R,
+                                          int64_t C, float eps) {
+  __shared__ __align__(16) uint8_t tile[kTileR][kTileC + 4];
+  __shared__ float s_scale[kTileR];
+  const int tx = threadIdx.x, ty = threadIdx.y, lin = ty * 32 + tx;
+  const int64_t b = blockIdx.z;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTileC, r0 = static_cast<int64_t>(blockIdx.y) * kTileR;
+  if (lin < kTileR) {
+    const int64_t r = r0 + lin;
+    float s = 0.f;
+    if constexpr (ROWWISE) {
+      if (r < R) {
+        s = ScaleOf<F>(__uint_as_float(amax[b * R + r]), eps);
+        if (blockIdx.x == 0) scale_out[b * R + r] = s;
+      }
+    } else {
+      s = ScaleOf<F>(__uint_as_float(amax[0]), eps);
+      if (lin == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) *scale_out = s;
+    }
+    s_scale[lin] = s;
+  }
+  __syncthreads();
+  const T* src = base + b * C * R;  // (C, R)
+#pragma unroll 4
+  for (int i = 0; i < kTileC / 8; ++i) {
+    const int cl = ty + 8 * i;
+    const int64_t c = c0 + cl;
+#pragma unroll
+    for (int k = 0; k < kTileR / 32; ++k) {
+      const int rl = tx + 32 * k;
+      const int64_t r = r0 + rl;
+      if (c < C && r < R) tile[rl][cl] = CastFp8<F>(ToFloat(src[c * R + r]), s_scale[rl]);
+    }
+  }
+  __syncthreads();
+  uint8_t* dst = out + b * R * C;  // (R, C)
+  if (C % 4 == 0 && c0 + kTileC <= C) {
+    constexpr int kWords = kTileC / 4;  // 32: one warp per tile row
+#pragma unroll
+    for (int j = 0; j < kTileR * kWords / 256; ++j) {
+      const int idx = lin + 256 * j, rl = idx / kWords, w = idx % kWords;
+      const int64_t r = r0 + rl;
+      if (r < R) {
+        *reinterpret_cast<uint32_t*>(dst + r * C + c0 + 4 * w) = *reinterpret_cast<const uint32_t*>(&tile[rl][4 * w]);
+      }
+    }
+  } else {
+    for (int idx = lin; idx < kTileR * kTileC; idx += 256) {
+      const int rl = idx / kTileC, cl = idx % kTileC;
+      const int64_t r = r0 + rl, c = c0 + cl;
+      if (r < R && c < C) dst[r * C + c] = tile[rl][cl];
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+namespace {
+
+// Calls f() with T (the input element type) and F (the fp8 format) bound as types/constants.
+template <typename Fn>
+void DispatchTypes(at::ScalarType dt, at::ScalarType fp8, Fn&& f) {
+  auto with_f = [&](auto t) {
+    if (fp8 == at::kFloat8_e4m3fn) {
+      f(t, std::integral_constant<__nv_fp8_interpretation_t, __NV_E4M3>{});
+    } else {
+      f(t, std::integral_constant<__nv_fp8_interpretation_t, __NV_E5M2>{});
+    }
+  };
+  if (dt == at::kBFloat16) {
+    with_f(__nv_bfloat16{});
+  } else {
+    with_f(float{});
+  }
+}
+
+// 16-byte vectors where n elements divide into them and every pointer is 16-byte aligned.
+int FlatVecWidth(int64_t n, size_t elem_size, const void* p) {
+  const int w = VecWidth(n, elem_size);
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 ? w : 1;
+}
+
+int FlatBlocks(int64_t nvec) {
+  const int64_t cap = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+  const int64_t want = (nvec + kFlatBlock - 1) / kFlatBlock;
+  return static_cast<int>(want < cap ? want : cap);
+}
+
+// A zeroed buffer of n floats for the amax atomics (a memset node in a captured graph).
+at::Tensor ZeroAmax(int64_t n, const at::Tensor& like, cudaStream_t stream) {
+  at::Tensor a = at::empty({n}, like.options().dtype(at::kFloat));
+  C10_CUDA_CHECK(cudaMemsetAsync(a.data_ptr(), 0, n * sizeof(float), stream));
+  return a;
+}
+
+// Calls f(VEC) with VEC a compile-time constant: 16 bytes of T, or 1.
+template <typename T, typename Fn>
+void WithVec(int vec, Fn&& f) {
+  constexpr int kVec16 = static_cast<int>(16 / sizeof(T));
+  if (vec == kVec16) {
+    f(std::integral_constant<int, kVec16>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// amax (zeroed) = max |x| over the n contiguous elements at x.
+template <typename T>
+void LaunchTensorAmax(unsigned* amax, const T* x, int64_t n, cudaStream_t stream) {
+  WithVec<T>(FlatVecWidth(n, sizeof(T), x), [&](auto vec_c) {
+    constexpr int VEC = decltype(vec_c)::value;
+    fp8_tensor_amax_kernel<T, VEC><<<FlatBlocks(n / VEC), kFlatBlock, 0, stream>>>(amax, x, n / VEC);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, __nv_fp8_interpretation_t F>
+void LaunchTensorCast(uint8_t* out, float* scale, const unsigned* amax, const T* x, int64_t n, float eps,
+                      cudaStream_t stream) {
+  WithVec<T>(FlatVecWidth(n, sizeof(T), x), [&](auto vec_c) {
+    constexpr int VEC = decltype(vec_c)::value;
+    fp8_tensor_cast_kernel<T, VEC, F><<<FlatBlocks(n / VEC), kFlatBlock, 0, stream>>>(out, scale, x, amax, n / VEC, eps);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Row scales of a contiguous (rows, K) x.
+template <typename T, __nv_fp8_interpretation_t F>
+void LaunchRows(uint8_t* out, float* scale, const T* x, int64_t rows, int64_t K, float eps, cudaStream_t stream) {
+  WithVec<T>(FlatVecWidth(K, sizeof(T), x), [&](auto vec_c) {
+    constexpr int VEC = decltype(vec_c)::value;
+    if (K / VEC <= kMaxWarpVecs) {
+      const int64_t blocks = (rows + kRowBlock / 32 - 1) / (kRowBlock / 32);
+      fp8_quantize_rows_kernel<T, VEC, F, false>
+          <<<static_cast<unsigned>(blocks), kRowBlock, 0, stream>>>(out, scale, x, rows, K, eps);
+    } else {
+      fp8_quantize_rows_kernel<T, VEC, F, true>
+          <<<static_cast<unsigned>(rows), kRowBlock, 0, stream>>>(out, scale, x, rows, K, eps);
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// base (B, C, R) contiguous; amax already holds (B, R) column maxima (rowwise) or one maximum.
+template <typename T, __nv_fp8_interpretation_t F>
+void LaunchCastTranspose(uint8_t* out, float* scale, const unsigned* amax, const T* base, int64_t B, int64_t R,
+                         int64_t C, bool rowwise, float eps, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((C + kTileC - 1) / kTileC), static_cast<unsigned>((R + kTileR - 1) / kTileR),
+                  static_cast<unsigned>(B));
+  const dim3 block(32, 8);
+  if (rowwise) {
+    fp8_cast_transpose_kernel<T, F, true><<<grid, block, 0, stream>>>(out, scale, base, amax, R, C, eps);
+  } else {
+    fp8_cast_transpose_kernel<T, F, false><<<grid, block, 0, stream>>>(out, scale, base, amax, R, C, eps);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void LaunchColumnAmax(unsigned* amax, const T* base, int64_t B, int64_t R, int64_t C, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((C + kAmaxRows - 1) / kAmaxRows),
+                  static_cast<unsigned>((R + kTileR - 1) / kTileR), static_cast<unsigned>(B));
+  fp8_column_amax_kernel<T><<<grid, dim3(32, 8), 0, stream>>>(amax, base, R, C);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// x = base.transpose(-1, -2) with base contiguous (and x itself not contiguous).
+bool IsTransposed(const at::Tensor& x) { return x.dim() >= 2 && x.transpose(-1, -2).is_contiguous(); }
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// ATen entry points
+
+bool Fp8QuantizeSupported(const at::Tensor& x, at::ScalarType fp8) {
+  if (!x.is_cuda() || (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kFloat)) return false;
+  if (fp8 != at::kFloat8_e4m3fn && fp8 != at::kFloat8_e5m2) return false;
+  if (x.dim() < 1 || x.numel() == 0) return false;
+  if (x.is_contiguous()) return x.numel() / x.size(-1) <= INT32_MAX;  // rows of the row kernel's grid
+  if (!IsTransposed(x)) return false;
+  const int64_t R = x.size(-2), C = x.size(-1), B = x.numel() / (R * C);
+  return B <= 65535 && (R + kTileR - 1) / kTileR <= 65535 && (C + kTileC - 1) / kTileC <= INT32_MAX;
+}
+
+Fp8Quantized Fp8Quantize(const at::Tensor& x, at::ScalarType fp8, bool rowwise, double amax_eps) {
+  TORCH_CHECK(Fp8QuantizeSupported(x, fp8), "Fp8Quantize: x must be a non-empty CUDA bf16/fp32 tensor, contiguous or "
+              "a transpose of the last two dims of a contiguous one, and fp8 e4m3fn or e5m2; got ", x.scalar_type(),
+              " ", x.sizes(), " strides ", x.strides(), " -> ", fp8);
+  const c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const float eps = static_cast<float>(amax_eps);  // as ATen's clamp_min converts its scalar
+  Fp8Quantized q;
+  q.data = at::empty(x.sizes(), x.options().dtype(fp8));  // contiguous in x's logical shape
+  if (rowwise) {
+    std::vector<int64_t> ss(x.sizes().begin(), x.sizes().end());
+    ss.back() = 1;
+    q.scale = at::empty(ss, x.options().dtype(at::kFloat));  // (..., 1)
+  } else {
+    q.scale = at::empty({}, x.options().dtype(at::kFloat));
+  }
+  auto* out = reinterpret_cast<uint8_t*>(q.data.data_ptr());
+  float* scale = q.scale.data_ptr<float>();
+  const bool contiguous = x.is_contiguous();
+  DispatchTypes(x.scalar_type(), fp8, [&](auto t, auto f) {
+    using T = decltype(t);
+    constexpr __nv_fp8_interpretation_t F = decltype(f)::value;
+    const T* xp = reinterpret_cast<const T*>(x.data_ptr());
+    if (contiguous && rowwise) {
+      const int64_t K = x.size(-1);
+      LaunchRows<T, F>(out, scale, xp, x.numel() / K, K, eps, stream);
+      return;
+    }
+    at::Tensor amax = ZeroAmax(!contiguous && rowwise ? x.numel() / x.size(-1) : 1, x, stream);  // (B * R) or (1,)
+    auto* ap = reinterpret_cast<unsigned*>(amax.data_ptr());
+    if (contiguous) {
+      LaunchTensorAmax<T>(ap, xp, x.numel(), stream);
+      LaunchTensorCast<T, F>(out, scale, ap, xp, x.numel(), eps, stream);
+    } else {
+      // x (B, R, C) = base^T, base (B, C, R) contiguous at xp.
+      const int64_t R = x.size(-2), C = x.size(-1), B = x.numel() / (R * C);
+      if (rowwise) {
+        LaunchColumnAmax<T>(ap, xp, B, R, C, stream);
+      } else {
+        LaunchTensorAmax<T>(ap, xp, x.numel(), stream);
+      }
+      LaunchCastTranspose<T, F>(out, scale, ap, xp, B, R, C, rowwise, eps, stream);
+    }
+  });
+  return q;
+}
+
+}  // namespace moe::kernels

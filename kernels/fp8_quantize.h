@@ -1,0 +1,38 @@
+// ATen entry points of the fused FP8 quantisation kernels (kernels/fp8_quantize.cu): what
+// moe::Quantize (core/precision/fp8.h) computes, amax -> scale -> scaled saturating cast, in one
+// pass over x for row scales of a contiguous x and in two otherwise, where the eager ATen path
+// takes several (abs/amax reduction, scale, multiply-cast, and a strided copy for transposes).
+// Built only where CUDA is found (MOE_WITH_KERNELS). Every function takes CUDA tensors, runs on
+// the current stream, allocates its outputs, checks its launches and never syncs the host (the
+// training step is captured in a CUDA graph). Not differentiable.
+//
+// Numerics are moe::Quantize's bit for bit:
+//   amax  = max |x| over the tensor or the row, in fp32 (NaN propagates, as ATen's amax norm)
+//   scale = fp8_max / max(amax, amax_eps)       fp32, IEEE division (NaN amax gives a NaN scale)
+//   data  = fp8(x * scale)                      fp32 product, then one round-to-nearest-even cast
+// with the cast saturating at +-fp8_max (the product of a finite x never exceeds it by more than
+// rounding, so this equals ATen's cast there; NaN stays NaN).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace moe::kernels {
+
+// True when Fp8Quantize takes x and fp8: x a CUDA bf16 or fp32 tensor with at least one dimension
+// and one element, either contiguous or the transpose of its last two dimensions of a contiguous
+// tensor (x = base.transpose(-1, -2), base (..., C, R) contiguous: the operands of weight- and
+// input-gradient GEMMs), within the launch grid's limits; fp8 e4m3fn or e5m2. Anything else is
+// the caller's (ATen's) to do.
+bool Fp8QuantizeSupported(const at::Tensor& x, at::ScalarType fp8);
+
+struct Fp8Quantized {
+  at::Tensor data;   // x's shape, fp8, contiguous in x's logical shape (a transposed x comes back transposed)
+  at::Tensor scale;  // fp32: () for one scale, x's shape with the last dimension 1 for row scales
+};
+
+// Quantises x (Fp8QuantizeSupported(x, fp8) must hold) with one scale for the whole tensor
+// (rowwise = false) or one per slice along the last dimension (rowwise = true). amax_eps is
+// moe::kAmaxEps (kernels/ does not depend on core/).
+Fp8Quantized Fp8Quantize(const at::Tensor& x, at::ScalarType fp8, bool rowwise, double amax_eps);
+
+}  // namespace moe::kernels

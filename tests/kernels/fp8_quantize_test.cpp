@@ -1,0 +1,318 @@
+// kernels/fp8_quantize.cu against moe::Quantize's ATen path on the CPU (core/precision/fp8.cpp),
+// on random data with planted rows (a large value, an all-zero row for the kAmaxEps scale, a row
+// below kAmaxEps, a row past fp8_max): the fp8 bytes must be equal and the scales within 1 ulp
+// (they are computed the same way, so in practice equal), for both granularities, contiguous and
+// transposed views (2-D and the grouped weights' 3-D), bf16 and fp32, e4m3 and e5m2, vector and
+// scalar paths. moe::Quantize on CUDA (the kernels once fp8.cpp dispatches to them, ATen's CUDA
+// path before) is held to the same bytes. Plus NaN/inf inputs, the layouts left to ATen, a CUDA
+// graph capture (the training step is captured, so the launchers must not sync) and a hidden
+// [.bench] case against the eager ATen path.
+#include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/graph_timer.h"
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "core/precision/fp8.h"
+#include "kernels/fp8_quantize.h"
+
+namespace {
+
+constexpr auto kE4M3 = at::kFloat8_e4m3fn;
+constexpr auto kE5M2 = at::kFloat8_e5m2;
+
+// An input on both devices: `cpu` and `cuda` hold the same values in the same layout.
+struct Input {
+  at::Tensor cpu, cuda;
+};
+
+// x of logical shape `shape` (..., R, C) in dtype dt: contiguous, or (transposed) the view
+// base.transpose(-1, -2) of a contiguous base (..., C, R), as callers pass w.t() and x.t(). The
+// CUDA copy starts `offset` elements into its storage (1 misaligns it: the scalar paths).
+// planted: in every batch, x row 0 gets one large value, row 1 is all zeros (scale from kAmaxEps),
+// row 2 is scaled below kAmaxEps, row 3 is past fp8_max even for e5m2, and column 0 has one
+// large value (what the transposed path's column amax reduces over).
+Input MakeInput(const std::vector<int64_t>& shape, at::ScalarType dt, bool transposed, int64_t offset, bool planted) {
+  std::vector<int64_t> base_shape = shape;
+  if (transposed) std::swap(base_shape[base_shape.size() - 1], base_shape[base_shape.size() - 2]);
+  at::Tensor base = at::randn(base_shape);  // fp32, CPU
+  at::Tensor x = transposed ? base.transpose(-1, -2) : base;
+  if (planted && x.dim() >= 2) {
+    const int64_t R = x.size(-2), C = x.size(-1);
+    x.select(-2, 0).select(-1, C / 2).fill_(5000.0);
+    if (R > 1) x.select(-2, 1).zero_();
+    if (R > 2) x.select(-2, 2).mul_(1e-14);
+    if (R > 3) x.select(-2, 3).mul_(1e5);
+    x.select(-2, R / 2).select(-1, 0).fill_(-777.0);
+  }
+  at::Tensor base_dt = base.to(dt);
+  at::Tensor buf = at::empty({base_dt.numel() + offset}, base_dt.options().device(at::kCUDA));
+  at::Tensor base_cuda = buf.narrow(0, offset, base_dt.numel()).view(base_dt.sizes());
+  base_cuda.copy_(base_dt);
+  Input in;
+  in.cpu = transposed ? base_dt.transpose(-1, -2) : base_dt;
+  in.cuda = transposed ? base_cuda.transpose(-1, -2) : base_cuda;
+  return in;
+}
+
+// NaN bytes: e4m3fn has one NaN per sign (S.1111.111), e5m2 the S.11111.xx with xx != 0.
+at::Tensor IsNanByte(const at::Tensor& b, at::ScalarType fp8) {
+  at::Tensor m = b.bitwise_and(0x7F);
+  return fp8 == kE4M3 ? m.eq(0x7F) : m.gt(0x7C);
+}
+
+// got (CUDA) against want (CPU): equal fp8 bytes (a NaN equals any NaN: the CPU's default NaN of
+// inf * 0 is negative, CUDA's positive), scales within 1 ulp (or both NaN).
+void CheckSame(const at::Tensor& got_data, const at::Tensor& got_scale, const moe::Fp8Tensor& want, at::ScalarType fp8) {
+  REQUIRE(got_data.is_cuda());
+  REQUIRE(got_data.scalar_type() == fp8);
+  REQUIRE(got_data.is_contiguous());
+  REQUIRE(got_data.sizes() == want.data.sizes());
+  REQUIRE(got_scale.scalar_type() == at::kFloat);
+  REQUIRE(got_scale.sizes() == want.scale.sizes());
+  const at::Tensor a = got_data.cpu().view(at::kByte), b = want.data.contiguous().view(at::kByte);
+  const at::Tensor bad = a.ne(b).logical_and(IsNanByte(a, fp8).logical_and(IsNanByte(b, fp8)).logical_not());
+  const int64_t nbad = bad.sum().item<int64_t>();
+  if (nbad > 0) {
+    const int64_t i = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+    INFO(nbad << " bytes differ; first at flat index " << i << ": got 0x" << std::hex
+              << a.reshape({-1})[i].item<int64_t>() << " want 0x" << b.reshape({-1})[i].item<int64_t>());
+    CHECK(nbad == 0);
+  }
+  const at::Tensor gs = got_scale.cpu().contiguous(), ws = want.scale.contiguous();
+  const at::Tensor ulps = (gs.view(at::kInt).to(at::kLong) - ws.view(at::kInt).to(at::kLong)).abs();
+  const at::Tensor scale_bad = ulps.gt(1).logical_and(gs.isnan().logical_and(ws.isnan()).logical_not());
+  const int64_t nscale = scale_bad.sum().item<int64_t>();
+  if (nscale > 0) {
+    const int64_t i = scale_bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+    INFO(nscale << " scales differ by more than 1 ulp; first at " << i << ": got " << gs.reshape({-1})[i].item<float>()
+                << " want " << ws.reshape({-1})[i].item<float>());
+    CHECK(nscale == 0);
+  }
+}
+
+moe::Fp8Granularity Gran(bool rowwise) { return rowwise ? moe::Fp8Granularity::kRow : moe::Fp8Granularity::kTensor; }
+
+// The kernels and moe::Quantize on CUDA against moe::Quantize on the CPU.
+void CheckAgainstCpu(const Input& in, at::ScalarType fp8, bool rowwise) {
+  const moe::Fp8Tensor want = moe::Quantize(in.cpu, fp8, Gran(rowwise));
+  REQUIRE(moe::kernels::Fp8QuantizeSupported(in.cuda, fp8));
+  moe::kernels::Fp8Quantized got = moe::kernels::Fp8Quantize(in.cuda, fp8, rowwise, moe::kAmaxEps);
+  {
+    INFO("moe::kernels::Fp8Quantize");
+    CheckSame(got.data, got.scale, want, fp8);
+  }
+  {
+    INFO("moe::Quantize on CUDA");
+    const moe::Fp8Tensor q = moe::Quantize(in.cuda, fp8, Gran(rowwise));
+    CheckSame(q.data, q.scale, want, fp8);
+  }
+}
+
+struct Case {
+  std::vector<int64_t> shape;  // x's logical shape
+  int64_t offset;              // storage offset of the CUDA copy (1: misaligned, scalar loads)
+};
+
+// The model's activations (16384 tokens x d_model 768) and their transposes (the weight-gradient
+// operands), odd and tiny shapes (scalar paths, partial tiles), a misaligned copy, rows wide
+// enough for a block per row (bf16 > 2048), short rows of whole vectors, the grouped weights'
+// (E, K, N) and a one-row tensor.
+const Case kCases[] = {
+    {{16384, 768}, 0}, {{768, 16384}, 0}, {{33, 17}, 0},  {{1, 1}, 0},    {{100, 64}, 1},
+    {{3, 96, 80}, 0},  {{1000, 24}, 0},   {{2, 4099}, 0}, {{130, 257}, 0}, {{1, 2048}, 0},
+    {{256, 131}, 1},   {{5, 40, 136}, 1},
+};
+
+}  // namespace
+
+TEST_CASE("kernels: Fp8Quantize matches moe::Quantize on the CPU bit for bit", "[kernels][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(21);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (auto fp8 : {kE4M3, kE5M2}) {
+      for (bool transposed : {false, true}) {
+        for (const Case& c : kCases) {
+          for (bool rowwise : {true, false}) {
+            // Tensorwise also without the planted rows, whose 1e5 row would set every scale.
+            for (bool planted : rowwise ? std::vector<bool>{true} : std::vector<bool>{true, false}) {
+              INFO("dtype " << dt << " " << fp8 << (transposed ? " transposed" : " contiguous") << " shape "
+                            << at::IntArrayRef(c.shape) << " offset " << c.offset
+                            << (rowwise ? " rowwise" : " tensorwise") << (planted ? " planted" : " plain"));
+              const Input in = MakeInput(c.shape, dt, transposed, c.offset, planted);
+              CheckAgainstCpu(in, fp8, rowwise);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: Fp8Quantize on 1-D tensors and single rows or columns", "[kernels][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(22);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (bool rowwise : {true, false}) {
+      for (const std::vector<int64_t>& shape : {std::vector<int64_t>{1000}, std::vector<int64_t>{7},
+                                                std::vector<int64_t>{1, 300}, std::vector<int64_t>{300, 1}}) {
+        INFO("dtype " << dt << " shape " << at::IntArrayRef(shape) << (rowwise ? " rowwise" : " tensorwise"));
+        CheckAgainstCpu(MakeInput(shape, dt, /*transposed=*/false, 0, false), kE4M3, rowwise);
+        if (shape.size() == 2) CheckAgainstCpu(MakeInput(shape, dt, /*transposed=*/true, 0, false), kE4M3, rowwise);
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: Fp8Quantize propagates NaN and inf as the ATen path does", "[kernels][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(23);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (auto fp8 : {kE4M3, kE5M2}) {
+      for (bool transposed : {false, true}) {
+        for (bool rowwise : {true, false}) {
+          for (bool with_nan : {true, false}) {
+            INFO("dtype " << dt << " " << fp8 << (transposed ? " transposed" : " contiguous")
+                          << (rowwise ? " rowwise" : " tensorwise") << (with_nan ? " NaN" : " inf"));
+            // A NaN row gets a NaN scale and NaN bytes; an inf row scale 0, zeros, and NaN at the inf.
+            std::vector<int64_t> shape{33, 40};
+            at::Tensor v = at::randn(shape);
+            if (with_nan) v[5][3] = nan;
+            v[7][0] = inf;
+            v[8][39] = -inf;
+            Input in;
+            if (transposed) {
+              at::Tensor base = v.t().contiguous().to(dt);
+              in.cpu = base.t();
+              in.cuda = base.cuda().t();
+            } else {
+              in.cpu = v.to(dt);
+              in.cuda = in.cpu.cuda();
+            }
+            CheckAgainstCpu(in, fp8, rowwise);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: Fp8QuantizeSupported leaves other layouts and dtypes to ATen", "[kernels][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(24);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  const at::Tensor x = at::randn({64, 96}, cuda.dtype(at::kBFloat16));
+  CHECK(moe::kernels::Fp8QuantizeSupported(x, kE4M3));
+  CHECK(moe::kernels::Fp8QuantizeSupported(x.t(), kE4M3));
+  CHECK(moe::kernels::Fp8QuantizeSupported(x.to(at::kFloat), kE5M2));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeSupported(x.cpu(), kE4M3));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeSupported(x.to(at::kHalf), kE4M3));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeSupported(x, at::kBFloat16));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeSupported(x.narrow(1, 0, 0), kE4M3));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeSupported(x.slice(1, 0, 96, 2), kE4M3));  // strided columns
+  CHECK_FALSE(moe::kernels::Fp8QuantizeSupported(x.narrow(1, 1, 64), kE4M3));    // a row-strided view
+  CHECK_FALSE(moe::kernels::Fp8QuantizeSupported(x.view({4, 16, 96}).permute({1, 0, 2}), kE4M3));
+  // moe::Quantize still takes them (through ATen) and agrees with the CPU.
+  for (const at::Tensor& v : {x.slice(1, 0, 96, 2), x.narrow(1, 1, 64), x.to(at::kHalf),
+                              x.view({4, 16, 96}).permute({1, 0, 2})}) {
+    for (bool rowwise : {true, false}) {
+      INFO("sizes " << v.sizes() << " strides " << v.strides() << " " << v.scalar_type()
+                    << (rowwise ? " rowwise" : " tensorwise"));
+      const moe::Fp8Tensor want = moe::Quantize(v.cpu(), kE4M3, Gran(rowwise));
+      const moe::Fp8Tensor got = moe::Quantize(v, kE4M3, Gran(rowwise));
+      CheckSame(got.data, got.scale, want, kE4M3);
+    }
+  }
+}
+
+TEST_CASE("kernels: Fp8Quantize replays from a CUDA graph", "[kernels][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(25);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (bool transposed : {false, true}) {
+      for (bool rowwise : {true, false}) {
+        INFO("dtype " << dt << (transposed ? " transposed" : " contiguous") << (rowwise ? " rowwise" : " tensorwise"));
+        at::Tensor base = at::randn({2048, 768}, cuda.dtype(dt));
+        const at::Tensor x = transposed ? base.t() : base;
+        const auto fp8 = rowwise ? kE4M3 : kE5M2;
+        const moe::kernels::Fp8Quantized eager = moe::kernels::Fp8Quantize(x, fp8, rowwise, moe::kAmaxEps);
+        torch::cuda::synchronize();  // the inputs are ready before the side stream captures
+        // A host sync inside the launchers would make the capture fail.
+        at::cuda::CUDAGraph graph;
+        moe::kernels::Fp8Quantized out;
+        {
+          c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
+          graph.capture_begin();
+          out = moe::kernels::Fp8Quantize(x, fp8, rowwise, moe::kAmaxEps);
+          graph.capture_end();
+        }
+        base.copy_(at::randn_like(base) * 3);  // replay reads the new values in place; amax restarts from 0
+        graph.replay();
+        graph.replay();  // twice: the amax buffer is zeroed inside the graph, not carried over
+        const moe::kernels::Fp8Quantized fresh = moe::kernels::Fp8Quantize(x, fp8, rowwise, moe::kAmaxEps);
+        CHECK(at::equal(out.data.view(at::kByte), fresh.data.view(at::kByte)));
+        CHECK(at::equal(out.scale, fresh.scale));
+        CHECK_FALSE(at::equal(out.data.view(at::kByte), eager.data.view(at::kByte)));
+        CHECK_FALSE(at::equal(out.scale, eager.scale));
+        CheckSame(out.data, out.scale, moe::Quantize(x.cpu(), fp8, Gran(rowwise)), fp8);
+      }
+    }
+  }
+}
+
+// Not run by default: `kernels_tests "[.bench]"` prints us per quantisation (in a CUDA graph) of
+// the fused kernels against the eager ATen path moe::Quantize took before them, on the residual
+// stream's (16384, 768) bf16 activations: rowwise as the forward quantises x, rowwise of x^T as
+// the weight gradient does, and tensorwise e5m2 as the tensorwise recipe's gradient.
+TEST_CASE("kernels: Fp8Quantize time against the eager ATen path", "[.bench]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(26);
+  // The ATen path of core/precision/fp8.cpp, kept here to time against.
+  auto aten = [](const at::Tensor& x, at::ScalarType fp8, bool rowwise) {
+    const double inf = std::numeric_limits<double>::infinity();
+    at::Tensor amax = rowwise ? at::linalg_vector_norm(x, inf, at::IntArrayRef{x.dim() - 1}, true, at::kFloat)
+                              : at::linalg_vector_norm(x, inf, std::nullopt, false, at::kFloat);
+    at::Tensor scale = moe::AmaxToScale(amax, fp8);
+    at::Tensor data = at::empty(x.sizes(), x.options().dtype(fp8));
+    at::mul_out(data, x, scale.dim() == 0 ? scale.view({1}) : scale);
+    return data;
+  };
+  auto fused = [](const at::Tensor& x, at::ScalarType fp8, bool rowwise) {
+    return moe::kernels::Fp8Quantize(x, fp8, rowwise, moe::kAmaxEps).data;
+  };
+  struct Shape {
+    const char* what;
+    int64_t rows, cols;
+    bool transposed, rowwise;
+    at::ScalarType fp8;
+  };
+  for (const Shape& s : {Shape{"x rowwise", 16384, 768, false, true, kE4M3},
+                         Shape{"x^T rowwise (wgrad)", 16384, 768, true, true, kE4M3},
+                         Shape{"(768, 16384) rowwise", 768, 16384, false, true, kE4M3},
+                         Shape{"(768, 16384)^T rowwise", 768, 16384, true, true, kE4M3},
+                         Shape{"dy tensorwise e5m2", 16384, 768, false, false, kE5M2},
+                         Shape{"dy^T tensorwise e5m2", 16384, 768, true, false, kE5M2}}) {
+    std::vector<at::Tensor> xs;  // 4 inputs: together larger than L2
+    for (int i = 0; i < 4; ++i) {
+      at::Tensor b = at::randn({s.rows, s.cols}, at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16));
+      xs.push_back(s.transposed ? b.t() : b);
+    }
+    auto time_us = [&](const std::function<at::Tensor(const at::Tensor&, at::ScalarType, bool)>& q) {
+      int i = 0;
+      return moe_test::GraphTimeUs([&] { q(xs[i++ % 4], s.fp8, s.rowwise); });
+    };
+    const double t_aten = time_us(aten), t_fused = time_us(fused);
+    WARN("fp8 quantize " << s.what << " (" << s.rows << ", " << s.cols << ") bf16: ATen " << t_aten << " us, fused "
+                         << t_fused << " us");
+  }
+}
