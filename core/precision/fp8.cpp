@@ -2,6 +2,11 @@
 
 #include <limits>
 
+#include "kernels/dispatch.h"
+#if defined(MOE_WITH_KERNELS)
+#include "kernels/fp8_quantize.h"
+#endif
+
 namespace moe {
 
 Status ParseFp8Recipe(const std::string& name, Fp8Recipe* out) {
@@ -38,6 +43,14 @@ torch::Tensor SaturatingCast(const torch::Tensor& x, torch::ScalarType fp8) {
 torch::Tensor Fp8Tensor::Dequantize() const { return data.to(torch::kFloat32) / scale; }
 
 Fp8Tensor Quantize(const torch::Tensor& x, torch::ScalarType fp8, Fp8Granularity g) {
+#if defined(MOE_WITH_KERNELS)
+  // CUDA bf16/fp32, contiguous or a transpose (every operand the FP8 GEMMs quantise): the fused
+  // kernels, the same bytes and scales as below in one or two passes instead of ATen's several.
+  if (OnKernelDevice(x) && kernels::Fp8QuantizeSupported(x, fp8)) {
+    kernels::Fp8Quantized k = kernels::Fp8Quantize(x, fp8, g == Fp8Granularity::kRow, kAmaxEps);
+    return Fp8Tensor{k.data, k.scale};
+  }
+#endif
   const double inf = std::numeric_limits<double>::infinity();
   torch::Tensor amax;  // fp32; one reduction kernel, no |x| temporary
   if (g == Fp8Granularity::kTensor) {

@@ -60,7 +60,9 @@ struct Fp8Tensor {
 // written contiguous in x's logical shape, which is how callers get column-major operands.
 // The multiply and the cast are one kernel; saturation is implied, because the scale comes from
 // this tensor's own amax (|x * scale| <= fp8_max up to rounding, which rounds to fp8_max).
-// An empty x is fine (scale from amax 0).
+// An empty x is fine (scale from amax 0). On CUDA, bf16/fp32 x that is contiguous or a transpose
+// of its last two dims goes to the fused kernels (kernels/fp8_quantize.h): the same bytes and
+// scales in one pass (row scales of a contiguous x) or two; other inputs, and the CPU, use ATen.
 enum class Fp8Granularity { kTensor, kRow };
 Fp8Tensor Quantize(const torch::Tensor& x, torch::ScalarType fp8, Fp8Granularity g);
 
