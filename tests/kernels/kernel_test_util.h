@@ -34,4 +34,17 @@ inline double RelErr(const at::Tensor& a, const at::Tensor& b) {
 
 inline bool AllFinite(const at::Tensor& t) { return at::isfinite(t.to(at::kFloat)).all().item<bool>(); }
 
+// A contiguous copy of `v` in dtype dt that starts `offset` elements into its storage: an offset
+// of 1 misaligns it, which sends a kernel down its scalar (unvectorised) path.
+inline at::Tensor Place(const at::Tensor& v, at::ScalarType dt, int64_t offset) {
+  const int64_t n = v.numel();
+  at::Tensor buf = at::empty({n + offset}, v.options().dtype(dt));
+  at::Tensor x = buf.narrow(0, offset, n).view(v.sizes());
+  x.copy_(v);
+  return x;
+}
+
+// The bound for dtype dt: `fp32` for float, `bf16` otherwise.
+inline double Tol(at::ScalarType dt, double fp32, double bf16) { return dt == at::kFloat ? fp32 : bf16; }
+
 }  // namespace moe_test

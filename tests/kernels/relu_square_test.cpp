@@ -30,22 +30,11 @@ const Case kCases[] = {
     {4097, 13, 0},    {257, 768, 1},
 };
 
-// A contiguous (rows, cols) copy of `v` in dtype dt that starts `offset` elements into its storage.
-at::Tensor Place(const at::Tensor& v, at::ScalarType dt, int64_t offset) {
-  const int64_t n = v.numel();
-  at::Tensor buf = at::empty({n + offset}, v.options().dtype(dt));
-  at::Tensor x = buf.narrow(0, offset, n).view(v.sizes());
-  x.copy_(v);
-  return x;
-}
-
 // Equal values (NaN fails; -0 equals 0, which the kernel's 2 * relu(x) * dy may give where ATen's
 // masked gradient gives +0).
 bool SameValues(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && at::eq(a, b).all().item<bool>();
 }
-
-double Tol(at::ScalarType dt, double fp32, double bf16) { return dt == at::kFloat ? fp32 : bf16; }
 
 }  // namespace
 
@@ -57,8 +46,8 @@ TEST_CASE("kernels: ReluSquare forward and backward match ATen on random data", 
     for (const Case& c : kCases) {
       DYNAMIC_SECTION("dtype " << dt << " rows " << c.rows << " cols " << c.cols << " offset " << c.offset) {
         const int64_t n = c.rows * c.cols;
-        at::Tensor x = Place(at::randn({c.rows, c.cols}, cuda), dt, c.offset);
-        at::Tensor dy = Place(at::randn({c.rows, c.cols}, cuda), dt, c.offset);
+        at::Tensor x = moe_test::Place(at::randn({c.rows, c.cols}, cuda), dt, c.offset);
+        at::Tensor dy = moe_test::Place(at::randn({c.rows, c.cols}, cuda), dt, c.offset);
         at::Tensor xd = x.to(at::kDouble), dyd = dy.to(at::kDouble);
         at::Tensor y_ref = at::relu(xd).square();
         at::Tensor dx_ref = 2.0 * at::relu(xd) * dyd;
@@ -69,14 +58,14 @@ TEST_CASE("kernels: ReluSquare forward and backward match ATen on random data", 
         REQUIRE(y.scalar_type() == dt);
         CHECK(moe_test::AllFinite(y));
         CHECK(SameValues(y, at::relu(x).square()));
-        CHECK(moe_test::RelErr(y, y_ref) < Tol(dt, 1e-6, 5e-3));
+        CHECK(moe_test::RelErr(y, y_ref) < moe_test::Tol(dt, 1e-6, 5e-3));
 
         moe_test::PoisonAllocator(n, dt);
         at::Tensor dx = moe::kernels::ReluSquareBackward(dy, x);
         REQUIRE(dx.sizes() == x.sizes());
         REQUIRE(dx.scalar_type() == dt);
         CHECK(moe_test::AllFinite(dx));
-        CHECK(moe_test::RelErr(dx, dx_ref) < Tol(dt, 1e-6, 5e-3));
+        CHECK(moe_test::RelErr(dx, dx_ref) < moe_test::Tol(dt, 1e-6, 5e-3));
 
         // Through moe::ReluSquare's autograd function (the path the MLP and the experts take),
         // against ATen's autograd of relu(x).square() in the same dtype.
@@ -92,7 +81,7 @@ TEST_CASE("kernels: ReluSquare forward and backward match ATen on random data", 
         REQUIRE(xg.grad().defined());
         CHECK(SameValues(yg, ya));
         CHECK(SameValues(xg.grad(), xa.grad()));
-        CHECK(moe_test::RelErr(xg.grad(), dx_ref) < Tol(dt, 1e-6, 5e-3));
+        CHECK(moe_test::RelErr(xg.grad(), dx_ref) < moe_test::Tol(dt, 1e-6, 5e-3));
       }
     }
   }

@@ -40,15 +40,6 @@ const Case kCases[] = {
     {33, 4099, 1.0, 0},   {7, 20000, 1.0, 0},   {257, 1, 1.0, 0},      {300, 24, 1.0, 0},
 };
 
-// A contiguous (rows, d) copy of `v` in dtype dt that starts `offset` elements into its storage.
-at::Tensor Place(const at::Tensor& v, at::ScalarType dt, int64_t offset) {
-  const int64_t n = v.numel();
-  at::Tensor buf = at::empty({n + offset}, v.options().dtype(dt));
-  at::Tensor x = buf.narrow(0, offset, n).view(v.sizes());
-  x.copy_(v);
-  return x;
-}
-
 // float64 reference of the forward and of the backward for the cotangent dy, through ATen's
 // autograd (independent of the kernel's closed form).
 struct Reference {
@@ -65,8 +56,6 @@ Reference Float64Reference(const at::Tensor& x, const at::Tensor& dy) {
   return r;
 }
 
-double Tol(at::ScalarType dt, double fp32, double bf16) { return dt == at::kFloat ? fp32 : bf16; }
-
 }  // namespace
 
 TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random rows", "[kernels][rms_norm]") {
@@ -77,11 +66,11 @@ TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random ro
     for (const Case& c : kCases) {
       DYNAMIC_SECTION("dtype " << dt << " rows " << c.rows << " d " << c.d << " scale " << c.scale << " offset "
                                << c.offset) {
-        at::Tensor x = Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
+        at::Tensor x = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
         // The upstream gradient has a component along y, so the projection term of the backward
         // (y_hat * mean(dy * y_hat)) is as large as dy itself and a kernel without it fails.
         at::Tensor y_hat = at::rms_norm(x.to(at::kDouble), {c.d}, {}, kEps);
-        at::Tensor dy = Place(at::randn({c.rows, c.d}, cuda.dtype(at::kDouble)) + y_hat, dt, c.offset);
+        at::Tensor dy = moe_test::Place(at::randn({c.rows, c.d}, cuda.dtype(at::kDouble)) + y_hat, dt, c.offset);
         const Reference ref = Float64Reference(x, dy);
 
         moe_test::PoisonAllocator(c.rows * c.d, dt);
@@ -96,17 +85,17 @@ TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random ro
         // rstd comes from the exact input values in fp32: tight in both dtypes (eps 2^-7 instead
         // of 2^-23 is off by 0.4% at scale 1). y is rounded once to dt.
         CHECK(moe_test::RelErr(out.rstd, ref.rstd) < 1e-5);
-        CHECK(moe_test::RelErr(out.y, ref.y) < Tol(dt, 1e-5, 5e-3));
+        CHECK(moe_test::RelErr(out.y, ref.y) < moe_test::Tol(dt, 1e-5, 5e-3));
         // ATen's own CUDA rms_norm in dt (what the model called before): the same fp32 values
         // rounded the same way, apart from rare rounding-boundary flips.
-        CHECK(moe_test::RelErr(out.y, at::rms_norm(x, {c.d})) < Tol(dt, 1e-5, 1e-3));
+        CHECK(moe_test::RelErr(out.y, at::rms_norm(x, {c.d})) < moe_test::Tol(dt, 1e-5, 1e-3));
 
         moe_test::PoisonAllocator(c.rows * c.d, dt);
         at::Tensor dx = moe::kernels::RmsNormBackward(dy, x, out.rstd);
         REQUIRE(dx.sizes() == x.sizes());
         REQUIRE(dx.scalar_type() == dt);
         CHECK(moe_test::AllFinite(dx));
-        CHECK(moe_test::RelErr(dx, ref.dx) < Tol(dt, 1e-5, 1e-2));
+        CHECK(moe_test::RelErr(dx, ref.dx) < moe_test::Tol(dt, 1e-5, 1e-2));
 
         // The same through moe::RmsNorm's autograd function (the path the model takes).
         at::Tensor xg = x.detach().clone().requires_grad_(true);
@@ -116,8 +105,8 @@ TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random ro
         moe_test::PoisonAllocator(c.rows * c.d, dt);
         y.backward(dy);
         REQUIRE(xg.grad().defined());
-        CHECK(moe_test::RelErr(y, ref.y) < Tol(dt, 1e-5, 5e-3));
-        CHECK(moe_test::RelErr(xg.grad(), ref.dx) < Tol(dt, 1e-5, 1e-2));
+        CHECK(moe_test::RelErr(y, ref.y) < moe_test::Tol(dt, 1e-5, 5e-3));
+        CHECK(moe_test::RelErr(xg.grad(), ref.dx) < moe_test::Tol(dt, 1e-5, 1e-2));
       }
     }
   }
@@ -140,8 +129,8 @@ TEST_CASE("kernels: RmsNorm takes (B, T, H, hd) views and strided gradients like
       at::Tensor y = moe::RmsNorm(q);
       REQUIRE(y.sizes() == q.sizes());
       y.backward(dy);
-      CHECK(moe_test::RelErr(y, ref.y) < Tol(dt, 1e-5, 5e-3));
-      CHECK(moe_test::RelErr(q.grad(), ref.dx) < Tol(dt, 1e-5, 1e-2));
+      CHECK(moe_test::RelErr(y, ref.y) < moe_test::Tol(dt, 1e-5, 5e-3));
+      CHECK(moe_test::RelErr(q.grad(), ref.dx) < moe_test::Tol(dt, 1e-5, 1e-2));
     }
   }
 }
