@@ -1,6 +1,7 @@
 #include "core/dist/launch.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -28,7 +29,47 @@ struct Rank {
   bool ended = false;
   ExitInfo exit;
   bool sent_term = false;  // at most one SIGTERM per rank, whatever asked for it
+  int err_fd = -1;         // read end of the rank's stderr pipe (non-blocking); -1 once at EOF
+  std::string partial;     // stderr bytes after the last newline
+  std::string last_line;   // the rank's last non-blank stderr line: its error, when it fails
 };
+
+// Forwards what the rank wrote to stderr since the last call to the launcher's stderr, whole
+// lines at a time (so that ranks' lines do not interleave mid-line), and remembers its last
+// non-blank line. Never blocks; closes the pipe at EOF. `at_end`: the rank has ended, so a
+// final line without a newline is complete.
+void ForwardStderr(Rank* r, bool at_end) {
+  char buf[4096];
+  while (r->err_fd >= 0) {
+    const ssize_t got = ::read(r->err_fd, buf, sizeof buf);
+    if (got > 0) {
+      r->partial.append(buf, static_cast<size_t>(got));
+      continue;
+    }
+    if (got < 0 && errno == EINTR) continue;
+    if (got == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+      ::close(r->err_fd);
+      r->err_fd = -1;
+      at_end = true;
+    }
+    break;
+  }
+  size_t start = 0, nl;
+  auto emit = [&](const std::string& line) {
+    std::fprintf(stderr, "%s\n", line.c_str());
+    if (line.find_first_not_of(" \t\r") != std::string::npos) r->last_line = line;
+  };
+  while ((nl = r->partial.find('\n', start)) != std::string::npos) {
+    emit(r->partial.substr(start, nl - start));
+    start = nl + 1;
+  }
+  r->partial.erase(0, start);
+  if (at_end && !r->partial.empty()) {
+    emit(r->partial);
+    r->partial.clear();
+  }
+  std::fflush(stderr);
+}
 
 // 75 is not a failure: a rank stops with it when asked to, and the others are stopping too.
 bool IsFailure(const ExitInfo& e) {
@@ -118,7 +159,21 @@ int LaunchRanks(const LaunchOptions& options, const std::atomic<bool>* stop_requ
               {"MASTER_ADDR", addr},             {"MASTER_PORT", port}};
     so.inherit_output = true;
     so.parent_death_signal = SIGKILL;
-    Status st = ChildProcess::Spawn(so, &ranks[static_cast<size_t>(i)].proc);
+    // The rank's stderr comes through a pipe, so that the launcher can name the failing rank's
+    // own last line in its final message (other ranks' follow-on errors come later and would
+    // push it out of the runner's stderr tail).
+    int pipefd[2] = {-1, -1};
+    Status st;
+    if (::pipe2(pipefd, O_CLOEXEC) != 0) {
+      st = Status::IOError(std::string("pipe: ") + std::strerror(errno));
+    } else {
+      ::fcntl(pipefd[0], F_SETFL, ::fcntl(pipefd[0], F_GETFL) | O_NONBLOCK);  // the rank's end blocks
+      so.stderr_fd = pipefd[1];
+      st = ChildProcess::Spawn(so, &ranks[static_cast<size_t>(i)].proc);
+      ::close(pipefd[1]);
+      if (st.ok()) ranks[static_cast<size_t>(i)].err_fd = pipefd[0];
+      else ::close(pipefd[0]);
+    }
     if (!st.ok()) {
       start_error = "cannot start rank " + std::to_string(i) + " of " + std::to_string(n) + ": " + st.message();
       for (int j = i; j < n; ++j) ranks[static_cast<size_t>(j)].ended = true;
@@ -144,6 +199,7 @@ int LaunchRanks(const LaunchOptions& options, const std::atomic<bool>* stop_requ
     bool all_ended = true;
     for (int i = 0; i < n; ++i) {
       Rank& r = ranks[static_cast<size_t>(i)];
+      ForwardStderr(&r, /*at_end=*/false);
       if (r.ended) continue;
       if (!r.proc.Poll(&r.exit)) {
         all_ended = false;
@@ -165,6 +221,11 @@ int LaunchRanks(const LaunchOptions& options, const std::atomic<bool>* stop_requ
     std::this_thread::sleep_for(std::chrono::duration<double>(options.poll_interval_s));
   }
 
+  // What the ranks wrote before they ended (their pipes hold it until read).
+  for (auto& r : ranks) ForwardStderr(&r, /*at_end=*/true);
+  for (auto& r : ranks) {
+    if (r.err_fd >= 0) ::close(r.err_fd);  // a process the rank started may still hold the pipe
+  }
   // Printed after every rank has ended, so that it is the last line of the shared stderr.
   if (!start_error.empty()) {
     std::fprintf(stderr, "moe-train: %s; stopped the other ranks\n", start_error.c_str());
@@ -172,8 +233,9 @@ int LaunchRanks(const LaunchOptions& options, const std::atomic<bool>* stop_requ
   }
   if (failed >= 0) {
     const ExitInfo& e = ranks[static_cast<size_t>(failed)].exit;
-    std::fprintf(stderr, "moe-train: rank %d of %d failed (%s); stopped the other ranks\n", failed, n,
-                 Describe(e).c_str());
+    const std::string& said = ranks[static_cast<size_t>(failed)].last_line;
+    std::fprintf(stderr, "moe-train: rank %d of %d failed (%s)%s%s; stopped the other ranks\n", failed, n,
+                 Describe(e).c_str(), said.empty() ? "" : ": ", said.c_str());
     return e.signal ? kExitFailed : e.exit_code;
   }
   for (const auto& r : ranks) {

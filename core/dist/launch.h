@@ -14,8 +14,9 @@
 //    get the same signal twice).
 //  - Each rank gets SIGKILL when the launcher dies (PR_SET_PDEATHSIG), so a SIGKILLed launcher
 //    leaves no ranks behind.
-//  - Ranks inherit the launcher's stdout and stderr (in a sweep: the run's stdout.log and
-//    stderr.log) and read /dev/null.
+//  - Ranks inherit the launcher's stdout (in a sweep: the run's stdout.log) and read /dev/null.
+//    Their stderr comes through a pipe each, which the launcher forwards to its own stderr (the
+//    run's stderr.log) a whole line at a time, remembering each rank's last non-blank line.
 //
 // Outcome, once every rank has ended:
 //   every rank exited 0                      -> 0
@@ -25,9 +26,10 @@
 //   others get SIGTERM (unless they already had one), then SIGKILL after `grace_s` (a rank
 //   blocked in a collective waiting for the dead one never reacts to SIGTERM); the launcher
 //   prints, as the last line of stderr,
-//     moe-train: rank R of N failed (exit code X); stopped the other ranks
-//   (or "(signal SIGSEGV)"), which the runner keeps as the run's error, and returns X (1 for a
-//   signal).
+//     moe-train: rank R of N failed (exit code X): <rank R's last stderr line>; stopped the other ranks
+//   (or "(signal SIGSEGV)"; no ": ..." when the rank wrote nothing), which the runner keeps as
+//   the run's error (the other ranks' follow-on errors, printed later, cannot push the cause out
+//   of it), and returns X (1 for a signal).
 #pragma once
 
 #include <atomic>

@@ -54,7 +54,8 @@ Status ChildProcess::Spawn(const SpawnOptions& options, ChildProcess* out) {
   argv.push_back(nullptr);
 
   const int out_fd = OpenLog(options.stdout_path, options.inherit_output, 1);
-  const int err_fd = OpenLog(options.stderr_path, options.inherit_output, 2);
+  const int err_fd = options.stderr_fd >= 0 ? ::fcntl(options.stderr_fd, F_DUPFD_CLOEXEC, 3)
+                                            : OpenLog(options.stderr_path, options.inherit_output, 2);
   const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (out_fd < 0 || err_fd < 0 || null_fd < 0) {
     const int e = errno;

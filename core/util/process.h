@@ -25,6 +25,9 @@ struct SpawnOptions {
   // true: the child writes to the parent's stdout and stderr (the paths above are ignored), as
   // the ranks of `moe-train --nproc` do, so that they land in the run's stdout.log/stderr.log.
   bool inherit_output = false;
+  // >= 0: the child's stderr is this descriptor (e.g. a pipe's write end the parent reads),
+  // whatever stderr_path and inherit_output say. Not closed by Spawn.
+  int stderr_fd = -1;
   // Sent to the child when the parent (thread) that started it dies; 0 = none. SIGTERM lets a
   // trainer checkpoint; a rank gets SIGKILL, since its launcher can no longer coordinate it.
   int parent_death_signal = SIGTERM;

@@ -1,7 +1,7 @@
 // A stand-in for one rank of `moe-train --nproc`, for the launcher tests (launch_test.cpp). All
 // ranks get the same argv (as under the real launcher); a flag applies to rank R, or to every
 // rank with R = all, and a later flag overrides an earlier one:
-//   fake_rank --dir DIR [--run-ms R:MS] [--exit R:CODE] [--die R:SIGNAL] [--on-term R:MODE]
+//   fake_rank --dir DIR [--run-ms R:MS] [--exit R:CODE] [--die R:SIGNAL] [--on-term R:MODE] [--noise R:LINES]
 // At start it writes DIR/rank<RANK>.env (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 // MASTER_ADDR, MASTER_PORT, PID, PGID; one KEY=VALUE a line, renamed into place so a reader
 // never sees half of it), runs for MS milliseconds (default 0), then exits with CODE (default 0)
@@ -10,7 +10,8 @@
 //   ignore   SIG_IGN: only SIGKILL ends the rank
 //   stop     like the trainer: count SIGTERM and SIGINT, keep counting for 300 ms after the
 //            first (to catch a second delivery), write DIR/rank<RANK>.signals ("term=T int=I"),
-//            exit 75
+//            exit 75; with --noise, first print LINES lines to stderr (a peer's follow-on errors)
+// A rank exiting with a CODE other than 0 and 75 prints "fake_rank: rank R exits CODE" to stderr.
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -47,7 +48,7 @@ void WriteAtomically(const std::string& path, const std::string& text) {
 int main(int argc, char** argv) {
   const std::string rank = Env("RANK");
   std::string dir, mode = "default";
-  int run_ms = 0, code = 0, die = 0;
+  int run_ms = 0, code = 0, die = 0, noise = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--dir") {
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
     else if (flag == "--exit") code = std::atoi(what.c_str());
     else if (flag == "--die") die = std::atoi(what.c_str());
     else if (flag == "--on-term") mode = what;
+    else if (flag == "--noise") noise = std::atoi(what.c_str());
   }
   if (dir.empty()) {
     std::fprintf(stderr, "fake_rank: --dir is required\n");
@@ -89,6 +91,7 @@ int main(int argc, char** argv) {
   while (std::chrono::steady_clock::now() < end) {
     if (g_terms.load() + g_ints.load() > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      for (int i = 0; i < noise; ++i) std::fprintf(stderr, "fake_rank: rank %s: follow-on error %d\n", rank.c_str(), i);
       WriteAtomically(dir + "/rank" + rank + ".signals",
                       "term=" + std::to_string(g_terms.load()) + " int=" + std::to_string(g_ints.load()) + "\n");
       return 75;

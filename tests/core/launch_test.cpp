@@ -193,10 +193,16 @@ TEST_CASE("launch: a failing rank stops the others - its exit code - the last st
   };
   const std::string tail = "; stopped the other ranks";
   const std::vector<Case> cases = {
-      {"exit 1, the others die of SIGTERM", {"--exit", "1:1"}, 1, "moe-train: rank 1 of 3 failed (exit code 1)" + tail},
-      {"exit 3 (diverged) is passed on", {"--exit", "1:3"}, 3, "moe-train: rank 1 of 3 failed (exit code 3)" + tail},
+      {"exit 1, the others die of SIGTERM", {"--exit", "1:1"}, 1,
+       "moe-train: rank 1 of 3 failed (exit code 1): fake_rank: rank 1 exits 1" + tail},
+      {"exit 3 (diverged) is passed on", {"--exit", "1:3"}, 3,
+       "moe-train: rank 1 of 3 failed (exit code 3): fake_rank: rank 1 exits 3" + tail},
       {"exit 1, the others checkpoint and exit 75", {"--exit", "1:1", "--on-term", "all:stop"}, 1,
-       "moe-train: rank 1 of 3 failed (exit code 1)" + tail},
+       "moe-train: rank 1 of 3 failed (exit code 1): fake_rank: rank 1 exits 1" + tail},
+      // The others' 2 x 30 follow-on lines come after the failing rank's own line: the final line
+      // still carries its cause (the runner keeps only the tail of stderr).
+      {"the cause survives the others' follow-on errors", {"--exit", "1:1", "--on-term", "all:stop", "--noise", "all:30"},
+       1, "moe-train: rank 1 of 3 failed (exit code 1): fake_rank: rank 1 exits 1" + tail},
       {"killed by a signal gives 1", {"--die", "1:9"}, 1, "moe-train: rank 1 of 3 failed (signal SIGKILL)" + tail},
   };
   for (const auto& c : cases) {
@@ -242,7 +248,7 @@ TEST_CASE("launch: a rank that ignores SIGTERM is killed when the grace period e
   REQUIRE(env.count("PID"));
   CHECK(Gone(static_cast<pid_t>(std::stoi(env.at("PID")))));
   CHECK(LastLine(moe_test::ReadFile(dir.Path("stderr.log"))) ==
-        "moe-train: rank 0 of 2 failed (exit code 1); stopped the other ranks");
+        "moe-train: rank 0 of 2 failed (exit code 1): fake_rank: rank 0 exits 1; stopped the other ranks");
 }
 
 TEST_CASE("launch: a stop request reaches each rank as exactly one SIGTERM - all interrupted gives 75", "[launch]") {
