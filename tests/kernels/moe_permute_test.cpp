@@ -41,7 +41,7 @@ TEST_CASE("kernels: PermuteRows gathers the routed rows like index_select", "[ke
   }
 }
 
-TEST_CASE("kernels: PermuteRows writes zeros for sources outside [0, N) (empty capacity slots)", "[kernels][permute]") {
+TEST_CASE("kernels: PermuteRows writes zeros for out-of-range sources (empty capacity slots)", "[kernels][permute]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(2);
   for (auto dt : {at::kBFloat16, at::kFloat}) {
