@@ -27,7 +27,6 @@ GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double
     : params_(std::move(params)),
       bucket_of_(params_.size(), -1),
       views_(params_.size()),
-      written_(params_.size(), false),
       comm_(comm),
       scale_(scale) {
   // Reverse order: the last layers' gradients come first in backward.
@@ -84,10 +83,7 @@ void GradSync::ZeroGrad() {
   // AccumulateGrad and copied into the bucket by the hook (one pass), instead of being added to
   // zeros (a fill and a read-modify-write pass over every bucket). Parameters that receive no
   // gradient this step are zeroed in Finish.
-  for (size_t i = 0; i < params_.size(); ++i) {
-    params_[i].mutable_grad() = torch::Tensor();
-    written_[i] = false;
-  }
+  for (torch::Tensor& p : params_) p.mutable_grad() = torch::Tensor();
 }
 
 void GradSync::Arm() {
@@ -114,7 +110,6 @@ void GradSync::OnGradReady(int64_t param_index) {
     views_[param_index].copy_(g);
     g = views_[param_index];
   }
-  written_[param_index] = true;
   if (!armed_) return;
   if (--buckets_[bucket_of_[param_index]].pending == 0) LaunchReadyInOrder();
 }
@@ -134,10 +129,11 @@ void GradSync::Launch(Bucket& b) {
 void GradSync::Finish() {
   std::lock_guard<std::mutex> lock(mu_);
   torch::NoGradGuard no_grad;
-  // A parameter that received no gradient this step contributes zeros (a bucket with such a
-  // member has not been launched yet: its pending count never reached 0).
+  // A parameter that received no gradient this step (its .grad is still none: the hook points
+  // every arrived one at its view) contributes zeros; a bucket with such a member has not been
+  // launched yet, since its pending count never reached 0.
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (!written_[i]) views_[i].zero_();
+    if (!params_[i].grad().defined()) views_[i].zero_();
   }
   if (armed_) {
     for (Bucket& b : buckets_) b.pending = 0;

@@ -72,7 +72,6 @@ class GradSync {
   std::vector<torch::Tensor> params_;
   std::vector<int64_t> bucket_of_;
   std::vector<torch::Tensor> views_;
-  std::vector<bool> written_;  // the parameter's view holds this step's gradient
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
   std::vector<uintptr_t> hook_keys_;
