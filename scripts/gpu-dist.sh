@@ -46,14 +46,17 @@ if [[ "$skip" != *" equality "* ]]; then
          --set moe.capacity_factor=0 --set train.steps=20 --set train.log_every=0 --set optim.lr=3e-4
          --set moe.bias_update_rate=0.001 --set moe.z_loss_coef=0.001)
   # nproc expert_parallel per-rank-batch capacity_factor
-  eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25")
+  eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25" "2 1 8 0 bf16")
   [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4 0" "4 4 4 0" "4 2 4 0")
   for c in "${eq_cases[@]}"; do
-    read -r n ep b cf <<<"$c"
+    read -r n ep b cf wire <<<"$c"
     rc=0
+    wire=${wire:-fp32}
     name="n${n}_ep${ep}_c${cf}"
+    [ "$wire" = fp32 ] || name="${name}_$wire"
     timeout 300 "$train" "${small[@]}" --nproc "$n" --run-dir "/tmp/eq/$name" --set train.batch_size="$b" \
-      --set moe.expert_parallel="$ep" --set moe.capacity_factor="$cf" >"$out/eq_$name.log" 2>&1 || rc=$?
+      --set moe.expert_parallel="$ep" --set moe.capacity_factor="$cf" --set precision.reduce_dtype=\"$wire\" \
+      >"$out/eq_$name.log" 2>&1 || rc=$?
     echo "eq $name exit $rc"; [ $rc -eq 0 ] || tail -5 "$out/eq_$name.log"
   done
   python3 - "$gpus" <<'PY' | tee "$out/equality.txt"
@@ -64,11 +67,11 @@ def losses(d):
 print("| run (global batch 16, 4 layers, bf16) | GPUs | expert_parallel | compared with | max rel. loss diff (20 steps) | final loss |")
 print("|---|---:|---:|---|---:|---:|")
 # dropless: against one GPU on the whole batch; capacity 1.25: EP against DP (both drop per rank)
-cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25")]
+cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25"), (2, 1, "0_bf16", "n1_ep1_c0")]
 cases += [(4, 1, "0", "n1_ep1_c0"), (4, 4, "0", "n1_ep1_c0"), (4, 2, "0", "n1_ep1_c0")] if int(sys.argv[1]) >= 4 else []
 for n, ep, cf, ref_name in cases:
     l, ref = losses(f"n{n}_ep{ep}_c{cf}"), losses(ref_name)
-    kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (f" cf {cf}" if cf != "0" else " dropless")
+    kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (" dropless, bf16 all-reduce" if cf == "0_bf16" else f" cf {cf}" if cf != "0" else " dropless")
     against = "1 GPU" if ref_name == "n1_ep1_c0" else "DP, same GPUs"
     if not l or len(l) != len(ref):
         print(f"| NCCL {kind} | {n} | {ep} | {against} | failed | |"); continue
@@ -88,6 +91,9 @@ run_ref() {  # name nproc extra --set args...
 if [[ "$skip" != *" scaling "* ]]; then
   for n in 1 2 4; do
     [ "$n" -le "$gpus" ] && run_ref "dp$n" "$n" --set moe.impl=\"grouped\"
+  done
+  for n in 2 4; do  # gradients all-reduced in bf16 (precision.reduce_dtype)
+    [ "$n" -le "$gpus" ] && run_ref "dp${n}_bf16" "$n" --set moe.impl=\"grouped\" --set precision.reduce_dtype=\"bf16\"
   done
 fi
 # -- 3. 32 experts on 4 GPUs: expert parallel against data parallel holding all 32 ------------------
@@ -132,7 +138,7 @@ echo
 echo "| run | GPUs | tok/s (global) | MFU per GPU | peak mem (GiB, largest rank) | scaling eff. vs 1 GPU |"
 echo "|---|---:|---:|---:|---:|---:|"
 base=$(stats /tmp/scale/dp1 | cut -d' ' -f1)
-for name in dp1 dp2 dp4 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
+for name in dp1 dp2 dp2_bf16 dp4 dp4_bf16 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
   [ -d "/tmp/scale/$name" ] || continue
   read -r tok mfu mem <<<"$(stats "/tmp/scale/$name")"
   n=$(python3 -c "import json;print(json.load(open('/tmp/scale/$name/summary.json'))['world_size'])" 2>/dev/null || echo "?")

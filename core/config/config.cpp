@@ -253,6 +253,7 @@ Status ValidateConfig(const Config& cfg) {
   k.Require(OneOf(p.fp8_recipe, {"tensorwise", "rowwise"}), "precision.fp8_recipe", p.fp8_recipe,
             "valid: tensorwise, rowwise");
   k.Require(OneOf(p.fp8_wgrad, {"fp8", "compute"}), "precision.fp8_wgrad", p.fp8_wgrad, "valid: fp8, compute");
+  k.Require(OneOf(p.reduce_dtype, {"fp32", "bf16"}), "precision.reduce_dtype", p.reduce_dtype, "valid: fp32, bf16");
   k.Require(cfg.metrics.peak_tflops >= 0, "metrics.peak_tflops", cfg.metrics.peak_tflops,
             "must be >= 0 (0 = look up by device name)");
   return k.st;

@@ -161,6 +161,7 @@ struct PrecisionConfig {
   std::string fp8_recipe = "tensorwise";
   bool fp8_experts = true;
   std::string fp8_wgrad = "fp8";
+  std::string reduce_dtype = "fp32";
 
   template <class V> void Visit(V&& v) {
     MOE_FIELD(v, compute, "auto | fp32 | bf16 (auto: bf16 on CUDA, fp32 on CPU; master weights stay fp32)");
@@ -168,6 +169,7 @@ struct PrecisionConfig {
     MOE_FIELD(v, fp8_recipe, "tensorwise | rowwise scaling");
     MOE_FIELD(v, fp8_experts, "with fp8: also run the expert GEMMs in FP8");
     MOE_FIELD(v, fp8_wgrad, "with fp8: weight-gradient GEMMs in fp8 | compute (the compute dtype; torchao's gw_hp variant)");
+    MOE_FIELD(v, reduce_dtype, "data-parallel gradient all-reduce in fp32 (the master gradients) | bf16 (half the bytes; each rank's gradient rounded to bf16 once)");
   }
 };
 

@@ -1,5 +1,7 @@
 #include "core/dist/grad_sync.h"
 
+#include <algorithm>
+
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -23,10 +25,13 @@ class ReadyHook : public torch::autograd::FunctionPostHook {
 
 }  // namespace
 
-GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes)
+GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes,
+                   torch::ScalarType reduce_dtype)
     : params_(std::move(params)),
       bucket_of_(params_.size(), -1),
       views_(params_.size()),
+      wire_views_(params_.size()),
+      on_wire_(params_.size(), 0),
       comm_(comm),
       scale_(scale) {
   // Reverse order: the last layers' gradients come first in backward.
@@ -55,9 +60,14 @@ GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double
     for (int64_t i : bk.members) numel += params_[i].numel();
     const torch::Tensor& first = params_[bk.members.front()];
     bk.flat = torch::empty({numel}, first.options().requires_grad(false));
+    const bool communicates = comm_ != nullptr && comm_->size() > 1;
+    if (communicates && reduce_dtype != torch::ScalarType::Undefined && reduce_dtype != first.scalar_type()) {
+      bk.wire = torch::empty({numel}, first.options().dtype(reduce_dtype).requires_grad(false));
+    }
     int64_t off = 0;
     for (int64_t i : bk.members) {
       views_[i] = bk.flat.narrow(0, off, params_[i].numel()).view(params_[i].sizes());
+      if (bk.wire.defined()) wire_views_[i] = bk.wire.narrow(0, off, params_[i].numel()).view(params_[i].sizes());
       off += params_[i].numel();
       bucket_of_[i] = static_cast<int64_t>(b);
     }
@@ -90,6 +100,7 @@ void GradSync::Arm() {
   std::lock_guard<std::mutex> lock(mu_);
   armed_ = true;
   next_launch_ = 0;
+  std::fill(on_wire_.begin(), on_wire_.end(), 0);
   for (Bucket& b : buckets_) {
     b.pending = static_cast<int64_t>(b.members.size());
     b.launched = false;
@@ -105,8 +116,14 @@ void GradSync::OnGradReady(int64_t param_index) {
   // step are added into the view in place, or, where AccumulateGrad replaced .grad by a new sum,
   // copied again (that sum includes the view's earlier value).
   torch::Tensor& g = params_[param_index].mutable_grad();
-  if (!g.is_same(views_[param_index])) {
-    torch::NoGradGuard no_grad;
+  torch::NoGradGuard no_grad;
+  if (armed_ && wire_views_[param_index].defined()) {
+    // The step's final gradient of this parameter goes straight into the wire (a cast copy);
+    // .grad becomes its view, which Finish fills from the all-reduced wire.
+    wire_views_[param_index].copy_(g);
+    on_wire_[param_index] = 1;
+    g = views_[param_index];
+  } else if (!g.is_same(views_[param_index])) {
     views_[param_index].copy_(g);
     g = views_[param_index];
   }
@@ -123,7 +140,9 @@ void GradSync::LaunchReadyInOrder() {
 
 void GradSync::Launch(Bucket& b) {
   b.launched = true;
-  if (comm_ != nullptr && comm_->size() > 1) b.work = comm_->AllReduceAsync(b.flat, ReduceOp::kSum);
+  if (comm_ != nullptr && comm_->size() > 1) {
+    b.work = comm_->AllReduceAsync(b.wire.defined() ? b.wire : b.flat, ReduceOp::kSum);
+  }
 }
 
 void GradSync::Finish() {
@@ -134,6 +153,9 @@ void GradSync::Finish() {
   // launched yet, since its pending count never reached 0.
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!params_[i].grad().defined()) views_[i].zero_();
+    // No gradient in the armed backward: what earlier micro-batches accumulated (or the zeros
+    // just written) is what this rank contributes.
+    if (wire_views_[i].defined() && !on_wire_[i]) wire_views_[i].copy_(views_[i]);
   }
   if (armed_) {
     for (Bucket& b : buckets_) b.pending = 0;
@@ -143,11 +165,13 @@ void GradSync::Finish() {
   for (Bucket& b : buckets_) {
     if (b.work) b.work->Wait();
     b.work.reset();
+    if (b.wire.defined()) b.flat.copy_(b.wire);
     if (scale_ != 1.0) b.flat.mul_(scale_);
   }
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!params_[i].grad().is_same(views_[i])) params_[i].mutable_grad() = views_[i];
   }
+  std::fill(on_wire_.begin(), on_wire_.end(), 0);
 }
 
 }  // namespace moe

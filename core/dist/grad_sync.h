@@ -32,7 +32,15 @@ class GradSync {
   // already divided by the number of ranks (the trainer does: it costs nothing there), 1/W to
   // average gradients of undivided losses. bucket_bytes: target bucket size (a parameter larger
   // than it gets a bucket of its own).
-  GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes);
+  // reduce_dtype: the dtype the buckets travel in. Undefined (the default) or the parameters'
+  // own: the gradients themselves are all-reduced. kBFloat16 for fp32 parameters: each bucket
+  // also has a bf16 copy that is what goes over the wire (half the bytes and half the
+  // all-reduce kernels' time); the step's last gradient of a parameter is cast straight into it
+  // (no more passes than the fp32 copy it replaces), and the sum is cast back into the fp32
+  // .grad views in Finish. The sum is then rounded to bf16 once per rank's contribution
+  // (relative error ~2^-9 per element), as DDP's bf16 compression hook does.
+  GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes,
+           torch::ScalarType reduce_dtype = torch::ScalarType::Undefined);
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
@@ -60,6 +68,7 @@ class GradSync {
  private:
   struct Bucket {
     torch::Tensor flat;                  // (numel,) the bucket's gradients, back to back
+    torch::Tensor wire;                  // (numel,) reduce_dtype copy that is all-reduced; undefined: flat is
     std::vector<int64_t> members;        // indices into params_
     int64_t pending = 0;                 // members whose gradient has not arrived this step
     std::unique_ptr<PendingCollective> work;
@@ -72,6 +81,8 @@ class GradSync {
   std::vector<torch::Tensor> params_;
   std::vector<int64_t> bucket_of_;
   std::vector<torch::Tensor> views_;
+  std::vector<torch::Tensor> wire_views_;  // per parameter, into its bucket's wire (if it has one)
+  std::vector<char> on_wire_;              // this step's gradient has been written into the wire view
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
   std::vector<uintptr_t> hook_keys_;

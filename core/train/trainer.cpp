@@ -272,9 +272,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     }
     std::unique_ptr<GradSync> dense_sync, expert_sync;
     if (par.distributed()) {
-      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), /*scale=*/1.0, kGradBucketBytes);
+      const torch::ScalarType wire = cfg.precision.reduce_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), /*scale=*/1.0, kGradBucketBytes, wire);
       if (!expert_params.empty()) {
-        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), /*scale=*/1.0, kGradBucketBytes);
+        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), /*scale=*/1.0, kGradBucketBytes, wire);
       }
       s["grad_buckets"] = dense_sync->num_buckets() + (expert_sync ? expert_sync->num_buckets() : 0);
     }

@@ -196,6 +196,52 @@ TEST_CASE("grad sync: a parameter without a gradient this step sums to zero, not
   }
 }
 
+TEST_CASE("grad sync: a bf16 wire sums each rank's gradient rounded to bf16 once", "[dist]") {
+  // Three fp32 parameters in one bucket, two ranks, two micro-batches:
+  //   a gets a gradient in both micro-batches (accumulated in fp32, then rounded for the wire),
+  //   b only in the first (the armed backward never sees it: Finish must still send its sum),
+  //   c in none (sends zeros).
+  // The expected sum is computed here from each rank's fp32 gradient: bf16(bf16(g0) + bf16(g1)),
+  // exact in fp32 and then scaled, which an fp32 wire (or a wire that missed b) would not give.
+  const int W = 2;
+  auto grads = [](int r, int m) {  // the gradients of rank r, micro-batch m, for a and b
+    return std::vector<torch::Tensor>{Randn({300}, 10 + 2 * r + m), Randn({70}, 20 + 2 * r + m)};
+  };
+  std::vector<std::vector<torch::Tensor>> got(W);
+  std::vector<int64_t> wire_buckets(W, -1);
+  OnRanks(W, [&](moe::Communicator& c, std::vector<std::string>& err) {
+    torch::Tensor a = torch::zeros({300}, torch::requires_grad()), b = torch::zeros({70}, torch::requires_grad()),
+                  cp = torch::zeros({9}, torch::requires_grad());
+    moe::GradSync sync({a, b, cp}, &c, 1.0 / W, /*bucket_bytes=*/1 << 20, torch::kBFloat16);
+    Expect(sync.num_buckets() == 1, "one bucket", err);
+    for (int step = 0; step < 2; ++step) {  // the second step checks that nothing carries over
+      sync.ZeroGrad();
+      auto g0 = grads(c.rank(), 0), g1 = grads(c.rank(), 1);
+      ((a * g0[0]).sum() + (b * g0[1]).sum()).backward();
+      sync.Arm();
+      (a * g1[0]).sum().backward();
+      sync.Finish();
+    }
+    got[c.rank()] = {a.grad().clone(), b.grad().clone(), cp.grad().clone()};
+  });
+  auto wire_sum = [&](size_t i) {
+    torch::Tensor s = torch::zeros_like(grads(0, 0)[i]);
+    for (int r = 0; r < W; ++r) {
+      torch::Tensor g = i == 0 ? grads(r, 0)[0] + grads(r, 1)[0] : grads(r, 0)[1];  // fp32 accumulation
+      s = s + g.to(torch::kBFloat16).to(torch::kFloat32);
+    }
+    return s.to(torch::kBFloat16).to(torch::kFloat32) / W;
+  };
+  for (int r = 0; r < W; ++r) {
+    INFO("rank " << r);
+    REQUIRE(got[r].size() == 3);
+    CHECK(got[r][0].scalar_type() == torch::kFloat32);
+    CHECK(torch::equal(got[r][0], wire_sum(0)));
+    CHECK(torch::equal(got[r][1], wire_sum(1)));
+    CHECK(torch::equal(got[r][2], torch::zeros({9})));
+  }
+}
+
 TEST_CASE("all-to-all rows: forward exchange and its backward against one process", "[dist]") {
   // Two ranks, each with rows x_r; rank r sends send[r][q] rows to q. Loss on each rank is a
   // weighted sum of what it received; the gradient of each sent row is the weight its receiver

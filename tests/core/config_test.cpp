@@ -54,6 +54,7 @@ TEST_CASE("config: each error class names key, value, what is valid and position
       {"data.source = \"text\"\ndata.path = \"x.txt\"\n", {"model.vocab_size = 32768", "vocab_size = 256"}},
       {"data.source = \"bin\"\n", {"data.path", "needs a file path"}},
       {"optim.schedule = \"linear\"\n", {"valid: constant, cosine, wsd"}},
+      {"precision.reduce_dtype = \"fp16\"\n", {"precision.reduce_dtype = \"fp16\"", "valid: fp32, bf16"}},
       {"model = 3\n", {"'model' must be a table"}},
   };
   for (const auto& c : cases) {
