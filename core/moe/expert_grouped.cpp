@@ -1,4 +1,4 @@
-// Grouped backend: assignments sorted by expert so each expert's rows are contiguous, then one
+// Grouped backend: assignments grouped by expert so each expert's rows are contiguous, then one
 // at::_grouped_mm per projection with int32 cumulative row offsets (offs[e] = end of expert e).
 // Makes no host sync, with or without a capacity.
 #include "core/moe/experts.h"
@@ -20,16 +20,15 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
 torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
   const int64_t N = in.x.size(0), k = in.indices.size(1);
   const int64_t E = w.w1.size(0);
-  // Dropped assignments get key E so that the stable sort puts them after every kept row.
-  torch::Tensor key = in.indices.masked_fill(in.keep.logical_not(), E).reshape({N * k});
-  torch::Tensor sorted = std::get<1>(key.sort(std::optional<bool>(true), /*dim=*/0, /*descending=*/false));  // (N*k,) stable
+  // Each assignment's row from its capacity position, kept ones expert by expert and dropped
+  // ones last: no sort (a stable sort of the expert keys cost ~0.6 ms per step on an H100).
   // A static row count, so that no step waits on the host (and a CUDA graph can capture it):
   // M = min(N*k, E*C) rows always hold every kept assignment. Rows past the kept ones (dropped
-  // assignments, sorted last) are handed to the last expert, because _grouped_mm leaves rows
+  // assignments, placed last) are handed to the last expert, because _grouped_mm leaves rows
   // past offs[E-1] unwritten; their combine weight is zero, so they change no output and no
   // gradient (only FLOPs, none when dropless).
   const int64_t M = in.capacity > 0 ? std::min(N * k, E * in.capacity) : N * k;
-  const RowOrder order = MakeRowOrder(sorted, M, k);
+  const RowOrder order = MakeRowOrder(ExpertRowDest(in.indices, in.keep, in.position, in.kept), M, k);
   torch::Tensor offs = in.kept.cumsum(0).to(torch::kInt32);       // (E,)
   if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
   torch::Tensor xs = PermuteTokens(in.x, order);                  // (M, d)

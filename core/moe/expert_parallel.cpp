@@ -32,15 +32,15 @@ torch::Tensor StaticCapacityExchange(const ExpertInput& in, const ExpertWeights&
 
 torch::Tensor ExpertParallelExperts(const ExpertInput& in, const ExpertWeights& w, int64_t n_experts,
                                     Communicator* ep) {
-  const int64_t N = in.x.size(0), k = in.indices.size(1);
+  const int64_t k = in.indices.size(1);
   const int64_t P = ep->size(), E = n_experts, L = E / P;
   TORCH_CHECK(L * P == E && w.w1.size(0) == L, "ExpertParallelExperts: ", E, " experts over ", P,
               " ranks, local weights for ", w.w1.size(0));
   if (in.capacity > 0) return StaticCapacityExchange(in, w, E, ep);
 
-  // 1. This rank's kept assignments sorted by expert, hence by owning rank (dropped ones last).
-  torch::Tensor key = in.indices.masked_fill(in.keep.logical_not(), E).reshape({N * k});
-  torch::Tensor sorted = std::get<1>(key.sort(std::optional<bool>(true), /*dim=*/0, /*descending=*/false));
+  // 1. This rank's kept assignments grouped by expert, hence by owning rank (dropped ones last),
+  // from their capacity positions (no sort).
+  torch::Tensor dest = ExpertRowDest(in.indices, in.keep, in.position, in.kept);  // (N*k,)
 
   // 2. Row counts: recv[q*L + l] = rows rank q sends for my local expert l.
   torch::Tensor sent = in.kept.to(torch::kInt64).contiguous();  // (E,)
@@ -62,7 +62,7 @@ torch::Tensor ExpertParallelExperts(const ExpertInput& in, const ExpertWeights& 
 
   // 3. Dispatch: rows leave grouped by (destination rank, its expert) and arrive grouped by
   // (source rank, local expert); regroup them by local expert for the grouped GEMM.
-  const RowOrder order = MakeRowOrder(sorted, m_send, k);
+  const RowOrder order = MakeRowOrder(dest, m_send, k);
   torch::Tensor xs = PermuteTokens(in.x, order);                        // (m_send, d)
   torch::Tensor xr = AllToAllRows(xs, send_rows, recv_rows, ep);        // (m_recv, d) by (q, l)
   torch::Tensor by_expert = torch::empty({m_recv}, torch::kInt64);     // row of xr for each grouped row

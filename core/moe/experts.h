@@ -6,8 +6,9 @@
 //   loop:    one expert at a time on its gathered tokens (the readable reference; syncs per expert)
 //   padded:  scatter into an (E, C, d) buffer and use torch::bmm; C = capacity, or the max load
 //            when dropless (one host sync). With a capacity every shape is static.
-//   grouped: sort assignments by expert and run at::_grouped_mm over contiguous row groups
-//            (no host sync: a static row count; with a capacity, rows past the kept ones weigh 0).
+//   grouped: group assignments by expert (rows from the capacity positions, no sort) and run
+//            at::_grouped_mm over contiguous row groups (no host sync: a static row count; with a
+//            capacity, rows past the kept ones weigh 0).
 #pragma once
 
 #include <cstdint>

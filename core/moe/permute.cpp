@@ -46,17 +46,27 @@ struct UnpermuteFn : public torch::autograd::Function<UnpermuteFn> {
 
 }  // namespace
 
-RowOrder MakeRowOrder(const torch::Tensor& sorted, int64_t M, int64_t k) {
+RowOrder MakeRowOrder(const torch::Tensor& dest, int64_t M, int64_t k) {
   RowOrder o;
   o.k = k;
-  o.n_tokens = sorted.size(0) / k;
+  o.n_tokens = dest.size(0) / k;
+  o.inv = dest.contiguous();
+  // The assignment in each row: the inverse permutation of dest.
+  torch::Tensor sorted = torch::empty_like(o.inv).scatter_(0, o.inv, torch::arange(o.inv.size(0), o.inv.options()));
   o.rows = sorted.narrow(0, 0, M);
   o.tok = o.rows.div(k, "floor");
-  if (KernelsBuilt() && sorted.is_cuda()) {
-    // The inverse permutation: assignment sorted[i] sits in row i (rows >= M are not computed).
-    o.inv = torch::empty_like(sorted).scatter_(0, sorted, torch::arange(sorted.size(0), sorted.options()));
-  }
   return o;
+}
+
+torch::Tensor ExpertRowDest(const torch::Tensor& indices, const torch::Tensor& keep, const torch::Tensor& position,
+                            const torch::Tensor& kept) {
+  torch::Tensor kept64 = kept.to(torch::kInt64);
+  torch::Tensor start = kept64.cumsum(0) - kept64;                           // (E,) first row of each expert
+  torch::Tensor keep_f = keep.reshape({-1});                                  // (N*k,)
+  torch::Tensor dropped = keep_f.logical_not().to(torch::kInt64);              // (N*k,)
+  torch::Tensor drop_row = kept64.sum() + dropped.cumsum(0) - dropped;         // after every kept row
+  torch::Tensor kept_row = start.index_select(0, indices.reshape({-1})) + position.reshape({-1});
+  return torch::where(keep_f, kept_row, drop_row);                            // (N*k,)
 }
 
 torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order) {

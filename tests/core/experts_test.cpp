@@ -1,13 +1,16 @@
 // Expert backends: loop (reference), padded and grouped must give the same outputs and the same
 // gradients for inputs, combine weights and expert weights, dropless and with a capacity, with
-// an expert that receives no tokens, and for zero tokens.
+// an expert that receives no tokens, and for zero tokens. The grouped backend's row order is also
+// checked directly against the stable sort by expert it replaced.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "core/moe/capacity.h"
 #include "core/moe/experts.h"
+#include "core/moe/permute.h"
 #include "core/moe/router.h"
 
 namespace {
@@ -112,5 +115,90 @@ TEST_CASE("backends: auto resolves to grouped where _grouped_mm can run, else pa
     moe::Status st = moe::ResolveExpertImpl(c.name, c.d, c.h, c.dt, &got);
     CHECK(st.ok() == c.ok);
     if (c.ok) CHECK(got == c.want);
+  }
+}
+
+// The grouped backend's rows come from the capacity positions (ExpertRowDest) instead of a stable
+// sort of the expert keys (dropped assignments keyed E). The definition the sort gave, checked
+// here: rows [0, total kept) hold exactly each expert's kept assignments, expert by expert; the
+// rows after them exactly the dropped ones; the order is a permutation with inv its inverse. The
+// order within an expert is the capacity rank (slot-major) instead of the assignment id.
+TEST_CASE("grouped row order: kept assignments expert by expert from the capacity positions, dropped after",
+          "[backends][grouped]") {
+  struct Case {
+    std::string name;
+    int64_t N, k, E, C;  // C = 0: dropless
+    int64_t empty;       // an expert no token picks, -1 for none
+    bool drops;          // the routing must drop something (the case exercises what it says)
+  };
+  const std::vector<Case> cases = {
+      {"capacity drops, last expert empty", 40, 2, 4, 6, 3, true},
+      {"capacity drops, first expert empty, top-4", 33, 4, 8, 3, 0, true},
+      {"top-1 capacity 1", 12, 1, 3, 1, -1, true},
+      {"dropless, middle expert empty", 40, 2, 4, 0, 2, false},
+      {"dropless top-1", 17, 1, 5, 0, -1, false},
+      {"capacity above every load", 16, 2, 4, 32, -1, false},
+      {"one token", 1, 2, 4, 1, -1, false},
+      {"zero tokens with a capacity", 0, 2, 3, 2, -1, false},
+      {"zero tokens dropless", 0, 2, 3, 0, -1, false},
+  };
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const Case& c = cases[ci];
+    INFO(c.name << ": N=" << c.N << " k=" << c.k << " E=" << c.E << " C=" << c.C);
+    torch::manual_seed(static_cast<uint64_t>(100 + ci));
+    torch::Tensor scores = torch::rand({c.N, c.E});
+    if (c.empty >= 0) scores.select(1, c.empty).fill_(-1.0);
+    const torch::Tensor idx = std::get<1>(scores.topk(c.k, 1));  // (N, k) distinct experts per token
+    const moe::CapacityOut cap = moe::ApplyCapacity(idx, c.E, c.C);
+    const int64_t A = c.N * c.k;
+    const int64_t n_kept = cap.keep.sum().item<int64_t>();
+    REQUIRE((n_kept < A) == c.drops);
+    if (c.empty >= 0) REQUIRE(cap.load[c.empty].item<int64_t>() == 0);
+
+    const torch::Tensor dest = moe::ExpertRowDest(idx, cap.keep, cap.position, cap.kept);
+    REQUIRE(dest.sizes() == torch::IntArrayRef({A}));
+    REQUIRE(dest.scalar_type() == torch::kInt64);
+    const moe::RowOrder full = moe::MakeRowOrder(dest, A, c.k);  // every row: sorted = full.rows
+    const torch::Tensor sorted = full.rows;
+    REQUIRE(sorted.sizes() == torch::IntArrayRef({A}));
+    // A permutation of the assignment ids, inv = dest its inverse: inv[sorted[i]] == i.
+    CHECK(torch::equal(std::get<0>(dest.sort()), torch::arange(A, i64)));
+    CHECK(torch::equal(std::get<0>(sorted.sort()), torch::arange(A, i64)));
+    CHECK(torch::equal(full.inv, dest));
+    CHECK(torch::equal(full.inv.index_select(0, sorted), torch::arange(A, i64)));
+    CHECK(torch::equal(full.tok, sorted.div(c.k, "floor")));
+
+    // The old definition: a stable sort of the expert keys, dropped assignments keyed E.
+    const torch::Tensor flat_idx = idx.reshape({A});
+    const torch::Tensor flat_keep = cap.keep.reshape({A});
+    const torch::Tensor key = idx.masked_fill(cap.keep.logical_not(), c.E).reshape({A});
+    const torch::Tensor old = std::get<1>(key.sort(std::optional<bool>(true), 0, false));
+    auto same_ids = [](const torch::Tensor& a, const torch::Tensor& b) {
+      return torch::equal(std::get<0>(a.sort()), std::get<0>(b.sort()));
+    };
+    int64_t start = 0;
+    for (int64_t e = 0; e < c.E; ++e) {
+      INFO("expert " << e);
+      const int64_t n = cap.kept[e].item<int64_t>();
+      const torch::Tensor seg = sorted.narrow(0, start, n);
+      CHECK(same_ids(seg, old.narrow(0, start, n)));
+      CHECK(torch::equal(flat_idx.index_select(0, seg), torch::full({n}, e, i64)));
+      CHECK(flat_keep.index_select(0, seg).all().item<bool>());
+      // Within the expert: its capacity ranks 0, 1, ... in order.
+      CHECK(torch::equal(cap.position.reshape({A}).index_select(0, seg), torch::arange(n, i64)));
+      start += n;
+    }
+    REQUIRE(start == n_kept);
+    const torch::Tensor dropped = sorted.narrow(0, n_kept, A - n_kept);
+    CHECK(same_ids(dropped, old.narrow(0, n_kept, A - n_kept)));
+    CHECK(same_ids(dropped, torch::nonzero(flat_keep.logical_not()).reshape({-1})));
+
+    // The M-row order the grouped backend runs: every kept row is among the first M.
+    const int64_t M = c.C > 0 ? std::min(A, c.E * c.C) : A;
+    REQUIRE(n_kept <= M);
+    const moe::RowOrder order = moe::MakeRowOrder(dest, M, c.k);
+    CHECK(torch::equal(order.rows, sorted.narrow(0, 0, M)));
+    CHECK(torch::equal(order.tok, full.tok.narrow(0, 0, M)));
   }
 }
