@@ -31,7 +31,9 @@ RouterOut Route(const torch::Tensor& logits, const torch::Tensor& bias, const st
                 int64_t top_k, bool renormalize);
 
 // logits for x (N, d) in any dtype and the fp32 gate (E, d): the router runs in fp32 so that
-// near-ties between experts are not decided by bf16 rounding.
+// near-ties between experts are not decided by bf16 rounding. On CUDA with bf16 x, the same
+// product to ~1e-5 through bf16 tensor-core GEMMs (the gate split into bf16 hi + lo parts);
+// elsewhere an fp32 GEMM on x cast to fp32.
 torch::Tensor RouterLogits(const torch::Tensor& x, const torch::Tensor& gate_weight);
 
 }  // namespace moe
