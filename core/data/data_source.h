@@ -10,6 +10,11 @@
 // windows at random offsets from the rest; see core/data/token_file.h for the exact scheme.
 // Randomness is a counter-based hash of (train.seed, step, micro) and the global row, see
 // core/data/random.h.
+//
+// Threads: TrainBatch and ValBatch may be called concurrently from different threads (the
+// trainer makes the next step's batches on a background thread, core/data/prefetch.h, while it
+// runs validation). A source therefore keeps no mutable state and draws no numbers from torch's
+// global generator; the batch's own tensors are new on every call.
 #pragma once
 
 #include <memory>
