@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/data/data_source.h"
+#include "core/data/prefetch.h"
 #include "core/dist/dist_env.h"
 #include "core/dist/grad_sync.h"
 #include "core/dist/parallel.h"
@@ -326,6 +327,15 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     torch::Tensor graph_stats;
     if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev);
     StepProfiler profiler(opts.run_dir, denv.rank, denv.world);
+    // Makes step s+1's batches on a background thread while step s runs (core/data/prefetch.h): the
+    // same batches as TrainBatch, only earlier. Pinned host memory where the copies go to a GPU.
+    PrefetchOptions pf;
+    pf.rank = denv.rank;
+    pf.world = world;
+    pf.micro_batches = ga;
+    pf.end_step = cfg.train.steps;
+    pf.pin_memory = dev.device.is_cuda();
+    BatchPrefetcher prefetch(*data, pf);
 
     for (int64_t step = start_step; step < cfg.train.steps; ++step) {
       StepMetrics m;
@@ -339,11 +349,14 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       const auto t0 = std::chrono::steady_clock::now();
 
       fused.SetLearningRate(m.lr);
+      // This step's batches were made (pinned, on CUDA) while the previous step ran; the copies
+      // below are asynchronous. `batches` stays alive until the step's sync below, so no copy can
+      // still be reading a pinned buffer when it is freed (core/data/prefetch.h).
+      const std::vector<Batch> batches = prefetch.Take(step);
       std::vector<torch::Tensor> inputs, targets;
       for (int64_t micro = 0; micro < ga; ++micro) {
-        Batch b = data->TrainBatch(step, micro, denv.rank, world);
-        inputs.push_back(b.inputs.to(dev.device, /*non_blocking=*/true));
-        targets.push_back(b.targets.to(dev.device, /*non_blocking=*/true));
+        inputs.push_back(batches[micro].inputs.to(dev.device, /*non_blocking=*/true));
+        targets.push_back(batches[micro].targets.to(dev.device, /*non_blocking=*/true));
       }
       torch::Tensor stats;
       if (!graph) {
