@@ -354,9 +354,17 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       // still be reading a pinned buffer when it is freed (core/data/prefetch.h).
       const std::vector<Batch> batches = prefetch.Take(step);
       std::vector<torch::Tensor> inputs, targets;
-      for (int64_t micro = 0; micro < ga; ++micro) {
-        inputs.push_back(batches[micro].inputs.to(dev.device, /*non_blocking=*/true));
-        targets.push_back(batches[micro].targets.to(dev.device, /*non_blocking=*/true));
+      if (graph && !static_in.empty()) {
+        // Straight into the graph's static inputs: no device temporary and no device-to-device copy.
+        for (int64_t micro = 0; micro < ga; ++micro) {
+          static_in[micro].copy_(batches[micro].inputs, /*non_blocking=*/true);
+          static_tgt[micro].copy_(batches[micro].targets, /*non_blocking=*/true);
+        }
+      } else {
+        for (int64_t micro = 0; micro < ga; ++micro) {
+          inputs.push_back(batches[micro].inputs.to(dev.device, /*non_blocking=*/true));
+          targets.push_back(batches[micro].targets.to(dev.device, /*non_blocking=*/true));
+        }
       }
       torch::Tensor stats;
       if (!graph) {
@@ -370,11 +378,6 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         if (static_in.empty()) {
           static_in = inputs;
           static_tgt = targets;
-        } else {
-          for (int64_t micro = 0; micro < ga; ++micro) {
-            static_in[micro].copy_(inputs[micro]);
-            static_tgt[micro].copy_(targets[micro]);
-          }
         }
         if (graph->captured()) {
           graph->Replay();
