@@ -24,10 +24,11 @@ torch::Tensor SplitBf16(const torch::Tensor& t) {
 // (N, d) fp32 copy of x each way). x is exact in bf16; the fp32 gate weight and the incoming
 // fp32 logit gradient are split into bf16 hi + lo parts, so the logits and the gate gradient
 // keep fp32 accuracy. dx is bf16 like x (its rounding dominates that of the bf16 gradient).
+// w2 = SplitBf16(w), made by the caller: the gradient goes to w, w2 is only its bf16 form.
 struct RouterGemmFn : public torch::autograd::Function<RouterGemmFn> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
+                               const torch::Tensor& w2) {
     const int64_t E = w.size(0);
-    const torch::Tensor w2 = SplitBf16(w.detach());                       // (2E, d)
     ctx->save_for_backward({x, w2});
     const torch::Tensor y2 = at::mm(x, w2.t(), torch::kFloat32);          // (N, 2E)
     return y2.narrow(1, 0, E) + y2.narrow(1, E, E);                       // (N, E) fp32
@@ -43,7 +44,7 @@ struct RouterGemmFn : public torch::autograd::Function<RouterGemmFn> {
       const torch::Tensor d2 = at::mm(SplitBf16(g.t()), x, torch::kFloat32);              // (2E, d)
       dw = d2.narrow(0, 0, E) + d2.narrow(0, E, E);                                        // (E, d) fp32
     }
-    return {dx, dw};
+    return {dx, dw, torch::Tensor()};
   }
 };
 
@@ -51,7 +52,7 @@ struct RouterGemmFn : public torch::autograd::Function<RouterGemmFn> {
 
 torch::Tensor RouterLogits(const torch::Tensor& x, const torch::Tensor& gate_weight) {
   if (x.is_cuda() && x.scalar_type() == torch::kBFloat16 && gate_weight.scalar_type() == torch::kFloat32) {
-    return RouterGemmFn::apply(x, gate_weight);
+    return RouterGemmFn::apply(x, gate_weight, SplitBf16(gate_weight.detach()));  // (N, E) fp32
   }
   return torch::nn::functional::linear(x.to(torch::kFloat32), gate_weight.to(torch::kFloat32));
 }
