@@ -46,17 +46,19 @@ if [[ "$skip" != *" equality "* ]]; then
          --set moe.capacity_factor=0 --set train.steps=20 --set train.log_every=0 --set optim.lr=3e-4
          --set moe.bias_update_rate=0.001 --set moe.z_loss_coef=0.001)
   # nproc expert_parallel per-rank-batch capacity_factor
-  eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25" "2 1 8 0 bf16")
+  eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25" "2 1 8 0 bf16" "2 1 8 1.25 fp32 cudagraph")
   [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4 0" "4 4 4 0" "4 2 4 0")
   for c in "${eq_cases[@]}"; do
-    read -r n ep b cf wire <<<"$c"
+    read -r n ep b cf wire mode <<<"$c"
     rc=0
     wire=${wire:-fp32}
+    mode=${mode:-eager}
     name="n${n}_ep${ep}_c${cf}"
     [ "$wire" = fp32 ] || name="${name}_$wire"
+    [ "$mode" = eager ] || name="${name}_$mode"
     timeout 300 "$train" "${small[@]}" --nproc "$n" --run-dir "/tmp/eq/$name" --set train.batch_size="$b" \
       --set moe.expert_parallel="$ep" --set moe.capacity_factor="$cf" --set precision.reduce_dtype=\"$wire\" \
-      >"$out/eq_$name.log" 2>&1 || rc=$?
+      --set train.compile=\"$mode\" >"$out/eq_$name.log" 2>&1 || rc=$?
     echo "eq $name exit $rc"; [ $rc -eq 0 ] || tail -5 "$out/eq_$name.log"
   done
   python3 - "$gpus" <<'PY' | tee "$out/equality.txt"
@@ -67,12 +69,14 @@ def losses(d):
 print("| run (global batch 16, 4 layers, bf16) | GPUs | expert_parallel | compared with | max rel. loss diff (20 steps) | final loss |")
 print("|---|---:|---:|---|---:|---:|")
 # dropless: against one GPU on the whole batch; capacity 1.25: EP against DP (both drop per rank)
-cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25"), (2, 1, "0_bf16", "n1_ep1_c0")]
+cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25"), (2, 1, "0_bf16", "n1_ep1_c0"),
+         (2, 1, "1.25_cudagraph", "n2_ep1_c1.25")]
 cases += [(4, 1, "0", "n1_ep1_c0"), (4, 4, "0", "n1_ep1_c0"), (4, 2, "0", "n1_ep1_c0")] if int(sys.argv[1]) >= 4 else []
 for n, ep, cf, ref_name in cases:
     l, ref = losses(f"n{n}_ep{ep}_c{cf}"), losses(ref_name)
-    kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (" dropless, bf16 all-reduce" if cf == "0_bf16" else f" cf {cf}" if cf != "0" else " dropless")
-    against = "1 GPU" if ref_name == "n1_ep1_c0" else "DP, same GPUs"
+    kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (" dropless, bf16 all-reduce" if cf == "0_bf16" else
+            " cf 1.25, cudagraph" if cf == "1.25_cudagraph" else f" cf {cf}" if cf != "0" else " dropless")
+    against = "1 GPU" if ref_name == "n1_ep1_c0" else "DP eager, same GPUs" if "cudagraph" in cf else "DP, same GPUs"
     if not l or len(l) != len(ref):
         print(f"| NCCL {kind} | {n} | {ep} | {against} | failed | |"); continue
     d = max(abs(a - b) / abs(b) for a, b in zip(l, ref))
@@ -94,6 +98,10 @@ if [[ "$skip" != *" scaling "* ]]; then
   done
   for n in 2 4; do  # gradients all-reduced in bf16 (precision.reduce_dtype)
     [ "$n" -le "$gpus" ] && run_ref "dp${n}_bf16" "$n" --set moe.impl=\"grouped\" --set precision.reduce_dtype=\"bf16\"
+  done
+  for n in 1 2 4; do  # the whole step, all-reduces included, in one CUDA graph (static shapes: capacity 1.25)
+    [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125" "$n" --set moe.impl=\"grouped\" --set moe.capacity_factor=1.25 \
+      --set train.compile=\"cudagraph\"
   done
 fi
 # -- 3. 32 experts on 4 GPUs: expert parallel against data parallel holding all 32 ------------------
@@ -138,10 +146,12 @@ echo
 echo "| run | GPUs | tok/s (global) | MFU per GPU | peak mem (GiB, largest rank) | scaling eff. vs 1 GPU |"
 echo "|---|---:|---:|---:|---:|---:|"
 base=$(stats /tmp/scale/dp1 | cut -d' ' -f1)
-for name in dp1 dp2 dp2_bf16 dp4 dp4_bf16 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
+graph_base=$(stats /tmp/scale/dp1_graph_c125 2>/dev/null | cut -d' ' -f1)
+for name in dp1 dp2 dp2_bf16 dp4 dp4_bf16 dp1_graph_c125 dp2_graph_c125 dp4_graph_c125 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
   [ -d "/tmp/scale/$name" ] || continue
   read -r tok mfu mem <<<"$(stats "/tmp/scale/$name")"
   n=$(python3 -c "import json;print(json.load(open('/tmp/scale/$name/summary.json'))['world_size'])" 2>/dev/null || echo "?")
-  eff=$(python3 -c "print(f'{$tok/($n*$base)*100:.1f}%')" 2>/dev/null || echo "-")
+  b=$base; [[ "$name" == *graph* ]] && b=$graph_base  # against one GPU in the same mode
+  eff=$(python3 -c "print(f'{$tok/($n*$b)*100:.1f}%')" 2>/dev/null || echo "-")
   echo "| $name | $n | $tok | $mfu% | $mem | $eff |"
 done

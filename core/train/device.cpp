@@ -79,13 +79,15 @@ struct StepGraph::Impl {
   c10::cuda::CUDAStreamGuard stream_guard;
   at::cuda::CUDAGraph graph;
   bool captured = false;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   explicit Impl(c10::cuda::CUDAStream s) : stream_guard(s) {}
 };
 
-StepGraph::StepGraph(const DeviceInfo& dev) {
+StepGraph::StepGraph(const DeviceInfo& dev, bool collectives) {
   TORCH_CHECK(dev.device.is_cuda(), "train.compile = \"cudagraph\" needs a CUDA device");
   torch::cuda::synchronize();  // work queued on the old stream is done before the new one starts
   impl_ = std::make_unique<Impl>(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev.device.index()));
+  if (collectives) impl_->mode = cudaStreamCaptureModeThreadLocal;
 }
 
 StepGraph::~StepGraph() {
@@ -94,7 +96,7 @@ StepGraph::~StepGraph() {
 
 void StepGraph::Capture(const std::function<void()>& fn) {
   torch::cuda::synchronize();
-  impl_->graph.capture_begin();
+  impl_->graph.capture_begin(/*pool=*/{0, 0}, impl_->mode);
   try {
     fn();
   } catch (...) {

@@ -139,9 +139,11 @@ int Train(const Config& cfg, const TrainOptions& opts) {
   if (denv.distributed()) g_rank_tag = " [rank " + std::to_string(denv.rank) + "/" + std::to_string(denv.world) + "]";
   DeviceInfo dev;
   if (Status st = ResolveDevice(cfg, &dev, denv.local_rank); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
-  if (denv.distributed() && cfg.train.compile == "cudagraph") {
-    return Fail("train.compile = \"cudagraph\" runs in a single process only (this run has WORLD_SIZE = " +
-                    std::to_string(denv.world) + "); use train.compile = \"eager\" for multi-GPU runs",
+  if (denv.distributed() && cfg.train.compile == "cudagraph" && cfg.moe.expert_parallel > 1) {
+    // Data parallelism captures its all-reduces with the step; expert parallelism's all-to-alls
+    // are not captured (the dropless exchange is sized on the host).
+    return Fail("train.compile = \"cudagraph\" with several processes runs data parallelism only; moe.expert_parallel = " +
+                    std::to_string(cfg.moe.expert_parallel) + " needs train.compile = \"eager\"",
                 kExitInvalidConfig);
   }
   if (cfg.moe.expert_parallel > 1 && cfg.moe.impl != "grouped" && cfg.moe.impl != "auto") {
@@ -271,6 +273,11 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     for (const auto& p : model->named_parameters()) {
       (par.ep && IsExpertParam(p.key()) ? expert_params : dense_params).push_back(p.value());
     }
+    // The graph's side stream first: GradSync creates the parameters' gradient accumulators, and
+    // an accumulator keeps the stream current at its creation; one on the legacy default stream
+    // cannot take part in a capture on the side stream.
+    std::unique_ptr<StepGraph> graph;
+    if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev, /*collectives=*/par.distributed());
     std::unique_ptr<GradSync> dense_sync, expert_sync;
     if (par.distributed()) {
       const torch::ScalarType wire = cfg.precision.reduce_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
@@ -283,6 +290,15 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     auto for_syncs = [&](const std::function<void(GradSync&)>& f) {
       if (dense_sync) f(*dense_sync);
       if (expert_sync) f(*expert_sync);
+    };
+    // Gradients to none before a step. Under data parallelism through GradSync: the .grad of a
+    // parameter is then a view into its bucket, which the optimizer's zero_grad cannot detach.
+    auto zero_grad = [&] {
+      if (par.distributed()) {
+        for_syncs([](GradSync& g) { g.ZeroGrad(); });
+      } else {
+        optimizer->zero_grad(/*set_to_none=*/true);
+      }
     };
 
     // One optimizer step on the device: forward/backward of every micro-batch, clipping, the
@@ -322,10 +338,8 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     // and library workspaces) on the graph's stream, then the step is captured once, on static
     // input buffers, and replayed for every later step.
     constexpr int64_t kGraphWarmupSteps = 3;
-    std::unique_ptr<StepGraph> graph;
     std::vector<torch::Tensor> static_in, static_tgt;
     torch::Tensor graph_stats;
-    if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev);
     StepProfiler profiler(opts.run_dir, denv.rank, denv.world);
     // Makes step s+1's batches on a background thread while step s runs (core/data/prefetch.h): the
     // same batches as TrainBatch, only earlier. Pinned host memory where the copies go to a GPU.
@@ -368,11 +382,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       }
       torch::Tensor stats;
       if (!graph) {
-        if (par.distributed()) {
-          for_syncs([](GradSync& g) { g.ZeroGrad(); });
-        } else {
-          optimizer->zero_grad(/*set_to_none=*/true);
-        }
+        zero_grad();
         stats = device_step(inputs, targets);
       } else {
         if (static_in.empty()) {
@@ -382,12 +392,12 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         if (graph->captured()) {
           graph->Replay();
         } else if (step - start_step < kGraphWarmupSteps) {
-          optimizer->zero_grad(/*set_to_none=*/true);
+          zero_grad();
           graph_stats = device_step(static_in, static_tgt);
         } else {
           // Gradients set to none: the captured backward allocates them in the graph's pool and
           // every replay rewrites them (no zero_grad between replays).
-          optimizer->zero_grad(/*set_to_none=*/true);
+          zero_grad();
           graph->Capture([&] { graph_stats = device_step(static_in, static_tgt); });
           graph->Replay();
           rec.summary["compile_mode"] = "cudagraph";
