@@ -84,19 +84,32 @@ void FusedAdamW::SyncHostState() {
   for (auto& kv : opt_.state()) static_cast<torch::optim::AdamWParamState&>(*kv.second).step(step);
 }
 
+namespace {
+
+std::vector<torch::Tensor> DefinedGrads(const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> g;
+  for (const auto& p : params) {
+    if (p.grad().defined()) g.push_back(p.grad());
+  }
+  return g;
+}
+
+// torch.nn.utils.clip_grad_norm_'s rule: every gradient times min(1, max_norm / (total + 1e-6)),
+// as one multi-tensor pass with the factor on the device (no host sync).
+void ScaleToNorm(std::vector<torch::Tensor>& grads, const torch::Tensor& total, double max_norm) {
+  if (grads.empty() || max_norm == std::numeric_limits<double>::infinity()) return;
+  at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
+}
+
+}  // namespace
+
 torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> grads;
-  for (const auto& p : params) {
-    if (p.grad().defined()) grads.push_back(p.grad());
-  }
+  std::vector<torch::Tensor> grads = DefinedGrads(params);
   if (grads.empty()) return torch::zeros({}, params.empty() ? torch::TensorOptions() : params[0].options());
   // One multi-tensor pass for the per-tensor norms, then the norm of norms (as torch.nn.utils).
   torch::Tensor total = torch::stack(at::_foreach_norm(grads, 2)).norm(2);
-  if (max_norm < std::numeric_limits<double>::infinity()) {
-    torch::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    at::_foreach_mul_(grads, coef);
-  }
+  ScaleToNorm(grads, total, max_norm);
   return total;
 }
 
@@ -104,14 +117,7 @@ torch::Tensor ClipGradNormSharded(const std::vector<torch::Tensor>& replicated,
                                   const std::vector<torch::Tensor>& sharded, double max_norm,
                                   Communicator* shard_group) {
   torch::NoGradGuard no_grad;
-  auto grads_of = [](const std::vector<torch::Tensor>& ps) {
-    std::vector<torch::Tensor> g;
-    for (const auto& p : ps) {
-      if (p.grad().defined()) g.push_back(p.grad());
-    }
-    return g;
-  };
-  std::vector<torch::Tensor> rep = grads_of(replicated), sh = grads_of(sharded);
+  std::vector<torch::Tensor> rep = DefinedGrads(replicated), sh = DefinedGrads(sharded);
   const torch::TensorOptions f32 =
       torch::TensorOptions().dtype(torch::kFloat32).device(replicated.empty() ? sharded.at(0).device() : replicated[0].device());
   auto sq = [&](const std::vector<torch::Tensor>& g) {
@@ -120,11 +126,8 @@ torch::Tensor ClipGradNormSharded(const std::vector<torch::Tensor>& replicated,
   torch::Tensor shard_sq = sq(sh).reshape({1});  // (1,): collectives take no 0-dim tensors
   if (shard_group != nullptr) shard_group->AllReduce(shard_sq, ReduceOp::kSum);
   torch::Tensor total = (sq(rep) + shard_sq.squeeze(0)).sqrt();
-  if (max_norm < std::numeric_limits<double>::infinity()) {
-    torch::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    if (!rep.empty()) at::_foreach_mul_(rep, coef);
-    if (!sh.empty()) at::_foreach_mul_(sh, coef);
-  }
+  rep.insert(rep.end(), sh.begin(), sh.end());
+  ScaleToNorm(rep, total, max_norm);
   return total;
 }
 
