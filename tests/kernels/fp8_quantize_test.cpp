@@ -246,16 +246,12 @@ TEST_CASE("kernels: Fp8Quantize replays from a CUDA graph", "[kernels][fp8_quant
         const at::Tensor x = transposed ? base.t() : base;
         const auto fp8 = rowwise ? kE4M3 : kE5M2;
         const moe::kernels::Fp8Quantized eager = moe::kernels::Fp8Quantize(x, fp8, rowwise, moe::kAmaxEps);
-        torch::cuda::synchronize();  // the inputs are ready before the side stream captures
         // A host sync inside the launchers would make the capture fail.
         at::cuda::CUDAGraph graph;
         moe::kernels::Fp8Quantized out;
-        {
-          c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
-          graph.capture_begin();
+        moe_test::CaptureOnSideStream(graph, [&] {
           out = moe::kernels::Fp8Quantize(x, fp8, rowwise, moe::kAmaxEps);
-          graph.capture_end();
-        }
+        });
         base.copy_(at::randn_like(base) * 3);  // replay reads the new values in place; amax restarts from 0
         graph.replay();
         graph.replay();  // twice: the amax buffer is zeroed inside the graph, not carried over

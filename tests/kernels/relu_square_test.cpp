@@ -115,17 +115,13 @@ TEST_CASE("kernels: ReluSquare forward and backward replay from a CUDA graph", "
       at::Tensor x = at::randn({4096, 1536}, cuda.dtype(dt));
       at::Tensor dy = at::randn({4096, 1536}, cuda.dtype(dt));
       at::Tensor eager_y = moe::kernels::ReluSquareForward(x);
-      torch::cuda::synchronize();  // the inputs are ready before the side stream captures
       // A host sync inside the launchers would make the capture fail.
       at::cuda::CUDAGraph graph;
       at::Tensor y, dx;
-      {
-        c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
-        graph.capture_begin();
+      moe_test::CaptureOnSideStream(graph, [&] {
         y = moe::kernels::ReluSquareForward(x);
         dx = moe::kernels::ReluSquareBackward(dy, x);
-        graph.capture_end();
-      }
+      });
       x.copy_(at::randn_like(x));  // replay reads the new values in place
       graph.replay();
       CHECK(at::equal(y, moe::kernels::ReluSquareForward(x)));

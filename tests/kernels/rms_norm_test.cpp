@@ -146,17 +146,13 @@ TEST_CASE("kernels: RmsNorm forward and backward replay from a CUDA graph", "[ke
       moe::kernels::RmsNormOut eager = moe::kernels::RmsNormForward(x, kEps);
       at::Tensor eager_dx = moe::kernels::RmsNormBackward(dy, x, eager.rstd);
       // A host sync inside the launchers would make the capture fail.
-      torch::cuda::synchronize();  // the inputs are ready before the side stream captures
       at::cuda::CUDAGraph graph;
       moe::kernels::RmsNormOut out;
       at::Tensor dx;
-      {
-        c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
-        graph.capture_begin();
+      moe_test::CaptureOnSideStream(graph, [&] {
         out = moe::kernels::RmsNormForward(x, kEps);
         dx = moe::kernels::RmsNormBackward(dy, x, out.rstd);
-        graph.capture_end();
-      }
+      });
       x.copy_(at::randn_like(x));  // replay reads the new values in place
       graph.replay();
       moe::kernels::RmsNormOut fresh = moe::kernels::RmsNormForward(x, kEps);

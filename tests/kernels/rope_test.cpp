@@ -224,18 +224,14 @@ TEST_CASE("kernels: RoPE forward and backward replay from a CUDA graph", "[kerne
       at::Tensor eager_dx = moe::kernels::RopeBackward(dy, cos, sin);
       at::Tensor xg = x.detach().requires_grad_(true);
       // A host sync inside the launchers or the autograd function would make the capture fail.
-      torch::cuda::synchronize();  // the inputs are ready before the side stream captures
       at::cuda::CUDAGraph graph;
       at::Tensor y, dx, yg;
-      {
-        c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
-        graph.capture_begin();
+      moe_test::CaptureOnSideStream(graph, [&] {
         y = moe::kernels::RopeForward(x, cos, sin);
         dx = moe::kernels::RopeBackward(dy, cos, sin);
         yg = moe::ApplyRope(xg, cos, sin);
         yg.backward(dy);
-        graph.capture_end();
-      }
+      });
       qkv.copy_(at::randn_like(qkv));  // replay reads the new values in place (xg shares them)
       dy.copy_(at::randn_like(dy));
       graph.replay();
