@@ -100,7 +100,6 @@ void GradSync::Arm() {
   std::lock_guard<std::mutex> lock(mu_);
   armed_ = true;
   next_launch_ = 0;
-  std::fill(on_wire_.begin(), on_wire_.end(), 0);
   for (Bucket& b : buckets_) {
     b.pending = static_cast<int64_t>(b.members.size());
     b.launched = false;

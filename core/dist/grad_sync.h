@@ -82,7 +82,7 @@ class GradSync {
   std::vector<int64_t> bucket_of_;
   std::vector<torch::Tensor> views_;
   std::vector<torch::Tensor> wire_views_;  // per parameter, into its bucket's wire (if it has one)
-  std::vector<char> on_wire_;              // this step's gradient has been written into the wire view
+  std::vector<char> on_wire_;              // this step's gradient is in the wire view; all 0 outside Arm..Finish
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
   std::vector<uintptr_t> hook_keys_;

@@ -1,6 +1,5 @@
 #include "core/precision/fp8_grouped.h"
 
-
 #include <ATen/cuda/CUDAContext.h>
 
 #include "kernels/dispatch.h"
