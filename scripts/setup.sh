@@ -7,7 +7,23 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 TORCH_VERSION=2.11.0
-quiet() { if [ -n "${VERBOSE:-}" ]; then "$@"; else "$@" >/dev/null 2>&1 || { echo "setup: failed: $*" >&2; "$@"; }; fi; }
+# Runs a network step (apt, pip) up to 5 times: a mirror dropping the connection mid-download
+# (seen in CI: a 196 MB NCCL wheel cut at 173 MB, six times in one pip call) is worth a fresh
+# try after a pause, and pip's cache keeps every wheel that did finish. Output is kept in a log
+# and shown only when the last try fails too (or always, with VERBOSE=1).
+retry() {
+  local log; log=$(mktemp)
+  for attempt in 1 2 3 4 5; do
+    if [ -n "${VERBOSE:-}" ]; then "$@" && { rm -f "$log"; return 0; }
+    else "$@" >"$log" 2>&1 && { rm -f "$log"; return 0; }; fi
+    echo "setup: try $attempt of 5 failed: $*" >&2
+    [ "$attempt" -lt 5 ] && sleep $((attempt * 15))
+  done
+  echo "setup: giving up; the last try printed:" >&2
+  tail -n 40 "$log" >&2
+  rm -f "$log"
+  return 1
+}
 
 debs=(build-essential cmake ninja-build pkg-config python3-venv
       libsqlitecpp-dev libsqlite3-dev sqlite3 libcli11-dev libtomlplusplus-dev catch2
@@ -19,8 +35,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  quiet $SUDO apt-get update -qq
-  quiet env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  retry $SUDO apt-get update -qq
+  retry env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 venv=$root/.venv
@@ -29,8 +45,10 @@ torch_installed() { grep -qs "^__version__ = '$TORCH_VERSION" "$venv"/lib/python
 if ! torch_installed || ! "$venv/bin/python" -c 'import numpy' 2>/dev/null; then
   echo "setup: creating $venv with torch==$TORCH_VERSION (first time: a few GB, cached by pip afterwards)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  quiet "$venv/bin/pip" install -q --upgrade pip
-  quiet "$venv/bin/pip" install -q "torch==$TORCH_VERSION" numpy
+  pip=("$venv/bin/pip" install -q --retries 10 --timeout 60)
+  retry "${pip[@]}" --upgrade pip
+  # --resume-retries (pip >= 25.1, which the line above brings) resumes a cut download in place.
+  retry "${pip[@]}" --resume-retries 20 "torch==$TORCH_VERSION" numpy
   torch_installed || { echo "setup: torch==$TORCH_VERSION did not install into $venv" >&2; exit 1; }
   echo "setup: ok"
 fi
