@@ -4,7 +4,7 @@
 # measure the reference config on 1, 2 and 4 GPUs (issue 6). Prints tables last.
 #   source .devdeps/env.sh && scripts/gpu-dist.sh          (carry .devdeps)
 # Env: GPUS (max GPUs to use; default: all visible), STEPS (30), SKIP (space-separated parts:
-# equality scaling ep), PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
+# equality scaling graph ep; scaling = eager data parallel, graph = data parallel in CUDA graphs), PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
 # cf 1.25 pair in separate runs, and print scripts/trace_summary.py's comparison of them).
 # Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
 # tokens over the host time of a device-synchronised step); MFU per GPU over 989 TFLOP/s.
@@ -46,7 +46,8 @@ if [[ "$skip" != *" equality "* ]]; then
          --set moe.capacity_factor=0 --set train.steps=20 --set train.log_every=0 --set optim.lr=3e-4
          --set moe.bias_update_rate=0.001 --set moe.z_loss_coef=0.001)
   # nproc expert_parallel per-rank-batch capacity_factor
-  eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25" "2 1 8 0 bf16" "2 1 8 1.25 fp32 cudagraph")
+  eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25" "2 1 8 0 bf16" "2 1 8 1.25 fp32 cudagraph"
+            "2 1 8 1.25 bf16 cudagraph")
   [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4 0" "4 4 4 0" "4 2 4 0")
   for c in "${eq_cases[@]}"; do
     read -r n ep b cf wire mode <<<"$c"
@@ -70,12 +71,13 @@ print("| run (global batch 16, 4 layers, bf16) | GPUs | expert_parallel | compar
 print("|---|---:|---:|---|---:|---:|")
 # dropless: against one GPU on the whole batch; capacity 1.25: EP against DP (both drop per rank)
 cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25"), (2, 1, "0_bf16", "n1_ep1_c0"),
-         (2, 1, "1.25_cudagraph", "n2_ep1_c1.25")]
+         (2, 1, "1.25_cudagraph", "n2_ep1_c1.25"), (2, 1, "1.25_bf16_cudagraph", "n2_ep1_c1.25")]
 cases += [(4, 1, "0", "n1_ep1_c0"), (4, 4, "0", "n1_ep1_c0"), (4, 2, "0", "n1_ep1_c0")] if int(sys.argv[1]) >= 4 else []
 for n, ep, cf, ref_name in cases:
     l, ref = losses(f"n{n}_ep{ep}_c{cf}"), losses(ref_name)
     kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (" dropless, bf16 all-reduce" if cf == "0_bf16" else
-            " cf 1.25, cudagraph" if cf == "1.25_cudagraph" else f" cf {cf}" if cf != "0" else " dropless")
+            " cf 1.25, cudagraph" if cf == "1.25_cudagraph" else " cf 1.25, cudagraph, bf16 all-reduce"
+            if cf == "1.25_bf16_cudagraph" else f" cf {cf}" if cf != "0" else " dropless")
     against = "1 GPU" if ref_name == "n1_ep1_c0" else "DP eager, same GPUs" if "cudagraph" in cf else "DP, same GPUs"
     if not l or len(l) != len(ref):
         print(f"| NCCL {kind} | {n} | {ep} | {against} | failed | |"); continue
@@ -99,9 +101,14 @@ if [[ "$skip" != *" scaling "* ]]; then
   for n in 2 4; do  # gradients all-reduced in bf16 (precision.reduce_dtype)
     [ "$n" -le "$gpus" ] && run_ref "dp${n}_bf16" "$n" --set moe.impl=\"grouped\" --set precision.reduce_dtype=\"bf16\"
   done
+fi
+if [[ "$skip" != *" graph "* ]]; then
+  graph=(--set moe.impl=\"grouped\" --set moe.capacity_factor=1.25 --set train.compile=\"cudagraph\")
   for n in 1 2 4; do  # the whole step, all-reduces included, in one CUDA graph (static shapes: capacity 1.25)
-    [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125" "$n" --set moe.impl=\"grouped\" --set moe.capacity_factor=1.25 \
-      --set train.compile=\"cudagraph\"
+    [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125" "$n" "${graph[@]}"
+  done
+  for n in 2 4; do  # the same with the gradients all-reduced in bf16: half the NCCL bytes beside the backward
+    [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125_bf16" "$n" "${graph[@]}" --set precision.reduce_dtype=\"bf16\"
   done
 fi
 # -- 3. 32 experts on 4 GPUs: expert parallel against data parallel holding all 32 ------------------
@@ -147,7 +154,8 @@ echo "| run | GPUs | tok/s (global) | MFU per GPU | peak mem (GiB, largest rank)
 echo "|---|---:|---:|---:|---:|---:|"
 base=$(stats /tmp/scale/dp1 | cut -d' ' -f1)
 graph_base=$(stats /tmp/scale/dp1_graph_c125 2>/dev/null | cut -d' ' -f1)
-for name in dp1 dp2 dp2_bf16 dp4 dp4_bf16 dp1_graph_c125 dp2_graph_c125 dp4_graph_c125 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
+for name in dp1 dp2 dp2_bf16 dp4 dp4_bf16 dp1_graph_c125 dp2_graph_c125 dp2_graph_c125_bf16 dp4_graph_c125 \
+    dp4_graph_c125_bf16 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
   [ -d "/tmp/scale/$name" ] || continue
   read -r tok mfu mem <<<"$(stats "/tmp/scale/$name")"
   n=$(python3 -c "import json;print(json.load(open('/tmp/scale/$name/summary.json'))['world_size'])" 2>/dev/null || echo "?")
