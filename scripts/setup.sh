@@ -7,10 +7,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 TORCH_VERSION=2.11.0
-# Runs a network step (apt, pip) up to 5 times: a mirror dropping the connection mid-download
-# (seen in CI: a 196 MB NCCL wheel cut at 173 MB, six times in one pip call) is worth a fresh
-# try after a pause, and pip's cache keeps every wheel that did finish. Output is kept in a log
-# and shown only when the last try fails too (or always, with VERBOSE=1).
+# Runs a network step (apt, pip) up to 5 times: a dropped connection is worth a fresh try after a
+# pause, and pip's cache keeps every wheel that did finish. Output is kept in a log and shown
+# only when the last try fails too (or always, with VERBOSE=1).
 retry() {
   local log; log=$(mktemp)
   for attempt in 1 2 3 4 5; do
@@ -44,6 +43,17 @@ venv=$root/.venv
 torch_installed() { grep -qs "^__version__ = '$TORCH_VERSION" "$venv"/lib/python3*/site-packages/torch/version.py; }
 if ! torch_installed || ! "$venv/bin/python" -c 'import numpy' 2>/dev/null; then
   echo "setup: creating $venv with torch==$TORCH_VERSION (first time: a few GB, cached by pip afterwards)"
+  # The wheels unpack to about 5 GiB in .venv, beside about 3 GiB of downloads in the temp folder.
+  # pip reports a full disk as "Connection interrupted ... incomplete-download" (seen here with
+  # 1 GiB free: 173 of a 196 MB NCCL wheel, on every try), so the space is checked first.
+  for dir in "$root" "${TMPDIR:-/tmp}"; do
+    free_gib=$(( $(df -Pk "$dir" | awk 'NR == 2 {print $4}') / 1048576 ))
+    if [ "$free_gib" -lt 8 ]; then
+      echo "setup: $dir has $free_gib GiB free; installing torch needs about 8 GiB there (5 for .venv, 3 for" \
+           "pip's downloads), and the build 1.5 more. Free some space (or set TMPDIR) and run it again." >&2
+      exit 1
+    fi
+  done
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   pip=("$venv/bin/pip" install -q --retries 10 --timeout 60)
   retry "${pip[@]}" --upgrade pip
