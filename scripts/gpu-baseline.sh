@@ -4,16 +4,9 @@
 #   source .devdeps/env.sh && scripts/gpu-baseline.sh        (carry .devdeps)
 # Figures: median over steps 11..N of each run's tok/s (steps 1..10 are warm-up).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-out=${OUT:-/tmp/moe-gpu}
-mkdir -p "$out"
-build=/tmp/moe-build
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
-  || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build "$build" --target moe-train >"$out/build.log" 2>&1 || { grep -E "error|warning" "$out/build.log" | head -40; exit 1; }
-echo "build: $(grep -c warning "$out/build.log" || true) warnings"
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup /tmp/moe-gpu
+gpu_build moe-train
 steps=${STEPS:-40}
 for impl in ${IMPLS:-grouped padded loop}; do
   "$build/bin/moe-train" --config experiments/configs/reference.toml --run-dir "/tmp/runs/$impl" \

@@ -10,18 +10,9 @@
 # clock around a device-synchronised step); peer: its own CUDA-event timing (15 steps after 3
 # warm-up). MFU for both: 774.3 MFLOP/token over 989 TFLOP/s (H100 SXM dense bf16).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-out=${OUT:-/tmp/moe-gpu}
-mkdir -p "$out"
-build=/tmp/moe-build
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
-  || { tail -40 "$out/configure.log"; exit 1; }
-targets="moe-train"
-grep -q "kernels_tests" tests/CMakeLists.txt && targets="$targets kernels_tests"
-cmake --build "$build" --target $targets >"$out/build.log" 2>&1 || { grep -E "error|warning" "$out/build.log" | head -40; exit 1; }
-echo "build: $(grep -c 'warning' "$out/build.log" || true) warnings"
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup /tmp/moe-gpu
+gpu_build moe-train kernels_tests
 if [ -x "$build/bin/kernels_tests" ]; then
   "$build/bin/kernels_tests" 2>&1 | tail -5 | tee "$out/kernels_tests.log"
 fi

@@ -9,19 +9,12 @@
 # Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
 # tokens over the host time of a device-synchronised step); MFU per GPU over 989 TFLOP/s.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-out=${OUT:-/tmp/moe-dist}
-mkdir -p "$out"
-build=/tmp/moe-build
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup /tmp/moe-dist
 ngpu=$(nvidia-smi -L | wc -l)
 gpus=${GPUS:-$ngpu}
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
-  || { tail -40 "$out/configure.log"; exit 1; }
+gpu_build moe-train
 grep "multi-process backends" "$out/configure.log" || true
-cmake --build "$build" --target moe-train >"$out/build.log" 2>&1 || { grep -E "error|warning" "$out/build.log" | head -40; exit 1; }
-echo "build: $(grep -c 'warning' "$out/build.log" || true) warnings"
 train="$build/bin/moe-train"
 steps=${STEPS:-30}
 skip=" ${SKIP:-} "

@@ -8,16 +8,10 @@
 # noise. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s over steps
 # 11..N (1..10 warm-up).
 set -uo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-out=${OUT:-/tmp/moe-fp8}
-mkdir -p "$out"
-build=/tmp/moe-build
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
-  || { tail -40 "$out/configure.log"; exit 1; }
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup /tmp/moe-fp8
 targets="moe-train"; [ "${FP8_TESTS:-1}" = 0 ] || targets="$targets core_tests"
-cmake --build "$build" --target $targets >"$out/build.log" 2>&1 || { grep -E "error" -A3 "$out/build.log" | head -40; exit 1; }
+gpu_build $targets
 [ "${FP8_TESTS:-1}" = 0 ] || "$build/bin/core_tests" "[fp8]" 2>&1 | tail -4
 corpus() {  # the repo's own sources, 8 times over: /tmp/corpus8.txt
   find core harness reports tests docs -name '*.cpp' -o -name '*.h' -o -name '*.md' | sort | xargs cat >/tmp/corpus.txt

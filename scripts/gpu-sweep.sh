@@ -4,19 +4,11 @@
 # GRID defaults to experiments/capacity_ablation.toml; STEPS (default: the grid's) shortens every
 # run by rewriting train.steps in a copy of the grid beside the original (so its relative paths hold).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-out=${OUT:-/tmp/moe-sweep-gpu}
-mkdir -p "$out"
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup /tmp/moe-sweep-gpu
 grid=${1:-experiments/capacity_ablation.toml}
 steps=${2:-}
-build=/tmp/moe-build
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
-  || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build "$build" --target moe-train moe-sweep moe-report >"$out/build.log" 2>&1 \
-  || { grep -E "error" -A3 "$out/build.log" | head -40; exit 1; }
-echo "build: $(grep -c 'warning:' "$out/build.log" || true) warnings"
+gpu_build moe-train moe-sweep moe-report
 if [ -n "$steps" ]; then
   short="${grid%.toml}.short.toml"
   sed "s/^train.steps *=.*/train.steps = $steps/" "$grid" >"$short"

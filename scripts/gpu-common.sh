@@ -1,0 +1,23 @@
+# Sourced (not run) by the scripts/gpu-*.sh drivers for the GPU machine: what each of them does
+# first. `gpu_setup DEFAULT_OUT` sets $root (the repo root, made the working directory), $out
+# (OUT, else DEFAULT_OUT; created) and $build (/tmp/moe-build: a warm machine keeps it between
+# calls, so a second call rebuilds only what changed), and writes the GPUs to $out/gpu.txt.
+# `gpu_build TARGET...` configures a Release build for sm_90a and builds the targets; on failure
+# it prints the errors and exits, else it prints the warning count (0 is the standard).
+
+gpu_setup() {
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  cd "$root"
+  out=${OUT:-$1}
+  mkdir -p "$out"
+  build=/tmp/moe-build
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+}
+
+gpu_build() {
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$out/configure.log" 2>&1 \
+    || { tail -40 "$out/configure.log"; exit 1; }
+  cmake --build "$build" --target "$@" >"$out/build.log" 2>&1 \
+    || { grep -E "error|warning:" -A3 "$out/build.log" | head -60; exit 1; }
+  echo "build: $(grep -c 'warning:' "$out/build.log" || true) warnings"
+}
