@@ -5,12 +5,14 @@
 # refgw/widegw = the same with precision.fp8_wgrad = "compute"; wide = n_embd 2048, 16 heads, 4 layers, 8 experts; loss = 200 steps on a text corpus (the
 # repo's own sources), bf16 vs fp8 and the grouped/padded/loop backends; seeds = the bf16/fp8 part
 # of `loss` for train.seed 1, 2, 3 (init and batches differ), to tell precision from trajectory
-# noise. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s over steps
+# noise; gemm = bench/fp8_gemm_bench (the expert GEMMs alone, FP8 forms against bf16; its own
+# table). FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s over steps
 # 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
 gpu_setup /tmp/moe-fp8
 targets="moe-train"; [ "${FP8_TESTS:-1}" = 0 ] || targets="$targets core_tests"
+[[ " $* " == *" gemm "* ]] && targets="$targets fp8_gemm_bench"
 gpu_build $targets
 [ "${FP8_TESTS:-1}" = 0 ] || "$build/bin/core_tests" "[fp8]" 2>&1 | tail -4
 corpus() {  # the repo's own sources, 8 times over: /tmp/corpus8.txt
@@ -52,6 +54,8 @@ for what in ${@:-ref}; do
       # The issue's other loss check: every expert backend within 1% of loop (bf16, same data).
       steps=200 train loss_bf16_padded "${L[@]}" --set moe.impl=padded
       steps=200 train loss_bf16_loop "${L[@]}" --set moe.impl=loop ;;
+    gemm)
+      "$build/bin/fp8_gemm_bench" 2>&1 | tee "$out/fp8_gemm_bench.md" ;;
     seeds)
       corpus
       L=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
@@ -62,6 +66,7 @@ for what in ${@:-ref}; do
       done ;;
   esac
 done
+[ -d /tmp/runs ] || exit 0
 python3 - <<'PY'
 import json, os, statistics
 print("\n| run | tok/s | MFU % | peak MiB | loss (mean of last 20) | bf16 fallbacks |\n|---|---:|---:|---:|---:|---|")
