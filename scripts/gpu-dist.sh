@@ -4,7 +4,8 @@
 # measure the reference config on 1, 2 and 4 GPUs (issue 6). Prints tables last.
 #   source .devdeps/env.sh && scripts/gpu-dist.sh          (carry .devdeps)
 # Env: GPUS (max GPUs to use; default: all visible), STEPS (30), SKIP (space-separated parts:
-# equality scaling graph ep; scaling = eager data parallel, graph = data parallel in CUDA graphs), PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
+# equality scaling graph ep; scaling = eager data parallel, graph = data parallel in CUDA graphs),
+# BUCKETS (MiB values, e.g. "50 100": graph runs with those train.grad_bucket_mb as well), PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
 # cf 1.25 pair in separate runs, and print scripts/trace_summary.py's comparison of them).
 # Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
 # tokens over the host time of a device-synchronised step); MFU per GPU over 989 TFLOP/s.
@@ -80,8 +81,10 @@ PY
 fi
 
 # -- 2. scaling: the reference config, data parallel, 1/2/4 GPUs, per-GPU batch 16 ----------------
+ran=()  # this call's scaling runs, in order, for the table
 run_ref() {  # name nproc extra --set args...
   local name=$1 n=$2; shift 2
+  ran+=("$name")
   local rc=0
   timeout 300 "$train" --config experiments/configs/reference.toml --nproc "$n" --run-dir "/tmp/scale/$name" \
     --set train.steps="$steps" --set train.log_every=10 "$@" >"$out/scale_$name.log" 2>&1 || rc=$?
@@ -102,6 +105,12 @@ if [[ "$skip" != *" graph "* ]]; then
   done
   for n in 2 4; do  # the same with the gradients all-reduced in bf16: half the NCCL bytes beside the backward
     [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125_bf16" "$n" "${graph[@]}" --set precision.reduce_dtype=\"bf16\"
+  done
+  for mb in ${BUCKETS:-}; do  # other bucket sizes (train.grad_bucket_mb), bf16 all-reduce
+    for n in 2 4; do
+      [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125_bf16_b$mb" "$n" "${graph[@]}" \
+        --set precision.reduce_dtype=\"bf16\" --set train.grad_bucket_mb="$mb"
+    done
   done
 fi
 # -- 3. 32 experts on 4 GPUs: expert parallel against data parallel holding all 32 ------------------
@@ -147,9 +156,7 @@ echo "| run | GPUs | tok/s (global) | MFU per GPU | peak mem (GiB, largest rank)
 echo "|---|---:|---:|---:|---:|---:|"
 base=$(stats /tmp/scale/dp1 | cut -d' ' -f1)
 graph_base=$(stats /tmp/scale/dp1_graph_c125 2>/dev/null | cut -d' ' -f1)
-for name in dp1 dp2 dp2_bf16 dp4 dp4_bf16 dp1_graph_c125 dp2_graph_c125 dp2_graph_c125_bf16 dp4_graph_c125 \
-    dp4_graph_c125_bf16 e8_ep2 e32_dp4 e32_ep4 e32_dp4_c125 e32_ep4_c125; do
-  [ -d "/tmp/scale/$name" ] || continue
+for name in "${ran[@]}"; do
   read -r tok mfu mem <<<"$(stats "/tmp/scale/$name")"
   n=$(python3 -c "import json;print(json.load(open('/tmp/scale/$name/summary.json'))['world_size'])" 2>/dev/null || echo "?")
   b=$base; [[ "$name" == *graph* ]] && b=$graph_base  # against one GPU in the same mode

@@ -227,6 +227,8 @@ Status ValidateConfig(const Config& cfg) {
   k.Require(t.ckpt_every >= 0, "train.ckpt_every", t.ckpt_every, "must be >= 0");
   k.Require(t.eval_every >= 0, "train.eval_every", t.eval_every, "must be >= 0");
   k.Require(t.eval_batches >= 0, "train.eval_batches", t.eval_batches, "must be >= 0");
+  k.Require(t.grad_bucket_mb > 0 && t.grad_bucket_mb <= 4096, "train.grad_bucket_mb", t.grad_bucket_mb,
+            "must be > 0 and <= 4096 (MiB)");
 
   k.Require(o.lr > 0, "optim.lr", o.lr, "must be > 0");
   k.Require(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]");

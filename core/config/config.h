@@ -101,6 +101,7 @@ struct TrainConfig {
   int64_t ckpt_every = 0;
   int64_t eval_every = 0;
   int64_t eval_batches = 4;
+  double grad_bucket_mb = 25;
 
   template <class V> void Visit(V&& v) {
     MOE_FIELD(v, steps, "optimizer steps to train");
@@ -114,6 +115,7 @@ struct TrainConfig {
     MOE_FIELD(v, ckpt_every, "save a checkpoint every N steps (0 = only on interrupt and at the end)");
     MOE_FIELD(v, eval_every, "validation loss on held-out data every N steps (0 = only at the end)");
     MOE_FIELD(v, eval_batches, "micro-batches per validation loss estimate (0 = no validation)");
+    MOE_FIELD(v, grad_bucket_mb, "data-parallel gradient bucket size in MiB, as DDP's bucket_cap_mb: each bucket is one all-reduce, launched once its gradients are ready");
   }
 };
 

@@ -86,10 +86,6 @@ int Fail(const std::string& what, int code) {
   return code;
 }
 
-// Data-parallel gradient buckets: DDP's default size, large enough to use the link's bandwidth,
-// small enough that the first bucket leaves early in backward.
-constexpr int64_t kGradBucketBytes = int64_t{25} << 20;
-
 // Collective timeout: a rank that dies makes its peers wait here until the launcher stops them;
 // the timeout only bounds a hang when nobody does.
 constexpr double kCollectiveTimeoutS = 600;
@@ -281,9 +277,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     std::unique_ptr<GradSync> dense_sync, expert_sync;
     if (par.distributed()) {
       const torch::ScalarType wire = cfg.precision.reduce_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), /*scale=*/1.0, kGradBucketBytes, wire);
+      const auto bucket_bytes = static_cast<int64_t>(cfg.train.grad_bucket_mb * (1 << 20));
+      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), /*scale=*/1.0, bucket_bytes, wire);
       if (!expert_params.empty()) {
-        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), /*scale=*/1.0, kGradBucketBytes, wire);
+        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), /*scale=*/1.0, bucket_bytes, wire);
       }
       s["grad_buckets"] = dense_sync->num_buckets() + (expert_sync ? expert_sync->num_buckets() : 0);
     }

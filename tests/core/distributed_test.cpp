@@ -85,6 +85,7 @@ TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of 
     int64_t ep;
     const char* reduce_dtype;
     double tol;  // relative, on the loss; 10x on the gradient norm
+    double bucket_mb = 25;  // train.grad_bucket_mb: the default holds every gradient of this model
   };
   const Case cases[] = {
       {"data parallel, 2 ranks", 2, 1, "fp32", 1e-5},
@@ -94,13 +95,19 @@ TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of 
       // (2^-7; AdamW's normalisation lets the rounding of small gradients show in the loss). The
       // exact arithmetic of the bf16 wire is checked in communicator_test.cpp.
       {"data parallel, 2 ranks, bf16 all-reduce", 2, 1, "bf16", 8e-3},
+      // 4 KiB buckets: every rank launches a dozen all-reduces in the same order, as gradients
+      // become ready, and the sums are the same.
+      {"data parallel, 2 ranks, 4 KiB buckets", 2, 1, "fp32", 1e-5, 4.0 / 1024},
   };
   for (const Case& c : cases) {
     INFO(c.what);
-    const std::string run = "n" + std::to_string(c.nproc) + "ep" + std::to_string(c.ep) + c.reduce_dtype;
+    const bool small_buckets = c.bucket_mb < 1;
+    const std::string run = "n" + std::to_string(c.nproc) + "ep" + std::to_string(c.ep) + c.reduce_dtype +
+                            (small_buckets ? "_small_buckets" : "");
     REQUIRE(moe_test::Run(Args(dir, run, c.nproc, 8 / c.nproc, c.ep,
                                {"--set", "train.eval_batches=2", "--set",
-                                std::string("precision.reduce_dtype=\"") + c.reduce_dtype + "\""}),
+                                std::string("precision.reduce_dtype=\"") + c.reduce_dtype + "\"", "--set",
+                                "train.grad_bucket_mb=" + std::to_string(c.bucket_mb)}),
                           dir.Path(run + ".log")) == moe::kExitCompleted);
     // Rank 0 alone writes the metrics: one line per step, not one per rank.
     const auto loss = Column(dir.Path(run + "/metrics.jsonl"), "loss");
@@ -120,6 +127,12 @@ TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of 
     CHECK(summary["world_size"] == c.nproc);
     CHECK(summary["expert_parallel"] == c.ep);
     CHECK(summary["comm_backend"] == "gloo");
+    // One bucket per GradSync at the default size (two with expert parallelism: dense and expert).
+    if (small_buckets) {
+      CHECK(summary["grad_buckets"].get<int64_t>() >= 8);
+    } else {
+      CHECK(summary["grad_buckets"].get<int64_t>() == (c.ep > 1 ? 2 : 1));
+    }
   }
 }
 
