@@ -29,6 +29,8 @@ all_runs=(
   "padded_graph_c125|moe.impl=\"padded\" train.compile=\"cudagraph\" moe.capacity_factor=1.25"
   "dense_eager|model.moe=false train.compile=\"eager\""
   "dense_graph|model.moe=false train.compile=\"cudagraph\""
+  "grouped_graph_c125_cudnn|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 model.attention_kernel=\"cudnn\""
+  "dense_graph_cudnn|model.moe=false train.compile=\"cudagraph\" model.attention_kernel=\"cudnn\""
   "fp8tw_grouped_eager_c0|moe.impl=\"grouped\" moe.capacity_factor=0 precision.fp8=true precision.fp8_recipe=\"tensorwise\""
   "fp8tw_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\""
   "fp8rw_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\""
@@ -68,7 +70,9 @@ for line in open(f"{out}/runs.txt"):
     m = [json.loads(l) for l in open(p)][10:] if os.path.exists(p) else []
     mode = "?"
     sp = f"/tmp/runs/{name}/summary.json"
-    if os.path.exists(sp): mode = json.load(open(sp)).get("compile_mode", "?")
+    if os.path.exists(sp):
+        sj = json.load(open(sp))
+        mode = f'{sj.get("compile_mode", "?")}, {sj.get("attention_kernel", "?")} attn'  # what actually ran
     if not m or rc != "0": rows.append((f"moe-train {name}", f"exit {rc}", None, None, None)); continue
     t = statistics.median(r["tok_per_s"] for r in m)
     rows.append((f"moe-train {name}", mode, t, statistics.median((r["mfu"] or 0) for r in m) * 100,

@@ -1,5 +1,10 @@
 #include "core/model/attention.h"
 
+#include <algorithm>
+#include <vector>
+
+#include <ATen/SDPBackend.h>
+
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
 
@@ -33,6 +38,48 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
                                                      /*scale=*/std::nullopt, /*enable_gqa=*/n_kv_head_ != n_head_);
   // (B, H, T, hd) -> (B, T, C)
   return PlannedLinear(o_p_, y.transpose(1, 2).reshape({B, T, C}), o_->weight);
+}
+
+namespace {
+
+const char* BackendName(at::SDPBackend b) {
+  switch (b) {
+    case at::SDPBackend::math: return "math";
+    case at::SDPBackend::flash_attention: return "flash";
+    case at::SDPBackend::efficient_attention: return "efficient";
+    case at::SDPBackend::cudnn_attention: return "cudnn";
+    case at::SDPBackend::overrideable: return "overrideable";
+    default: return "error";
+  }
+}
+
+}  // namespace
+
+void SetAttentionKernel(const std::string& name) {
+  // ATen's default order; the chosen kernel moves to the front, the others keep their places.
+  std::vector<at::SDPBackend> order = {at::SDPBackend::flash_attention, at::SDPBackend::efficient_attention,
+                                       at::SDPBackend::math, at::SDPBackend::cudnn_attention,
+                                       at::SDPBackend::overrideable};
+  auto first = std::find_if(order.begin(), order.end(), [&](at::SDPBackend b) { return name == BackendName(b); });
+  TORCH_CHECK(first != order.end() && name != "overrideable", "model.attention_kernel = \"", name,
+              "\": expected flash | cudnn | efficient | math");
+  std::rotate(order.begin(), first, first + 1);
+  std::vector<int64_t> ids;
+  for (at::SDPBackend b : order) ids.push_back(static_cast<int64_t>(b));
+  at::globalContext().setSDPPriorityOrder(ids);
+}
+
+std::string AttentionKernelFor(const ModelConfig& m, int64_t batch, const torch::Device& device,
+                               torch::ScalarType dtype) {
+  const int64_t hd = m.n_embd / m.n_head, kv = KvHeads(m);
+  const auto opts = torch::TensorOptions().device(device).dtype(dtype);
+  // Empty tensors of the real shapes: the choice looks at shapes, strides, dtype and device only.
+  // Laid out as forward passes them: (B, T, heads, hd) transposed to (B, heads, T, hd).
+  const torch::Tensor q = torch::empty({batch, m.seq_len, m.n_head, hd}, opts).transpose(1, 2);
+  const torch::Tensor k = torch::empty({batch, m.seq_len, kv, hd}, opts).transpose(1, 2);
+  const int64_t choice = at::_fused_sdp_choice(q, k, k, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
+                                               /*scale=*/std::nullopt, /*enable_gqa=*/kv != m.n_head);
+  return BackendName(static_cast<at::SDPBackend>(choice));
 }
 
 }  // namespace moe

@@ -31,4 +31,17 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(CausalSelfAttention);
 
+// The SDPA kernel ATen tries first on CUDA (model.attention_kernel): "flash" (ATen's default
+// order: flash, efficient, math, cudnn), or "cudnn", "efficient" or "math" moved to the front of
+// that order. A kernel that cannot take a call's shapes or dtype is skipped for the next, as ATen
+// always does. Process-wide: ATen keeps the order in its global context. Names were validated
+// with the config; another name throws.
+void SetAttentionKernel(const std::string& name);
+
+// The kernel ATen chooses for this model's attention (a micro-batch of `batch` sequences, in
+// `dtype` on `device`) under the current order: "flash", "efficient", "cudnn", "math" or
+// "overrideable"; for the summary (what ran, whatever was asked for).
+std::string AttentionKernelFor(const ModelConfig& m, int64_t batch, const torch::Device& device,
+                               torch::ScalarType dtype);
+
 }  // namespace moe

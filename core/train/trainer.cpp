@@ -15,6 +15,7 @@
 #include "core/dist/grad_sync.h"
 #include "core/dist/parallel.h"
 #include "core/model/accounting.h"
+#include "core/model/attention.h"
 #include "core/model/gpt.h"
 #include "core/train/checkpoint.h"
 #include "core/train/device.h"
@@ -171,6 +172,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
   RunRecord rec;
   try {
     torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
+    SetAttentionKernel(cfg.model.attention_kernel);
     GPT model(cfg, dev.compute_dtype, dev.device, par.moe());
     model->to(dev.device);
     auto optimizer = BuildOptimizer(*model, cfg.optim);
@@ -229,6 +231,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     s["peak_flops_per_device"] = peak > 0 ? nlohmann::json(peak) : nlohmann::json(nullptr);
     s["libtorch_version"] = TORCH_VERSION;
     s["compute_dtype"] = std::string(c10::toString(dev.compute_dtype));
+    s["attention_kernel"] = AttentionKernelFor(cfg.model, cfg.train.batch_size, dev.device, dev.compute_dtype);
     s["compile_mode"] = "eager";
     s["moe_impl"] = cfg.moe.impl;
     s["fp8_bf16_fallback_layers"] = model->precision_plan().fallbacks();  // FP8 on: layers left in bf16
