@@ -3,6 +3,8 @@
 # kernels against ATen, run the reference config through moe-train in each mode and the PyTorch
 # peer in the same call, print one table (issue 5).
 #   source .devdeps/env.sh && scripts/gpu-bench.sh                 (carry .devdeps)
+# The correctness checks come first: kernels_tests (every kernel against ATen) and core_tests'
+# [cuda] cases (router GEMM, FP8 arithmetic, attention kernels); TESTS=0 skips them.
 # Env: RUNS (space-separated run names from the list below; default: all), REF_VARIANTS (peer
 # variants; default: moe_grouped_eager moe_grouped_compile; "none" skips the peer), STEPS (40),
 # PROFILE_RUN (a run name: also profile its steps 21..22 with MOE_PROFILE_STEPS).
@@ -12,9 +14,12 @@
 set -euo pipefail
 source "$(dirname "$0")/gpu-common.sh"
 gpu_setup /tmp/moe-gpu
-gpu_build moe-train kernels_tests
-if [ -x "$build/bin/kernels_tests" ]; then
+if [ "${TESTS:-1}" = 0 ]; then
+  gpu_build moe-train
+else
+  gpu_build moe-train kernels_tests core_tests
   "$build/bin/kernels_tests" 2>&1 | tail -5 | tee "$out/kernels_tests.log"
+  "$build/bin/core_tests" "[cuda]" 2>&1 | tail -5 | tee "$out/core_tests_cuda.log"
 fi
 
 steps=${STEPS:-40}
