@@ -41,7 +41,7 @@ if [[ "$skip" != *" equality "* ]]; then
          --set moe.bias_update_rate=0.001 --set moe.z_loss_coef=0.001)
   # nproc expert_parallel per-rank-batch capacity_factor
   eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25" "2 1 8 0 bf16" "2 1 8 1.25 fp32 cudagraph"
-            "2 1 8 1.25 bf16 cudagraph")
+            "2 1 8 1.25 bf16 cudagraph" "2 2 8 1.25 fp32 cudagraph")
   [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4 0" "4 4 4 0" "4 2 4 0")
   for c in "${eq_cases[@]}"; do
     read -r n ep b cf wire mode <<<"$c"
@@ -65,14 +65,16 @@ print("| run (global batch 16, 4 layers, bf16) | GPUs | expert_parallel | compar
 print("|---|---:|---:|---|---:|---:|")
 # dropless: against one GPU on the whole batch; capacity 1.25: EP against DP (both drop per rank)
 cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25"), (2, 1, "0_bf16", "n1_ep1_c0"),
-         (2, 1, "1.25_cudagraph", "n2_ep1_c1.25"), (2, 1, "1.25_bf16_cudagraph", "n2_ep1_c1.25")]
+         (2, 1, "1.25_cudagraph", "n2_ep1_c1.25"), (2, 1, "1.25_bf16_cudagraph", "n2_ep1_c1.25"),
+         (2, 2, "1.25_cudagraph", "n2_ep2_c1.25")]
 cases += [(4, 1, "0", "n1_ep1_c0"), (4, 4, "0", "n1_ep1_c0"), (4, 2, "0", "n1_ep1_c0")] if int(sys.argv[1]) >= 4 else []
 for n, ep, cf, ref_name in cases:
     l, ref = losses(f"n{n}_ep{ep}_c{cf}"), losses(ref_name)
     kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (" dropless, bf16 all-reduce" if cf == "0_bf16" else
             " cf 1.25, cudagraph" if cf == "1.25_cudagraph" else " cf 1.25, cudagraph, bf16 all-reduce"
             if cf == "1.25_bf16_cudagraph" else f" cf {cf}" if cf != "0" else " dropless")
-    against = "1 GPU" if ref_name == "n1_ep1_c0" else "DP eager, same GPUs" if "cudagraph" in cf else "DP, same GPUs"
+    against = ("1 GPU" if ref_name == "n1_ep1_c0" else ("EP" if ep > 1 else "DP") + " eager, same GPUs"
+               if "cudagraph" in cf else "DP, same GPUs")
     if not l or len(l) != len(ref):
         print(f"| NCCL {kind} | {n} | {ep} | {against} | failed | |"); continue
     d = max(abs(a - b) / abs(b) for a, b in zip(l, ref))
@@ -119,6 +121,11 @@ if [[ "$skip" != *" ep "* ]] && [ "$gpus" -ge 4 ]; then
   run_ref "e32_ep4" 4 --set moe.n_experts=32 --set moe.expert_parallel=4
   run_ref "e32_dp4_c125" 4 --set moe.n_experts=32 --set moe.impl=\"grouped\" --set moe.capacity_factor=1.25
   run_ref "e32_ep4_c125" 4 --set moe.n_experts=32 --set moe.expert_parallel=4 --set moe.capacity_factor=1.25
+  # the same two in CUDA graphs (all-reduces and all-to-alls captured with the step)
+  run_ref "e32_dp4_c125_graph" 4 --set moe.n_experts=32 --set moe.impl=\"grouped\" --set moe.capacity_factor=1.25 \
+    --set train.compile=\"cudagraph\"
+  run_ref "e32_ep4_c125_graph" 4 --set moe.n_experts=32 --set moe.expert_parallel=4 --set moe.capacity_factor=1.25 \
+    --set train.compile=\"cudagraph\"
 fi
 if [ "$gpus" -ge 2 ] && [[ "$skip" != *" ep "* ]]; then
   run_ref "e8_ep2" 2 --set moe.expert_parallel=2

@@ -136,13 +136,6 @@ int Train(const Config& cfg, const TrainOptions& opts) {
   if (denv.distributed()) g_rank_tag = " [rank " + std::to_string(denv.rank) + "/" + std::to_string(denv.world) + "]";
   DeviceInfo dev;
   if (Status st = ResolveDevice(cfg, &dev, denv.local_rank); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
-  if (denv.distributed() && cfg.train.compile == "cudagraph" && cfg.moe.expert_parallel > 1) {
-    // Data parallelism captures its all-reduces with the step; expert parallelism's all-to-alls
-    // are not captured (the dropless exchange is sized on the host).
-    return Fail("train.compile = \"cudagraph\" with several processes runs data parallelism only; moe.expert_parallel = " +
-                    std::to_string(cfg.moe.expert_parallel) + " needs train.compile = \"eager\"",
-                kExitInvalidConfig);
-  }
   if (cfg.moe.expert_parallel > 1 && cfg.moe.impl != "grouped" && cfg.moe.impl != "auto") {
     return Fail("moe.expert_parallel = " + std::to_string(cfg.moe.expert_parallel) + " runs the grouped expert GEMM; moe.impl = \"" +
                     cfg.moe.impl + "\" is not supported with it (use \"grouped\" or \"auto\")",
