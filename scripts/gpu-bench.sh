@@ -42,6 +42,8 @@ all_runs=(
   "fp8tw_noexp_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_experts=false"
   "fp8rw_noexp_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_experts=false"
   "fp8rw_gwc_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_wgrad=\"compute\""
+  "fp8rw_fast_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true"
+  "fp8tw_fast_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\" precision.fp8_fast_accum=true"
 )
 want=" ${RUNS:-} "
 : > "$out/runs.txt"

@@ -2,7 +2,8 @@
 # GPU machine (device tool): the FP8 tests on CUDA, then moe-train bf16 vs FP8 figures.
 #   source .devdeps/env.sh && scripts/gpu-fp8.sh [RUNS...]       (carry .devdeps)
 # RUNS (default: ref): ref = reference config bf16 / fp8 tensorwise / rowwise / experts off;
-# refgw/widegw = the same with precision.fp8_wgrad = "compute"; wide = n_embd 2048, 16 heads, 4 layers, 8 experts; loss = 200 steps on a text corpus (the
+# refgw/widegw = the same with precision.fp8_wgrad = "compute"; wide = n_embd 2048, 16 heads, 4 layers, 8 experts
+# (bf16, both recipes, both with precision.fp8_fast_accum); loss = 200 steps on a text corpus (the
 # repo's own sources), bf16 vs fp8 and the grouped/padded/loop backends; seeds = the bf16/fp8 part
 # of `loss` for train.seed 1, 2, 3 (init and batches differ), to tell precision from trajectory
 # noise; gemm = bench/fp8_gemm_bench (the expert GEMMs alone, FP8 forms against bf16; its own
@@ -37,7 +38,10 @@ for what in ${@:-ref}; do
       W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
       train wide_bf16 "${W[@]}"
       train wide_fp8_tw "${W[@]}" --set precision.fp8=true
-      train wide_fp8_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise ;;
+      train wide_fp8_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise
+      train wide_fp8_tw_fast "${W[@]}" --set precision.fp8=true --set precision.fp8_fast_accum=true
+      train wide_fp8_rw_fast "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise \
+        --set precision.fp8_fast_accum=true ;;
     refgw)  # weight-gradient GEMMs in the compute dtype (precision.fp8_wgrad = "compute")
       train ref_fp8gw_tw --set precision.fp8=true --set precision.fp8_wgrad=compute
       train ref_fp8gw_rw --set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_wgrad=compute ;;

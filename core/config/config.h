@@ -165,6 +165,7 @@ struct PrecisionConfig {
   std::string fp8_recipe = "tensorwise";
   bool fp8_experts = true;
   std::string fp8_wgrad = "fp8";
+  bool fp8_fast_accum = false;
   std::string reduce_dtype = "fp32";
 
   template <class V> void Visit(V&& v) {
@@ -173,6 +174,7 @@ struct PrecisionConfig {
     MOE_FIELD(v, fp8_recipe, "tensorwise | rowwise scaling");
     MOE_FIELD(v, fp8_experts, "with fp8: also run the expert GEMMs in FP8");
     MOE_FIELD(v, fp8_wgrad, "with fp8: weight-gradient GEMMs in fp8 | compute (the compute dtype; torchao's gw_hp variant)");
+    MOE_FIELD(v, fp8_fast_accum, "with fp8: forward GEMMs in Hopper's fast FP8 accumulation, no periodic fp32 promotion (torchao's default for them); gradient GEMMs never");
     MOE_FIELD(v, reduce_dtype, "data-parallel gradient all-reduce in fp32 (the master gradients) | bf16 (half the bytes; each rank's gradient rounded to bf16 once)");
   }
 };

@@ -10,7 +10,7 @@ namespace moe {
 torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, const ExpertWeights& w) {
   const auto dt = xs.scalar_type();
   auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt) {
-    return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_wgrad) : at::_grouped_mm(x, wt.to(dt), offs);
+    return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_gemm) : at::_grouped_mm(x, wt.to(dt), offs);
   };
   torch::Tensor a = gmm(xs, w.w1);  // (M, h)
   torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3) : torch::Tensor();

@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include "core/model/activations.h"
+#include "core/precision/fp8.h"
 #include "core/util/status.h"
 
 namespace moe {
@@ -29,7 +30,7 @@ struct ExpertWeights {
   torch::Tensor w3;  // (E, d, h): swiglu "up" projection; undefined for relu2
   torch::Tensor w2;  // (E, h, d): output projection
   bool fp8 = false;  // grouped backend only: the GEMMs through Fp8GroupedMm (precision_plan.h decides)
-  bool fp8_wgrad = true;  // with fp8: weight gradients in FP8 too (precision.fp8_wgrad)
+  Fp8GemmOptions fp8_gemm{};  // with fp8: precision.fp8_wgrad and fp8_fast_accum
 };
 
 // One routed batch. x in the compute dtype; the rest from the router and capacity steps.

@@ -33,7 +33,7 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
   }
   if (plan != nullptr) {
     fp8_experts_ = plan->Experts(name, d, h, impl_ == ExpertImpl::kGrouped);
-    fp8_wgrad_ = plan->wgrad_fp8();
+    fp8_gemm_ = plan->gemm_options();
   }
   pending_load_ = torch::zeros({E});
 }
@@ -46,7 +46,7 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
   CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
 
   ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
-  const ExpertWeights w{w1_, w3_, w2_, fp8_experts_, fp8_wgrad_};
+  const ExpertWeights w{w1_, w3_, w2_, fp8_experts_, fp8_gemm_};
   torch::Tensor y = par_.ep ? ExpertParallelExperts(in, w, e_.n_experts, par_.ep) : RunExperts(impl_, in, w);  // (N, d)
   for (const auto& s : *shared_) y = y + s->as<MLPImpl>()->forward(xf);
 

@@ -60,7 +60,7 @@ class MoELayerImpl : public torch::nn::Module {
   MoEParallel par_;
   ExpertImpl impl_;
   bool fp8_experts_ = false;
-  bool fp8_wgrad_ = true;
+  Fp8GemmOptions fp8_gemm_;
   torch::nn::Linear router_{nullptr};  // only its weight (E, d) is used, in fp32
   torch::Tensor w1_, w2_, w3_;
   torch::Tensor router_bias_;

@@ -71,14 +71,14 @@ Fp8Tensor Quantize(const torch::Tensor& x, torch::ScalarType fp8, Fp8Granularity
 }
 
 torch::Tensor ScaledMm(const torch::Tensor& a, const torch::Tensor& inv_a, const torch::Tensor& b,
-                       const torch::Tensor& inv_b, torch::ScalarType out_dtype) {
+                       const torch::Tensor& inv_b, torch::ScalarType out_dtype, bool fast_accum) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (M == 0 || N == 0 || K == 0) return torch::zeros({M, N}, a.options().dtype(out_dtype));
   const bool rowwise = inv_a.dim() != 0 || inv_b.dim() != 0;
   if (a.is_cuda()) {
     // The sm90 rowwise kernel writes bf16 only.
     const torch::ScalarType od = rowwise ? torch::kBFloat16 : out_dtype;
-    torch::Tensor y = at::_scaled_mm(a, b, inv_a, inv_b, std::nullopt, std::nullopt, od);
+    torch::Tensor y = at::_scaled_mm(a, b, inv_a, inv_b, std::nullopt, std::nullopt, od, fast_accum);
     return od == out_dtype ? y : y.to(out_dtype);
   }
   if (!rowwise) return at::_scaled_mm(a, b, inv_a, inv_b, std::nullopt, std::nullopt, out_dtype);

@@ -28,6 +28,16 @@ namespace moe {
 
 enum class Fp8Recipe { kTensorwise, kRowwise };
 
+// How an FP8 layer runs its GEMMs, beyond the recipe.
+struct Fp8GemmOptions {
+  // precision.fp8_wgrad: the weight-gradient GEMM in FP8 too (false: in the compute dtype).
+  bool wgrad_fp8 = true;
+  // precision.fp8_fast_accum: the output (forward) GEMM accumulates in Hopper's fast FP8 mode,
+  // without promoting its partial sums to fp32 every few k-blocks (torchao's default for the
+  // output GEMM; the gradient GEMMs always promote). CUDA only: the CPU path is exact anyway.
+  bool fast_accum = false;
+};
+
 // "tensorwise" | "rowwise"; anything else is InvalidArgument naming precision.fp8_recipe.
 Status ParseFp8Recipe(const std::string& name, Fp8Recipe* out);
 const char* Fp8RecipeName(Fp8Recipe r);
@@ -68,10 +78,11 @@ Fp8Tensor Quantize(const torch::Tensor& x, torch::ScalarType fp8, Fp8Granularity
 
 // out = (a * inv_a) @ (b * inv_b) in out_dtype. a: (M, K) fp8 row-major; b: (K, N) fp8
 // column-major (b.t() contiguous). inv_a: () or (M, 1); inv_b: () or (1, N), fp32.
-// CUDA: at::_scaled_mm (rowwise needs e4m3 operands). CPU: at::_scaled_mm for tensorwise; for
-// rowwise (which the CPU kernel lacks) the same arithmetic: the FP8 product accumulated in fp32,
-// then the row and column scales applied, then the cast to out_dtype.
+// CUDA: at::_scaled_mm (rowwise needs e4m3 operands), with fast_accum as Fp8GemmOptions says.
+// CPU: at::_scaled_mm for tensorwise; for rowwise (which the CPU kernel lacks) the same
+// arithmetic: the FP8 product accumulated in fp32, then the row and column scales applied, then
+// the cast to out_dtype. fast_accum changes nothing there.
 torch::Tensor ScaledMm(const torch::Tensor& a, const torch::Tensor& inv_a, const torch::Tensor& b,
-                       const torch::Tensor& inv_b, torch::ScalarType out_dtype);
+                       const torch::Tensor& inv_b, torch::ScalarType out_dtype, bool fast_accum = false);
 
 }  // namespace moe

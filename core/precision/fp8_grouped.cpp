@@ -101,13 +101,13 @@ std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Te
 
 struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
-                               const torch::Tensor& offs, bool wgrad_fp8) {
+                               const torch::Tensor& offs, bool wgrad_fp8, bool fast_accum) {
     ctx->save_for_backward({x, w, offs});
     ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
     Fp8Tensor xq = Quantize(x, kE4M3, Fp8Granularity::kRow);                   // (M, K), (M, 1)
     Fp8Tensor wq = Quantize(w.transpose(1, 2), kE4M3, Fp8Granularity::kRow);   // (E, N, K), (E, N, 1)
     return ScaledGroupedMm(xq.data, xq.inv_scale().view({-1}), wq.data.transpose(1, 2),
-                           wq.inv_scale().squeeze(-1), offs, x.scalar_type());  // (M, N)
+                           wq.inv_scale().squeeze(-1), offs, x.scalar_type(), fast_accum);  // (M, N)
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -134,7 +134,7 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
         dw = ScaledGroupedMm(xt, inv_x, dyt.t(), inv_dy, p.pad_end, x.scalar_type()).to(w.scalar_type());  // (E, K, N)
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -158,14 +158,16 @@ bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std:
 }
 
 torch::Tensor ScaledGroupedMm(const torch::Tensor& a, const torch::Tensor& inv_a, const torch::Tensor& b,
-                              const torch::Tensor& inv_b, const torch::Tensor& offs, torch::ScalarType out_dtype) {
+                              const torch::Tensor& inv_b, const torch::Tensor& offs, torch::ScalarType out_dtype,
+                              bool fast_accum) {
   if (!a.is_cuda()) return CpuScaledGroupedMm(a, inv_a, b, inv_b, offs, out_dtype);
-  torch::Tensor y = at::_scaled_grouped_mm(a, b, inv_a, inv_b, offs, std::nullopt, std::nullopt, torch::kBFloat16);
+  torch::Tensor y =
+      at::_scaled_grouped_mm(a, b, inv_a, inv_b, offs, std::nullopt, std::nullopt, torch::kBFloat16, fast_accum);
   return y.scalar_type() == out_dtype ? y : y.to(out_dtype);
 }
 
 torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
-                           bool wgrad_fp8) {
+                           const Fp8GemmOptions& opts) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 3 && w.size(1) == x.size(1) && offs.size(0) == w.size(0),
               "Fp8GroupedMm: expected x (M, K), w (E, K, N), offs (E,); got ", x.sizes(), ", ", w.sizes(), ", ",
               offs.sizes());
@@ -173,7 +175,7 @@ torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const
     // Nothing routed here: an empty result that still connects to both inputs' graphs.
     return (x.sum() + w.sum()).to(x.scalar_type()) * torch::zeros({0, w.size(2)}, x.options());
   }
-  return Fp8GroupedFn::apply(x, w, offs, wgrad_fp8);
+  return Fp8GroupedFn::apply(x, w, offs, opts.wgrad_fp8, opts.fast_accum);
 }
 
 }  // namespace moe

@@ -21,6 +21,8 @@
 
 #include <torch/torch.h>
 
+#include "core/precision/fp8.h"
+
 namespace moe {
 
 // Whether expert GEMMs of width d and hidden h can run in FP8 on `device`: d and h multiples of
@@ -31,19 +33,21 @@ bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std:
 // x: (M, K) compute dtype, rows sorted by expert; w: (E, K, N) parameter (fp32 master);
 // offs: (E,) int32 cumulative row ends (offs[E-1] == M; an expert with no rows repeats the
 // previous end). Returns (M, N) in x's dtype, differentiable in x and w.
-// wgrad_fp8 = false: the weight gradient through at::_grouped_mm in x's dtype (precision.fp8_wgrad).
+// opts.wgrad_fp8 = false: the weight gradient through at::_grouped_mm in x's dtype
+// (precision.fp8_wgrad); opts.fast_accum: the output GEMM in fast accumulation (CUDA).
 torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
-                           bool wgrad_fp8 = true);
+                           const Fp8GemmOptions& opts = {});
 
 // The scaled grouped GEMM itself (exposed for tests), in the at::_scaled_grouped_mm layouts:
 //   2D x 3D: a (M, K) row-major, inv_a (M,); b (E, K, N) column-major per expert, inv_b (E, N)
 //            -> (M, N); rows of group e use b[e].
 //   2D x 2D: a (K, Mt) row-major, inv_a (G*K,); b (Mt, N) column-major, inv_b (G*N,)
 //            -> (G, K, N); group g contracts over columns [offs[g-1], offs[g]) of a.
-// CUDA: at::_scaled_grouped_mm (bf16 out, then cast). CPU: a loop over groups of fp32 matmuls of
-// the FP8 values (exact products, fp32 accumulation) times the scales, as the kernel computes;
-// empty groups give zero rows / zero matrices.
+// CUDA: at::_scaled_grouped_mm (bf16 out, then cast; fast_accum passed on). CPU: a loop over
+// groups of fp32 matmuls of the FP8 values (exact products, fp32 accumulation) times the scales,
+// as the kernel computes; empty groups give zero rows / zero matrices.
 torch::Tensor ScaledGroupedMm(const torch::Tensor& a, const torch::Tensor& inv_a, const torch::Tensor& b,
-                              const torch::Tensor& inv_b, const torch::Tensor& offs, torch::ScalarType out_dtype);
+                              const torch::Tensor& inv_b, const torch::Tensor& offs, torch::ScalarType out_dtype,
+                              bool fast_accum = false);
 
 }  // namespace moe

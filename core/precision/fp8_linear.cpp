@@ -17,12 +17,12 @@ torch::Tensor ColumnMajor(const torch::Tensor& q) { return q.t().contiguous().t(
 struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
   // x: (M, K) compute dtype; w: (N, K). Returns (M, N) in x's dtype.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe,
-                               bool wgrad_fp8) {
+                               bool wgrad_fp8, bool fast_accum) {
     const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
     const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
     Fp8Tensor xq = Quantize(x, kE4M3, g);  // (M, K), scale () or (M, 1)
     Fp8Tensor wq = Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
-    torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type());
+    torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type(), fast_accum);
     ctx->saved_data["rowwise"] = rowwise;
     ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
     if (!wgrad_fp8 && !rowwise) ctx->saved_data["x"] = x;
@@ -74,7 +74,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
                       dt).to(w_dtype);
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -84,14 +84,15 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
   return M > 0 && K > 0 && N > 0 && M % 16 == 0 && K % 16 == 0 && N % 16 == 0;
 }
 
-torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, bool wgrad_fp8) {
+torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, const Fp8GemmOptions& opts) {
   const int64_t K = x.size(-1), N = w.size(0);
   TORCH_CHECK(w.dim() == 2 && w.size(1) == K, "Fp8Linear: w must be (N, ", K, "), got ", w.sizes());
   TORCH_CHECK(Fp8LinearSupported(x.numel() / K, K, N), "Fp8Linear: shape (", x.numel() / K, ", ", K, ") x (", K, ", ",
               N, ") is not FP8-capable (dimensions must be multiples of 16)");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
-  torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe), wgrad_fp8);  // (M, N)
+  torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe), opts.wgrad_fp8,
+                                       opts.fast_accum);  // (M, N)
   return y.view(out_shape);
 }
 

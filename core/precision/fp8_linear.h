@@ -26,9 +26,11 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
 // x: (..., K) in the compute dtype (bf16 or fp32); w: (N, K) parameter, usually the fp32 master.
 // Returns (..., N) in x's dtype; the gradient reaches w in w's dtype. Requires
 // Fp8LinearSupported(x.numel() / K, K, N).
-// With wgrad_fp8 = false (precision.fp8_wgrad = "compute") the weight-gradient GEMM runs in x's
-// dtype instead (torchao's "rowwise_with_gw_hp" idea: that GEMM is the one whose FP8 operands
-// need transposed casts); the output and input-gradient GEMMs stay FP8.
-torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, bool wgrad_fp8 = true);
+// With opts.wgrad_fp8 = false (precision.fp8_wgrad = "compute") the weight-gradient GEMM runs in
+// x's dtype instead (torchao's "rowwise_with_gw_hp" idea: that GEMM is the one whose FP8 operands
+// need transposed casts); the output and input-gradient GEMMs stay FP8. opts.fast_accum applies
+// to the output GEMM.
+torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe,
+                        const Fp8GemmOptions& opts = {});
 
 }  // namespace moe

@@ -8,7 +8,7 @@ namespace moe {
 
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w) {
   const int64_t K = x.size(-1);
-  if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) return Fp8Linear(x, w, p.recipe, p.wgrad_fp8);
+  if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) return Fp8Linear(x, w, p.recipe, p.gemm);
   return CastLinear(x, w);
 }
 
@@ -16,7 +16,8 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
   PrecisionPlan p;
   p.fp8_ = cfg.precision.fp8;
   p.experts_ = cfg.precision.fp8_experts;
-  p.wgrad_fp8_ = cfg.precision.fp8_wgrad == "fp8";
+  p.gemm_.wgrad_fp8 = cfg.precision.fp8_wgrad == "fp8";
+  p.gemm_.fast_accum = cfg.precision.fp8_fast_accum;
   Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
   TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
   p.rows_ = cfg.train.batch_size * cfg.model.seq_len;
@@ -35,7 +36,7 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, int64_t in, int64
   }
   lp.fp8 = true;
   lp.recipe = recipe_;
-  lp.wgrad_fp8 = wgrad_fp8_;
+  lp.gemm = gemm_;
   return lp;
 }
 

@@ -28,7 +28,7 @@ namespace moe {
 struct LinearPrecision {
   bool fp8 = false;
   Fp8Recipe recipe = Fp8Recipe::kTensorwise;
-  bool wgrad_fp8 = true;  // precision.fp8_wgrad = "fp8"
+  Fp8GemmOptions gemm{};  // precision.fp8_wgrad, precision.fp8_fast_accum
 };
 
 // x: (..., in) compute dtype; w: (out, in) fp32 parameter. Fp8Linear when p.fp8 and this call's
@@ -41,7 +41,7 @@ class PrecisionPlan {
   // FP8 off: every GEMM in the compute dtype.
   PrecisionPlan() = default;
 
-  // From precision.{fp8, fp8_recipe, fp8_experts}; the training micro-batch has
+  // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum}; the training micro-batch has
   // train.batch_size * model.seq_len rows; `device` decides whether the expert kernel exists.
   static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
 
@@ -55,8 +55,8 @@ class PrecisionPlan {
   bool Experts(const std::string& name, int64_t d, int64_t h, bool grouped_backend);
 
   bool fp8() const { return fp8_; }
-  // precision.fp8_wgrad: whether FP8 GEMMs (linear and expert) keep their weight gradient in FP8.
-  bool wgrad_fp8() const { return wgrad_fp8_; }
+  // precision.fp8_wgrad and fp8_fast_accum, for every FP8 GEMM (linear and expert).
+  const Fp8GemmOptions& gemm_options() const { return gemm_; }
   // "layer: reason" for each layer that FP8 would cover but that stays in the compute dtype.
   const std::vector<std::string>& fallbacks() const { return fallbacks_; }
 
@@ -64,7 +64,7 @@ class PrecisionPlan {
   bool fp8_ = false;
   bool experts_ = false;
   Fp8Recipe recipe_ = Fp8Recipe::kTensorwise;
-  bool wgrad_fp8_ = true;
+  Fp8GemmOptions gemm_;
   int64_t rows_ = 0;  // rows of a training micro-batch
   torch::Device device_ = torch::kCPU;
   std::vector<std::string> fallbacks_;

@@ -341,6 +341,9 @@ TEST_CASE("fp8: on CUDA the kernels agree with the CPU arithmetic (skipped witho
     const double ey = RelErr(y.cpu(), yr), ex = RelErr(x.grad().cpu(), xr.grad()), ew = RelErr(w.grad().cpu(), wr.grad());
     INFO("rel err y " << ey << " dx " << ex << " dw " << ew);
     CHECK(ey < 0.05);
+    // Fast accumulation (precision.fp8_fast_accum) on the output GEMM: the same tolerance.
+    torch::Tensor yf = moe::Fp8Linear(x.detach(), w.detach(), recipe, moe::Fp8GemmOptions{true, /*fast_accum=*/true});
+    CHECK(RelErr(yf.cpu(), yr) < 0.05);
     CHECK(ex < 0.08);
     CHECK(ew < 0.08);
   }
@@ -360,6 +363,9 @@ TEST_CASE("fp8: on CUDA the kernels agree with the CPU arithmetic (skipped witho
     INFO("output " << i << " rel err " << RelErr(gpu[i], cpu[i]));
     CHECK(RelErr(gpu[i], cpu[i]) < 0.01);
   }
+  const torch::Tensor y_fast = moe::Fp8GroupedMm(x0.to(cuda, torch::kBFloat16), w0.to(cuda), offs.to(cuda),
+                                                 moe::Fp8GemmOptions{true, /*fast_accum=*/true});
+  CHECK(RelErr(y_fast.cpu().to(torch::kFloat32), cpu[0]) < 0.01);
   CHECK(gpu[2][1].abs().max().item<double>() == 0.0);
 }
 
@@ -371,7 +377,7 @@ TEST_CASE("fp8: fp8_wgrad = compute keeps the weight gradient out of FP8, the ot
   for (auto recipe : {moe::Fp8Recipe::kTensorwise, moe::Fp8Recipe::kRowwise}) {
     INFO(moe::Fp8RecipeName(recipe));
     torch::Tensor x = Leaf(x0, torch::kFloat32), w = Leaf(w0, torch::kFloat32);
-    torch::Tensor y = moe::Fp8Linear(x, w, recipe, /*wgrad_fp8=*/false);
+    torch::Tensor y = moe::Fp8Linear(x, w, recipe, moe::Fp8GemmOptions{/*wgrad_fp8=*/false});
     y.backward(g);
     torch::Tensor xr = x0.clone().requires_grad_(), wr = w0.clone().requires_grad_();
     torch::matmul(xr, wr.t()).backward(g);
@@ -383,7 +389,7 @@ TEST_CASE("fp8: fp8_wgrad = compute keeps the weight gradient out of FP8, the ot
   torch::Tensor offs = torch::tensor({10, 10, 24}, torch::kInt32);
   torch::Tensor xg0 = torch::randn({24, K}), wg0 = torch::randn({E, K, N}) / 6, gg = torch::randn({24, N});
   torch::Tensor xg = Leaf(xg0, torch::kFloat32), wg = Leaf(wg0, torch::kFloat32);
-  moe::Fp8GroupedMm(xg, wg, offs, /*wgrad_fp8=*/false).backward(gg);
+  moe::Fp8GroupedMm(xg, wg, offs, moe::Fp8GemmOptions{/*wgrad_fp8=*/false}).backward(gg);
   torch::Tensor dw_ref = torch::zeros_like(wg0);
   dw_ref[0] = torch::mm(xg0.narrow(0, 0, 10).t(), gg.narrow(0, 0, 10));
   dw_ref[2] = torch::mm(xg0.narrow(0, 10, 14).t(), gg.narrow(0, 10, 14));
@@ -394,4 +400,30 @@ TEST_CASE("fp8: fp8_wgrad = compute keeps the weight gradient out of FP8, the ot
   cfg.precision.fp8_wgrad = "bf16";
   moe::Status st = moe::ValidateConfig(cfg);
   CHECK(st.message().find("precision.fp8_wgrad = \"bf16\": valid: fp8, compute") != std::string::npos);
+}
+
+TEST_CASE("fp8: fp8_fast_accum reaches every FP8 GEMM's options, and the CPU results stay exact", "[fp8]") {
+  moe::Config cfg;
+  cfg.precision.fp8 = true;
+  for (bool fast : {false, true}) {
+    INFO("fp8_fast_accum " << fast);
+    cfg.precision.fp8_fast_accum = fast;
+    moe::PrecisionPlan plan = moe::PrecisionPlan::FromConfig(cfg, torch::kCPU);
+    CHECK(plan.gemm_options().fast_accum == fast);
+    CHECK(plan.gemm_options().wgrad_fp8);
+    const moe::LinearPrecision lp = plan.Linear("attn.qkv", 64, 192);
+    CHECK(lp.fp8);
+    CHECK(lp.gemm.fast_accum == fast);
+  }
+  // The CPU arithmetic has no fast mode: the same bytes either way, for linear and experts.
+  torch::manual_seed(12);
+  const torch::Tensor x = torch::randn({32, 48}), w = torch::randn({16, 48}) / 7;
+  for (auto recipe : {moe::Fp8Recipe::kTensorwise, moe::Fp8Recipe::kRowwise}) {
+    INFO(moe::Fp8RecipeName(recipe));
+    const torch::Tensor exact = moe::Fp8Linear(x, w, recipe);
+    const torch::Tensor fast = moe::Fp8Linear(x, w, recipe, moe::Fp8GemmOptions{true, /*fast_accum=*/true});
+    CHECK(torch::equal(exact, fast));
+  }
+  const torch::Tensor offs = torch::tensor({10, 10, 32}, torch::kInt32), wg = torch::randn({3, 48, 16}) / 7;
+  CHECK(torch::equal(moe::Fp8GroupedMm(x, wg, offs), moe::Fp8GroupedMm(x, wg, offs, moe::Fp8GemmOptions{true, true})));
 }
