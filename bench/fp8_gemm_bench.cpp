@@ -15,9 +15,9 @@
 //   bf16 loop         at::mm per expert
 //   bf16 dense        at::mm on the whole (M, K) x (K, N): the rate without grouping
 //   fp8 dense tensor  at::_scaled_mm on the whole (M, K) x (K, N)
-// The forward forms also run with use_fast_accum (Hopper's FP8 accumulation without the periodic
-// promotion to fp32; torchao's default for the output GEMM, while moe-train passes false).
-// and the quantisation kernels (moe::Quantize, rowwise e4m3) on the GEMMs' operands.
+// and the quantisation kernels (moe::Quantize, rowwise e4m3) on the GEMMs' operands. The forward
+// FP8 forms also run with use_fast_accum (Hopper's FP8 accumulation without the periodic
+// promotion to fp32: what precision.fp8_fast_accum turns on in moe-train).
 // Every FP8 result is first compared with the bf16 one (relative Frobenius error; e4m3 rounding
 // on random normal data gives a few percent); a form off by more than 10% is reported and exits 2.
 // Timing: each call captured 20 times in one CUDA graph (the training step runs as a graph, so

@@ -5,7 +5,8 @@
 #   source .devdeps/env.sh && scripts/gpu-dist.sh          (carry .devdeps)
 # Env: GPUS (max GPUs to use; default: all visible), STEPS (30), SKIP (space-separated parts:
 # equality scaling graph ep; scaling = eager data parallel, graph = data parallel in CUDA graphs),
-# BUCKETS (MiB values, e.g. "50 100": graph runs with those train.grad_bucket_mb as well), PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
+# BUCKETS (MiB values, e.g. "50 100": graph runs with those train.grad_bucket_mb as well),
+# PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
 # cf 1.25 pair in separate runs, and print scripts/trace_summary.py's comparison of them).
 # Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
 # tokens over the host time of a device-synchronised step); MFU per GPU over 989 TFLOP/s.
