@@ -21,6 +21,7 @@
 #include <torch/torch.h>
 
 #include "core/dist/communicator.h"
+#include "core/train/device.h"
 
 namespace moe {
 
@@ -37,8 +38,11 @@ class GradSync {
   // also has a bf16 copy that is what goes over the wire (half the bytes and half the
   // all-reduce kernels' time); the step's last gradient of a parameter is cast straight into it
   // (no more passes than the fp32 copy it replaces), and the sum is cast back into the fp32
-  // .grad views in Finish. The sum is then rounded to bf16 once per rank's contribution
-  // (relative error ~2^-9 per element), as DDP's bf16 compression hook does.
+  // .grad views. The sum is then rounded to bf16 once per rank's contribution (relative error
+  // ~2^-9 per element), as DDP's bf16 compression hook does.
+  // On CUDA the cast back (and the scale, if not 1) runs on a side stream as soon as each
+  // bucket's all-reduce is done, overlapped with the rest of the backward; Finish only makes the
+  // current stream wait for it. On the CPU (Gloo blocks the host) it runs in Finish.
   GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes,
            torch::ScalarType reduce_dtype = torch::ScalarType::Undefined);
   ~GradSync();
@@ -71,8 +75,9 @@ class GradSync {
     torch::Tensor wire;                  // (numel,) reduce_dtype copy that is all-reduced; undefined: flat is
     std::vector<int64_t> members;        // indices into params_
     int64_t pending = 0;                 // members whose gradient has not arrived this step
-    std::unique_ptr<PendingCollective> work;
+    std::unique_ptr<PendingCollective> work;  // null once waited for (in Finish or on the side stream)
     bool launched = false;
+    bool on_side = false;  // this step's sum is cast back / scaled on the side stream (CUDA)
   };
   void OnGradReady(int64_t param_index);  // called from the autograd engine's thread
   void LaunchReadyInOrder();              // with mu_ held
@@ -88,6 +93,7 @@ class GradSync {
   std::vector<uintptr_t> hook_keys_;
   Communicator* comm_;
   double scale_;
+  SideStream side_;  // CUDA: where finished buckets are cast back and scaled (see the constructor)
   bool armed_ = false;
   int64_t next_launch_ = 0;
   std::mutex mu_;  // the engine may run hooks on its device threads

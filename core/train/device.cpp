@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -111,6 +112,34 @@ void StepGraph::Capture(const std::function<void()>& fn) {
 void StepGraph::Replay() { impl_->graph.replay(); }
 
 bool StepGraph::captured() const { return impl_->captured; }
+
+struct SideStream::Impl {
+  c10::cuda::CUDAStream stream;
+  explicit Impl(c10::cuda::CUDAStream s) : stream(s) {}
+};
+
+SideStream::SideStream(const torch::Device& device) {
+  if (device.is_cuda()) {
+    impl_ = std::make_unique<Impl>(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index()));
+  }
+}
+
+SideStream::~SideStream() = default;
+
+bool SideStream::available() const { return impl_ != nullptr; }
+
+void SideStream::Run(const std::function<void()>& fn) {
+  TORCH_CHECK(impl_, "SideStream::Run without a CUDA device");
+  c10::cuda::CUDAStreamGuard guard(impl_->stream);
+  fn();
+}
+
+void SideStream::Join() {
+  if (!impl_) return;
+  at::cuda::CUDAEvent done;
+  done.record(impl_->stream);
+  done.block(c10::cuda::getCurrentCUDAStream(impl_->stream.device_index()));
+}
 
 void ConfigureThreads(int64_t threads, int ranks_on_machine) {
   int n = threads > 0 ? static_cast<int>(threads)

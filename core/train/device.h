@@ -66,6 +66,31 @@ class StepGraph {
   std::unique_ptr<Impl> impl_;
 };
 
+// A second stream of device work beside the current one, for work that should overlap it (the
+// data-parallel gradient sync copies each all-reduced bucket back while backward goes on). CUDA:
+// a stream from LibTorch's pool on `device`. CPU: none (available() is false) and callers do the
+// work in line, where it would have run anyway. Works inside a CUDA graph capture: the side
+// stream joins the capture through the events it waits on, and Join() brings it back.
+class SideStream {
+ public:
+  explicit SideStream(const torch::Device& device);
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+
+  bool available() const;
+  // Runs fn on this thread with the side stream current: the device work fn queues goes to the
+  // side stream, after what was queued there before. Requires available().
+  void Run(const std::function<void()>& fn);
+  // The current stream waits for everything queued on the side stream so far (the host does not
+  // block). A no-op when !available().
+  void Join();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // Sets LibTorch's intra-op threads (threads == 0: the machine's cores divided among the
 // `ranks_on_machine` processes of a multi-process run). LibTorch can default to one thread on
 // small machines, which would make CPU runs needlessly slow; and several ranks each spinning a
