@@ -174,9 +174,11 @@ __global__ void fp8_tensor_cast_kernel(uint8_t* __restrict__ out, float* __restr
 // 64 consecutive elements of a row per step (coalesced), the 8 warps' partials meet in shared
 // memory, and one atomicMax per column and block combines the row chunks.
 // Grid (ceil(C / kAmaxRows), ceil(R / 64), B).
-template <typename T>
+// GATHER: base row c is row rows[c] of a (valid_rows, R) tensor, or zeros where rows[c] is outside
+// [0, valid_rows) (B == 1): the rows of a gather, without the gathered copy.
+template <typename T, bool GATHER>
 __global__ void fp8_column_amax_kernel(unsigned* __restrict__ amax, const T* __restrict__ base, int64_t R,
-                                       int64_t C) {
+                                       int64_t C, const int64_t* __restrict__ rows, int64_t valid_rows) {
   __shared__ unsigned part[8][kTileR];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t b = blockIdx.z;
@@ -186,10 +188,12 @@ __global__ void fp8_column_amax_kernel(unsigned* __restrict__ amax, const T* __r
   for (int i = ty; i < kAmaxRows; i += 8) {
     const int64_t c = c0 + i;
     if (c >= C) break;
+    const int64_t pc = GATHER ? rows[c] : c;
+    if (GATHER && (pc < 0 || pc >= valid_rows)) continue;  // a zero row: changes no amax
 #pragma unroll
     for (int k = 0; k < kTileR / 32; ++k) {
       const int64_t r = r0 + tx + 32 * k;
-      if (r < R) m[k] = MaxU(m[k], AbsBits(src[c * R + r]));
+      if (r < R) m[k] = MaxU(m[k], AbsBits(src[pc * R + r]));
     }
   }
 #pragma unroll
@@ -216,10 +220,11 @@ __global__ void fp8_column_amax_kernel(unsigned* __restrict__ amax, const T* __r
 // The tile's row stride, kTileC + 4 bytes = 33 words, keeps both shared-memory phases free of bank
 // conflicts (the byte stores of a warp hit 32 consecutive rows, the word loads one row).
 // Grid (ceil(C / kTileC), ceil(R / kTileR), B).
-template <typename T, __nv_fp8_interpretation_t F, bool ROWWISE>
+// GATHER as in fp8_column_amax_kernel.
+template <typename T, __nv_fp8_interpretation_t F, bool ROWWISE, bool GATHER>
 __global__ void fp8_cast_transpose_kernel(uint8_t* __restrict__ out, float* __restrict__ scale_out,
                                           const T* __restrict__ base, const unsigned* __restrict__ amax, int64_t R,
-                                          int64_t C, float eps) {
+                                          int64_t C, float eps, const int64_t* __restrict__ rows, int64_t valid_rows) {
   __shared__ __align__(16) uint8_t tile[kTileR][kTileC + 4];
   __shared__ float s_scale[kTileR];
   const int tx = threadIdx.x, ty = threadIdx.y, lin = ty * 32 + tx;
@@ -245,11 +250,13 @@ __global__ void fp8_cast_transpose_kernel(uint8_t* __restrict__ out, float* __re
   for (int i = 0; i < kTileC / 8; ++i) {
     const int cl = ty + 8 * i;
     const int64_t c = c0 + cl;
+    const int64_t pc = GATHER ? (c < C ? rows[c] : -1) : c;
+    const bool zero_row = GATHER && (pc < 0 || pc >= valid_rows);
 #pragma unroll
     for (int k = 0; k < kTileR / 32; ++k) {
       const int rl = tx + 32 * k;
       const int64_t r = r0 + rl;
-      if (c < C && r < R) tile[rl][cl] = CastFp8<F>(ToFloat(src[c * R + r]), s_scale[rl]);
+      if (c < C && r < R) tile[rl][cl] = CastFp8<F>(zero_row ? 0.f : ToFloat(src[pc * R + r]), s_scale[rl]);
     }
   }
   __syncthreads();
@@ -363,25 +370,38 @@ void LaunchRows(uint8_t* out, float* scale, const T* x, int64_t rows, int64_t K,
 }
 
 // base (B, C, R) contiguous; amax already holds (B, R) column maxima (rowwise) or one maximum.
+// rows (with B == 1): base row c is row rows[c] of the (valid_rows, R) tensor at base (see GATHER).
 template <typename T, __nv_fp8_interpretation_t F>
 void LaunchCastTranspose(uint8_t* out, float* scale, const unsigned* amax, const T* base, int64_t B, int64_t R,
-                         int64_t C, bool rowwise, float eps, cudaStream_t stream) {
+                         int64_t C, bool rowwise, float eps, cudaStream_t stream, const int64_t* rows = nullptr,
+                         int64_t valid_rows = 0) {
   const dim3 grid(static_cast<unsigned>((C + kTileC - 1) / kTileC), static_cast<unsigned>((R + kTileR - 1) / kTileR),
                   static_cast<unsigned>(B));
   const dim3 block(32, 8);
-  if (rowwise) {
-    fp8_cast_transpose_kernel<T, F, true><<<grid, block, 0, stream>>>(out, scale, base, amax, R, C, eps);
+  if (rows != nullptr) {
+    TORCH_CHECK(rowwise && B == 1, "LaunchCastTranspose: a row gather needs row scales and one batch");
+    fp8_cast_transpose_kernel<T, F, true, true><<<grid, block, 0, stream>>>(out, scale, base, amax, R, C, eps, rows,
+                                                                            valid_rows);
+  } else if (rowwise) {
+    fp8_cast_transpose_kernel<T, F, true, false><<<grid, block, 0, stream>>>(out, scale, base, amax, R, C, eps,
+                                                                             nullptr, 0);
   } else {
-    fp8_cast_transpose_kernel<T, F, false><<<grid, block, 0, stream>>>(out, scale, base, amax, R, C, eps);
+    fp8_cast_transpose_kernel<T, F, false, false><<<grid, block, 0, stream>>>(out, scale, base, amax, R, C, eps,
+                                                                              nullptr, 0);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
-void LaunchColumnAmax(unsigned* amax, const T* base, int64_t B, int64_t R, int64_t C, cudaStream_t stream) {
+void LaunchColumnAmax(unsigned* amax, const T* base, int64_t B, int64_t R, int64_t C, cudaStream_t stream,
+                      const int64_t* rows = nullptr, int64_t valid_rows = 0) {
   const dim3 grid(static_cast<unsigned>((C + kAmaxRows - 1) / kAmaxRows),
                   static_cast<unsigned>((R + kTileR - 1) / kTileR), static_cast<unsigned>(B));
-  fp8_column_amax_kernel<T><<<grid, dim3(32, 8), 0, stream>>>(amax, base, R, C);
+  if (rows != nullptr) {
+    fp8_column_amax_kernel<T, true><<<grid, dim3(32, 8), 0, stream>>>(amax, base, R, C, rows, valid_rows);
+  } else {
+    fp8_column_amax_kernel<T, false><<<grid, dim3(32, 8), 0, stream>>>(amax, base, R, C, nullptr, 0);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -446,6 +466,45 @@ Fp8Quantized Fp8Quantize(const at::Tensor& x, at::ScalarType fp8, bool rowwise, 
       }
       LaunchCastTranspose<T, F>(out, scale, ap, xp, B, R, C, rowwise, eps, stream);
     }
+  });
+  return q;
+}
+
+bool Fp8QuantizeGatheredTransposedSupported(const at::Tensor& t, const at::Tensor& src, at::ScalarType fp8) {
+  if (!t.is_cuda() || t.dim() != 2 || !t.is_contiguous() || t.size(1) == 0) return false;
+  if (t.scalar_type() != at::kBFloat16 && t.scalar_type() != at::kFloat) return false;
+  if (fp8 != at::kFloat8_e4m3fn && fp8 != at::kFloat8_e5m2) return false;
+  if (!src.is_cuda() || src.device() != t.device() || src.dim() != 1 || src.scalar_type() != at::kLong ||
+      !src.is_contiguous() || src.numel() == 0) {
+    return false;
+  }
+  return (t.size(1) + kTileR - 1) / kTileR <= 65535 && (src.numel() + kTileC - 1) / kTileC <= INT32_MAX;
+}
+
+Fp8Quantized Fp8QuantizeGatheredTransposed(const at::Tensor& t, const at::Tensor& src, at::ScalarType fp8,
+                                           double amax_eps) {
+  TORCH_CHECK(Fp8QuantizeGatheredTransposedSupported(t, src, fp8),
+              "Fp8QuantizeGatheredTransposed: t must be a contiguous 2-D CUDA bf16/fp32 tensor with columns, src a "
+              "non-empty contiguous int64 vector on its device, fp8 e4m3fn or e5m2; got t ", t.scalar_type(), " ",
+              t.sizes(), ", src ", src.scalar_type(), " ", src.sizes(), " -> ", fp8);
+  const c10::cuda::CUDAGuard guard(t.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const float eps = static_cast<float>(amax_eps);
+  const int64_t M = t.size(0), R = t.size(1), C = src.numel();  // base (C, R): row c = t[src[c]]
+  Fp8Quantized q;
+  q.data = at::empty({R, C}, t.options().dtype(fp8));     // (R, C) = gathered^T
+  q.scale = at::empty({R, 1}, t.options().dtype(at::kFloat));
+  auto* out = reinterpret_cast<uint8_t*>(q.data.data_ptr());
+  float* scale = q.scale.data_ptr<float>();
+  const int64_t* rows = src.data_ptr<int64_t>();
+  DispatchTypes(t.scalar_type(), fp8, [&](auto ty, auto f) {
+    using T = decltype(ty);
+    constexpr __nv_fp8_interpretation_t F = decltype(f)::value;
+    const T* tp = reinterpret_cast<const T*>(t.data_ptr());
+    at::Tensor amax = ZeroAmax(R, t, stream);  // (R,)
+    auto* ap = reinterpret_cast<unsigned*>(amax.data_ptr());
+    LaunchColumnAmax<T>(ap, tp, 1, R, C, stream, rows, M);
+    LaunchCastTranspose<T, F>(out, scale, ap, tp, 1, R, C, /*rowwise=*/true, eps, stream, rows, M);
   });
   return q;
 }

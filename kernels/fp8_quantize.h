@@ -35,4 +35,14 @@ struct Fp8Quantized {
 // moe::kAmaxEps (kernels/ does not depend on core/).
 Fp8Quantized Fp8Quantize(const at::Tensor& x, at::ScalarType fp8, bool rowwise, double amax_eps);
 
+// The rows of t picked by src, transposed, with row scales: what
+//   Fp8Quantize(g.transpose(0, 1), fp8, /*rowwise=*/true, amax_eps),  g = the (Mp, C) rows t[src[i]]
+// gives (a zero row where src[i] is outside [0, M)), bit for bit, without writing g: both passes
+// read t's rows through src. t (M, C) contiguous CUDA bf16/fp32; src (Mp,) int64 contiguous on
+// t's device. Returns data (C, Mp) contiguous fp8 and scale (C, 1). The FP8 expert weight
+// gradient uses it for its operands padded per expert (core/precision/fp8_grouped.cpp).
+bool Fp8QuantizeGatheredTransposedSupported(const at::Tensor& t, const at::Tensor& src, at::ScalarType fp8);
+Fp8Quantized Fp8QuantizeGatheredTransposed(const at::Tensor& t, const at::Tensor& src, at::ScalarType fp8,
+                                           double amax_eps);
+
 }  // namespace moe::kernels

@@ -266,6 +266,47 @@ TEST_CASE("kernels: Fp8Quantize replays from a CUDA graph", "[kernels][fp8_quant
   }
 }
 
+TEST_CASE("kernels: Fp8QuantizeGatheredTransposed equals quantising the gathered rows' transpose",
+          "[kernels][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(27);
+  // (M, C, Mp): the expert weight gradient's operands padded per expert (Mp > M, zero rows), odd
+  // and partial-tile sizes, a single row, and a gather that repeats and skips rows.
+  struct GatherCase {
+    int64_t M, C, Mp;
+  };
+  const GatherCase cases[] = {{4096, 768, 4224}, {1000, 1536, 1040}, {33, 17, 48}, {1, 64, 16}, {300, 2048, 200}};
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (auto fp8 : {kE4M3, kE5M2}) {
+      for (const GatherCase& c : cases) {
+        INFO("dtype " << dt << " " << fp8 << " M " << c.M << " C " << c.C << " Mp " << c.Mp);
+        at::Tensor t = at::randn({c.M, c.C});
+        t[c.M / 2][0] = 3000.0;  // a column whose amax comes from one row
+        t = t.to(dt);
+        // src: random rows of t, some repeated; every 7th slot (and any past M) a padding slot
+        // holding M or -1, which must read as zeros.
+        at::Tensor src = at::randint(0, c.M, {c.Mp}, at::kLong);
+        src.slice(0, 0, c.Mp, 7).fill_(c.M);
+        if (c.Mp > 3) src[3] = -1;
+        const at::Tensor valid = src.ge(0).logical_and(src.lt(c.M));
+        const at::Tensor g = at::where(valid.unsqueeze(1), t.index_select(0, src.clamp(0, c.M - 1)),
+                                       at::zeros({}, t.options()));  // (Mp, C) on the CPU
+        const moe::Fp8Tensor want = moe::Quantize(g.t(), fp8, moe::Fp8Granularity::kRow);  // (C, Mp), (C, 1)
+        const at::Tensor tc = t.cuda(), srcc = src.cuda();
+        REQUIRE(moe::kernels::Fp8QuantizeGatheredTransposedSupported(tc, srcc, fp8));
+        const moe::kernels::Fp8Quantized got = moe::kernels::Fp8QuantizeGatheredTransposed(tc, srcc, fp8, moe::kAmaxEps);
+        CheckSame(got.data, got.scale, want, fp8);
+      }
+    }
+  }
+  const at::Tensor t = at::randn({64, 32}, at::TensorOptions().device(at::kCUDA));
+  const at::Tensor src = at::arange(64, t.options().dtype(at::kLong));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeGatheredTransposedSupported(t.t(), src, kE4M3));        // not contiguous
+  CHECK_FALSE(moe::kernels::Fp8QuantizeGatheredTransposedSupported(t, src.to(at::kInt), kE4M3));  // int32 rows
+  CHECK_FALSE(moe::kernels::Fp8QuantizeGatheredTransposedSupported(t, src.cpu(), kE4M3));       // rows on the host
+  CHECK_FALSE(moe::kernels::Fp8QuantizeGatheredTransposedSupported(t.cpu(), src.cpu(), kE4M3));
+}
+
 // Not run by default: `kernels_tests "[.bench]"` prints us per quantisation (in a CUDA graph) of
 // the fused kernels against the eager ATen path moe::Quantize took before them, on the residual
 // stream's (16384, 768) bf16 activations: rowwise as the forward quantises x, rowwise of x^T as
