@@ -176,14 +176,18 @@ void GradSync::Finish() {
     LaunchReadyInOrder();
   }
   armed_ = false;
+  bool side_used = false;
   for (Bucket& b : buckets_) {
+    side_used = side_used || b.on_side;
     if (b.on_side) continue;  // cast back and scaled on the side stream at launch
     if (b.work) b.work->Wait();
     b.work.reset();
     if (b.wire.defined()) b.flat.copy_(b.wire);
     if (scale_ != 1.0) b.flat.mul_(scale_);
   }
-  side_.Join();
+  // Only when this step queued work there: inside a CUDA graph capture, waiting on a stream that
+  // took no part in the capture is an error (cudaErrorStreamCaptureIsolation).
+  if (side_used) side_.Join();
   for (Bucket& b : buckets_) b.on_side = false;
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!params_[i].grad().is_same(views_[i])) params_[i].mutable_grad() = views_[i];
