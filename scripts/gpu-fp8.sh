@@ -7,8 +7,10 @@
 # repo's own sources), bf16 vs fp8 and the grouped/padded/loop backends; seeds = the bf16/fp8 part
 # of `loss` for train.seed 1, 2, 3 (init and batches differ), to tell precision from trajectory
 # noise; gemm = bench/fp8_gemm_bench (the expert GEMMs alone, FP8 forms against bf16; its own
-# table). FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s over steps
-# 11..N (1..10 warm-up).
+# table); graph = reference and wide in cudagraph at capacity 1.25, bf16 against FP8 with fast
+# accumulation, with and without precision.fp8_wgrad = "compute"; lossgw = the 200-step loss check
+# of those FP8 forms. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
+# over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
 gpu_setup /tmp/moe-fp8
@@ -42,6 +44,29 @@ for what in ${@:-ref}; do
       train wide_fp8_tw_fast "${W[@]}" --set precision.fp8=true --set precision.fp8_fast_accum=true
       train wide_fp8_rw_fast "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise \
         --set precision.fp8_fast_accum=true ;;
+    graph)  # cudagraph at capacity 1.25 (the fastest bf16 mode), reference and wide: bf16 against the
+      # FP8 forms with fast accumulation, all three GEMMs in FP8 or the weight gradient in bf16
+      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      RF=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true)
+      TF=(--set precision.fp8=true --set precision.fp8_fast_accum=true)
+      GW=(--set precision.fp8_wgrad=compute)
+      train wg_bf16 "${G[@]}" "${W[@]}"
+      train wg_fp8rwf "${G[@]}" "${W[@]}" "${RF[@]}"
+      train wg_fp8rwf_gwc "${G[@]}" "${W[@]}" "${RF[@]}" "${GW[@]}"
+      train wg_fp8twf_gwc "${G[@]}" "${W[@]}" "${TF[@]}" "${GW[@]}"
+      train rg_bf16 "${G[@]}"
+      train rg_fp8rwf "${G[@]}" "${RF[@]}"
+      train rg_fp8rwf_gwc "${G[@]}" "${RF[@]}" "${GW[@]}"
+      train rg_fp8twf_gwc "${G[@]}" "${TF[@]}" "${GW[@]}"
+      train rg_fp8rwf_gwc_noexp "${G[@]}" "${RF[@]}" "${GW[@]}" --set precision.fp8_experts=false ;;
+    lossgw)  # the 200-step loss check for the fastest FP8 forms of `graph` (eager, dropless)
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      F=(--set precision.fp8=true --set precision.fp8_fast_accum=true --set precision.fp8_wgrad=compute)
+      steps=200 train lgw_bf16 "${L[@]}"
+      steps=200 train lgw_fp8rwf_gwc "${L[@]}" "${F[@]}" --set precision.fp8_recipe=rowwise
+      steps=200 train lgw_fp8twf_gwc "${L[@]}" "${F[@]}" ;;
     refgw)  # weight-gradient GEMMs in the compute dtype (precision.fp8_wgrad = "compute")
       train ref_fp8gw_tw --set precision.fp8=true --set precision.fp8_wgrad=compute
       train ref_fp8gw_rw --set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_wgrad=compute ;;

@@ -193,8 +193,8 @@ Status ValidateConfig(const Config& cfg) {
   k.Require(m.seq_len >= 1, "model.seq_len", m.seq_len, "must be >= 1");
   k.Require(OneOf(m.mlp, {"relu2", "swiglu"}), "model.mlp", m.mlp, "valid: relu2, swiglu");
   k.Require(m.mlp_hidden_mult >= 1, "model.mlp_hidden_mult", m.mlp_hidden_mult, "must be >= 1");
-  k.Require(OneOf(m.attention_kernel, {"flash", "cudnn", "efficient", "math"}), "model.attention_kernel",
-            m.attention_kernel, "valid: flash, cudnn, efficient, math");
+  k.Require(OneOf(m.attention_kernel, {"auto", "flash", "cudnn", "efficient", "math"}),
+            "model.attention_kernel", m.attention_kernel, "valid: auto, flash, cudnn, efficient, math");
   k.Require(m.moe_freq >= 1, "model.moe_freq", m.moe_freq, "must be >= 1");
   k.Require(m.rope_base > 0, "model.rope_base", m.rope_base, "must be > 0");
 

@@ -43,7 +43,7 @@ struct ModelConfig {
   bool moe = true;
   int64_t moe_freq = 1;
   double rope_base = 10000.0;
-  std::string attention_kernel = "flash";
+  std::string attention_kernel = "auto";
 
   template <class V> void Visit(V&& v) {
     MOE_FIELD(v, vocab_size, "vocabulary size (tokens); the text source forces 256");
@@ -57,7 +57,7 @@ struct ModelConfig {
     MOE_FIELD(v, moe, "use MoE FFNs (false: every FFN is dense)");
     MOE_FIELD(v, moe_freq, "every moe_freq-th block (counting from the first) has an MoE FFN, the rest dense");
     MOE_FIELD(v, rope_base, "RoPE frequency base");
-    MOE_FIELD(v, attention_kernel, "SDPA kernel tried first on GPUs: flash (ATen's default) | cudnn | efficient | math; one that cannot take the shapes falls through to ATen's next");
+    MOE_FIELD(v, attention_kernel, "SDPA kernel: auto (ATen's choice; cuDNN on an H100) | flash | cudnn | efficient (that kernel, or math where it cannot take the shapes) | math");
   }
 };
 

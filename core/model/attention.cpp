@@ -56,17 +56,14 @@ const char* BackendName(at::SDPBackend b) {
 }  // namespace
 
 void SetAttentionKernel(const std::string& name) {
-  // ATen's default order; the chosen kernel moves to the front, the others keep their places.
-  std::vector<at::SDPBackend> order = {at::SDPBackend::flash_attention, at::SDPBackend::efficient_attention,
-                                       at::SDPBackend::math, at::SDPBackend::cudnn_attention,
-                                       at::SDPBackend::overrideable};
-  auto first = std::find_if(order.begin(), order.end(), [&](at::SDPBackend b) { return name == BackendName(b); });
-  TORCH_CHECK(first != order.end() && name != "overrideable", "model.attention_kernel = \"", name,
-              "\": expected flash | cudnn | efficient | math");
-  std::rotate(order.begin(), first, first + 1);
-  std::vector<int64_t> ids;
-  for (at::SDPBackend b : order) ids.push_back(static_cast<int64_t>(b));
-  at::globalContext().setSDPPriorityOrder(ids);
+  const bool all = name == "auto";
+  TORCH_CHECK(all || name == "flash" || name == "cudnn" || name == "efficient" || name == "math",
+              "model.attention_kernel = \"", name, "\": expected auto | flash | cudnn | efficient | math");
+  at::Context& ctx = at::globalContext();
+  ctx.setSDPUseFlash(all || name == "flash");
+  ctx.setSDPUseCuDNN(all || name == "cudnn");
+  ctx.setSDPUseMemEfficient(all || name == "efficient");
+  ctx.setSDPUseMath(true);  // the fallback that takes every shape
 }
 
 std::string AttentionKernelFor(const ModelConfig& m, int64_t batch, const torch::Device& device,

@@ -31,11 +31,18 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(CausalSelfAttention);
 
-// The SDPA kernel ATen tries first on CUDA (model.attention_kernel): "flash" (ATen's default
-// order: flash, efficient, math, cudnn), or "cudnn", "efficient" or "math" moved to the front of
-// that order. A kernel that cannot take a call's shapes or dtype is skipped for the next, as ATen
-// always does. Process-wide: ATen keeps the order in its global context. Names were validated
-// with the config; another name throws.
+// Which SDPA kernels ATen may use (model.attention_kernel), through its enable flags:
+//   "auto"       all of them: ATen's own choice. On an H100 with LibTorch 2.11 that is cuDNN's
+//                attention (ATen prefers it on sm90/sm100 with cuDNN >= 9.15 over its default
+//                order flash, efficient, math); it ran 4.6% (MoE) and 6% (dense) faster than
+//                FlashAttention-2 on the reference model (docs/PERFORMANCE.md, sixth session).
+//   "flash" | "cudnn" | "efficient"
+//                that kernel and math only: the named kernel runs wherever it can take a call's
+//                shapes and dtype, and math where it cannot (the summary reports which).
+//   "math"       math only.
+// Flags rather than ATen's priority order: ATen re-initialises the order on its first attention
+// call, so an order set before the model runs does not hold. Process-wide (ATen's global
+// context). Names were validated with the config; another name throws and changes nothing.
 void SetAttentionKernel(const std::string& name);
 
 // The kernel ATen chooses for this model's attention (a micro-batch of `batch` sequences, in

@@ -1,10 +1,10 @@
-// model.attention_kernel (core/model/attention.h): the chosen SDPA kernel goes to the front of
-// ATen's priority order and the others keep ATen's default order behind it; what ATen then
-// chooses for the model's shapes is what the summary reports. (The CPU has its own fixed choice,
-// flash then math, so the GPU kernels themselves are exercised only on the GPU machine.)
+// model.attention_kernel (core/model/attention.h): "auto" leaves every SDPA kernel enabled (ATen's
+// own choice), a named kernel is enabled alone beside math; what ATen then chooses for the model's
+// shapes is what the summary reports. (The CPU has its own kernels, flash and math, so the CUDA
+// kernels themselves are exercised only on the GPU machine.)
 #include <catch2/catch.hpp>
 
-#include <ATen/SDPBackend.h>
+#include <string>
 
 #include "core/model/attention.h"
 #include "core/model/rope.h"
@@ -12,71 +12,66 @@
 
 namespace {
 
-using B = at::SDPBackend;
-
-// Puts ATen's default order back when a case ends: the order is process-wide.
-struct DefaultOrderAfter {
-  ~DefaultOrderAfter() { moe::SetAttentionKernel("flash"); }
+// Puts the default back when a case ends: the flags are process-wide.
+struct AutoAfter {
+  ~AutoAfter() { moe::SetAttentionKernel("auto"); }
 };
 
-// ATen's current order as the config's names (printable in a failure message).
-std::vector<std::string> Order() {
-  std::vector<std::string> names;
-  for (B b : at::globalContext().sDPPriorityOrder()) {
-    switch (b) {
-      case B::math: names.push_back("math"); break;
-      case B::flash_attention: names.push_back("flash"); break;
-      case B::efficient_attention: names.push_back("efficient"); break;
-      case B::cudnn_attention: names.push_back("cudnn"); break;
-      case B::overrideable: names.push_back("overrideable"); break;
-      default: names.push_back("error"); break;
-    }
-  }
-  return names;
+// ATen's enable flags as "flash efficient cudnn math" with a '-' for each one off.
+std::string Enabled() {
+  const at::Context& c = at::globalContext();
+  return std::string(c.userEnabledFlashSDP() ? "flash" : "-") + " " +
+         (c.userEnabledMemEfficientSDP() ? "efficient" : "-") + " " + (c.userEnabledCuDNNSDP() ? "cudnn" : "-") +
+         " " + (c.userEnabledMathSDP() ? "math" : "-");
 }
 
 }  // namespace
 
-TEST_CASE("attention kernel: the chosen kernel leads ATen's order, the rest keep theirs", "[attention]") {
-  DefaultOrderAfter restore;
+TEST_CASE("attention kernel: auto enables every kernel, a named one is enabled alone beside math", "[attention]") {
+  AutoAfter restore;
   struct Case {
     const char* name;
-    std::vector<std::string> order;
+    const char* enabled;
   };
   const Case cases[] = {
-      {"flash", {"flash", "efficient", "math", "cudnn", "overrideable"}},
-      {"cudnn", {"cudnn", "flash", "efficient", "math", "overrideable"}},
-      {"efficient", {"efficient", "flash", "math", "cudnn", "overrideable"}},
-      {"math", {"math", "flash", "efficient", "cudnn", "overrideable"}},
+      {"flash", "flash - - math"},      {"cudnn", "- - cudnn math"}, {"efficient", "- efficient - math"},
+      {"math", "- - - math"},           {"auto", "flash efficient cudnn math"},
   };
   for (const Case& c : cases) {
     INFO(c.name);
     moe::SetAttentionKernel(c.name);
-    CHECK(Order() == c.order);
+    CHECK(Enabled() == c.enabled);
   }
-  // Back to the default from any other: "flash" is ATen's own order.
-  moe::SetAttentionKernel("flash");
-  CHECK(Order() == cases[0].order);
 }
 
-TEST_CASE("attention kernel: an unknown name throws and names the key, leaving the order", "[attention]") {
-  DefaultOrderAfter restore;
+TEST_CASE("attention kernel: an unknown name throws and names the key, changing nothing", "[attention]") {
+  AutoAfter restore;
   moe::SetAttentionKernel("cudnn");
-  const auto before = Order();
-  for (const char* bad : {"fa3", "overrideable", ""}) {
+  const std::string before = Enabled();
+  for (const char* bad : {"fa3", "overrideable", "", "Flash"}) {
     INFO(bad);
     CHECK_THROWS_WITH(moe::SetAttentionKernel(bad), Catch::Contains("model.attention_kernel"));
-    CHECK(Order() == before);
+    CHECK(Enabled() == before);
   }
 }
 
 TEST_CASE("attention kernel: the kernel ATen picks for the model's shapes is reported", "[attention]") {
-  DefaultOrderAfter restore;
+  AutoAfter restore;
   moe::Config c = moe_test::TinyConfig(true);
-  for (int64_t kv : {int64_t{0}, int64_t{2}}) {  // plain and grouped-query heads
-    c.model.n_kv_head = kv;
-    // The CPU's choice for fp32 inputs without a mask is its flash kernel, whatever the order.
-    CHECK(moe::AttentionKernelFor(c.model, 3, torch::kCPU, torch::kFloat32) == "flash");
+  // The CPU's choice for fp32 inputs without a mask: its flash kernel where flash is enabled,
+  // math otherwise.
+  struct Case {
+    const char* name;
+    const char* used;
+  };
+  const Case cases[] = {{"auto", "flash"}, {"flash", "flash"}, {"cudnn", "math"}, {"efficient", "math"}, {"math", "math"}};
+  for (const Case& k : cases) {
+    moe::SetAttentionKernel(k.name);
+    for (int64_t kv : {int64_t{0}, int64_t{2}}) {  // plain and grouped-query heads
+      INFO(k.name << " n_kv_head " << kv);
+      c.model.n_kv_head = kv;
+      CHECK(moe::AttentionKernelFor(c.model, 3, torch::kCPU, torch::kFloat32) == k.used);
+    }
   }
 }
 
@@ -87,7 +82,7 @@ TEST_CASE("attention kernel: on CUDA each kernel runs the model's attention as t
     WARN("no CUDA device: skipped");
     return;
   }
-  DefaultOrderAfter restore;
+  AutoAfter restore;
   const torch::Device cuda(torch::kCUDA, 0);
   moe::ModelConfig m = moe_test::TinyConfig(false).model;
   m.n_embd = 256;
@@ -119,6 +114,12 @@ TEST_CASE("attention kernel: on CUDA each kernel runs the model's attention as t
     } else {
       CHECK(used == kernel);
     }
+    // The model's own shapes (the reference model: 6 heads of 128, 1024 tokens, batch 16).
+    moe::ModelConfig ref = m;
+    ref.n_embd = 768;
+    ref.n_head = 6;
+    ref.seq_len = 1024;
+    if (std::string(kernel) != "cudnn") CHECK(moe::AttentionKernelFor(ref, 16, cuda, torch::kBFloat16) == kernel);
     const auto [y, dx] = run(kernel);
     CHECK(rel(y, y_ref) < 2e-2);
     CHECK(rel(dx, dx_ref) < 2e-2);

@@ -55,7 +55,7 @@ TEST_CASE("config: each error class names key, value, what is valid and position
       {"data.source = \"bin\"\n", {"data.path", "needs a file path"}},
       {"optim.schedule = \"linear\"\n", {"valid: constant, cosine, wsd"}},
       {"precision.reduce_dtype = \"fp16\"\n", {"precision.reduce_dtype = \"fp16\"", "valid: fp32, bf16"}},
-      {"model.attention_kernel = \"fa3\"\n", {"model.attention_kernel = \"fa3\"", "valid: flash, cudnn, efficient, math"}},
+      {"model.attention_kernel = \"fa3\"\n", {"model.attention_kernel = \"fa3\"", "valid: auto, flash, cudnn, efficient, math"}},
       {"train.grad_bucket_mb = 0\n", {"train.grad_bucket_mb = 0", "must be > 0 and <= 4096 (MiB)"}},
       {"model = 3\n", {"'model' must be a table"}},
   };
