@@ -169,5 +169,6 @@ for name in "${ran[@]}"; do
   n=$(python3 -c "import json;print(json.load(open('/tmp/scale/$name/summary.json'))['world_size'])" 2>/dev/null || echo "?")
   b=$base; [[ "$name" == *graph* ]] && b=$graph_base  # against one GPU in the same mode
   eff=$(python3 -c "print(f'{$tok/($n*$b)*100:.1f}%')" 2>/dev/null || echo "-")
+  [[ "$name" == e* ]] && eff="-"  # other expert counts / EP: no one-GPU run of the same model here
   echo "| $name | $n | $tok | $mfu% | $mem | $eff |"
 done
