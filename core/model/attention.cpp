@@ -1,8 +1,5 @@
 #include "core/model/attention.h"
 
-#include <algorithm>
-#include <vector>
-
 #include <ATen/SDPBackend.h>
 
 #include "core/model/rms_norm.h"

@@ -98,9 +98,12 @@ torch::Tensor GatherRowsOrZero(const torch::Tensor& t, const torch::Tensor& src)
 std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Tensor& t, const PaddedGroups& p,
                                                                  int64_t E) {
 #if defined(MOE_WITH_KERNELS)
-  if (OnKernelDevice(t) && kernels::Fp8QuantizeGatheredTransposedSupported(t.contiguous(), p.src, kE4M3)) {
-    kernels::Fp8Quantized q = kernels::Fp8QuantizeGatheredTransposed(t.contiguous(), p.src, kE4M3, kAmaxEps);
-    return {q.data, q.scale.reciprocal().view({-1}).repeat({E})};  // (C, Mp), (E*C,)
+  if (OnKernelDevice(t)) {
+    const torch::Tensor tc = t.contiguous();  // (M, C)
+    if (kernels::Fp8QuantizeGatheredTransposedSupported(tc, p.src, kE4M3)) {
+      kernels::Fp8Quantized q = kernels::Fp8QuantizeGatheredTransposed(tc, p.src, kE4M3, kAmaxEps);
+      return {q.data, q.scale.reciprocal().view({-1}).repeat({E})};  // (C, Mp), (E*C,)
+    }
   }
 #endif
   const torch::Tensor padded = GatherRowsOrZero(t, p.src);                   // (Mp, C)
