@@ -104,7 +104,6 @@ void GradSync::Arm() {
   for (Bucket& b : buckets_) {
     b.pending = static_cast<int64_t>(b.members.size());
     b.launched = false;
-    b.on_side = false;
     b.work.reset();
   }
 }

@@ -77,7 +77,7 @@ class GradSync {
     int64_t pending = 0;                 // members whose gradient has not arrived this step
     std::unique_ptr<PendingCollective> work;  // null once waited for (in Finish or on the side stream)
     bool launched = false;
-    bool on_side = false;  // this step's sum is cast back / scaled on the side stream (CUDA)
+    bool on_side = false;  // this step's sum is cast back / scaled on the side stream (CUDA); false after Finish
   };
   void OnGradReady(int64_t param_index);  // called from the autograd engine's thread
   void LaunchReadyInOrder();              // with mu_ held
