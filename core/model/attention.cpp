@@ -14,8 +14,8 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& m, Precision
       "qkv", torch::nn::Linear(torch::nn::LinearOptions(d, (n_head_ + 2 * n_kv_head_) * head_dim_).bias(false)));
   o_ = register_module("o", torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
   if (plan != nullptr) {
-    qkv_p_ = plan->Linear(name + ".qkv", d, (n_head_ + 2 * n_kv_head_) * head_dim_);
-    o_p_ = plan->Linear(name + ".o", d, d);
+    qkv_p_ = plan->Linear(name + ".qkv", qkv_->weight);
+    o_p_ = plan->Linear(name + ".o", o_->weight);
   }
 }
 

@@ -54,6 +54,11 @@ class GPTImpl : public torch::nn::Module {
   // Which GEMMs run in FP8; fallbacks() lists the layers FP8 would cover but cannot.
   const PrecisionPlan& precision_plan() const { return plan_; }
 
+  // The bf16 weight copies of precision.grad_dtype = "bf16" (core/precision/weight_cache.h):
+  // every weight multiplied through a plain cast is recorded while the model is built; the
+  // trainer enables the cache, after which forward multiplies by the copies.
+  const std::shared_ptr<WeightCache>& weight_cache() const { return plan_.weights(); }
+
   // Parameter names (for optimizer groups and checkpoints): wte.weight (vocab, d),
   // lm_head.weight (vocab, d), blocks.<i>.attn.{qkv,o}.weight, blocks.<i>.mlp.{fc,proj | gate,up,down}.weight,
   // blocks.<i>.moe.{router.weight, w1, w2[, w3]}, blocks.<i>.moe.shared.<j>.*. Every parameter is a

@@ -23,9 +23,9 @@ MLPImpl::MLPImpl(int64_t d, int64_t hidden, const std::string& activation, Preci
     out_ = register_module("proj", NoBias(hidden, d));
   }
   if (plan != nullptr) {
-    in_p_ = plan->Linear(name + (swiglu_ ? ".gate" : ".fc"), d, hidden);
-    if (swiglu_) up_p_ = plan->Linear(name + ".up", d, hidden);
-    out_p_ = plan->Linear(name + (swiglu_ ? ".down" : ".proj"), hidden, d);
+    in_p_ = plan->Linear(name + (swiglu_ ? ".gate" : ".fc"), in_->weight);
+    if (swiglu_) up_p_ = plan->Linear(name + ".up", up_->weight);
+    out_p_ = plan->Linear(name + (swiglu_ ? ".down" : ".proj"), out_->weight);
   }
 }
 

@@ -32,8 +32,12 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
     shared_->push_back(MLP(d, h, m.mlp, plan, name + ".shared." + std::to_string(i)));
   }
   if (plan != nullptr) {
-    fp8_experts_ = plan->Experts(name, d, h, impl_ == ExpertImpl::kGrouped);
+    std::vector<torch::Tensor> experts{w1_};
+    if (w3_.defined()) experts.push_back(w3_);
+    experts.push_back(w2_);
+    fp8_experts_ = plan->Experts(name, experts, impl_ == ExpertImpl::kGrouped);
     fp8_gemm_ = plan->gemm_options();
+    if (!fp8_experts_) weights_ = plan->weights();
   }
   pending_load_ = torch::zeros({E});
 }
@@ -46,7 +50,12 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
   CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
 
   ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
-  const ExpertWeights w{w1_, w3_, w2_, fp8_experts_, fp8_gemm_};
+  // The compute-dtype copies when the plan's cache is enabled (precision.grad_dtype = "bf16");
+  // otherwise the fp32 masters, which each backend casts where it multiplies.
+  auto weight = [&](const torch::Tensor& w) {
+    return w.defined() && weights_ && weights_->enabled() ? weights_->Cast(w, x.scalar_type()) : w;
+  };
+  const ExpertWeights w{weight(w1_), weight(w3_), weight(w2_), fp8_experts_, fp8_gemm_};
   torch::Tensor y = par_.ep ? ExpertParallelExperts(in, w, e_.n_experts, par_.ep) : RunExperts(impl_, in, w);  // (N, d)
   for (const auto& s : *shared_) y = y + s->as<MLPImpl>()->forward(xf);
 

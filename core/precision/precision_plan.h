@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@
 
 #include "core/config/config.h"
 #include "core/precision/fp8.h"
+#include "core/precision/weight_cache.h"
 
 namespace moe {
 
@@ -29,10 +31,14 @@ struct LinearPrecision {
   bool fp8 = false;
   Fp8Recipe recipe = Fp8Recipe::kTensorwise;
   Fp8GemmOptions gemm{};  // precision.fp8_wgrad, precision.fp8_fast_accum
+  // Where the compute-dtype weight comes from when the layer is not in FP8 (the plan's cache;
+  // null for layers built without a plan: a plain cast).
+  std::shared_ptr<WeightCache> cache;
 };
 
 // x: (..., in) compute dtype; w: (out, in) fp32 parameter. Fp8Linear when p.fp8 and this call's
-// row count fits (Fp8LinearSupported); otherwise the compute-dtype CastLinear. The row check
+// row count fits (Fp8LinearSupported); otherwise the compute-dtype CastLinear (of w's cached copy
+// when the plan's WeightCache is enabled). The row check
 // is per call because batches other than the training one (evaluation, tests) may not fit.
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w);
 
@@ -45,14 +51,19 @@ class PrecisionPlan {
   // train.batch_size * model.seq_len rows; `device` decides whether the expert kernel exists.
   static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
 
-  // The decision for linear layer `name` mapping in -> out features; records a fallback when FP8
-  // is on and the shape cannot run.
-  LinearPrecision Linear(const std::string& name, int64_t in, int64_t out);
+  // The decision for linear layer `name` with weight (out, in); records a fallback when FP8 is on
+  // and the shape cannot run, and records the weight in weights() when it is not FP8.
+  LinearPrecision Linear(const std::string& name, const torch::Tensor& weight);
 
-  // Whether MoE layer `name`'s routed experts (width d, hidden h) run in FP8: fp8 and
-  // fp8_experts on, the grouped backend, and Fp8GroupedSupported. Records a fallback otherwise
-  // (when fp8 and fp8_experts are on).
-  bool Experts(const std::string& name, int64_t d, int64_t h, bool grouped_backend);
+  // Whether MoE layer `name`'s routed experts (weights: w1 (E, d, h), then w3 if any, w2) run in
+  // FP8: fp8 and fp8_experts on, the grouped backend, and Fp8GroupedSupported. Records a fallback
+  // otherwise (when fp8 and fp8_experts are on), and the weights in weights() when not FP8.
+  bool Experts(const std::string& name, const std::vector<torch::Tensor>& weights, bool grouped_backend);
+
+  // The weights the model multiplies by through a plain cast (core/precision/weight_cache.h),
+  // shared with every LinearPrecision this plan made. The model enables it for
+  // precision.grad_dtype = "bf16".
+  const std::shared_ptr<WeightCache>& weights() const { return weights_; }
 
   bool fp8() const { return fp8_; }
   // precision.fp8_wgrad and fp8_fast_accum, for every FP8 GEMM (linear and expert).
@@ -68,6 +79,7 @@ class PrecisionPlan {
   int64_t rows_ = 0;  // rows of a training micro-batch
   torch::Device device_ = torch::kCPU;
   std::vector<std::string> fallbacks_;
+  std::shared_ptr<WeightCache> weights_ = std::make_shared<WeightCache>();
 };
 
 }  // namespace moe

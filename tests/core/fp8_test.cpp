@@ -411,7 +411,7 @@ TEST_CASE("fp8: fp8_fast_accum reaches every FP8 GEMM's options, and the CPU res
     moe::PrecisionPlan plan = moe::PrecisionPlan::FromConfig(cfg, torch::kCPU);
     CHECK(plan.gemm_options().fast_accum == fast);
     CHECK(plan.gemm_options().wgrad_fp8);
-    const moe::LinearPrecision lp = plan.Linear("attn.qkv", 64, 192);
+    const moe::LinearPrecision lp = plan.Linear("attn.qkv", torch::zeros({192, 64}));
     CHECK(lp.fp8);
     CHECK(lp.gemm.fast_accum == fast);
   }

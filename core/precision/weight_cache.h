@@ -1,0 +1,72 @@
+// precision.grad_dtype = "bf16": the matmul weights' bf16 copies made once per step, as autograd
+// leaves whose gradients stay in bf16.
+//
+// Without it (grad_dtype = "fp32") every GEMM casts its fp32 master weight to bf16 at the point of
+// use (core/model/cast.h), and autograd casts the bf16 weight gradient back to fp32 for the
+// master's .grad: two passes over every weight per step that move no information (the bf16 GEMM
+// gradient is exact in fp32), plus, under data parallelism with a bf16 all-reduce, two more (fp32
+// gradient to the bf16 wire and back). With the cache the GEMMs use the bf16 copies directly, the
+// gradients arrive in bf16 on the copies, GradSync reduces them as they are, and the optimizer
+// (core/train/optimizer.h) reads them, updates the fp32 master and rewrites the copy in the same
+// pass (kernels/adamw_bf16_grad.h). This is FSDP2's MixedPrecisionPolicy(param_dtype=bf16), or
+// Megatron's bf16 parameters with fp32 main weights, for our trainer.
+//
+// What changes in the numbers: with one micro-batch and one rank nothing (the forward sees the
+// same bf16 weights, the optimizer the same gradient values). Gradients of several micro-batches
+// are then summed in bf16, and the data-parallel sum is rounded to bf16 once.
+//
+// Which weights: those the model uses through a plain cast (PrecisionPlan records them while the
+// model is built): the attention and MLP projections, the routed experts and the LM head, unless
+// FP8 runs them (the FP8 GEMMs quantise the fp32 master). Embedding, norms and router stay fp32.
+//
+// Ownership: holds the masters (shared tensors) and their copies; the copies are the leaves the
+// autograd graph and GradSync see, the masters stay the module's parameters (optimizer state and
+// checkpoints are keyed by them, unchanged).
+#pragma once
+
+#include <cstddef>
+#include <unordered_map>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace moe {
+
+class WeightCache {
+ public:
+  // Disabled: Cast(w, dtype) is w.to(dtype).
+  WeightCache() = default;
+
+  // Records a master weight used through a plain cast (duplicates are ignored). Called while the
+  // model is built, before Enable.
+  void Record(const torch::Tensor& master);
+
+  // Makes a `dtype` copy (a leaf that requires grad) of every recorded master, filled from it.
+  // masters are fp32; dtype is the compute dtype (bf16). Calling it again remakes the copies.
+  void Enable(torch::ScalarType dtype);
+  bool enabled() const { return enabled_; }
+
+  // The tensor a GEMM multiplies by: the copy of `w` when the cache is enabled, w is a recorded
+  // master and dtype is the cache's; otherwise w.to(dtype) (w itself when already in dtype).
+  torch::Tensor Cast(const torch::Tensor& w, torch::ScalarType dtype) const;
+
+  // The copy of `master`, or an undefined tensor if it has none (not recorded, or disabled).
+  torch::Tensor CopyOf(const torch::Tensor& master) const;
+
+  // Copies every master into its copy (no autograd). The optimizer's fused step already does
+  // this each step; needed where masters change otherwise (a checkpoint load).
+  void Refresh();
+
+  // Recorded masters, in record order, and their copies (empty when disabled).
+  const std::vector<torch::Tensor>& masters() const { return masters_; }
+  const std::vector<torch::Tensor>& copies() const { return copies_; }
+
+ private:
+  std::vector<torch::Tensor> masters_;
+  std::vector<torch::Tensor> copies_;
+  std::unordered_map<const c10::TensorImpl*, size_t> index_;  // master -> position
+  torch::ScalarType dtype_ = torch::kBFloat16;
+  bool enabled_ = false;
+};
+
+}  // namespace moe
