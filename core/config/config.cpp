@@ -258,6 +258,9 @@ Status ValidateConfig(const Config& cfg) {
             "valid: tensorwise, rowwise");
   k.Require(OneOf(p.fp8_wgrad, {"fp8", "compute"}), "precision.fp8_wgrad", p.fp8_wgrad, "valid: fp8, compute");
   k.Require(OneOf(p.reduce_dtype, {"fp32", "bf16"}), "precision.reduce_dtype", p.reduce_dtype, "valid: fp32, bf16");
+  k.Require(OneOf(p.grad_dtype, {"fp32", "bf16"}), "precision.grad_dtype", p.grad_dtype, "valid: fp32, bf16");
+  k.Require(p.grad_dtype != "bf16" || p.compute != "fp32", "precision.grad_dtype", p.grad_dtype,
+            "bf16 gradients need bf16 compute: set precision.compute = \"bf16\" (or \"auto\", which is bf16 on CUDA)");
   k.Require(cfg.metrics.peak_tflops >= 0, "metrics.peak_tflops", cfg.metrics.peak_tflops,
             "must be >= 0 (0 = look up by device name)");
   return k.st;

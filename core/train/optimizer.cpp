@@ -2,6 +2,11 @@
 
 #include <limits>
 
+#include "kernels/dispatch.h"
+#if defined(MOE_WITH_KERNELS)
+#include "kernels/adamw_bf16_grad.h"
+#endif
+
 namespace moe {
 
 std::unique_ptr<torch::optim::AdamW> BuildOptimizer(torch::nn::Module& model, const OptimConfig& cfg) {
@@ -21,7 +26,7 @@ void SetLearningRate(torch::optim::Optimizer& opt, double lr) {
   for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 }
 
-FusedAdamW::FusedAdamW(torch::optim::AdamW& opt, torch::Device device) : opt_(opt) {
+FusedAdamW::FusedAdamW(torch::optim::AdamW& opt, torch::Device device, const WeightCache* cache) : opt_(opt) {
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
   int64_t step = 0;
   for (auto& g : opt.param_groups()) {
@@ -46,6 +51,7 @@ FusedAdamW::FusedAdamW(torch::optim::AdamW& opt, torch::Device device) : opt_(op
       auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
       step = std::max<int64_t>(step, s.step());
       fg.params.push_back(p);
+      fg.copies.push_back(cache != nullptr ? cache->CopyOf(p) : torch::Tensor());
       fg.exp_avgs.push_back(s.exp_avg());
       fg.exp_avg_sqs.push_back(s.exp_avg_sq());
     }
@@ -53,6 +59,7 @@ FusedAdamW::FusedAdamW(torch::optim::AdamW& opt, torch::Device device) : opt_(op
   }
   lr_ = torch::full({}, static_cast<const torch::optim::AdamWOptions&>(opt.param_groups()[0].options()).lr(), f32);
   step_ = torch::full({}, static_cast<double>(step), f32);
+  one_ = torch::ones({}, f32);
 }
 
 void FusedAdamW::SetLearningRate(double lr) {
@@ -60,12 +67,48 @@ void FusedAdamW::SetLearningRate(double lr) {
   lr_.fill_(lr);
 }
 
-void FusedAdamW::Step() {
+namespace {
+
+// The update of masters whose gradients are bf16 (their copies' .grad), rewriting the copies.
+// The one place where the GPU and the CPU differ: one fused kernel there, ATen's fused AdamW on
+// fp32 copies of the scaled gradients here (both round g * coef to fp32 once, as the fp32 path's
+// in-place clipping does).
+void StepBf16Grad(const std::vector<torch::Tensor>& p, const std::vector<torch::Tensor>& gr,
+                  const std::vector<torch::Tensor>& m, const std::vector<torch::Tensor>& v,
+                  const std::vector<torch::Tensor>& copies, const torch::Tensor& step, const torch::Tensor& lr,
+                  const torch::Tensor& coef, double beta1, double beta2, double weight_decay, double eps) {
+#if defined(MOE_WITH_KERNELS)
+  if (OnKernelDevice(p.front())) {
+    kernels::FusedAdamWBf16Grad(p, gr, m, v, copies, lr, step, coef, beta1, beta2, weight_decay, eps);
+    return;
+  }
+#endif
+  std::vector<torch::Tensor> g32, steps(p.size(), step);
+  g32.reserve(gr.size());
+  for (const torch::Tensor& g : gr) g32.push_back(g.to(torch::kFloat32).mul_(coef));
+  at::_fused_adamw_(p, g32, m, v, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2, weight_decay, eps,
+                    /*amsgrad=*/false, /*maximize=*/false);
+  for (size_t i = 0; i < p.size(); ++i) copies[i].copy_(p[i]);
+}
+
+}  // namespace
+
+void FusedAdamW::Step(const torch::Tensor& grad_coef) {
   torch::NoGradGuard no_grad;
   step_.add_(1);
+  const torch::Tensor& coef = grad_coef.defined() ? grad_coef : one_;
   for (Group& g : groups_) {
     std::vector<torch::Tensor> p, gr, m, v, steps;
+    std::vector<torch::Tensor> cp, cgr, cm, cv, copies;  // masters updated from their copies' bf16 gradients
     for (size_t i = 0; i < g.params.size(); ++i) {
+      if (g.copies[i].defined() && g.copies[i].grad().defined()) {
+        cp.push_back(g.params[i]);
+        cgr.push_back(g.copies[i].grad());
+        cm.push_back(g.exp_avgs[i]);
+        cv.push_back(g.exp_avg_sqs[i]);
+        copies.push_back(g.copies[i]);
+        continue;
+      }
       if (!g.params[i].grad().defined()) continue;
       p.push_back(g.params[i]);
       gr.push_back(g.params[i].grad());
@@ -73,9 +116,11 @@ void FusedAdamW::Step() {
       v.push_back(g.exp_avg_sqs[i]);
       steps.push_back(step_);  // read-only in the kernel: one counter serves every tensor
     }
-    if (p.empty()) continue;
-    at::_fused_adamw_(p, gr, m, v, /*max_exp_avg_sqs=*/{}, steps, lr_, g.beta1, g.beta2, g.weight_decay, g.eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+    if (!p.empty()) {
+      at::_fused_adamw_(p, gr, m, v, /*max_exp_avg_sqs=*/{}, steps, lr_, g.beta1, g.beta2, g.weight_decay, g.eps,
+                        /*amsgrad=*/false, /*maximize=*/false);
+    }
+    if (!cp.empty()) StepBf16Grad(cp, cgr, cm, cv, copies, step_, lr_, coef, g.beta1, g.beta2, g.weight_decay, g.eps);
   }
 }
 
@@ -86,49 +131,83 @@ void FusedAdamW::SyncHostState() {
 
 namespace {
 
-std::vector<torch::Tensor> DefinedGrads(const std::vector<torch::Tensor>& params) {
-  std::vector<torch::Tensor> g;
+// The defined gradients of `params`: `own` the parameters' .grad (scaled in place by clipping),
+// `cached` those read from the cache's bf16 copies (scaled by FusedAdamW::Step).
+struct Grads {
+  std::vector<torch::Tensor> own, cached;
+  std::vector<char> is_cached;  // per defined gradient, in parameter order: which list it is in
+  bool empty() const { return is_cached.empty(); }
+};
+
+Grads DefinedGrads(const std::vector<torch::Tensor>& params, const WeightCache* cache) {
+  Grads g;
   for (const auto& p : params) {
-    if (p.grad().defined()) g.push_back(p.grad());
+    torch::Tensor copy = cache != nullptr ? cache->CopyOf(p) : torch::Tensor();
+    if (copy.defined() && copy.grad().defined()) {
+      g.cached.push_back(copy.grad());
+      g.is_cached.push_back(1);
+    } else if (p.grad().defined()) {
+      g.own.push_back(p.grad());
+      g.is_cached.push_back(0);
+    }
   }
   return g;
 }
 
+// The gradients' 2-norms, () fp32 each, in parameter order: one multi-tensor pass per list (bf16
+// gradients reduced in fp32), so that the total below sums them in the order the fp32-only path does.
+std::vector<torch::Tensor> Norms(const Grads& g) {
+  std::vector<torch::Tensor> own, cached, all;
+  if (!g.own.empty()) own = at::_foreach_norm(g.own, 2);
+  if (!g.cached.empty()) cached = at::_foreach_norm(g.cached, 2, torch::kFloat32);
+  size_t o = 0, c = 0;
+  for (char is_cached : g.is_cached) all.push_back(is_cached ? cached[c++] : own[o++]);
+  return all;
+}
+
+// Sum of squares of the gradients' 2-norms, () fp32.
+torch::Tensor SumOfSquares(const Grads& g, const torch::TensorOptions& f32) {
+  if (g.empty()) return torch::zeros({}, f32);
+  return torch::stack(Norms(g)).to(torch::kFloat32).square().sum();
+}
+
 // torch.nn.utils.clip_grad_norm_'s rule: every gradient times min(1, max_norm / (total + 1e-6)),
-// as one multi-tensor pass with the factor on the device (no host sync).
-void ScaleToNorm(std::vector<torch::Tensor>& grads, const torch::Tensor& total, double max_norm) {
-  if (grads.empty() || max_norm == std::numeric_limits<double>::infinity()) return;
-  at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
+// as one multi-tensor pass with the factor on the device (no host sync); the cached gradients
+// get the factor in the optimizer step.
+torch::Tensor ScaleToNorm(Grads& grads, const torch::Tensor& total, double max_norm) {
+  if (max_norm == std::numeric_limits<double>::infinity()) return torch::ones({}, total.options());
+  torch::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+  if (!grads.own.empty()) at::_foreach_mul_(grads.own, coef);
+  return coef;
+}
+
+torch::TensorOptions Fp32On(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  return torch::TensorOptions().dtype(torch::kFloat32).device(!a.empty() ? a[0].device()
+                                                                         : (!b.empty() ? b[0].device() : torch::kCPU));
 }
 
 }  // namespace
 
-torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm) {
+GradClip ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm, const WeightCache* cache) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> grads = DefinedGrads(params);
-  if (grads.empty()) return torch::zeros({}, params.empty() ? torch::TensorOptions() : params[0].options());
-  // One multi-tensor pass for the per-tensor norms, then the norm of norms (as torch.nn.utils).
-  torch::Tensor total = torch::stack(at::_foreach_norm(grads, 2)).norm(2);
-  ScaleToNorm(grads, total, max_norm);
-  return total;
+  const torch::TensorOptions f32 = Fp32On(params, {});
+  Grads grads = DefinedGrads(params, cache);
+  if (grads.empty()) return {torch::zeros({}, f32), torch::ones({}, f32)};
+  // The per-tensor norms, then the norm of norms (as torch.nn.utils).
+  torch::Tensor total = torch::stack(Norms(grads)).norm(2).to(torch::kFloat32);
+  return {total, ScaleToNorm(grads, total, max_norm)};
 }
 
-torch::Tensor ClipGradNormSharded(const std::vector<torch::Tensor>& replicated,
-                                  const std::vector<torch::Tensor>& sharded, double max_norm,
-                                  Communicator* shard_group) {
+GradClip ClipGradNormSharded(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& sharded,
+                             double max_norm, Communicator* shard_group, const WeightCache* cache) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> rep = DefinedGrads(replicated), sh = DefinedGrads(sharded);
-  const torch::TensorOptions f32 =
-      torch::TensorOptions().dtype(torch::kFloat32).device(replicated.empty() ? sharded.at(0).device() : replicated[0].device());
-  auto sq = [&](const std::vector<torch::Tensor>& g) {
-    return g.empty() ? torch::zeros({}, f32) : torch::stack(at::_foreach_norm(g, 2)).to(torch::kFloat32).square().sum();
-  };
-  torch::Tensor shard_sq = sq(sh).reshape({1});  // (1,): collectives take no 0-dim tensors
+  const torch::TensorOptions f32 = Fp32On(replicated, sharded);
+  Grads rep = DefinedGrads(replicated, cache), sh = DefinedGrads(sharded, cache);
+  torch::Tensor shard_sq = SumOfSquares(sh, f32).reshape({1});  // (1,): collectives take no 0-dim tensors
   if (shard_group != nullptr) shard_group->AllReduce(shard_sq, ReduceOp::kSum);
-  torch::Tensor total = (sq(rep) + shard_sq.squeeze(0)).sqrt();
-  rep.insert(rep.end(), sh.begin(), sh.end());
-  ScaleToNorm(rep, total, max_norm);
-  return total;
+  torch::Tensor total = (SumOfSquares(rep, f32) + shard_sq.squeeze(0)).sqrt();
+  rep.own.insert(rep.own.end(), sh.own.begin(), sh.own.end());
+  return {total, ScaleToNorm(rep, total, max_norm)};
 }
 
 }  // namespace moe

@@ -14,6 +14,7 @@
 
 #include "core/config/config.h"
 #include "core/dist/communicator.h"
+#include "core/precision/weight_cache.h"
 
 namespace moe {
 
@@ -25,20 +26,30 @@ void SetLearningRate(torch::optim::Optimizer& opt, double lr);
 // Drives a torch::optim::AdamW through at::_fused_adamw_. Every step reads its learning rate
 // and step count from device tensors, so a captured CUDA graph replays with the current values.
 //
+// With an enabled WeightCache (precision.grad_dtype = "bf16"), a master that has a bf16 copy takes
+// its gradient from the copy's .grad (bf16; the master's own .grad stays none), and its update
+// also rewrites the copy: one pass (kernels/adamw_bf16_grad.h) on CUDA; on the CPU the gradient
+// is cast to fp32 for at::_fused_adamw_ and the copy refreshed after it (the same arithmetic).
+//
 // Contract: construct after the parameters are on their device and after any checkpoint has
 // been loaded (it creates missing state and reads the step count from the loaded state). Between
 // steps call SetLearningRate (a device fill, no sync). Before saving a checkpoint call
 // SyncHostState so that the AdamW object's per-parameter step counts are current.
 class FusedAdamW {
  public:
-  FusedAdamW(torch::optim::AdamW& opt, torch::Device device);
+  // cache: borrowed, may be null or disabled (then every gradient is the master's .grad); must
+  // outlive this object and be enabled, if at all, before it is constructed.
+  FusedAdamW(torch::optim::AdamW& opt, torch::Device device, const WeightCache* cache = nullptr);
 
   void SetLearningRate(double lr);
 
-  // One update from the parameters' .grad(); parameters without a gradient are skipped, as in
+  // One update from the parameters' gradients; parameters without a gradient are skipped, as in
   // torch::optim::AdamW (decided on the host, so a graph captures the set seen at capture).
-  // Increments the step count on the device. Makes no host sync; capturable.
-  void Step();
+  // grad_coef: () fp32 on the device (GradClip::coef), the factor for the gradients held by the
+  // cache's copies, which ClipGradNorm leaves unscaled; undefined means 1. The masters' own
+  // gradients are used as they are. Increments the step count on the device. Makes no host
+  // sync; capturable.
+  void Step(const torch::Tensor& grad_coef = torch::Tensor());
 
   // Copies the device step count into the AdamW object's state (host sync; for checkpoints).
   void SyncHostState();
@@ -46,25 +57,35 @@ class FusedAdamW {
  private:
   struct Group {
     std::vector<torch::Tensor> params, exp_avgs, exp_avg_sqs;
+    std::vector<torch::Tensor> copies;  // per param: its bf16 copy in the cache, or undefined
     double beta1, beta2, eps, weight_decay;
   };
   torch::optim::AdamW& opt_;
   std::vector<Group> groups_;
   torch::Tensor lr_;    // () fp64 on the device (fp32 on the CPU, where the kernel reads it as a scalar)
   torch::Tensor step_;  // () fp32, shared by every parameter (all advance together)
+  torch::Tensor one_;   // () fp32 1, the grad_coef when none is given
 };
 
-// Clips the global 2-norm of the gradients to max_norm (infinite: no clipping) and returns the
-// norm before clipping as a () fp32 device tensor. No host sync (unlike LibTorch's
-// clip_grad_norm_, which returns a double).
-torch::Tensor ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm);
+// The result of gradient clipping: norm is the global 2-norm before clipping, coef the factor
+// min(1, max_norm / (norm + 1e-6)) (1 when max_norm is infinite), both () fp32 device tensors.
+struct GradClip {
+  torch::Tensor norm;
+  torch::Tensor coef;
+};
+
+// Clips the global 2-norm of the gradients to max_norm (infinite: no clipping). No host sync
+// (unlike LibTorch's clip_grad_norm_, which returns a double). The gradient of a parameter is its
+// .grad, or, where `cache` has a copy of it, the copy's .grad (bf16): those are counted in the
+// norm but not scaled in place (scaling a bf16 gradient would round it again); FusedAdamW::Step
+// applies coef to them as it reads them.
+GradClip ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm, const WeightCache* cache = nullptr);
 
 // The same for a model whose `sharded` parameters are split over `shard_group` (expert
 // parallelism: each rank holds other experts): the norm covers the replicated gradients once and
 // every rank's shard, so all ranks clip by the same factor, the one a single process holding the
 // whole model would use. shard_group may be null (then it is ClipGradNorm over both lists).
-torch::Tensor ClipGradNormSharded(const std::vector<torch::Tensor>& replicated,
-                                  const std::vector<torch::Tensor>& sharded, double max_norm,
-                                  Communicator* shard_group);
+GradClip ClipGradNormSharded(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& sharded,
+                             double max_norm, Communicator* shard_group, const WeightCache* cache = nullptr);
 
 }  // namespace moe

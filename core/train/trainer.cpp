@@ -162,6 +162,12 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     return Fail(st.message(), st.IsInvalidArgument() || st.IsNotFound() ? kExitInvalidConfig : kExitFailed);
   }
 
+  if (cfg.precision.grad_dtype == "bf16" && dev.compute_dtype != torch::kBFloat16) {
+    return Fail("precision.grad_dtype = \"bf16\" needs bf16 compute, but precision.compute = \"" + cfg.precision.compute +
+                    "\" computes in " + c10::toString(dev.compute_dtype) + " on " + dev.name +
+                    ": set precision.compute = \"bf16\", or precision.grad_dtype = \"fp32\"",
+                kExitInvalidConfig);
+  }
   RunRecord rec;
   try {
     torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
@@ -251,9 +257,19 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       std::fflush(stdout);
     }
 
+    // precision.grad_dtype = "bf16": the matmul weights' bf16 copies, made from the masters as they
+    // are now (initialised, or loaded from the checkpoint), are what forward multiplies by and
+    // where their gradients arrive (core/precision/weight_cache.h).
+    const WeightCache* cache = nullptr;
+    if (cfg.precision.grad_dtype == "bf16") {
+      model->weight_cache()->Enable(dev.compute_dtype);
+      cache = model->weight_cache().get();
+    }
+    s["grad_dtype"] = cache != nullptr ? "bf16" : "fp32";
+
     std::vector<torch::Tensor> params = model->parameters();
     const double clip = cfg.optim.grad_clip > 0 ? cfg.optim.grad_clip : std::numeric_limits<double>::infinity();
-    FusedAdamW fused(*optimizer, dev.device);
+    FusedAdamW fused(*optimizer, dev.device, cache);
     const int64_t ga = cfg.train.grad_accum;
 
     // Data parallelism: every rank's loss is the mean over its own tokens, so the run's gradient
@@ -265,6 +281,15 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     for (const auto& p : model->named_parameters()) {
       (par.ep && IsExpertParam(p.key()) ? expert_params : dense_params).push_back(p.value());
     }
+    // The tensors whose .grad backward fills: a master's bf16 copy where the cache has one.
+    auto grad_holders = [&](const std::vector<torch::Tensor>& ps) {
+      std::vector<torch::Tensor> h;
+      for (const torch::Tensor& p : ps) {
+        torch::Tensor copy = cache != nullptr ? cache->CopyOf(p) : torch::Tensor();
+        h.push_back(copy.defined() ? copy : p);
+      }
+      return h;
+    };
     // The graph's side stream first: GradSync creates the parameters' gradient accumulators, and
     // an accumulator keeps the stream current at its creation; one on the legacy default stream
     // cannot take part in a capture on the side stream.
@@ -274,9 +299,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     if (par.distributed()) {
       const torch::ScalarType wire = cfg.precision.reduce_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
       const auto bucket_bytes = static_cast<int64_t>(cfg.train.grad_bucket_mb * (1 << 20));
-      dense_sync = std::make_unique<GradSync>(dense_params, par.world.get(), /*scale=*/1.0, bucket_bytes, wire);
+      dense_sync = std::make_unique<GradSync>(grad_holders(dense_params), par.world.get(), /*scale=*/1.0, bucket_bytes, wire);
       if (!expert_params.empty()) {
-        expert_sync = std::make_unique<GradSync>(expert_params, par.edp.get(), /*scale=*/1.0, bucket_bytes, wire);
+        expert_sync = std::make_unique<GradSync>(grad_holders(expert_params), par.edp.get(), /*scale=*/1.0, bucket_bytes,
+                                                 wire);
       }
       s["grad_buckets"] = dense_sync->num_buckets() + (expert_sync ? expert_sync->num_buckets() : 0);
     }
@@ -291,6 +317,9 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         for_syncs([](GradSync& g) { g.ZeroGrad(); });
       } else {
         optimizer->zero_grad(/*set_to_none=*/true);
+        if (cache != nullptr) {
+          for (const torch::Tensor& c : cache->copies()) c.mutable_grad() = torch::Tensor();
+        }
       }
     };
 
@@ -317,9 +346,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         acc(assign_sum, out.assignments);
       }
       for_syncs([](GradSync& g) { g.Finish(); });
-      torch::Tensor grad_norm = par.ep ? ClipGradNormSharded(dense_params, expert_params, clip, par.ep.get())
-                                       : ClipGradNorm(params, clip);
-      fused.Step();
+      const GradClip clipped = par.ep ? ClipGradNormSharded(dense_params, expert_params, clip, par.ep.get(), cache)
+                                      : ClipGradNorm(params, clip, cache);
+      const torch::Tensor& grad_norm = clipped.norm;
+      fused.Step(clipped.coef);
       model->UpdateRouterBias();
       // Losses and drop counts over all ranks (the load is already the global batch's, gpt.h).
       torch::Tensor sums = torch::stack({loss_sum, ce_sum, bal_sum, z_sum, dropped_sum, assign_sum});

@@ -57,9 +57,10 @@ TEST_CASE("clip grad norm: returns the norm before clipping and scales every gra
     std::vector<torch::Tensor> ps = WithGrads(c.sizes, c.scale, 7);
     const std::vector<torch::Tensor> before = GradCopies(ps);
     const double norm = Norm64(ps);
-    const torch::Tensor got = moe::ClipGradNorm(ps, c.max_norm);
-    CHECK(got.item<double>() == Approx(norm).epsilon(1e-6));
+    const moe::GradClip got = moe::ClipGradNorm(ps, c.max_norm);
+    CHECK(got.norm.item<double>() == Approx(norm).epsilon(1e-6));
     const double coef = std::min(1.0, c.max_norm / (norm + 1e-6));
+    CHECK(got.coef.item<double>() == Approx(coef).epsilon(1e-6));
     for (size_t i = 0; i < ps.size(); ++i) {
       if (!before[i].defined()) {
         CHECK_FALSE(ps[i].grad().defined());
@@ -77,8 +78,8 @@ TEST_CASE("clip grad norm: the sharded variant without a group clips both lists 
     std::vector<torch::Tensor> rep = WithGrads({12, 0, 5}, 2.0, 11), sh = WithGrads({9, 4}, 2.0, 12);
     std::vector<torch::Tensor> all = WithGrads({12, 0, 5}, 2.0, 11), sh2 = WithGrads({9, 4}, 2.0, 12);
     all.insert(all.end(), sh2.begin(), sh2.end());
-    const torch::Tensor a = moe::ClipGradNormSharded(rep, sh, max_norm, /*shard_group=*/nullptr);
-    const torch::Tensor b = moe::ClipGradNorm(all, max_norm);
+    const torch::Tensor a = moe::ClipGradNormSharded(rep, sh, max_norm, /*shard_group=*/nullptr).norm;
+    const torch::Tensor b = moe::ClipGradNorm(all, max_norm).norm;
     CHECK(a.item<double>() == Approx(b.item<double>()).epsilon(1e-6));
     std::vector<torch::Tensor> got = rep;
     got.insert(got.end(), sh.begin(), sh.end());

@@ -136,6 +136,56 @@ TEST_CASE("moe-train --nproc: data and expert parallel runs train the losses of 
   }
 }
 
+TEST_CASE("moe-train: precision.grad_dtype = bf16 trains the losses of fp32 gradients, on one rank and on several",
+          "[dist][trainer][weight_cache]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  // bf16 compute on the CPU and one micro-batch: there the bf16 gradients hold the fp32 path's
+  // values (core/precision/weight_cache.h). Each case is compared with the same run (ranks,
+  // expert parallelism, wire) with fp32 gradients, so that only the gradient dtype differs.
+  struct Case {
+    const char* what;
+    int nproc;
+    int64_t ep;
+    const char* reduce_dtype;
+    double tol;       // relative, on the loss
+    double norm_tol;  // relative, on the gradient norm (AdamW's normalisation amplifies small differences there)
+  };
+  const Case cases[] = {
+      {"one process", 1, 1, "fp32", 1e-6, 1e-6},
+      // A bf16 wire carries the same bf16 values either way (the fp32 gradient was bf16-exact).
+      {"data parallel, 2 ranks, bf16 all-reduce", 2, 1, "bf16", 1e-6, 1e-6},
+      {"expert parallel, 2 ranks, bf16 all-reduce", 2, 2, "bf16", 1e-6, 1e-6},
+      // An fp32 wire sums in fp32 either way; with bf16 gradients the sum is rounded to bf16 once
+      // (2^-9 relative per element).
+      {"data parallel, 2 ranks, fp32 all-reduce", 2, 1, "fp32", 8e-3, 4e-2},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    std::vector<double> loss[2], norm[2];
+    for (int bf16_grads = 0; bf16_grads < 2; ++bf16_grads) {
+      const std::string run = std::string(bf16_grads ? "bf16g" : "fp32g") + "_n" + std::to_string(c.nproc) + "ep" +
+                              std::to_string(c.ep) + c.reduce_dtype;
+      REQUIRE(moe_test::Run(Args(dir, run, c.nproc, 8 / c.nproc, c.ep,
+                                 {"--set", "precision.compute=\"bf16\"", "--set", "train.grad_accum=1", "--set",
+                                  std::string("precision.grad_dtype=\"") + (bf16_grads ? "bf16" : "fp32") + "\"",
+                                  "--set", std::string("precision.reduce_dtype=\"") + c.reduce_dtype + "\""}),
+                            dir.Path(run + ".log")) == moe::kExitCompleted);
+      loss[bf16_grads] = Column(dir.Path(run + "/metrics.jsonl"), "loss");
+      norm[bf16_grads] = Column(dir.Path(run + "/metrics.jsonl"), "grad_norm");
+      CHECK(nlohmann::json::parse(moe_test::ReadFile(dir.Path(run + "/summary.json")))["grad_dtype"] ==
+            (bf16_grads ? "bf16" : "fp32"));
+    }
+    REQUIRE(loss[0].size() == 8);
+    REQUIRE(loss[1].size() == loss[0].size());
+    for (size_t i = 0; i < loss[0].size(); ++i) {
+      INFO("step " << i + 1);
+      CHECK(loss[1][i] == Approx(loss[0][i]).epsilon(c.tol));
+      CHECK(norm[1][i] == Approx(norm[0][i]).epsilon(c.norm_tol));
+    }
+  }
+}
+
 TEST_CASE("moe-train --nproc: with a capacity factor, expert parallel trains the losses of data parallel",
           "[dist][trainer]") {
   // Each rank applies the capacity to its own tokens, in both layouts; expert parallelism then

@@ -141,6 +141,53 @@ TEST_CASE("moe-train: exit codes for invalid configs, GPU-only options and diver
   CHECK(summary["exit_reason"] == "diverged");
 }
 
+TEST_CASE("moe-train: precision.grad_dtype = bf16 resumes to an uninterrupted run's losses, and needs bf16 compute",
+          "[trainer][resume][weight_cache]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  const std::vector<std::string> bf16{"--set", "precision.compute=\"bf16\"", "--set", "precision.grad_dtype=\"bf16\""};
+  auto args = [&](const std::string& run, std::vector<std::string> extra) {
+    std::vector<std::string> a{kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path(run)};
+    a.insert(a.end(), bf16.begin(), bf16.end());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  REQUIRE(moe_test::Run(args("straight", {}), dir.Path("log")) == 0);
+  // Checkpoints at 5 and 10, then resumed from 10: the copies are made again from the loaded
+  // masters, so steps 11..12 must repeat the straight run's.
+  REQUIRE(moe_test::Run(args("ckpt", {"--set", "train.ckpt_every=5"}), dir.Path("log")) == 0);
+  REQUIRE(moe_test::Run(args("ckpt", {"--resume", "--set", "train.ckpt_every=5"}), dir.Path("log")) == 0);
+  const auto a = Losses(dir.Path("straight/metrics.jsonl"));
+  const auto b = Losses(dir.Path("ckpt/metrics.jsonl"));
+  REQUIRE(a.size() == 12);
+  REQUIRE(b.size() == 12);
+  for (size_t i = 0; i < a.size(); ++i) CHECK(b[i] == Approx(a[i]).epsilon(1e-6));
+  auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path("ckpt/summary.json")));
+  CHECK(summary["resumed_from_step"] == 10);
+  CHECK(summary["grad_dtype"] == "bf16");
+  // The bf16 gradients of two micro-batches (kTinyMoe has grad_accum = 2) are summed in bf16, so
+  // the run must differ from fp32 gradients, but only at bf16's resolution.
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("fp32g"), "--set",
+                         "precision.compute=\"bf16\""}, dir.Path("log")) == 0);
+  const auto f = Losses(dir.Path("fp32g/metrics.jsonl"));
+  REQUIRE(f.size() == 12);
+  for (size_t i = 0; i < f.size(); ++i) CHECK(a[i] == Approx(f[i]).epsilon(2e-2));
+
+  // fp32 compute (set, or "auto" on the CPU) has no bf16 gradients to keep: a config error that
+  // names the key, before anything is written.
+  dir.Write("fp32.toml", kTinyMoe + "[precision]\ncompute = \"fp32\"\ngrad_dtype = \"bf16\"\n");
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("fp32.toml"), "--run-dir", dir.Path("bad")}, dir.Path("bad.log")) ==
+        moe::kExitInvalidConfig);
+  CHECK(moe_test::ReadFile(dir.Path("bad.log")).find("precision.grad_dtype") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.Path("bad/metrics.jsonl")));
+  if (!std::getenv("CUDA_VISIBLE_DEVICES") || std::string(std::getenv("CUDA_VISIBLE_DEVICES")).empty()) {
+    CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("auto"), "--set",
+                         "precision.grad_dtype=\"bf16\"", "--set", "train.device=\"cpu\""},
+                        dir.Path("auto.log")) == moe::kExitInvalidConfig);
+    CHECK(moe_test::ReadFile(dir.Path("auto.log")).find("needs bf16 compute") != std::string::npos);
+  }
+}
+
 TEST_CASE("moe-train: --print-config prints every field with its doc and re-reads to the same config", "[trainer]") {
   moe::testing::TempDir dir;
   dir.Write("run.toml", kTinyMoe);
