@@ -77,9 +77,12 @@ TEST_CASE("kernels: FusedAdamWBf16Grad makes ATen's fused AdamW step from bf16 g
             INFO("tensor " << i << " numel " << got.p[i].numel());
             if (got.p[i].numel() == 0) continue;
             CHECK(moe_test::AllFinite(got.p[i]));
-            CHECK(moe_test::RelErr(got.p[i], ref.p[i]) < 1e-6);
-            CHECK(moe_test::RelErr(got.m[i], ref.m[i]) < 1e-6);
-            CHECK(moe_test::RelErr(got.v[i], ref.v[i]) < 1e-6);
+            // fp32 rounding of the same formula in another order: a few ulps, which the moment
+            // update's cancellation (beta1 * m + (1 - beta1) * g of opposite signs) can raise to
+            // ~2e-6 relative on a one-element tensor. A wrong term would be off by > 1e-3.
+            CHECK(moe_test::RelErr(got.p[i], ref.p[i]) < 1e-5);
+            CHECK(moe_test::RelErr(got.m[i], ref.m[i]) < 1e-5);
+            CHECK(moe_test::RelErr(got.v[i], ref.v[i]) < 1e-5);
             CHECK(at::equal(got.copies[i], got.p[i].to(at::kBFloat16)));
           }
         }
@@ -114,7 +117,7 @@ TEST_CASE("kernels: FusedAdamWBf16Grad replays in a CUDA graph with the current 
     graph.replay();
     for (size_t i = 0; i < got.p.size(); ++i) {
       if (got.p[i].numel() == 0) continue;
-      CHECK(moe_test::RelErr(got.p[i], ref.p[i]) < 1e-6);
+      CHECK(moe_test::RelErr(got.p[i], ref.p[i]) < 1e-5);
       CHECK(at::equal(got.copies[i], got.p[i].to(at::kBFloat16)));
     }
   }
