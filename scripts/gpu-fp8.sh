@@ -9,7 +9,9 @@
 # noise; gemm = bench/fp8_gemm_bench (the expert GEMMs alone, FP8 forms against bf16; its own
 # table); graph = reference and wide in cudagraph at capacity 1.25, bf16 against FP8 with fast
 # accumulation, with and without precision.fp8_wgrad = "compute"; lossgw = the 200-step loss check
-# of those FP8 forms. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
+# of those FP8 forms; graphbg = `graph` with precision.grad_dtype = "bf16" on every run (bf16
+# weight copies and gradients for the weights FP8 leaves in bf16); lossbg = the 200-step loss
+# check of bf16 with fp32 against bf16 weight gradients (eager, dropless). FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
 # over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -44,22 +46,31 @@ for what in ${@:-ref}; do
       train wide_fp8_tw_fast "${W[@]}" --set precision.fp8=true --set precision.fp8_fast_accum=true
       train wide_fp8_rw_fast "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise \
         --set precision.fp8_fast_accum=true ;;
-    graph)  # cudagraph at capacity 1.25 (the fastest bf16 mode), reference and wide: bf16 against the
+    graph|graphbg)  # cudagraph at capacity 1.25 (the fastest bf16 mode), reference and wide: bf16 against the
       # FP8 forms with fast accumulation, all three GEMMs in FP8 or the weight gradient in bf16
       G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25)
+      [ "$what" = graphbg ] && G+=(--set precision.grad_dtype=bf16)
       W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
       RF=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true)
       TF=(--set precision.fp8=true --set precision.fp8_fast_accum=true)
       GW=(--set precision.fp8_wgrad=compute)
-      train wg_bf16 "${G[@]}" "${W[@]}"
-      train wg_fp8rwf "${G[@]}" "${W[@]}" "${RF[@]}"
-      train wg_fp8rwf_gwc "${G[@]}" "${W[@]}" "${RF[@]}" "${GW[@]}"
-      train wg_fp8twf_gwc "${G[@]}" "${W[@]}" "${TF[@]}" "${GW[@]}"
-      train rg_bf16 "${G[@]}"
-      train rg_fp8rwf "${G[@]}" "${RF[@]}"
-      train rg_fp8rwf_gwc "${G[@]}" "${RF[@]}" "${GW[@]}"
-      train rg_fp8twf_gwc "${G[@]}" "${TF[@]}" "${GW[@]}"
-      train rg_fp8rwf_gwc_noexp "${G[@]}" "${RF[@]}" "${GW[@]}" --set precision.fp8_experts=false ;;
+      p=""; [ "$what" = graphbg ] && p="bg_"
+      train ${p}wg_bf16 "${G[@]}" "${W[@]}"
+      train ${p}wg_fp8rwf "${G[@]}" "${W[@]}" "${RF[@]}"
+      train ${p}wg_fp8rwf_gwc "${G[@]}" "${W[@]}" "${RF[@]}" "${GW[@]}"
+      train ${p}wg_fp8twf_gwc "${G[@]}" "${W[@]}" "${TF[@]}" "${GW[@]}"
+      train ${p}rg_bf16 "${G[@]}"
+      train ${p}rg_fp8rwf "${G[@]}" "${RF[@]}"
+      train ${p}rg_fp8rwf_gwc "${G[@]}" "${RF[@]}" "${GW[@]}"
+      train ${p}rg_fp8twf_gwc "${G[@]}" "${TF[@]}" "${GW[@]}"
+      train ${p}rg_fp8rwf_gwc_noexp "${G[@]}" "${RF[@]}" "${GW[@]}" --set precision.fp8_experts=false ;;
+    lossbg)  # bf16 weight gradients against fp32 ones over 200 steps (the same values per step up to
+      # the GPU's own run-to-run nondeterminism: atomics in backward kernels)
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      steps=200 train lbg_fp32grad "${L[@]}"
+      steps=200 train lbg_fp32grad_rerun "${L[@]}"
+      steps=200 train lbg_bf16grad "${L[@]}" --set precision.grad_dtype=bf16 ;;
     lossgw)  # the 200-step loss check for the fastest FP8 forms of `graph` (eager, dropless)
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
