@@ -55,7 +55,7 @@ class GPTImpl : public torch::nn::Module {
   const PrecisionPlan& precision_plan() const { return plan_; }
 
   // The bf16 weight copies of precision.grad_dtype = "bf16" (core/precision/weight_cache.h):
-  // every weight multiplied through a plain cast is recorded while the model is built; the
+  // every weight a GEMM multiplies by (FP8 or not) is recorded while the model is built; the
   // trainer enables the cache, after which forward multiplies by the copies.
   const std::shared_ptr<WeightCache>& weight_cache() const { return plan_.weights(); }
 

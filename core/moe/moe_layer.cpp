@@ -37,7 +37,7 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
     experts.push_back(w2_);
     fp8_experts_ = plan->Experts(name, experts, impl_ == ExpertImpl::kGrouped);
     fp8_gemm_ = plan->gemm_options();
-    if (!fp8_experts_) weights_ = plan->weights();
+    weights_ = plan->weights();
   }
   pending_load_ = torch::zeros({E});
 }
@@ -50,11 +50,9 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
   CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
 
   ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
-  // The compute-dtype copies when the plan's cache is enabled (precision.grad_dtype = "bf16");
-  // otherwise the fp32 masters, which each backend casts where it multiplies.
-  auto weight = [&](const torch::Tensor& w) {
-    return w.defined() && weights_ && weights_->enabled() ? weights_->Cast(w, x.scalar_type()) : w;
-  };
+  // The bf16 copies when the plan's cache is enabled (precision.grad_dtype = "bf16"; the FP8
+  // experts quantise them too); otherwise the fp32 masters, which each backend casts or quantises.
+  auto weight = [&](const torch::Tensor& w) { return w.defined() && weights_ ? weights_->Get(w) : w; };
   const ExpertWeights w{weight(w1_), weight(w3_), weight(w2_), fp8_experts_, fp8_gemm_};
   torch::Tensor y = par_.ep ? ExpertParallelExperts(in, w, e_.n_experts, par_.ep) : RunExperts(impl_, in, w);  // (N, d)
   for (const auto& s : *shared_) y = y + s->as<MLPImpl>()->forward(xf);

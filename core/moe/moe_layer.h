@@ -61,7 +61,7 @@ class MoELayerImpl : public torch::nn::Module {
   MoEParallel par_;
   ExpertImpl impl_;
   bool fp8_experts_ = false;
-  std::shared_ptr<WeightCache> weights_;  // the plan's, when the experts are not FP8
+  std::shared_ptr<WeightCache> weights_;  // the plan's (null without a plan)
   Fp8GemmOptions fp8_gemm_;
   torch::nn::Linear router_{nullptr};  // only its weight (E, d) is used, in fp32
   torch::Tensor w1_, w2_, w3_;

@@ -8,8 +8,9 @@ namespace moe {
 
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w) {
   const int64_t K = x.size(-1);
-  if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) return Fp8Linear(x, w, p.recipe, p.gemm);
-  return CastLinear(x, p.cache ? p.cache->Cast(w, x.scalar_type()) : w);
+  const torch::Tensor wu = p.cache ? p.cache->Get(w) : w;  // the bf16 copy when the cache is enabled
+  if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) return Fp8Linear(x, wu, p.recipe, p.gemm);
+  return CastLinear(x, wu);
 }
 
 PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& device) {
@@ -28,17 +29,14 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
 LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tensor& weight) {
   const int64_t out = weight.size(0), in = weight.size(1);
   LinearPrecision lp;
-  auto plain = [&] {
-    weights_->Record(weight);
-    lp.cache = weights_;
-    return lp;
-  };
-  if (!fp8_) return plain();
+  weights_->Record(weight);
+  lp.cache = weights_;
+  if (!fp8_) return lp;
   if (!Fp8LinearSupported(rows_, in, out)) {
     fallbacks_.push_back(name + ": (" + std::to_string(rows_) + " x " + std::to_string(in) + ") @ (" +
                          std::to_string(in) + " x " + std::to_string(out) +
                          ") needs every dimension a multiple of 16 for at::_scaled_mm");
-    return plain();
+    return lp;
   }
   lp.fp8 = true;
   lp.recipe = recipe_;
@@ -49,19 +47,16 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tens
 bool PrecisionPlan::Experts(const std::string& name, const std::vector<torch::Tensor>& weights, bool grouped_backend) {
   TORCH_CHECK(!weights.empty() && weights.front().dim() == 3, "PrecisionPlan::Experts: w1 (E, d, h) first");
   const int64_t d = weights.front().size(1), h = weights.front().size(2);
-  auto plain = [&] {
-    for (const torch::Tensor& w : weights) weights_->Record(w);
-    return false;
-  };
-  if (!fp8_ || !experts_) return plain();
+  for (const torch::Tensor& w : weights) weights_->Record(w);
+  if (!fp8_ || !experts_) return false;
   if (!grouped_backend) {
     fallbacks_.push_back(name + ".experts: FP8 experts need moe.impl = grouped (at::_scaled_grouped_mm)");
-    return plain();
+    return false;
   }
   std::string why;
   if (!Fp8GroupedSupported(d, h, device_, &why)) {
     fallbacks_.push_back(name + ".experts: " + why);
-    return plain();
+    return false;
   }
   return true;
 }

@@ -31,14 +31,14 @@ struct LinearPrecision {
   bool fp8 = false;
   Fp8Recipe recipe = Fp8Recipe::kTensorwise;
   Fp8GemmOptions gemm{};  // precision.fp8_wgrad, precision.fp8_fast_accum
-  // Where the compute-dtype weight comes from when the layer is not in FP8 (the plan's cache;
-  // null for layers built without a plan: a plain cast).
+  // Where the weight comes from: the plan's cache (its bf16 copy when enabled, which the FP8
+  // GEMMs quantise too); null for layers built without a plan (the fp32 master).
   std::shared_ptr<WeightCache> cache;
 };
 
-// x: (..., in) compute dtype; w: (out, in) fp32 parameter. Fp8Linear when p.fp8 and this call's
-// row count fits (Fp8LinearSupported); otherwise the compute-dtype CastLinear (of w's cached copy
-// when the plan's WeightCache is enabled). The row check
+// x: (..., in) compute dtype; w: (out, in) fp32 parameter (replaced by its bf16 copy when the
+// plan's WeightCache is enabled). Fp8Linear when p.fp8 and this call's row count fits
+// (Fp8LinearSupported); otherwise the compute-dtype CastLinear. The row check
 // is per call because batches other than the training one (evaluation, tests) may not fit.
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w);
 
@@ -52,17 +52,16 @@ class PrecisionPlan {
   static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
 
   // The decision for linear layer `name` with weight (out, in); records a fallback when FP8 is on
-  // and the shape cannot run, and records the weight in weights() when it is not FP8.
+  // and the shape cannot run. Records the weight in weights().
   LinearPrecision Linear(const std::string& name, const torch::Tensor& weight);
 
   // Whether MoE layer `name`'s routed experts (weights: w1 (E, d, h), then w3 if any, w2) run in
   // FP8: fp8 and fp8_experts on, the grouped backend, and Fp8GroupedSupported. Records a fallback
-  // otherwise (when fp8 and fp8_experts are on), and the weights in weights() when not FP8.
+  // otherwise (when fp8 and fp8_experts are on). Records the weights in weights().
   bool Experts(const std::string& name, const std::vector<torch::Tensor>& weights, bool grouped_backend);
 
-  // The weights the model multiplies by through a plain cast (core/precision/weight_cache.h),
-  // shared with every LinearPrecision this plan made. The model enables it for
-  // precision.grad_dtype = "bf16".
+  // Every weight the model multiplies by, FP8 or not (core/precision/weight_cache.h), shared with
+  // every LinearPrecision this plan made. The trainer enables it for precision.grad_dtype = "bf16".
   const std::shared_ptr<WeightCache>& weights() const { return weights_; }
 
   bool fp8() const { return fp8_; }

@@ -29,6 +29,11 @@ torch::Tensor WeightCache::Cast(const torch::Tensor& w, torch::ScalarType dtype)
   return w.to(dtype);
 }
 
+torch::Tensor WeightCache::Get(const torch::Tensor& w) const {
+  torch::Tensor copy = CopyOf(w);
+  return copy.defined() ? copy : w;
+}
+
 torch::Tensor WeightCache::CopyOf(const torch::Tensor& master) const {
   if (!enabled_) return torch::Tensor();
   auto it = index_.find(master.unsafeGetTensorImpl());

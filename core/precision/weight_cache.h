@@ -15,9 +15,12 @@
 // same bf16 weights, the optimizer the same gradient values). Gradients of several micro-batches
 // are then summed in bf16, and the data-parallel sum is rounded to bf16 once.
 //
-// Which weights: those the model uses through a plain cast (PrecisionPlan records them while the
-// model is built): the attention and MLP projections, the routed experts and the LM head, unless
-// FP8 runs them (the FP8 GEMMs quantise the fp32 master). Embedding, norms and router stay fp32.
+// Which weights: every weight a GEMM multiplies by (PrecisionPlan records them while the model is
+// built): the attention and MLP projections, the routed and shared experts and the LM head.
+// Embedding and router stay fp32 (gathered rows, and the router's fp32 GEMM). The FP8 GEMMs then
+// quantise the bf16 copy instead of the fp32 master, as torchao's FP8 does under FSDP2's bf16
+// parameters (the e4m3 value of the bf16-rounded weight; it can differ from the fp32 master's
+// in the last bit where the two roundings meet), and return their weight gradient in bf16 too.
 //
 // Ownership: holds the masters (shared tensors) and their copies; the copies are the leaves the
 // autograd graph and GradSync see, the masters stay the module's parameters (optimizer state and
@@ -37,7 +40,7 @@ class WeightCache {
   // Disabled: Cast(w, dtype) is w.to(dtype).
   WeightCache() = default;
 
-  // Records a master weight used through a plain cast (duplicates are ignored). Called while the
+  // Records a master weight a GEMM multiplies by (duplicates are ignored). Called while the
   // model is built, before Enable.
   void Record(const torch::Tensor& master);
 
@@ -49,6 +52,10 @@ class WeightCache {
   // The tensor a GEMM multiplies by: the copy of `w` when the cache is enabled, w is a recorded
   // master and dtype is the cache's; otherwise w.to(dtype) (w itself when already in dtype).
   torch::Tensor Cast(const torch::Tensor& w, torch::ScalarType dtype) const;
+
+  // The copy of `w` when there is one (enabled and recorded), else w itself: what an FP8 GEMM
+  // quantises (and what CastLinear then casts, if it is the master).
+  torch::Tensor Get(const torch::Tensor& w) const;
 
   // The copy of `master`, or an undefined tensor if it has none (not recorded, or disabled).
   torch::Tensor CopyOf(const torch::Tensor& master) const;
