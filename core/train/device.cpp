@@ -80,15 +80,14 @@ struct StepGraph::Impl {
   c10::cuda::CUDAStreamGuard stream_guard;
   at::cuda::CUDAGraph graph;
   bool captured = false;
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeThreadLocal;  // device.h says why
   explicit Impl(c10::cuda::CUDAStream s) : stream_guard(s) {}
 };
 
-StepGraph::StepGraph(const DeviceInfo& dev, bool collectives) {
+StepGraph::StepGraph(const DeviceInfo& dev) {
   TORCH_CHECK(dev.device.is_cuda(), "train.compile = \"cudagraph\" needs a CUDA device");
   torch::cuda::synchronize();  // work queued on the old stream is done before the new one starts
   impl_ = std::make_unique<Impl>(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev.device.index()));
-  if (collectives) impl_->mode = cudaStreamCaptureModeThreadLocal;
 }
 
 StepGraph::~StepGraph() {

@@ -45,13 +45,15 @@ void ResetPeakMemory(const DeviceInfo& dev);
 // cuBLAS workspace. The captured function must make no host sync and allocate only inside the
 // graph's private pool (tensors it creates stay valid, and are overwritten by each replay).
 // CUDA only: constructing it for a CPU device throws (ResolveDevice refuses that config first).
-// collectives: the step makes NCCL calls (data parallelism). Capture then runs in thread-local
-// mode: in the default global mode, any other thread's unsafe CUDA call during the capture fails
-// it, and c10d's NCCL watchdog thread queries its events all the time. The NCCL communicator
-// must have run a collective before the capture (the eager warm-up steps do).
+// Capture runs in thread-local mode: in CUDA's default global mode, any other thread's unsafe
+// CUDA call during the capture invalidates it (cudaErrorStreamCaptureInvalidated), and two
+// threads make such calls while a step runs: the batch prefetcher (pinned host allocations, at
+// times: it failed about one graph run in ten on an H100) and c10d's NCCL watchdog (event
+// queries). A step with NCCL calls (data parallelism) needs its communicator to have run a
+// collective before the capture (the eager warm-up steps do).
 class StepGraph {
  public:
-  explicit StepGraph(const DeviceInfo& dev, bool collectives = false);
+  explicit StepGraph(const DeviceInfo& dev);
   ~StepGraph();
   StepGraph(const StepGraph&) = delete;
   StepGraph& operator=(const StepGraph&) = delete;

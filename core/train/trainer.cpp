@@ -294,7 +294,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     // an accumulator keeps the stream current at its creation; one on the legacy default stream
     // cannot take part in a capture on the side stream.
     std::unique_ptr<StepGraph> graph;
-    if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev, /*collectives=*/par.distributed());
+    if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev);
     std::unique_ptr<GradSync> dense_sync, expert_sync;
     if (par.distributed()) {
       const torch::ScalarType wire = cfg.precision.reduce_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
