@@ -62,7 +62,7 @@ class FusedAdamW {
   };
   torch::optim::AdamW& opt_;
   std::vector<Group> groups_;
-  torch::Tensor lr_;    // () fp64 on the device (fp32 on the CPU, where the kernel reads it as a scalar)
+  torch::Tensor lr_;    // () fp32 on the device (read there by both fused kernels)
   torch::Tensor step_;  // () fp32, shared by every parameter (all advance together)
   torch::Tensor one_;   // () fp32 1, the grad_coef when none is given
 };

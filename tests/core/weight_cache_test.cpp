@@ -25,6 +25,28 @@ std::set<std::string> RecordedNames(moe::GPT& m) {
   return names;
 }
 
+// The same model twice (same seed), the second with its weight cache enabled, and both forwards
+// on one random batch of `rows` sequences.
+struct Twins {
+  moe::GPT plain{nullptr}, cached{nullptr};
+  moe::ForwardOut a, b;
+};
+
+Twins ForwardTwins(const moe::Config& cfg, int64_t rows) {
+  Twins t;
+  torch::manual_seed(5);
+  t.plain = moe::GPT(cfg, torch::kBFloat16);
+  torch::manual_seed(5);
+  t.cached = moe::GPT(cfg, torch::kBFloat16);
+  t.cached->weight_cache()->Enable(torch::kBFloat16);
+  torch::manual_seed(9);
+  const torch::Tensor idx = torch::randint(0, cfg.model.vocab_size, {rows, cfg.model.seq_len});
+  const torch::Tensor tgt = torch::randint(0, cfg.model.vocab_size, {rows, cfg.model.seq_len});
+  t.a = t.plain->forward(idx, tgt);
+  t.b = t.cached->forward(idx, tgt);
+  return t;
+}
+
 bool AllFiniteCpuImpl(const torch::Tensor& t) { return torch::isfinite(t.to(torch::kFloat32)).all().item<bool>(); }
 
 bool EndsWith(const std::string& s, const std::string& tail) {
@@ -113,15 +135,9 @@ TEST_CASE("weight cache: forward and backward through the copies give the fp32 p
     moe::Config cfg = moe_test::TinyConfig(true);
     cfg.moe.impl = impl;
     cfg.moe.capacity_factor = std::string(impl) == "padded" ? 1.25 : 0.0;
-    torch::manual_seed(5);
-    moe::GPT plain(cfg, torch::kBFloat16);
-    torch::manual_seed(5);
-    moe::GPT cached(cfg, torch::kBFloat16);
-    cached->weight_cache()->Enable(torch::kBFloat16);
-    torch::manual_seed(9);
-    const torch::Tensor idx = torch::randint(0, cfg.model.vocab_size, {2, cfg.model.seq_len});
-    const torch::Tensor tgt = torch::randint(0, cfg.model.vocab_size, {2, cfg.model.seq_len});
-    moe::ForwardOut a = plain->forward(idx, tgt), b = cached->forward(idx, tgt);
+    Twins t = ForwardTwins(cfg, 2);
+    moe::GPT &plain = t.plain, &cached = t.cached;
+    moe::ForwardOut &a = t.a, &b = t.b;
     CHECK(a.loss.item<double>() == b.loss.item<double>());
     a.loss.backward();
     b.loss.backward();
@@ -154,20 +170,13 @@ TEST_CASE("weight cache: FP8 GEMMs quantise the bf16 copies and return bf16 weig
     moe::Config cfg = moe_test::TinyConfig(true);
     cfg.precision.fp8 = true;
     cfg.precision.fp8_recipe = recipe;
-    torch::manual_seed(5);
-    moe::GPT plain(cfg, torch::kBFloat16);
-    torch::manual_seed(5);
-    moe::GPT cached(cfg, torch::kBFloat16);
-    cached->weight_cache()->Enable(torch::kBFloat16);
-    torch::manual_seed(9);
-    const torch::Tensor idx = torch::randint(0, cfg.model.vocab_size, {8, cfg.model.seq_len});
-    const torch::Tensor tgt = torch::randint(0, cfg.model.vocab_size, {8, cfg.model.seq_len});
-    moe::ForwardOut a = plain->forward(idx, tgt), b = cached->forward(idx, tgt);
+    Twins t = ForwardTwins(cfg, 8);
+    moe::GPT& cached = t.cached;
+    moe::ForwardOut &a = t.a, &b = t.b;
     // Quantising the bf16-rounded weight instead of the fp32 one moves an e4m3 value by one step
     // at most where the two roundings meet: the loss stays within FP8's own noise of the fp32 path.
     CHECK(b.loss.item<double>() == Approx(a.loss.item<double>()).epsilon(1e-2));
     b.loss.backward();
-    const auto pa = plain->named_parameters();
     for (const auto& kv : cached->named_parameters()) {
       const torch::Tensor copy = cached->weight_cache()->CopyOf(kv.value());
       if (!copy.defined()) continue;
