@@ -125,6 +125,30 @@ SideStream::SideStream(const torch::Device& device) {
 
 SideStream::~SideStream() = default;
 
+void HostReadback::Start(const torch::Tensor& t) {
+  if (!t.is_cuda()) {
+    host_ = t.to(torch::kCPU).contiguous().clone();
+    event_.reset();
+    ready_ = std::chrono::steady_clock::now();
+    return;
+  }
+  host_ = torch::empty(t.sizes(), torch::TensorOptions().dtype(t.scalar_type()).pinned_memory(true));
+  host_.copy_(t, /*non_blocking=*/true);
+  auto ev = std::make_shared<at::cuda::CUDAEvent>();
+  ev->record(c10::cuda::getCurrentCUDAStream(t.device().index()));
+  event_ = ev;
+}
+
+torch::Tensor HostReadback::Wait() {
+  TORCH_CHECK(host_.defined(), "HostReadback::Wait without Start");
+  if (event_) {
+    static_cast<at::cuda::CUDAEvent*>(event_.get())->synchronize();
+    ready_ = std::chrono::steady_clock::now();
+    event_.reset();
+  }
+  return host_;
+}
+
 bool SideStream::available() const { return impl_ != nullptr; }
 
 void SideStream::Run(const std::function<void()>& fn) {

@@ -2,6 +2,7 @@
 // is measured and how the clock is read. Everything else is written for torch::Device.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -91,6 +92,28 @@ class SideStream {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// A small device tensor read back to the host without waiting for the device when it is queued:
+// the trainer queues the next step before it reads the last one's figures (trainer.cpp), so the
+// GPU is not idle while the host reads, logs and copies the next batch. CUDA: Start queues a copy
+// into pinned host memory on the current stream and records an event; Wait blocks for that event
+// only (not for work queued after it). CPU: Start copies, Wait returns the copy.
+class HostReadback {
+ public:
+  HostReadback() = default;
+  // t: on any device; its values as of the current stream's position are what Wait returns.
+  void Start(const torch::Tensor& t);
+  // The values, on the CPU, contiguous, in t's dtype. Requires Start.
+  torch::Tensor Wait();
+  // When the values were known to be ready: on the CPU when Start ran (the work before it is
+  // done by then), on CUDA when Wait saw the event complete. Valid after Wait.
+  std::chrono::steady_clock::time_point ready_time() const { return ready_; }
+
+ private:
+  torch::Tensor host_;
+  std::chrono::steady_clock::time_point ready_{};
+  std::shared_ptr<void> event_;  // at::cuda::CUDAEvent on CUDA (kept out of this header); null on the CPU
 };
 
 // Sets LibTorch's intra-op threads (threads == 0: the machine's cores divided among the

@@ -21,6 +21,9 @@ class StepProfiler {
   StepProfiler(std::string run_dir, int rank, int world);
   void BeforeStep(int64_t step);                 // step: 1-based
   void AfterStep(int64_t step, double wall_ms);  // call after the step's device work is done
+  // Whether step (1-based) is profiled or the one before the first: the trainer runs those one at
+  // a time, so that no other step's kernels fall inside the trace.
+  bool Covers(int64_t step) const { return first_ > 0 && step >= first_ - 1 && step <= last_; }
 
  private:
   std::string run_dir_;

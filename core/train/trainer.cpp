@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -374,33 +375,54 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     pf.pin_memory = dev.device.is_cuda();
     BatchPrefetcher prefetch(*data, pf);
 
-    for (int64_t step = start_step; step < cfg.train.steps; ++step) {
+    // A step is queued (Launch) and later read back (Finish). Between two steps that need nothing
+    // from each other's host side, step s+1 is queued before step s is read back, so the GPU goes
+    // from one to the next while the host reads s's figures, logs them and prepares s+2's batch
+    // (the round trip left the GPU idle ~1.8 ms per step). A step after which the host needs the
+    // model as that step left it (evaluation, checkpoint, the last step) or that the profiler
+    // covers is read back before the next is queued.
+    struct Launched {
       StepMetrics m;
-      m.step = step + 1;
-      m.lr = LearningRate(cfg.optim, step, cfg.train.steps);
-      // Per-step peaks, except under a graph: its pool is allocated once (warm-up and capture),
-      // so there the figure is the run's peak, which includes the pool.
-      if (!graph) ResetPeakMemory(dev);
-      Synchronize(dev);
-      profiler.BeforeStep(m.step);
-      const auto t0 = std::chrono::steady_clock::now();
+      std::vector<Batch> batches;  // pinned sources of this step's input copies: alive until it is read back
+      HostReadback stats;          // the step's figures (device_step's vector)
+      HostReadback shared;         // [peak alloc MiB, peak reserved MiB, stop]: the max over ranks
+      std::chrono::steady_clock::time_point t_launch;
+    };
+    auto sync_point = [&](int64_t step1) {  // 1-based
+      const bool last = step1 == cfg.train.steps;
+      const bool eval = cfg.train.eval_batches > 0 && cfg.train.eval_every > 0 && step1 % cfg.train.eval_every == 0;
+      const bool ckpt = cfg.train.ckpt_every > 0 && step1 % cfg.train.ckpt_every == 0;
+      return last || eval || ckpt || profiler.Covers(step1) || profiler.Covers(step1 + 1);
+    };
 
-      fused.SetLearningRate(m.lr);
+    // Queues step `step` (0-based): no host sync (the graph's capture step excepted).
+    auto launch = [&](int64_t step) {
+      Launched L;
+      L.m.step = step + 1;
+      L.m.lr = LearningRate(cfg.optim, step, cfg.train.steps);
+      // Per-step peaks, except under a graph: its pool is allocated once (warm-up and capture),
+      // so there the figure is the run's peak, which includes the pool. The allocator counts at
+      // queue time, so the peak read after queueing is this step's.
+      if (!graph) ResetPeakMemory(dev);
+      profiler.BeforeStep(L.m.step);
+      L.t_launch = std::chrono::steady_clock::now();
+
+      fused.SetLearningRate(L.m.lr);
       // This step's batches were made (pinned, on CUDA) while the previous step ran; the copies
-      // below are asynchronous. `batches` stays alive until the step's sync below, so no copy can
-      // still be reading a pinned buffer when it is freed (core/data/prefetch.h).
-      const std::vector<Batch> batches = prefetch.Take(step);
+      // below are asynchronous (core/data/prefetch.h).
+      L.batches = prefetch.Take(step);
       std::vector<torch::Tensor> inputs, targets;
       if (graph && !static_in.empty()) {
-        // Straight into the graph's static inputs: no device temporary and no device-to-device copy.
+        // Straight into the graph's static inputs: no device temporary and no device-to-device
+        // copy. Queued after the previous replay, so it cannot overwrite inputs still in use.
         for (int64_t micro = 0; micro < ga; ++micro) {
-          static_in[micro].copy_(batches[micro].inputs, /*non_blocking=*/true);
-          static_tgt[micro].copy_(batches[micro].targets, /*non_blocking=*/true);
+          static_in[micro].copy_(L.batches[micro].inputs, /*non_blocking=*/true);
+          static_tgt[micro].copy_(L.batches[micro].targets, /*non_blocking=*/true);
         }
       } else {
         for (int64_t micro = 0; micro < ga; ++micro) {
-          inputs.push_back(batches[micro].inputs.to(dev.device, /*non_blocking=*/true));
-          targets.push_back(batches[micro].targets.to(dev.device, /*non_blocking=*/true));
+          inputs.push_back(L.batches[micro].inputs.to(dev.device, /*non_blocking=*/true));
+          targets.push_back(L.batches[micro].targets.to(dev.device, /*non_blocking=*/true));
         }
       }
       torch::Tensor stats;
@@ -424,11 +446,38 @@ int Train(const Config& cfg, const TrainOptions& opts) {
           graph->Capture([&] { graph_stats = device_step(static_in, static_tgt); });
           graph->Replay();
           rec.summary["compile_mode"] = "cudagraph";
-          rec.summary["cudagraph_captured_at_step"] = m.step;
+          rec.summary["cudagraph_captured_at_step"] = L.m.step;
         }
         stats = graph_stats;
       }
-      torch::Tensor host = stats.to(torch::kCPU, torch::kFloat64).contiguous();  // the step's one sync
+      // Read back in stream order, before the next step's replay rewrites graph_stats.
+      L.stats.Start(stats);
+      // One small collective per step: the largest rank's memory, and whether any rank was asked
+      // to stop (the launcher forwards a signal to every rank, but they may see it a step apart;
+      // all must checkpoint the same step). From pinned memory, so that queueing it does not wait
+      // for the step.
+      const PeakMemory mem = ReadPeakMemory(dev);
+      const bool stop = opts.stop_requested && opts.stop_requested->load();
+      torch::Tensor shared =
+          torch::tensor({mem.alloc_mib, mem.reserved_mib, stop ? 1.0 : 0.0}, torch::TensorOptions().dtype(torch::kFloat64));
+      if (par.distributed()) {
+        if (dev.device.is_cuda()) shared = shared.pin_memory();
+        shared = shared.to(dev.device, /*non_blocking=*/true);
+        par.world->AllReduce(shared, ReduceOp::kMax);
+      }
+      L.shared.Start(shared);
+      return L;
+    };
+
+    // Reads step L back: metrics, logging, evaluation, checkpoint. `queued_after`: a later step is
+    // already queued (then this one is no sync point). Returns an exit code to leave with, or -1
+    // to go on; `stopping` is set when the run must stop after the last queued step.
+    auto t_prev_done = std::chrono::steady_clock::time_point::min();
+    bool stopping = false;
+    auto finish = [&](Launched& L, bool queued_after) -> int {
+      StepMetrics& m = L.m;
+      torch::Tensor host = L.stats.Wait().to(torch::kFloat64).contiguous();  // waits for this step only
+      const auto t_done = L.stats.ready_time();
       const double* h = host.data_ptr<double>();
       const double gad = static_cast<double>(ga * world);  // the sums are over micro-batches and ranks
       m.loss = h[0] / gad;
@@ -446,29 +495,18 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       m.dropped_frac = h[5] > 0 ? h[4] / h[5] : 0.0;
       m.grad_norm = h[6];
       if (n_moe_layers > 0) m.expert_load.assign(h + 7, h + host.numel());
-      Synchronize(dev);
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      // The step's time: from when it was queued, or, when it was queued while the previous one
+      // still ran, from that one's end (the GPU went from one to the other).
+      const double dt = std::chrono::duration<double>(t_done - std::max(L.t_launch, t_prev_done)).count();
+      t_prev_done = t_done;
       m.dt_ms = dt * 1e3;
       profiler.AfterStep(m.step, m.dt_ms);
       m.tok_per_s = static_cast<double>(tokens_per_step) / dt;
       m.mfu = Mfu(m.tok_per_s / static_cast<double>(world), flops_per_token, peak);
-      const PeakMemory mem = ReadPeakMemory(dev);
-      m.mem_peak_alloc_mib = mem.alloc_mib;
-      m.mem_peak_reserved_mib = mem.reserved_mib;
-      // One small collective per step: the largest rank's memory, and whether any rank was asked
-      // to stop (the launcher forwards a signal to every rank, but they may see it a step apart;
-      // all must checkpoint the same step).
-      bool stop = opts.stop_requested && opts.stop_requested->load();
-      if (par.distributed()) {
-        torch::Tensor t = torch::tensor({m.mem_peak_alloc_mib, m.mem_peak_reserved_mib, stop ? 1.0 : 0.0},
-                                        torch::TensorOptions().dtype(torch::kFloat64))
-                              .to(dev.device);
-        par.world->AllReduce(t, ReduceOp::kMax);
-        t = t.cpu();
-        m.mem_peak_alloc_mib = t[0].item<double>();
-        m.mem_peak_reserved_mib = t[1].item<double>();
-        stop = t[2].item<double>() > 0;
-      }
+      const torch::Tensor shared = L.shared.Wait();  // queued after the step: already there
+      m.mem_peak_alloc_mib = shared[0].item<double>();
+      m.mem_peak_reserved_mib = shared[1].item<double>();
+      stopping = stopping || shared[2].item<double>() > 0;
       m.tokens = m.step * tokens_per_step;
 
       const bool last_step = m.step == cfg.train.steps;
@@ -490,8 +528,11 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         std::printf("%s\n", FormatLog(m, cfg.train.steps).c_str());
         std::fflush(stdout);
       }
+      // A stop asked for while a later step is queued is taken after that one.
+      const bool stop = stopping && !queued_after;
       const bool periodic = cfg.train.ckpt_every > 0 && m.step % cfg.train.ckpt_every == 0;
       if ((periodic || stop) && !last_step) {
+        TORCH_CHECK(!queued_after, "checkpoint with a later step queued");  // sync_point() prevents it
         meta.step = m.step;
         fused.SyncHostState();
         if (writes_state) {
@@ -511,6 +552,16 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         if (par.distributed()) par.world->Barrier();
         return kExitInterrupted;
       }
+      return -1;
+    };
+
+    std::optional<Launched> current;
+    for (int64_t next = start_step; current || next < cfg.train.steps;) {
+      if (!current) current = launch(next++);
+      std::optional<Launched> ahead;
+      if (!stopping && next < cfg.train.steps && !sync_point(current->m.step)) ahead = launch(next++);
+      if (int rc = finish(*current, ahead.has_value()); rc >= 0) return rc;
+      current = std::move(ahead);
     }
     WriteSummary(opts.run_dir, rec, "completed", kExitCompleted);
     // Leave together: a rank that exits (closing its connections) while a peer still reads the
