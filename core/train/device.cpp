@@ -52,10 +52,6 @@ Status ResolveDevice(const Config& cfg, DeviceInfo* out, int local_rank) {
   return Status::OK();
 }
 
-void Synchronize(const DeviceInfo& dev) {
-  if (dev.device.is_cuda()) torch::cuda::synchronize();
-}
-
 PeakMemory ReadPeakMemory(const DeviceInfo& dev) {
   PeakMemory m;
   if (dev.device.is_cuda()) {

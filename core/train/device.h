@@ -28,9 +28,6 @@ struct DeviceInfo {
 // device); Unsupported when fewer GPUs are visible.
 Status ResolveDevice(const Config& cfg, DeviceInfo* out, int local_rank = 0);
 
-// Waits for queued device work (no-op on CPU), so that host timers measure real work.
-void Synchronize(const DeviceInfo& dev);
-
 // Peak memory since the last reset, MiB: CUDA caching-allocator allocated/reserved, or on the
 // CPU the process's peak RSS for both (reset not possible: it is the high-water mark).
 struct PeakMemory {
