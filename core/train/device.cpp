@@ -125,7 +125,6 @@ void HostReadback::Start(const torch::Tensor& t) {
   if (!t.is_cuda()) {
     host_ = t.to(torch::kCPU).contiguous().clone();
     event_.reset();
-    ready_ = std::chrono::steady_clock::now();
     return;
   }
   host_ = torch::empty(t.sizes(), torch::TensorOptions().dtype(t.scalar_type()).pinned_memory(true));
@@ -139,10 +138,43 @@ torch::Tensor HostReadback::Wait() {
   TORCH_CHECK(host_.defined(), "HostReadback::Wait without Start");
   if (event_) {
     static_cast<at::cuda::CUDAEvent*>(event_.get())->synchronize();
-    ready_ = std::chrono::steady_clock::now();
     event_.reset();
   }
   return host_;
+}
+
+namespace {
+std::shared_ptr<void> RecordTimedEvent(const torch::Device& device) {
+  auto ev = std::make_shared<at::cuda::CUDAEvent>(cudaEventDefault);  // the default flags disable timing
+  ev->record(c10::cuda::getCurrentCUDAStream(device.index()));
+  return ev;
+}
+}  // namespace
+
+void StepTimer::Start(const torch::Device& device) {
+  start_.reset();
+  stop_.reset();
+  if (device.is_cuda()) {
+    start_ = RecordTimedEvent(device);
+  } else {
+    t0_ = std::chrono::steady_clock::now();
+  }
+}
+
+void StepTimer::Stop() {
+  if (start_) {
+    stop_ = RecordTimedEvent(static_cast<at::cuda::CUDAEvent*>(start_.get())->device().value());
+  } else {
+    t1_ = std::chrono::steady_clock::now();
+  }
+}
+
+double StepTimer::ElapsedMs() {
+  if (!start_) return std::chrono::duration<double, std::milli>(t1_ - t0_).count();
+  TORCH_CHECK(stop_, "StepTimer::ElapsedMs without Stop");
+  auto* stop = static_cast<at::cuda::CUDAEvent*>(stop_.get());
+  stop->synchronize();
+  return static_cast<at::cuda::CUDAEvent*>(start_.get())->elapsed_time(*stop);
 }
 
 bool SideStream::available() const { return impl_ != nullptr; }

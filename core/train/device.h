@@ -103,14 +103,27 @@ class HostReadback {
   void Start(const torch::Tensor& t);
   // The values, on the CPU, contiguous, in t's dtype. Requires Start.
   torch::Tensor Wait();
-  // When the values were known to be ready: on the CPU when Start ran (the work before it is
-  // done by then), on CUDA when Wait saw the event complete. Valid after Wait.
-  std::chrono::steady_clock::time_point ready_time() const { return ready_; }
 
  private:
   torch::Tensor host_;
-  std::chrono::steady_clock::time_point ready_{};
   std::shared_ptr<void> event_;  // at::cuda::CUDAEvent on CUDA (kept out of this header); null on the CPU
+};
+
+// A step's time when steps are queued ahead. CUDA: timed events on the current stream, so the
+// time runs from when the GPU reaches the step (after the previous step's work, and not before
+// the host starts queueing this one) to the end of its work: GPU idle inside the step (waiting
+// for a host-bound queue) counts, host work between read-backs does not. CPU: the host clock
+// around the queueing, which is the work itself there.
+class StepTimer {
+ public:
+  StepTimer() = default;
+  void Start(const torch::Device& device);  // before the step's first queued work
+  void Stop();                              // after its last
+  double ElapsedMs();                       // blocks until the step's end; requires Start and Stop
+
+ private:
+  std::shared_ptr<void> start_, stop_;  // at::cuda::CUDAEvent (timing enabled) on CUDA; null on the CPU
+  std::chrono::steady_clock::time_point t0_{}, t1_{};
 };
 
 // Sets LibTorch's intra-op threads (threads == 0: the machine's cores divided among the

@@ -387,7 +387,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       std::vector<Batch> batches;  // pinned sources of this step's input copies: alive until it is read back
       HostReadback stats;          // the step's figures (device_step's vector)
       HostReadback shared;         // [peak alloc MiB, peak reserved MiB, stop]: the max over ranks
-      std::chrono::steady_clock::time_point t_launch;
+      StepTimer timer;
     };
     // After which steps (1-based) the host evaluates, or checkpoints (besides on a stop).
     auto eval_at = [&](int64_t step1) {
@@ -412,7 +412,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       // queue time, so the peak read after queueing is this step's.
       if (!graph) ResetPeakMemory(dev);
       profiler.BeforeStep(L.m.step);
-      L.t_launch = std::chrono::steady_clock::now();
+      L.timer.Start(dev.device);
 
       fused.SetLearningRate(L.m.lr);
       // This step's batches were made (pinned, on CUDA) while the previous step ran; the copies
@@ -459,6 +459,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       }
       // Read back in stream order, before the next step's replay rewrites graph_stats.
       L.stats.Start(stats);
+      L.timer.Stop();
       // One small collective per step: the largest rank's memory, and whether any rank was asked
       // to stop (the launcher forwards a signal to every rank, but they may see it a step apart;
       // all must checkpoint the same step). From pinned memory, so that queueing it does not wait
@@ -479,12 +480,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     // Reads step L back: metrics, logging, evaluation, checkpoint. `queued_after`: a later step is
     // already queued (then this one is no sync point). Returns an exit code to leave with, or -1
     // to go on; `stopping` is set when the run must stop after the last queued step.
-    auto t_prev_done = std::chrono::steady_clock::time_point::min();
     bool stopping = false;
     auto finish = [&](Launched& L, bool queued_after) -> int {
       StepMetrics& m = L.m;
       torch::Tensor host = L.stats.Wait().to(torch::kFloat64).contiguous();  // waits for this step only
-      const auto t_done = L.stats.ready_time();
       const double* h = host.data_ptr<double>();
       const double gad = static_cast<double>(ga * world);  // the sums are over micro-batches and ranks
       m.loss = h[0] / gad;
@@ -502,11 +501,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       m.dropped_frac = h[5] > 0 ? h[4] / h[5] : 0.0;
       m.grad_norm = h[6];
       if (n_moe_layers > 0) m.expert_load.assign(h + 7, h + host.numel());
-      // The step's time: from when it was queued, or, when it was queued while the previous one
-      // still ran, from that one's end (the GPU went from one to the other).
-      const double dt = std::chrono::duration<double>(t_done - std::max(L.t_launch, t_prev_done)).count();
-      t_prev_done = t_done;
-      m.dt_ms = dt * 1e3;
+      // The step's time on the device's own clock (StepTimer): with steps queued ahead, a host
+      // clock read at read-back would charge one step with another's time.
+      m.dt_ms = L.timer.ElapsedMs();
+      const double dt = m.dt_ms / 1e3;
       profiler.AfterStep(m.step, m.dt_ms);
       m.tok_per_s = static_cast<double>(tokens_per_step) / dt;
       m.mfu = Mfu(m.tok_per_s / static_cast<double>(world), flops_per_token, peak);
