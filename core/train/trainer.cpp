@@ -377,11 +377,11 @@ int Train(const Config& cfg, const TrainOptions& opts) {
 
     // A step is queued (launch) and later read back (finish). Between two steps that need nothing
     // from each other's host side, step s+1 is queued before step s is read back, so the GPU goes
-    // from one to the next while the host reads s's figures, logs them and prepares s+2's batch:
-    // eager steps, host-bound, ran 1.21x faster for it on an H100; a graph replay is queued in
-    // microseconds, so graph steps gain little. A step after which the host needs the model as
-    // that step left it (evaluation, checkpoint, the last step) or that the profiler covers is
-    // read back before the next is queued.
+    // from one to the next while the host reads s's figures, logs them and prepares s+2's batch
+    // (on an H100 the reference config gained little: eager steps are GPU-bound, and a graph
+    // replay is queued in microseconds). A step after which the host needs the model as that step
+    // left it (evaluation, checkpoint, the last step) or that the profiler covers is read back
+    // before the next is queued. Step times come from the device's clock (StepTimer).
     struct Launched {
       StepMetrics m;
       std::vector<Batch> batches;  // pinned sources of this step's input copies: alive until it is read back
