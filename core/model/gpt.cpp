@@ -56,7 +56,7 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   // The LM head stays in the compute dtype under FP8 (precision_plan.h says why).
   // Logits stay in the compute dtype: CrossEntropyLoss reads bf16 directly on CUDA (fused kernel)
   // and makes the fp32 copy itself elsewhere.
-  torch::Tensor logits = CastLinear(RmsNorm(x), plan_.weights()->Cast(lm_head_->weight, x.scalar_type()));  // (B, T, V)
+  torch::Tensor logits = CastLinear(RmsNorm(x), plan_.weights()->Get(lm_head_->weight));  // (B, T, V)
   ForwardOut out;
   out.ce_loss = CrossEntropyLoss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
   const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));

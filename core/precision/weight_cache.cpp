@@ -12,21 +12,12 @@ void WeightCache::Record(const torch::Tensor& master) {
 
 void WeightCache::Enable(torch::ScalarType dtype) {
   torch::NoGradGuard no_grad;
-  dtype_ = dtype;
   copies_.clear();
   for (const torch::Tensor& m : masters_) {
     TORCH_CHECK(m.scalar_type() == torch::kFloat32, "WeightCache: masters must be fp32");
     copies_.push_back(m.detach().to(dtype, /*non_blocking=*/false, /*copy=*/true).requires_grad_(true));
   }
   enabled_ = true;
-}
-
-torch::Tensor WeightCache::Cast(const torch::Tensor& w, torch::ScalarType dtype) const {
-  if (enabled_ && dtype == dtype_) {
-    auto it = index_.find(w.unsafeGetTensorImpl());
-    if (it != index_.end()) return copies_[it->second];
-  }
-  return w.to(dtype);
 }
 
 torch::Tensor WeightCache::Get(const torch::Tensor& w) const {

@@ -37,7 +37,7 @@ namespace moe {
 
 class WeightCache {
  public:
-  // Disabled: Cast(w, dtype) is w.to(dtype).
+  // Disabled: Get(w) is w itself.
   WeightCache() = default;
 
   // Records a master weight a GEMM multiplies by (duplicates are ignored). Called while the
@@ -49,12 +49,8 @@ class WeightCache {
   void Enable(torch::ScalarType dtype);
   bool enabled() const { return enabled_; }
 
-  // The tensor a GEMM multiplies by: the copy of `w` when the cache is enabled, w is a recorded
-  // master and dtype is the cache's; otherwise w.to(dtype) (w itself when already in dtype).
-  torch::Tensor Cast(const torch::Tensor& w, torch::ScalarType dtype) const;
-
-  // The copy of `w` when there is one (enabled and recorded), else w itself: what an FP8 GEMM
-  // quantises (and what CastLinear then casts, if it is the master).
+  // The tensor a GEMM multiplies by: the copy of `w` when there is one (enabled and recorded),
+  // else w itself, which CastLinear casts and an FP8 GEMM quantises as before.
   torch::Tensor Get(const torch::Tensor& w) const;
 
   // The copy of `master`, or an undefined tensor if it has none (not recorded, or disabled).
@@ -72,7 +68,6 @@ class WeightCache {
   std::vector<torch::Tensor> masters_;
   std::vector<torch::Tensor> copies_;
   std::unordered_map<const c10::TensorImpl*, size_t> index_;  // master -> position
-  torch::ScalarType dtype_ = torch::kBFloat16;
   bool enabled_ = false;
 };
 

@@ -76,7 +76,6 @@ struct StepGraph::Impl {
   c10::cuda::CUDAStreamGuard stream_guard;
   at::cuda::CUDAGraph graph;
   bool captured = false;
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeThreadLocal;  // device.h says why
   explicit Impl(c10::cuda::CUDAStream s) : stream_guard(s) {}
 };
 
@@ -92,7 +91,7 @@ StepGraph::~StepGraph() {
 
 void StepGraph::Capture(const std::function<void()>& fn) {
   torch::cuda::synchronize();
-  impl_->graph.capture_begin(/*pool=*/{0, 0}, impl_->mode);
+  impl_->graph.capture_begin(/*pool=*/{0, 0}, cudaStreamCaptureModeThreadLocal);  // device.h says why
   try {
     fn();
   } catch (...) {
