@@ -9,6 +9,7 @@
 #include "core/model/attention.h"
 #include "core/model/rope.h"
 #include "tests/core/tiny_model_config.h"
+#include "tests/require_gpu.h"
 
 namespace {
 
@@ -78,10 +79,7 @@ TEST_CASE("attention kernel: the kernel ATen picks for the model's shapes is rep
 TEST_CASE("attention kernel: on CUDA each kernel runs the model's attention as the math kernel does (skipped "
           "without a GPU)",
           "[attention][cuda]") {
-  if (!torch::cuda::is_available()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  MOE_REQUIRE_GPU_OR_SKIP();
   AutoAfter restore;
   const torch::Device cuda(torch::kCUDA, 0);
   moe::ModelConfig m = moe_test::TinyConfig(false).model;

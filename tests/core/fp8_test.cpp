@@ -23,6 +23,7 @@
 #include "core/util/exit_codes.h"
 #include "tests/core/process_util.h"
 #include "tests/core/temp_dir.h"
+#include "tests/require_gpu.h"
 #include "tiny_model_config.h"
 
 namespace {
@@ -322,10 +323,7 @@ fp8_recipe = "rowwise"
 }
 
 TEST_CASE("fp8: on CUDA the kernels agree with the CPU arithmetic (skipped without a GPU)", "[fp8][cuda]") {
-  if (!torch::cuda::is_available()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
   torch::manual_seed(8);
   // Linear: both recipes, bf16 compute, all three GEMMs against the fp32 reference.

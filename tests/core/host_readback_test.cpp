@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "core/train/device.h"
+#include "tests/require_gpu.h"
 
 TEST_CASE("host readback: on the CPU, Wait returns the values at Start and when they were ready", "[device]") {
   torch::Tensor t = torch::arange(6, torch::kFloat32);
@@ -19,10 +20,7 @@ TEST_CASE("host readback: on the CPU, Wait returns the values at Start and when 
 
 TEST_CASE("host readback: on CUDA, work queued after Start does not show in Wait's values (skipped without a GPU)",
           "[device][cuda]") {
-  if (!torch::cuda::is_available()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  MOE_REQUIRE_GPU_OR_SKIP();
   const auto cuda = torch::TensorOptions().device(torch::kCUDA, 0);
   torch::Tensor big = torch::randn({1 << 24}, cuda);  // (16M,): keeps the stream busy past Start
   torch::Tensor t = big.sum().reshape({1});
@@ -51,10 +49,7 @@ TEST_CASE("step timer: on the CPU, the host time between Start and Stop", "[devi
 TEST_CASE("step timer: on CUDA, the device time of the work between Start and Stop, not what follows "
           "(skipped without a GPU)",
           "[device][cuda]") {
-  if (!torch::cuda::is_available()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
   torch::Tensor a = torch::randn({4096, 4096}, torch::TensorOptions().device(cuda));
   torch::Tensor b = a.mm(a);  // warm-up (cuBLAS handle, workspace)

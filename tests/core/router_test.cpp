@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/moe/router.h"
+#include "tests/require_gpu.h"
 
 namespace {
 torch::Tensor T2(std::vector<float> v, int64_t rows, int64_t cols) {
@@ -77,10 +78,7 @@ TEST_CASE("router: gradients reach the logits only through the chosen weights", 
 
 TEST_CASE("router: on CUDA the bf16 gate GEMM keeps fp32 accuracy in logits and both gradients (skipped without a GPU)",
           "[router][cuda]") {
-  if (!torch::cuda::is_available()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
   torch::manual_seed(5);
   // Reference in float64 on the same bf16-exact x: logits, dx and the gate gradient.

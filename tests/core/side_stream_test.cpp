@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "core/train/device.h"
+#include "tests/require_gpu.h"
 
 TEST_CASE("side stream: none on the CPU, Join is a no-op and Run refuses", "[device]") {
   moe::SideStream side(torch::kCPU);
@@ -19,10 +20,7 @@ TEST_CASE("side stream: none on the CPU, Join is a no-op and Run refuses", "[dev
 TEST_CASE("side stream: on CUDA the work runs on another stream and Join orders it before the current one "
           "(skipped without a GPU)",
           "[device][cuda]") {
-  if (!torch::cuda::is_available()) {
-    WARN("no CUDA device: skipped");
-    return;
-  }
+  MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
   moe::SideStream side(cuda);
   REQUIRE(side.available());

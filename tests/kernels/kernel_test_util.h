@@ -7,16 +7,10 @@
 #include <ATen/ATen.h>
 #include <torch/cuda.h>
 
+#include "tests/require_gpu.h"
+
 namespace moe_test {
 
-// True when a CUDA GPU is visible; otherwise the caller returns after this WARN.
-#define MOE_REQUIRE_GPU_OR_SKIP()                      \
-  do {                                                 \
-    if (!torch::cuda::is_available()) {                \
-      WARN("skipped: no CUDA GPU");                    \
-      return;                                          \
-    }                                                  \
-  } while (0)
 
 // Fills, then frees, a block of the caching allocator with NaN, so that an output the kernel
 // allocates next (same size class) starts as NaN: an element it fails to write shows up.
