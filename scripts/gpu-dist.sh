@@ -40,13 +40,13 @@ if [[ "$skip" != *" equality "* ]]; then
   small=(--config experiments/configs/reference.toml --set model.n_layer=4 --set model.vocab_size=8192
          --set moe.capacity_factor=0 --set train.steps=20 --set train.log_every=0 --set optim.lr=3e-4
          --set moe.bias_update_rate=0.001 --set moe.z_loss_coef=0.001)
-  # nproc expert_parallel per-rank-batch capacity_factor [reduce_dtype [compile [grad_dtype]]]
+  # nproc expert_parallel per-rank-batch capacity_factor [reduce_dtype [compile [grad_dtype [shard]]]]
   eq_cases=("1 1 16 0" "2 1 8 0" "2 2 8 0" "2 1 8 1.25" "2 2 8 1.25" "2 1 8 0 bf16" "2 1 8 1.25 fp32 cudagraph"
             "2 1 8 1.25 bf16 cudagraph" "2 2 8 1.25 fp32 cudagraph" "2 1 8 1.25 bf16 cudagraph bf16"
-            "2 2 8 1.25 bf16 cudagraph bf16")
-  [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4 0" "4 4 4 0" "4 2 4 0")
+            "2 2 8 1.25 bf16 cudagraph bf16" "2 1 8 1.25 bf16 cudagraph bf16 shard")
+  [ "$gpus" -ge 4 ] && eq_cases+=("4 1 4 0" "4 4 4 0" "4 2 4 0" "4 1 4 0 bf16 eager bf16" "4 1 4 0 bf16 eager bf16 shard")
   for c in "${eq_cases[@]}"; do
-    read -r n ep b cf wire mode gd <<<"$c"
+    read -r n ep b cf wire mode gd sh <<<"$c"
     rc=0
     wire=${wire:-fp32}
     mode=${mode:-eager}
@@ -55,9 +55,12 @@ if [[ "$skip" != *" equality "* ]]; then
     [ "$wire" = fp32 ] || name="${name}_$wire"
     [ "$mode" = eager ] || name="${name}_$mode"
     [ "$gd" = fp32 ] || name="${name}_${gd}g"
+    shard=false
+    [ -z "$sh" ] || { name="${name}_shard"; shard=true; }
     timeout 300 "$train" "${small[@]}" --nproc "$n" --run-dir "/tmp/eq/$name" --set train.batch_size="$b" \
       --set moe.expert_parallel="$ep" --set moe.capacity_factor="$cf" --set precision.reduce_dtype=\"$wire\" \
-      --set train.compile=\"$mode\" --set precision.grad_dtype=\"$gd\" >"$out/eq_$name.log" 2>&1 || rc=$?
+      --set train.compile=\"$mode\" --set precision.grad_dtype=\"$gd\" --set train.shard_optimizer_step="$shard" \
+      >"$out/eq_$name.log" 2>&1 || rc=$?
     echo "eq $name exit $rc"; [ $rc -eq 0 ] || tail -5 "$out/eq_$name.log"
   done
   python3 - "$gpus" <<'PY' | tee "$out/equality.txt"
@@ -71,15 +74,18 @@ print("|---|---:|---:|---|---:|---:|")
 cases = [(2, 1, "0", "n1_ep1_c0"), (2, 2, "0", "n1_ep1_c0"), (2, 2, "1.25", "n2_ep1_c1.25"), (2, 1, "0_bf16", "n1_ep1_c0"),
          (2, 1, "1.25_cudagraph", "n2_ep1_c1.25"), (2, 1, "1.25_bf16_cudagraph", "n2_ep1_c1.25"),
          (2, 2, "1.25_cudagraph", "n2_ep2_c1.25"), (2, 1, "1.25_bf16_cudagraph_bf16g", "n2_ep1_c1.25"),
-         (2, 2, "1.25_bf16_cudagraph_bf16g", "n2_ep2_c1.25")]
-cases += [(4, 1, "0", "n1_ep1_c0"), (4, 4, "0", "n1_ep1_c0"), (4, 2, "0", "n1_ep1_c0")] if int(sys.argv[1]) >= 4 else []
+         (2, 2, "1.25_bf16_cudagraph_bf16g", "n2_ep2_c1.25"),
+         (2, 1, "1.25_bf16_cudagraph_bf16g_shard", "n2_ep1_c1.25_bf16_cudagraph_bf16g")]
+cases += [(4, 1, "0", "n1_ep1_c0"), (4, 4, "0", "n1_ep1_c0"), (4, 2, "0", "n1_ep1_c0"),
+          (4, 1, "0_bf16_bf16g_shard", "n4_ep1_c0_bf16_bf16g")] if int(sys.argv[1]) >= 4 else []
 for n, ep, cf, ref_name in cases:
     l, ref = losses(f"n{n}_ep{ep}_c{cf}"), losses(ref_name)
-    kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (" dropless, bf16 all-reduce" if cf == "0_bf16" else
+    kind = ("DP" if ep == 1 else "EP" if ep == n else "EPxDP") + (" sharded optimizer step, " + cf if cf.endswith("shard") else
+            " dropless, bf16 all-reduce" if cf == "0_bf16" else
             " cf 1.25, cudagraph, bf16 all-reduce, bf16 gradients" if cf == "1.25_bf16_cudagraph_bf16g" else
             " cf 1.25, cudagraph" if cf == "1.25_cudagraph" else " cf 1.25, cudagraph, bf16 all-reduce"
             if cf == "1.25_bf16_cudagraph" else f" cf {cf}" if cf != "0" else " dropless")
-    against = ("1 GPU" if ref_name == "n1_ep1_c0" else ("EP" if ep > 1 else "DP") + " eager, same GPUs"
+    against = ("1 GPU" if ref_name == "n1_ep1_c0" else "the same, step not sharded" if cf.endswith("shard") else ("EP" if ep > 1 else "DP") + " eager, same GPUs"
                if "cudagraph" in cf else "DP, same GPUs")
     if not l or len(l) != len(ref):
         print(f"| NCCL {kind} | {n} | {ep} | {against} | failed | |"); continue
@@ -117,6 +123,10 @@ if [[ "$skip" != *" graph "* ]]; then
   for n in 1 2 4; do  # bf16 weight gradients (precision.grad_dtype): no fp32 gradient passes, reduced as they are
     [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125_bf16g" "$n" "${graph[@]}" --set precision.reduce_dtype=\"bf16\" \
       --set precision.grad_dtype=\"bf16\"
+  done
+  for n in 2 4; do  # the same with the optimizer step sharded (train.shard_optimizer_step: reduce-scatter, all-gather)
+    [ "$n" -le "$gpus" ] && run_ref "dp${n}_graph_c125_bf16g_shard" "$n" "${graph[@]}" --set precision.reduce_dtype=\"bf16\" \
+      --set precision.grad_dtype=\"bf16\" --set train.shard_optimizer_step=true
   done
   for mb in ${BUCKETS:-}; do  # other bucket sizes (train.grad_bucket_mb), bf16 all-reduce
     for n in 2 4; do

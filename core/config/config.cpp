@@ -259,6 +259,10 @@ Status ValidateConfig(const Config& cfg) {
   k.Require(OneOf(p.fp8_wgrad, {"fp8", "compute"}), "precision.fp8_wgrad", p.fp8_wgrad, "valid: fp8, compute");
   k.Require(OneOf(p.reduce_dtype, {"fp32", "bf16"}), "precision.reduce_dtype", p.reduce_dtype, "valid: fp32, bf16");
   k.Require(OneOf(p.grad_dtype, {"fp32", "bf16"}), "precision.grad_dtype", p.grad_dtype, "valid: fp32, bf16");
+  k.Require(!t.shard_optimizer_step || p.grad_dtype == "bf16", "train.shard_optimizer_step", t.shard_optimizer_step,
+            "shards the update of the bf16 weight copies: set precision.grad_dtype = \"bf16\"");
+  k.Require(!t.shard_optimizer_step || e.expert_parallel == 1, "train.shard_optimizer_step", t.shard_optimizer_step,
+            "is for data parallelism alone: set moe.expert_parallel = 1");
   k.Require(p.grad_dtype != "bf16" || p.compute != "fp32", "precision.grad_dtype", p.grad_dtype,
             "bf16 gradients need bf16 compute: set precision.compute = \"bf16\" (or \"auto\", which is bf16 on CUDA)");
   k.Require(cfg.metrics.peak_tflops >= 0, "metrics.peak_tflops", cfg.metrics.peak_tflops,

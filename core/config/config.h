@@ -104,6 +104,7 @@ struct TrainConfig {
   int64_t eval_every = 0;
   int64_t eval_batches = 4;
   double grad_bucket_mb = 25;
+  bool shard_optimizer_step = false;
 
   template <class V> void Visit(V&& v) {
     MOE_FIELD(v, steps, "optimizer steps to train");
@@ -118,6 +119,7 @@ struct TrainConfig {
     MOE_FIELD(v, eval_every, "validation loss on held-out data every N steps (0 = only at the end)");
     MOE_FIELD(v, eval_batches, "micro-batches per validation loss estimate (0 = no validation)");
     MOE_FIELD(v, grad_bucket_mb, "data-parallel gradient bucket size in MiB, as DDP's bucket_cap_mb: each bucket is one all-reduce, launched once its gradients are ready");
+    MOE_FIELD(v, shard_optimizer_step, "data parallelism: each rank updates 1/N of the bf16-gradient weights (their gradients reduce-scattered, the new bf16 weights all-gathered: ZeRO stage 1's step, with the optimizer state still replicated); the same arithmetic, less AdamW time per rank; needs precision.grad_dtype = bf16 and moe.expert_parallel = 1");
   }
 };
 

@@ -106,6 +106,31 @@ class C10dCommunicator : public Communicator {
     return std::make_unique<C10dPending>(std::move(work), std::move(ts));
   }
 
+  std::unique_ptr<PendingCollective> ReduceScatterAsync(torch::Tensor t) override {
+    TORCH_CHECK(t.is_contiguous() && t.numel() % size_ == 0, "ReduceScatterAsync: ", t.numel(),
+                " elements do not split into ", size_, " chunks");
+    if (!rv_->cuda()) {
+      // Gloo: an all-reduce, which also leaves the sum in this rank's chunk (the CPU runs are for
+      // correctness; their speed is not the point).
+      return AllReduceAsync(std::move(t), ReduceOp::kSum);
+    }
+    // NCCL's in-place form: the output is this rank's chunk of the input.
+    torch::Tensor mine = t.narrow(0, rank_ * (t.numel() / size_), t.numel() / size_);
+    auto work = backend_->_reduce_scatter_base(mine, t);
+    return std::make_unique<C10dPending>(std::move(work), std::vector<torch::Tensor>{t, mine});
+  }
+
+  std::unique_ptr<PendingCollective> AllGatherAsync(torch::Tensor t) override {
+    TORCH_CHECK(t.is_contiguous() && t.numel() % size_ == 0, "AllGatherAsync: ", t.numel(),
+                " elements do not split into ", size_, " chunks");
+    const int64_t n = t.numel() / size_;
+    torch::Tensor mine = t.narrow(0, rank_ * n, n);
+    // NCCL gathers in place (the input is the output's chunk rank); Gloo gets a copy of it.
+    if (!rv_->cuda()) mine = mine.clone();
+    auto work = backend_->_allgather_base(t, mine);
+    return std::make_unique<C10dPending>(std::move(work), std::vector<torch::Tensor>{t, mine});
+  }
+
   void AllToAll(torch::Tensor out, torch::Tensor in, const std::vector<int64_t>& out_splits,
                 const std::vector<int64_t>& in_splits) override {
     std::vector<int64_t> os = out_splits, is = in_splits;

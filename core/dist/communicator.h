@@ -44,6 +44,14 @@ class Communicator {
   virtual std::unique_ptr<PendingCollective> AllReduceAsync(torch::Tensor t, ReduceOp op) = 0;
   void AllReduce(torch::Tensor t, ReduceOp op) { AllReduceAsync(std::move(t), op)->Wait(); }
 
+  // In place, t = W equal chunks of t.numel() / W elements (W = size(); t contiguous, its numel a
+  // multiple of W): ReduceScatter leaves in chunk rank() the sum over the group of that chunk
+  // (the other chunks then hold unspecified values); AllGather sends chunk rank() to every rank,
+  // so that chunk r of every rank's t is rank r's. Half an all-reduce's traffic each (an
+  // all-reduce is the two in a row), the pair a sharded optimizer step needs.
+  virtual std::unique_ptr<PendingCollective> ReduceScatterAsync(torch::Tensor t) = 0;
+  virtual std::unique_ptr<PendingCollective> AllGatherAsync(torch::Tensor t) = 0;
+
   // Rows of `in` go out in `in_splits[r]`-row blocks to rank r (in rank order); `out` receives
   // `out_splits[r]` rows from each rank r, in rank order. Both contiguous, same trailing shape;
   // sum(in_splits) = in.size(0), sum(out_splits) = out.size(0).

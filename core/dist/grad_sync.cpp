@@ -26,18 +26,26 @@ class ReadyHook : public torch::autograd::FunctionPostHook {
 }  // namespace
 
 GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes,
-                   torch::ScalarType reduce_dtype)
+                   torch::ScalarType reduce_dtype, const std::vector<char>& shard)
     : params_(std::move(params)),
       bucket_of_(params_.size(), -1),
+      offset_(params_.size(), 0),
       views_(params_.size()),
       wire_views_(params_.size()),
       on_wire_(params_.size(), 0),
       comm_(comm),
       scale_(scale),
       side_(params_.empty() ? torch::Device(torch::kCPU) : params_.front().device()) {
-  // Reverse order: the last layers' gradients come first in backward.
+  TORCH_CHECK(shard.empty() || shard.size() == params_.size(), "GradSync: ", shard.size(), " shard flags for ",
+              params_.size(), " parameters");
+  const bool communicates = comm_ != nullptr && comm_->size() > 1;
+  const int64_t W = communicates ? comm_->size() : 1;
+  auto sharded = [&](size_t i) { return communicates && !shard.empty() && shard[i] != 0; };
+  // Reverse order: the last layers' gradients come first in backward. A bucket holds one dtype,
+  // and sharded and whole parameters never share one.
   Bucket cur;
   int64_t cur_bytes = 0;
+  bool cur_sharded = false;
   torch::ScalarType cur_dtype = torch::kFloat32;
   auto close = [&] {
     if (cur.members.empty()) return;
@@ -49,27 +57,50 @@ GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double
     const torch::Tensor& p = params_[i];
     TORCH_CHECK(p.requires_grad(), "GradSync: parameter ", i, " does not require grad");
     const int64_t bytes = p.numel() * static_cast<int64_t>(p.element_size());
-    if (!cur.members.empty() && (cur_bytes + bytes > bucket_bytes || p.scalar_type() != cur_dtype)) close();
+    if (!cur.members.empty() &&
+        (cur_bytes + bytes > bucket_bytes || p.scalar_type() != cur_dtype || sharded(i) != cur_sharded)) {
+      close();
+    }
     cur_dtype = p.scalar_type();
+    cur_sharded = sharded(i);
     cur.members.push_back(i);
     cur_bytes += bytes;
+    // Marks the bucket as sharded; its chunk size is set below, once its members are known.
+    if (cur_sharded) cur.chunk = 1;
   }
   close();
+  torch::NoGradGuard no_grad;
   for (size_t b = 0; b < buckets_.size(); ++b) {
     Bucket& bk = buckets_[b];
     int64_t numel = 0;
     for (int64_t i : bk.members) numel += params_[i].numel();
-    const torch::Tensor& first = params_[bk.members.front()];
-    bk.flat = torch::empty({numel}, first.options().requires_grad(false));
-    const bool communicates = comm_ != nullptr && comm_->size() > 1;
-    if (communicates && reduce_dtype != torch::ScalarType::Undefined && reduce_dtype != first.scalar_type()) {
-      bk.wire = torch::empty({numel}, first.options().dtype(reduce_dtype).requires_grad(false));
+    int64_t padded = numel;
+    if (bk.chunk > 0) {
+      // Chunks of a multiple of 64 elements, so that every rank's chunk starts 128-byte aligned.
+      bk.chunk = (numel + W * 64 - 1) / (W * 64) * 64;
+      padded = bk.chunk * W;
     }
+    const torch::Tensor& first = params_[bk.members.front()];
+    bk.flat = (bk.chunk > 0 ? torch::zeros({padded}, first.options().requires_grad(false))
+                            : torch::empty({padded}, first.options().requires_grad(false)));
+    if (communicates && reduce_dtype != torch::ScalarType::Undefined && reduce_dtype != first.scalar_type()) {
+      bk.wire = torch::zeros({padded}, first.options().dtype(reduce_dtype).requires_grad(false));
+    }
+    if (bk.chunk > 0) bk.weights = torch::zeros({padded}, first.options().requires_grad(false));
     int64_t off = 0;
     for (int64_t i : bk.members) {
-      views_[i] = bk.flat.narrow(0, off, params_[i].numel()).view(params_[i].sizes());
-      if (bk.wire.defined()) wire_views_[i] = bk.wire.narrow(0, off, params_[i].numel()).view(params_[i].sizes());
-      off += params_[i].numel();
+      torch::Tensor& p = params_[i];
+      views_[i] = bk.flat.narrow(0, off, p.numel()).view(p.sizes());
+      if (bk.wire.defined()) wire_views_[i] = bk.wire.narrow(0, off, p.numel()).view(p.sizes());
+      if (bk.chunk > 0) {
+        TORCH_CHECK(p.is_contiguous(), "GradSync: sharded parameter ", i, " is not contiguous");
+        // The parameter's values move into the bucket's weight buffer (the same TensorImpl, so the
+        // model, the weight cache and autograd keep seeing the same tensor).
+        bk.weights.narrow(0, off, p.numel()).copy_(p.reshape({-1}));
+        p.set_(bk.weights.storage(), bk.weights.storage_offset() + off, p.sizes(), p.strides());
+      }
+      offset_[i] = off;
+      off += p.numel();
       bucket_of_[i] = static_cast<int64_t>(b);
     }
   }
@@ -138,10 +169,15 @@ void GradSync::LaunchReadyInOrder() {
   }
 }
 
+torch::Tensor GradSync::Own(const Bucket& b, const torch::Tensor& t) const {
+  return t.narrow(0, comm_->rank() * b.chunk, b.chunk);
+}
+
 void GradSync::Launch(Bucket& b) {
   b.launched = true;
   if (comm_ == nullptr || comm_->size() <= 1) return;
-  b.work = comm_->AllReduceAsync(b.wire.defined() ? b.wire : b.flat, ReduceOp::kSum);
+  torch::Tensor wire = b.wire.defined() ? b.wire : b.flat;
+  b.work = b.chunk > 0 ? comm_->ReduceScatterAsync(wire) : comm_->AllReduceAsync(wire, ReduceOp::kSum);
   if (side_.available() && (b.wire.defined() || scale_ != 1.0)) {
     // The side stream waits for this all-reduce alone and writes the .grad views, while the
     // current stream goes on with backward: the casts no longer sit between the last all-reduce
@@ -153,8 +189,10 @@ void GradSync::Launch(Bucket& b) {
       b.work->Wait();
       b.work.reset();
       torch::NoGradGuard no_grad;
-      if (b.wire.defined()) b.flat.copy_(b.wire);
-      if (scale_ != 1.0) b.flat.mul_(scale_);
+      // A sharded bucket's sum is only this rank's chunk.
+      torch::Tensor flat = b.chunk > 0 ? Own(b, b.flat) : b.flat;
+      if (b.wire.defined()) flat.copy_(b.chunk > 0 ? Own(b, b.wire) : b.wire);
+      if (scale_ != 1.0) flat.mul_(scale_);
     });
   }
 }
@@ -182,8 +220,10 @@ void GradSync::Finish() {
     if (b.on_side) continue;  // cast back and scaled on the side stream at launch
     if (b.work) b.work->Wait();
     b.work.reset();
-    if (b.wire.defined()) b.flat.copy_(b.wire);
-    if (scale_ != 1.0) b.flat.mul_(scale_);
+    const bool own = b.chunk > 0 && comm_ != nullptr && comm_->size() > 1;
+    torch::Tensor flat = own ? Own(b, b.flat) : b.flat;
+    if (b.wire.defined()) flat.copy_(own ? Own(b, b.wire) : b.wire);
+    if (scale_ != 1.0) flat.mul_(scale_);
   }
   // Only when this step queued work there: inside a CUDA graph capture, waiting on a stream that
   // took no part in the capture is an error (cudaErrorStreamCaptureIsolation).
@@ -193,6 +233,62 @@ void GradSync::Finish() {
     if (!params_[i].grad().is_same(views_[i])) params_[i].mutable_grad() = views_[i];
   }
   std::fill(on_wire_.begin(), on_wire_.end(), 0);
+}
+
+std::vector<GradSync::Slice> GradSync::OwnedSlices(int64_t b) const {
+  const Bucket& bk = buckets_[b];
+  std::vector<Slice> out;
+  if (bk.chunk == 0) return out;
+  const int64_t lo = comm_->rank() * bk.chunk, hi = lo + bk.chunk;
+  for (int64_t i : bk.members) {
+    const int64_t begin = std::max(lo, offset_[i]), end = std::min(hi, offset_[i] + params_[i].numel());
+    if (begin < end) out.push_back({i, begin - offset_[i], end - offset_[i]});
+  }
+  return out;
+}
+
+void GradSync::GatherWeightsAsync(int64_t b) {
+  Bucket& bk = buckets_[b];
+  TORCH_CHECK(bk.chunk > 0, "GradSync::GatherWeightsAsync: bucket ", b, " is not sharded");
+  TORCH_CHECK(!bk.gather, "GradSync::GatherWeightsAsync: bucket ", b, " is already being gathered");
+  bk.gather = comm_->AllGatherAsync(bk.weights);
+}
+
+void GradSync::FinishGather() {
+  for (Bucket& b : buckets_) {
+    if (b.gather) b.gather->Wait();
+    b.gather.reset();
+  }
+}
+
+void GradSync::Consolidate(const std::vector<torch::Tensor>& per_param) {
+  TORCH_CHECK(per_param.size() == params_.size(), "GradSync::Consolidate: ", per_param.size(), " tensors for ",
+              params_.size(), " parameters");
+  torch::NoGradGuard no_grad;
+  for (int64_t b = 0; b < num_buckets(); ++b) {
+    const Bucket& bk = buckets_[b];
+    const std::vector<Slice> mine = OwnedSlices(b);
+    if (bk.chunk == 0) continue;
+    torch::Tensor any;
+    for (int64_t i : bk.members) {
+      if (per_param[i].defined()) any = per_param[i];
+    }
+    if (!any.defined()) continue;
+    // Each rank contributes its slices and zeros elsewhere: the sum is every rank's slices, exactly.
+    torch::Tensor buf = torch::zeros({bk.flat.numel()}, any.options());
+    for (const Slice& s : mine) {
+      if (!per_param[s.param].defined()) continue;
+      buf.narrow(0, offset_[s.param] + s.begin, s.end - s.begin)
+          .copy_(per_param[s.param].reshape({-1}).narrow(0, s.begin, s.end - s.begin));
+    }
+    comm_->AllReduce(buf, ReduceOp::kSum);
+    for (int64_t i : bk.members) {
+      if (!per_param[i].defined()) continue;
+      TORCH_CHECK(per_param[i].numel() == params_[i].numel() && per_param[i].is_contiguous(),
+                  "GradSync::Consolidate: tensor ", i, " does not match its parameter");
+      per_param[i].view({-1}).copy_(buf.narrow(0, offset_[i], params_[i].numel()));
+    }
+  }
 }
 
 }  // namespace moe

@@ -43,8 +43,15 @@ class GradSync {
   // On CUDA the cast back (and the scale, if not 1) runs on a side stream as soon as each
   // bucket's all-reduce is done, overlapped with the rest of the backward; Finish only makes the
   // current stream wait for it. On the CPU (Gloo blocks the host) it runs in Finish.
+  // shard (empty, or one flag per parameter): parameters whose optimizer update is split over the
+  // group (train.shard_optimizer_step: ZeRO stage 1's step). They get buckets of their own,
+  // padded to a multiple of the group's size, which are reduce-scattered instead of all-reduced:
+  // after Finish only this rank's chunk of such a bucket (OwnedSlices) holds the summed gradient,
+  // the rest is unspecified. Their values move into one flat buffer per bucket (storage only:
+  // values, shapes and autograd identity stay), so that once each rank has updated its chunk,
+  // GatherWeightsAsync all-gathers the chunks in place. Without a group (size 1) nothing is split.
   GradSync(std::vector<torch::Tensor> params, Communicator* comm, double scale, int64_t bucket_bytes,
-           torch::ScalarType reduce_dtype = torch::ScalarType::Undefined);
+           torch::ScalarType reduce_dtype = torch::ScalarType::Undefined, const std::vector<char>& shard = {});
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
@@ -66,6 +73,26 @@ class GradSync {
   void Finish();
 
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+
+  // The sharded update (see the constructor). A slice is elements [begin, end) of the flattened
+  // parameter `param` (constructor order). OwnedSlices(b) is this rank's part of bucket b: after
+  // Finish, the gradient there is the group's sum (times scale), and the caller updates the
+  // parameter there and nowhere else of b. Empty for an unsharded bucket.
+  struct Slice {
+    int64_t param, begin, end;
+  };
+  bool IsSharded(int64_t b) const { return buckets_[b].chunk > 0; }
+  std::vector<Slice> OwnedSlices(int64_t b) const;
+  // Launches the all-gather of sharded bucket b's parameter values: every rank's slices to every
+  // rank. It orders after the work queued so far on the current stream (the caller's update).
+  void GatherWeightsAsync(int64_t b);
+  // Completes every gather launched since the last call (in communicator.h's sense).
+  void FinishGather();
+  // For per-parameter state that each rank keeps current only on its own slices (the fp32 master
+  // weights and moments behind a sharded parameter): per_param[i] (same numel as parameter i, or
+  // undefined to skip it; one dtype per bucket) gets every rank's slices, so that all ranks hold
+  // the whole state again (before a checkpoint). Blocking collective; every rank calls it.
+  void Consolidate(const std::vector<torch::Tensor>& per_param);
   // Bucket index of each parameter, in constructor order (for tests).
   std::vector<int64_t> BucketOfParams() const;
 
@@ -78,13 +105,21 @@ class GradSync {
     std::unique_ptr<PendingCollective> work;  // null once waited for (in Finish or on the side stream)
     bool launched = false;
     bool on_side = false;  // this step's sum is cast back / scaled on the side stream (CUDA); false after Finish
+    // Sharded buckets only (chunk > 0): flat and wire are chunk * group size long (zero padded),
+    // and `weights` holds the members' values at the same offsets as their gradients in flat.
+    int64_t chunk = 0;
+    torch::Tensor weights;
+    std::unique_ptr<PendingCollective> gather;
   };
+  // The part of a sharded bucket's buffer that is this rank's.
+  torch::Tensor Own(const Bucket& b, const torch::Tensor& t) const;
   void OnGradReady(int64_t param_index);  // called from the autograd engine's thread
   void LaunchReadyInOrder();              // with mu_ held
   void Launch(Bucket& b);
 
   std::vector<torch::Tensor> params_;
   std::vector<int64_t> bucket_of_;
+  std::vector<int64_t> offset_;  // of each parameter in its bucket
   std::vector<torch::Tensor> views_;
   std::vector<torch::Tensor> wire_views_;  // per parameter, into its bucket's wire (if it has one)
   std::vector<char> on_wire_;              // this step's gradient is in the wire view; all 0 outside Arm..Finish

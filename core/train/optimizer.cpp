@@ -52,6 +52,9 @@ FusedAdamW::FusedAdamW(torch::optim::AdamW& opt, torch::Device device, const Wei
       step = std::max<int64_t>(step, s.step());
       fg.params.push_back(p);
       fg.copies.push_back(cache != nullptr ? cache->CopyOf(p) : torch::Tensor());
+      if (fg.copies.back().defined()) {
+        by_copy_[fg.copies.back().unsafeGetTensorImpl()] = {groups_.size(), fg.params.size() - 1};
+      }
       fg.exp_avgs.push_back(s.exp_avg());
       fg.exp_avg_sqs.push_back(s.exp_avg_sq());
     }
@@ -94,13 +97,67 @@ void StepBf16Grad(const std::vector<torch::Tensor>& p, const std::vector<torch::
 }  // namespace
 
 void FusedAdamW::Step(const torch::Tensor& grad_coef) {
+  Advance();
+  UpdateRest(grad_coef);
+}
+
+void FusedAdamW::Advance() {
   torch::NoGradGuard no_grad;
   step_.add_(1);
+}
+
+void FusedAdamW::SetSharded(const std::vector<torch::Tensor>& copies) {
+  sharded_.clear();
+  for (const torch::Tensor& c : copies) {
+    TORCH_CHECK(by_copy_.count(c.unsafeGetTensorImpl()), "FusedAdamW::SetSharded: not a weight cache copy");
+    sharded_.insert(c.unsafeGetTensorImpl());
+  }
+}
+
+std::vector<torch::Tensor> FusedAdamW::StateOf(const torch::Tensor& copy) const {
+  auto it = by_copy_.find(copy.unsafeGetTensorImpl());
+  if (it == by_copy_.end()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  const Group& g = groups_[it->second.first];
+  const size_t i = it->second.second;
+  return {g.params[i], g.exp_avgs[i], g.exp_avg_sqs[i]};
+}
+
+void FusedAdamW::UpdateSlices(const std::vector<CopySlice>& slices, const torch::Tensor& grad_coef) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor& coef = grad_coef.defined() ? grad_coef : one_;
+  // One fused launch per hyperparameter group, over the flattened ranges of each tensor.
+  std::vector<std::vector<torch::Tensor>> p(groups_.size()), gr(groups_.size()), m(groups_.size()),
+      v(groups_.size()), copies(groups_.size());
+  for (const CopySlice& s : slices) {
+    auto it = by_copy_.find(s.copy.unsafeGetTensorImpl());
+    TORCH_CHECK(it != by_copy_.end() && sharded_.count(s.copy.unsafeGetTensorImpl()),
+                "FusedAdamW::UpdateSlices: a slice of a tensor that is not a sharded copy");
+    if (!s.copy.grad().defined() || s.end <= s.begin) continue;
+    const auto [gi, i] = it->second;
+    const Group& g = groups_[gi];
+    auto part = [&](const torch::Tensor& t) { return t.view({-1}).narrow(0, s.begin, s.end - s.begin); };
+    p[gi].push_back(part(g.params[i]));
+    gr[gi].push_back(part(s.copy.grad()));
+    m[gi].push_back(part(g.exp_avgs[i]));
+    v[gi].push_back(part(g.exp_avg_sqs[i]));
+    copies[gi].push_back(part(s.copy));
+  }
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const Group& g = groups_[gi];
+    if (!p[gi].empty()) {
+      StepBf16Grad(p[gi], gr[gi], m[gi], v[gi], copies[gi], step_, lr_, coef, g.beta1, g.beta2, g.weight_decay, g.eps);
+    }
+  }
+}
+
+void FusedAdamW::UpdateRest(const torch::Tensor& grad_coef) {
+  torch::NoGradGuard no_grad;
   const torch::Tensor& coef = grad_coef.defined() ? grad_coef : one_;
   for (Group& g : groups_) {
     std::vector<torch::Tensor> p, gr, m, v, steps;
     std::vector<torch::Tensor> cp, cgr, cm, cv, copies;  // masters updated from their copies' bf16 gradients
     for (size_t i = 0; i < g.params.size(); ++i) {
+      if (g.copies[i].defined() && sharded_.count(g.copies[i].unsafeGetTensorImpl())) continue;  // UpdateSlices
       if (g.copies[i].defined() && g.copies[i].grad().defined()) {
         cp.push_back(g.params[i]);
         cgr.push_back(g.copies[i].grad());
@@ -196,6 +253,22 @@ GradClip ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm,
   // The per-tensor norms, then the norm of norms (as torch.nn.utils).
   torch::Tensor total = torch::stack(Norms(grads)).norm(2).to(torch::kFloat32);
   return {total, ScaleToNorm(grads, total, max_norm)};
+}
+
+GradClip ClipGradNormOwned(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& owned_grads,
+                           double max_norm, Communicator* group, const WeightCache* cache) {
+  torch::NoGradGuard no_grad;
+  const torch::TensorOptions f32 = Fp32On(replicated, owned_grads);
+  Grads rep = DefinedGrads(replicated, cache);
+  Grads own;
+  for (const torch::Tensor& g : owned_grads) {
+    own.cached.push_back(g);
+    own.is_cached.push_back(1);
+  }
+  torch::Tensor own_sq = SumOfSquares(own, f32).reshape({1});  // (1,): collectives take no 0-dim tensors
+  if (group != nullptr) group->AllReduce(own_sq, ReduceOp::kSum);
+  torch::Tensor total = (SumOfSquares(rep, f32) + own_sq.squeeze(0)).sqrt();
+  return {total, ScaleToNorm(rep, total, max_norm)};
 }
 
 GradClip ClipGradNormSharded(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& sharded,

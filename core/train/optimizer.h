@@ -8,6 +8,8 @@
 #pragma once
 
 #include <memory>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <torch/torch.h>
@@ -54,6 +56,23 @@ class FusedAdamW {
   // Copies the device step count into the AdamW object's state (host sync; for checkpoints).
   void SyncHostState();
 
+  // The sharded step (train.shard_optimizer_step; core/dist/grad_sync.h): each data-parallel rank
+  // updates only its slices of the weights whose bf16 copies are listed in SetSharded. A step is
+  // then Advance(), UpdateSlices for this rank's slices (the copy's .grad holds the summed
+  // gradient there), and UpdateRest for every other parameter; Step() is Advance + UpdateRest.
+  // The masters and moments behind a sharded copy are current only on this rank's slices (see
+  // StateOf and GradSync::Consolidate before a checkpoint).
+  struct CopySlice {
+    torch::Tensor copy;  // a bf16 copy of the cache (a GradSync parameter)
+    int64_t begin, end;  // elements [begin, end) of it, flattened
+  };
+  void SetSharded(const std::vector<torch::Tensor>& copies);
+  void Advance();
+  void UpdateSlices(const std::vector<CopySlice>& slices, const torch::Tensor& grad_coef);
+  void UpdateRest(const torch::Tensor& grad_coef);
+  // The fp32 master, exp_avg and exp_avg_sq behind a cache copy (undefined tensors if none).
+  std::vector<torch::Tensor> StateOf(const torch::Tensor& copy) const;
+
  private:
   struct Group {
     std::vector<torch::Tensor> params, exp_avgs, exp_avg_sqs;
@@ -65,6 +84,8 @@ class FusedAdamW {
   torch::Tensor lr_;    // () fp32 on the device (read there by both fused kernels)
   torch::Tensor step_;  // () fp32, shared by every parameter (all advance together)
   torch::Tensor one_;   // () fp32 1, the grad_coef when none is given
+  std::unordered_map<const c10::TensorImpl*, std::pair<size_t, size_t>> by_copy_;  // copy -> (group, index)
+  std::unordered_set<const c10::TensorImpl*> sharded_;                              // copies updated by slices
 };
 
 // The result of gradient clipping: norm is the global 2-norm before clipping, coef the factor
@@ -85,6 +106,13 @@ GradClip ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm,
 // parallelism: each rank holds other experts): the norm covers the replicated gradients once and
 // every rank's shard, so all ranks clip by the same factor, the one a single process holding the
 // whole model would use. shard_group may be null (then it is ClipGradNorm over both lists).
+// The same for a data-parallel run whose sharded step (FusedAdamW::UpdateSlices) has each rank
+// hold the summed gradient only on its slices: `replicated` parameters as in ClipGradNorm, plus
+// `owned_grads`, this rank's slices of the sharded bf16 gradients, summed over `group` (each
+// element of the model counted once); those are not scaled in place (UpdateSlices applies coef).
+GradClip ClipGradNormOwned(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& owned_grads,
+                           double max_norm, Communicator* group, const WeightCache* cache = nullptr);
+
 GradClip ClipGradNormSharded(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& sharded,
                              double max_norm, Communicator* shard_group, const WeightCache* cache = nullptr);
 

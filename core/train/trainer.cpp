@@ -297,15 +297,47 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     std::unique_ptr<StepGraph> graph;
     if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev);
     std::unique_ptr<GradSync> dense_sync, expert_sync;
+    // train.shard_optimizer_step: each rank updates its slices of the bf16-copy weights (config.cpp
+    // allows it with bf16 gradients and without expert parallelism only).
+    const bool shard_step = cfg.train.shard_optimizer_step && par.distributed() && cache != nullptr && !par.ep;
+    const std::vector<torch::Tensor> dense_holders = grad_holders(dense_params);
+    std::vector<char> shard_flags;
+    std::vector<torch::Tensor> sharded_copies;
+    if (shard_step) {
+      for (size_t i = 0; i < dense_params.size(); ++i) {
+        shard_flags.push_back(dense_holders[i].is_same(dense_params[i]) ? 0 : 1);
+        if (shard_flags.back()) sharded_copies.push_back(dense_holders[i]);
+      }
+      fused.SetSharded(sharded_copies);
+    }
+    s["shard_optimizer_step"] = shard_step;
     if (par.distributed()) {
       const torch::ScalarType wire = cfg.precision.reduce_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
       const auto bucket_bytes = static_cast<int64_t>(cfg.train.grad_bucket_mb * (1 << 20));
-      dense_sync = std::make_unique<GradSync>(grad_holders(dense_params), par.world.get(), /*scale=*/1.0, bucket_bytes, wire);
+      dense_sync = std::make_unique<GradSync>(dense_holders, par.world.get(), /*scale=*/1.0, bucket_bytes, wire,
+                                              shard_flags);
       if (!expert_params.empty()) {
         expert_sync = std::make_unique<GradSync>(grad_holders(expert_params), par.edp.get(), /*scale=*/1.0, bucket_bytes,
                                                  wire);
       }
       s["grad_buckets"] = dense_sync->num_buckets() + (expert_sync ? expert_sync->num_buckets() : 0);
+    }
+    // The sharded step's fixed parts: this rank's slices per sharded bucket (the first layers'
+    // buckets first, the order the next forward needs them) and the parameters updated whole.
+    std::vector<std::vector<FusedAdamW::CopySlice>> owned_slices;
+    std::vector<int64_t> sharded_buckets;
+    std::vector<torch::Tensor> unsharded_params;
+    if (shard_step) {
+      for (int64_t b = dense_sync->num_buckets() - 1; b >= 0; --b) {
+        if (!dense_sync->IsSharded(b)) continue;
+        std::vector<FusedAdamW::CopySlice> slices;
+        for (const GradSync::Slice& sl : dense_sync->OwnedSlices(b)) slices.push_back({dense_holders[sl.param], sl.begin, sl.end});
+        owned_slices.push_back(std::move(slices));
+        sharded_buckets.push_back(b);
+      }
+      for (size_t i = 0; i < dense_params.size(); ++i) {
+        if (!shard_flags[i]) unsharded_params.push_back(dense_params[i]);
+      }
     }
     auto for_syncs = [&](const std::function<void(GradSync&)>& f) {
       if (dense_sync) f(*dense_sync);
@@ -347,10 +379,29 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         acc(assign_sum, out.assignments);
       }
       for_syncs([](GradSync& g) { g.Finish(); });
-      const GradClip clipped = par.ep ? ClipGradNormSharded(dense_params, expert_params, clip, par.ep.get(), cache)
-                                      : ClipGradNorm(params, clip, cache);
-      const torch::Tensor& grad_norm = clipped.norm;
-      fused.Step(clipped.coef);
+      torch::Tensor grad_norm;
+      if (shard_step) {
+        // This rank's slices: clip by the global norm, update them, and all-gather each bucket's
+        // new weights while the next bucket (and then the unsharded parameters) is updated.
+        std::vector<torch::Tensor> owned_grads;
+        for (const auto& slices : owned_slices) {
+          for (const auto& sl : slices) owned_grads.push_back(sl.copy.grad().view({-1}).narrow(0, sl.begin, sl.end - sl.begin));
+        }
+        const GradClip clipped = ClipGradNormOwned(unsharded_params, owned_grads, clip, par.world.get(), cache);
+        grad_norm = clipped.norm;
+        fused.Advance();
+        for (size_t k = 0; k < owned_slices.size(); ++k) {
+          fused.UpdateSlices(owned_slices[k], clipped.coef);
+          dense_sync->GatherWeightsAsync(sharded_buckets[k]);
+        }
+        fused.UpdateRest(clipped.coef);
+        dense_sync->FinishGather();
+      } else {
+        const GradClip clipped = par.ep ? ClipGradNormSharded(dense_params, expert_params, clip, par.ep.get(), cache)
+                                        : ClipGradNorm(params, clip, cache);
+        grad_norm = clipped.norm;
+        fused.Step(clipped.coef);
+      }
       model->UpdateRouterBias();
       // Losses and drop counts over all ranks (the load is already the global batch's, gpt.h).
       torch::Tensor sums = torch::stack({loss_sum, ce_sum, bal_sum, z_sum, dropped_sum, assign_sum});
@@ -537,6 +588,14 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         TORCH_CHECK(!queued_after, "checkpoint with a later step queued");  // sync_point() prevents it
         meta.step = m.step;
         fused.SyncHostState();
+        if (shard_step) {
+          // Each rank's masters and moments are current only on its own slices: gather them all.
+          for (int k = 0; k < 3; ++k) {
+            std::vector<torch::Tensor> state;
+            for (const torch::Tensor& h : dense_holders) state.push_back(fused.StateOf(h)[k]);
+            dense_sync->Consolidate(state);
+          }
+        }
         if (writes_state) {
           if (Status st = SaveCheckpointState(opts.run_dir, m.step, *model, *optimizer, shard); !st.ok()) {
             return Fail(st.message(), kExitFailed);

@@ -57,6 +57,9 @@ TEST_CASE("config: each error class names key, value, what is valid and position
       {"precision.reduce_dtype = \"fp16\"\n", {"precision.reduce_dtype = \"fp16\"", "valid: fp32, bf16"}},
       {"model.attention_kernel = \"fa3\"\n", {"model.attention_kernel = \"fa3\"", "valid: auto, flash, cudnn, efficient, math"}},
       {"train.grad_bucket_mb = 0\n", {"train.grad_bucket_mb = 0", "must be > 0 and <= 4096 (MiB)"}},
+      {"train.shard_optimizer_step = true\n", {"train.shard_optimizer_step = true", "precision.grad_dtype = \"bf16\""}},
+      {"train.shard_optimizer_step = true\nprecision.grad_dtype = \"bf16\"\nmoe.expert_parallel = 2\n",
+       {"train.shard_optimizer_step = true", "moe.expert_parallel = 1"}},
       {"model = 3\n", {"'model' must be a table"}},
   };
   for (const auto& c : cases) {
