@@ -100,6 +100,7 @@ GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double
         p.set_(bk.weights.storage(), bk.weights.storage_offset() + off, p.sizes(), p.strides());
       }
       offset_[i] = off;
+      index_of_[p.unsafeGetTensorImpl()] = i;
       off += p.numel();
       bucket_of_[i] = static_cast<int64_t>(b);
     }
@@ -252,6 +253,15 @@ void GradSync::GatherWeightsAsync(int64_t b) {
   TORCH_CHECK(bk.chunk > 0, "GradSync::GatherWeightsAsync: bucket ", b, " is not sharded");
   TORCH_CHECK(!bk.gather, "GradSync::GatherWeightsAsync: bucket ", b, " is already being gathered");
   bk.gather = comm_->AllGatherAsync(bk.weights);
+}
+
+void GradSync::WaitGatherOf(const torch::Tensor& param) {
+  auto it = index_of_.find(param.unsafeGetTensorImpl());
+  if (it == index_of_.end()) return;
+  Bucket& b = buckets_[bucket_of_[it->second]];
+  if (!b.gather) return;
+  b.gather->Wait();
+  b.gather.reset();
 }
 
 void GradSync::FinishGather() {

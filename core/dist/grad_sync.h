@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include <torch/torch.h>
@@ -88,6 +89,10 @@ class GradSync {
   void GatherWeightsAsync(int64_t b);
   // Completes every gather launched since the last call (in communicator.h's sense).
   void FinishGather();
+  // Completes the gather of the bucket holding `param` (one of the constructor's parameters, else
+  // nothing happens), if one is in flight: what a GEMM about to read it calls (WeightCache's
+  // before-use hook), so that each bucket's gather is waited for only where it is first needed.
+  void WaitGatherOf(const torch::Tensor& param);
   // For per-parameter state that each rank keeps current only on its own slices (the fp32 master
   // weights and moments behind a sharded parameter): per_param[i] (same numel as parameter i, or
   // undefined to skip it; one dtype per bucket) gets every rank's slices, so that all ranks hold
@@ -120,6 +125,7 @@ class GradSync {
   std::vector<torch::Tensor> params_;
   std::vector<int64_t> bucket_of_;
   std::vector<int64_t> offset_;  // of each parameter in its bucket
+  std::unordered_map<const c10::TensorImpl*, int64_t> index_of_;  // parameter -> constructor index
   std::vector<torch::Tensor> views_;
   std::vector<torch::Tensor> wire_views_;  // per parameter, into its bucket's wire (if it has one)
   std::vector<char> on_wire_;              // this step's gradient is in the wire view; all 0 outside Arm..Finish

@@ -22,7 +22,9 @@ void WeightCache::Enable(torch::ScalarType dtype) {
 
 torch::Tensor WeightCache::Get(const torch::Tensor& w) const {
   torch::Tensor copy = CopyOf(w);
-  return copy.defined() ? copy : w;
+  if (!copy.defined()) return w;
+  if (before_use_) before_use_(copy);
+  return copy;
 }
 
 torch::Tensor WeightCache::CopyOf(const torch::Tensor& master) const {

@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <unordered_map>
 #include <vector>
 
@@ -60,6 +61,11 @@ class WeightCache {
   // this each step; needed where masters change otherwise (a checkpoint load).
   void Refresh();
 
+  // Called by Get with the copy it is about to return (not for a weight without one): lets the
+  // sharded optimizer step (core/dist/grad_sync.h) make the stream wait for that copy's
+  // all-gather just before a GEMM reads it, so that the gather overlaps the forward. Empty: none.
+  void SetBeforeUse(std::function<void(const torch::Tensor& copy)> fn) { before_use_ = std::move(fn); }
+
   // Recorded masters, in record order, and their copies (empty when disabled).
   const std::vector<torch::Tensor>& masters() const { return masters_; }
   const std::vector<torch::Tensor>& copies() const { return copies_; }
@@ -69,6 +75,7 @@ class WeightCache {
   std::vector<torch::Tensor> copies_;
   std::unordered_map<const c10::TensorImpl*, size_t> index_;  // master -> position
   bool enabled_ = false;
+  std::function<void(const torch::Tensor&)> before_use_;
 };
 
 }  // namespace moe

@@ -339,6 +339,26 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         if (!shard_flags[i]) unsharded_params.push_back(dense_params[i]);
       }
     }
+    // Brings every rank's slices of the weights to every rank now (outside the step: before
+    // an evaluation reads the weights).
+    auto gather_now = [&] {
+      if (!shard_step) return;
+      for (int64_t b : sharded_buckets) dense_sync->GatherWeightsAsync(b);
+      dense_sync->FinishGather();
+    };
+    // The hook points into dense_sync: removed again (by the guard, declared after dense_sync, so
+    // destroyed before it) when this scope ends.
+    struct HookGuard {
+      WeightCache* cache = nullptr;
+      ~HookGuard() {
+        if (cache != nullptr) cache->SetBeforeUse(nullptr);
+      }
+    } hook_guard;
+    if (shard_step) {
+      GradSync* sync = dense_sync.get();
+      hook_guard.cache = model->weight_cache().get();
+      hook_guard.cache->SetBeforeUse([sync](const torch::Tensor& copy) { sync->WaitGatherOf(copy); });
+    }
     auto for_syncs = [&](const std::function<void(GradSync&)>& f) {
       if (dense_sync) f(*dense_sync);
       if (expert_sync) f(*expert_sync);
@@ -366,6 +386,11 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       auto acc = [](torch::Tensor& sum, const torch::Tensor& v) {
         sum = sum.defined() ? sum + v.detach() : v.detach();
       };
+      // Sharded step: the weights the last step updated, all-gathered while the forward runs
+      // (each GEMM waits for its own bucket, WeightCache's before-use hook).
+      if (shard_step) {
+        for (int64_t b : sharded_buckets) dense_sync->GatherWeightsAsync(b);
+      }
       for (int64_t micro = 0; micro < ga; ++micro) {
         if (micro == ga - 1) for_syncs([](GradSync& g) { g.Arm(); });
         ForwardOut out = model->forward(inputs[micro], targets[micro]);
@@ -378,11 +403,13 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         acc(dropped_sum, out.dropped);
         acc(assign_sum, out.assignments);
       }
+      // A gather no forward waited for must end before the update writes the weights it sends.
+      if (shard_step) dense_sync->FinishGather();
       for_syncs([](GradSync& g) { g.Finish(); });
       torch::Tensor grad_norm;
       if (shard_step) {
-        // This rank's slices: clip by the global norm, update them, and all-gather each bucket's
-        // new weights while the next bucket (and then the unsharded parameters) is updated.
+        // This rank's slices: clip by the global norm and update them. The other ranks' slices of
+        // the weights arrive by the all-gathers at the start of the next step (or gather_now).
         std::vector<torch::Tensor> owned_grads;
         for (const auto& slices : owned_slices) {
           for (const auto& sl : slices) owned_grads.push_back(sl.copy.grad().view({-1}).narrow(0, sl.begin, sl.end - sl.begin));
@@ -390,12 +417,8 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         const GradClip clipped = ClipGradNormOwned(unsharded_params, owned_grads, clip, par.world.get(), cache);
         grad_norm = clipped.norm;
         fused.Advance();
-        for (size_t k = 0; k < owned_slices.size(); ++k) {
-          fused.UpdateSlices(owned_slices[k], clipped.coef);
-          dense_sync->GatherWeightsAsync(sharded_buckets[k]);
-        }
+        for (const auto& slices : owned_slices) fused.UpdateSlices(slices, clipped.coef);
         fused.UpdateRest(clipped.coef);
-        dense_sync->FinishGather();
       } else {
         const GradClip clipped = par.ep ? ClipGradNormSharded(dense_params, expert_params, clip, par.ep.get(), cache)
                                         : ClipGradNorm(params, clip, cache);
@@ -567,6 +590,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
 
       const bool last_step = m.step == cfg.train.steps;
       if (eval_at(m.step)) {
+        gather_now();
         m.val_loss = ValidationLoss(model, *data, dev, cfg.train.eval_batches, par);
         rec.summary["final_val_loss"] = *m.val_loss;
       }
