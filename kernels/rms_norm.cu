@@ -1,5 +1,6 @@
-// Parameterless RMSNorm over the last dimension, y = x * rstd with rstd = 1/sqrt(mean(x^2) + eps),
-// and its backward dx = rstd * (dy - y_hat * mean(dy * y_hat)), y_hat = x * rstd: one launch each,
+// Parameterless RMSNorm over the last dimension, y = x * rstd with rstd = 1/sqrt(mean(x^2) + eps)
+// (optionally of x + add: the residual add in front of the norm, fused), and its backward (optionally
+// plus the residual stream's own gradient) dx = rstd * (dy - y_hat * mean(dy * y_hat)), y_hat = x * rstd: one launch each,
 // every row reduced in fp32 by the threads that then write it, from registers (the row is read from
 // memory once, up to 4096 vectors: bf16 d 32768). Short rows (attention heads, d_model up to 2048 in bf16) go to lane groups inside a
 // warp, so a row costs no __syncthreads and a block holds many rows; wide rows get a whole block.
@@ -95,20 +96,44 @@ struct RowVecs {
   }
 };
 
+// x + b rounded to T, as ATen's add of two T tensors gives it.
+template <typename T, int VEC>
+__device__ __forceinline__ Vec<T, VEC> AddRounded(const Vec<T, VEC>& x, const Vec<T, VEC>& b) {
+  Vec<T, VEC> o;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) o.v[e] = FromFloat<T>(ToFloat(x.v[e]) + ToFloat(b.v[e]));
+  return o;
+}
+
 // x, y (rows, d); rstd (rows,). Vectors of VEC elements; d % VEC == 0 (VEC = 1 for any other d).
-// ITEMS > 0: nvec <= ITEMS * G (PlanRows guarantees it).
-template <typename T, int VEC, bool WHOLE, int ITEMS>
-__global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, const T* __restrict__ x,
-                                        int64_t rows, int64_t d, int G, float eps) {
+// ITEMS > 0: nvec <= ITEMS * G (PlanRows guarantees it). ADD: the row normalised is
+// sum = x + add (rounded to T), which is also written out (sum, add: (rows, d)); else sum and add
+// are unused.
+template <typename T, int VEC, bool WHOLE, int ITEMS, bool ADD>
+__global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, T* __restrict__ sum,
+                                        const T* __restrict__ x, const T* __restrict__ add, int64_t rows, int64_t d,
+                                        int G, float eps) {
   const int64_t row = RowOf<WHOLE>(G);
   const int lane = static_cast<int>(threadIdx.x % G);
   const bool live = row < rows;  // false only for spare groups of the last block; they still shuffle
   const int64_t nvec = d / VEC;
-  const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + (live ? row : 0) * d);  // (d,)
+  const int64_t base = (live ? row : 0) * d;
+  const auto* xr = reinterpret_cast<const Vec<T, VEC>*>(x + base);  // (d,)
   RowVecs<T, VEC, ITEMS> a;
   float ss = 0.f;
   if constexpr (ITEMS > 0) {
     a.Load(xr, lane, G, nvec, live);
+    if constexpr (ADD) {
+      RowVecs<T, VEC, ITEMS> b;
+      b.Load(reinterpret_cast<const Vec<T, VEC>*>(add + base), lane, G, nvec, live);
+      auto* sr = reinterpret_cast<Vec<T, VEC>*>(sum + base);  // (d,)
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        a.v[i] = AddRounded(a.v[i], b.v[i]);
+        const int64_t c = lane + static_cast<int64_t>(i) * G;
+        if (live && c < nvec) sr[c] = a.v[i];
+      }
+    }
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
 #pragma unroll
@@ -119,7 +144,11 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
     }
   } else if (live) {
     for (int64_t c = lane; c < nvec; c += G) {
-      const Vec<T, VEC> xv = xr[c];
+      Vec<T, VEC> xv = xr[c];
+      if constexpr (ADD) {
+        xv = AddRounded(xv, reinterpret_cast<const Vec<T, VEC>*>(add + base)[c]);
+        reinterpret_cast<Vec<T, VEC>*>(sum + base)[c] = xv;  // read back by this thread below
+      }
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const float f = ToFloat(xv.v[e]);
@@ -127,6 +156,7 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
       }
     }
   }
+  if constexpr (ADD) xr = reinterpret_cast<const Vec<T, VEC>*>(sum + base);
   ss = RowSum<WHOLE>(ss, G);
   if (!live) return;
   const float r = rsqrtf(ss / static_cast<float>(d) + eps);
@@ -151,10 +181,12 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
 
 // dx, dy, x (rows, d); rstd (rows,). With y_hat = x * r, mean(dy * y_hat) = r * <dy, x> / d, so
 //   dx = r * (dy - x * k),  k = r^2 * <dy, x> / d
-// which is exact also with eps inside r (d rstd / dx = -rstd^3 * x / d).
-template <typename T, int VEC, bool WHOLE, int ITEMS>
+// which is exact also with eps inside r (d rstd / dx = -rstd^3 * x / d). RES: dres (rows, d) is
+// added to dx after its rounding to T, and the sum rounded again (an unfused add's arithmetic).
+template <typename T, int VEC, bool WHOLE, int ITEMS, bool RES>
 __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
-                                         const float* __restrict__ rstd, int64_t rows, int64_t d, int G) {
+                                         const float* __restrict__ rstd, const T* __restrict__ dres, int64_t rows,
+                                         int64_t d, int G) {
   const int64_t row = RowOf<WHOLE>(G);
   const int lane = static_cast<int>(threadIdx.x % G);
   const bool live = row < rows;
@@ -184,20 +216,22 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict
   const float r = rstd[row];
   const float k = r * r * dot / static_cast<float>(d);
   auto* dxr = reinterpret_cast<Vec<T, VEC>*>(dx + base);  // (d,)
-  auto grad = [r, k](const Vec<T, VEC>& xv, const Vec<T, VEC>& gv) {
+  const auto* rr = reinterpret_cast<const Vec<T, VEC>*>(RES ? dres + base : nullptr);  // (d,)
+  auto grad = [r, k, rr](const Vec<T, VEC>& xv, const Vec<T, VEC>& gv, int64_t c) {
     Vec<T, VEC> o;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) o.v[e] = FromFloat<T>(r * (ToFloat(gv.v[e]) - ToFloat(xv.v[e]) * k));
+    if constexpr (RES) o = AddRounded(o, rr[c]);
     return o;
   };
   if constexpr (ITEMS > 0) {
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int64_t c = lane + static_cast<int64_t>(i) * G;
-      if (c < nvec) dxr[c] = grad(a.v[i], g.v[i]);
+      if (c < nvec) dxr[c] = grad(a.v[i], g.v[i], c);
     }
   } else {
-    for (int64_t c = lane; c < nvec; c += G) dxr[c] = grad(xr[c], gr[c]);
+    for (int64_t c = lane; c < nvec; c += G) dxr[c] = grad(xr[c], gr[c], c);
   }
 }
 
@@ -275,25 +309,38 @@ int RowVecWidth(int64_t d, size_t elem_size, std::initializer_list<const void*> 
 
 }  // namespace
 
+// add (and sum) null: the plain norm of x; else the norm of sum = x + add, written to sum.
 template <typename T, int VEC>
-void rms_norm_forward(T* y, float* rstd, const T* x, int64_t rows, int64_t d, float eps, cudaStream_t stream) {
+void rms_norm_forward(T* y, float* rstd, T* sum, const T* x, const T* add, int64_t rows, int64_t d, float eps,
+                      cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
   WithPlan(p, [&](auto whole, auto items) {
-    rms_norm_forward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value>
-        <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(y, rstd, x, rows, d, p.group, eps);
+    if (add != nullptr) {
+      rms_norm_forward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, true>
+          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps);
+    } else {
+      rms_norm_forward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, false>
+          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// dres null: the plain backward; else dres is added to dx.
 template <typename T, int VEC>
-void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, int64_t rows, int64_t d,
+void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, const T* dres, int64_t rows, int64_t d,
                        cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
   WithPlan(p, [&](auto whole, auto items) {
-    rms_norm_backward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value>
-        <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(dx, dy, x, rstd, rows, d, p.group);
+    if (dres != nullptr) {
+      rms_norm_backward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, true>
+          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group);
+    } else {
+      rms_norm_backward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, false>
+          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -301,40 +348,70 @@ void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, int64_
 // ----------------------------------------------------------------------------
 // ATen entry points
 
-RmsNormOut RmsNormForward(const at::Tensor& x_in, double eps) {
-  TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0,
-              "RmsNormForward: x must be a (..., d) CUDA tensor with d >= 1");
+namespace {
+
+// The forward for x, or for x + add when add is defined (then out->sum is set).
+RmsNormOut Forward(const at::Tensor& x_in, const at::Tensor& add_in, double eps, const char* what) {
+  TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0, what, ": x must be a (..., d) CUDA tensor with d >= 1");
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x = x_in.contiguous();
+  at::Tensor add;
+  if (add_in.defined()) {
+    TORCH_CHECK(add_in.is_cuda() && add_in.sizes() == x_in.sizes(), what, ": add must be a CUDA tensor of x's shape");
+    add = add_in.to(x.scalar_type()).contiguous();
+  }
   const int64_t d = x.size(-1), rows = x.numel() / d;
   RmsNormOut out;
   out.y = at::empty(x.sizes(), x.options());                    // (..., d)
   out.rstd = at::empty({rows}, x.options().dtype(at::kFloat));  // (rows,)
-  const int vec = RowVecWidth(d, x.element_size(), {x.data_ptr(), out.y.data_ptr()});
+  if (add.defined()) out.sum = at::empty(x.sizes(), x.options());  // (..., d)
+  const int vec = RowVecWidth(d, x.element_size(),
+                              {x.data_ptr(), out.y.data_ptr(), add.defined() ? add.data_ptr() : nullptr,
+                               add.defined() ? out.sum.data_ptr() : nullptr});
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
     rms_norm_forward<T, VEC>(reinterpret_cast<T*>(out.y.data_ptr()), out.rstd.data_ptr<float>(),
-                             reinterpret_cast<const T*>(x.data_ptr()), rows, d, static_cast<float>(eps), stream);
+                             add.defined() ? reinterpret_cast<T*>(out.sum.data_ptr()) : nullptr,
+                             reinterpret_cast<const T*>(x.data_ptr()),
+                             add.defined() ? reinterpret_cast<const T*>(add.data_ptr()) : nullptr, rows, d,
+                             static_cast<float>(eps), stream);
   });
   return out;
 }
 
-at::Tensor RmsNormBackward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& rstd) {
+}  // namespace
+
+RmsNormOut RmsNormForward(const at::Tensor& x, double eps) { return Forward(x, at::Tensor(), eps, "RmsNormForward"); }
+
+RmsNormOut AddRmsNormForward(const at::Tensor& x, const at::Tensor& add, double eps) {
+  TORCH_CHECK(add.defined(), "AddRmsNormForward: add is undefined");
+  return Forward(x, add, eps, "AddRmsNormForward");
+}
+
+at::Tensor RmsNormBackward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& rstd,
+                           const at::Tensor& dres_in) {
   TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0,
               "RmsNormBackward: x must be a (..., d) CUDA tensor with d >= 1");
   TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(), "RmsNormBackward: dy must be a CUDA tensor of x's shape");
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x = x_in.contiguous();
   at::Tensor dy = dy_in.to(x.scalar_type()).contiguous();
+  at::Tensor dres;
+  if (dres_in.defined()) {
+    TORCH_CHECK(dres_in.is_cuda() && dres_in.sizes() == x_in.sizes(), "RmsNormBackward: dres must be a CUDA tensor of x's shape");
+    dres = dres_in.to(x.scalar_type()).contiguous();
+  }
   const int64_t d = x.size(-1), rows = x.numel() / d;
   TORCH_CHECK(rstd.is_cuda() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() && rstd.numel() == rows,
               "RmsNormBackward: rstd must be the contiguous (rows,) fp32 tensor of RmsNormForward");
   at::Tensor dx = at::empty(x.sizes(), x.options());  // (..., d)
-  const int vec = RowVecWidth(d, x.element_size(), {x.data_ptr(), dy.data_ptr(), dx.data_ptr()});
+  const int vec = RowVecWidth(d, x.element_size(),
+                              {x.data_ptr(), dy.data_ptr(), dx.data_ptr(), dres.defined() ? dres.data_ptr() : nullptr});
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
     rms_norm_backward<T, VEC>(reinterpret_cast<T*>(dx.data_ptr()), reinterpret_cast<const T*>(dy.data_ptr()),
-                              reinterpret_cast<const T*>(x.data_ptr()), rstd.data_ptr<float>(), rows, d, stream);
+                              reinterpret_cast<const T*>(x.data_ptr()), rstd.data_ptr<float>(),
+                              dres.defined() ? reinterpret_cast<const T*>(dres.data_ptr()) : nullptr, rows, d, stream);
   });
   return dx;
 }

@@ -17,15 +17,25 @@ namespace moe::kernels {
 struct RmsNormOut {
   at::Tensor y;     // (..., d) x's shape and dtype, contiguous
   at::Tensor rstd;  // (rows,) fp32: 1 / sqrt(mean(x^2) + eps) of each row, for the backward
+  at::Tensor sum;   // AddRmsNormForward only: (..., d) x + add, the tensor that was normalised
 };
 
 // y = x * rstd, rstd = 1 / sqrt(mean(x^2, -1) + eps). x (..., d) bf16 or fp32, d >= 1 (made
 // contiguous if it is not). Any number of rows, 0 included (nothing is launched).
 RmsNormOut RmsNormForward(const at::Tensor& x, double eps);
 
+// The residual add of a pre-norm block fused in front of the norm: sum = x + add, rounded to x's
+// dtype as ATen's add rounds it, and y, rstd of RmsNormForward(sum), in one pass (x, add read once;
+// sum and y written once). add: x's shape (cast to x's dtype if needed).
+RmsNormOut AddRmsNormForward(const at::Tensor& x, const at::Tensor& add, double eps);
+
 // Backward of RmsNormForward for the cotangent dy (x's shape; cast to x's dtype and made
 // contiguous if needed): dx = rstd * (dy - y_hat * mean(dy * y_hat, -1)), y_hat = x * rstd,
-// with x and rstd exactly as the forward saw and returned them. dx has x's shape and dtype.
-at::Tensor RmsNormBackward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd);
+// with x and rstd exactly as the forward saw and returned them (for AddRmsNormForward: x = its
+// sum). dx has x's shape and dtype. dres (optional, x's shape): a gradient that reaches the
+// norm's input by another path (the residual stream), added to dx after dx is rounded to x's
+// dtype and rounded again: the unfused backward and add, bit for bit, in one pass.
+at::Tensor RmsNormBackward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd,
+                           const at::Tensor& dres = at::Tensor());
 
 }  // namespace moe::kernels

@@ -16,14 +16,19 @@ BlockImpl::BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute
   }
 }
 
-BlockOut BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+BlockOut BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& cos,
+                            const torch::Tensor& sin) {
+  // Pre-norm: s = x + delta, h = s + attn(norm(s)), out = h + ffn(norm(h)), with each add fused into
+  // the norm after it and the last add left to the next block.
   BlockOut out;
-  torch::Tensor h = x + attn_->forward(RmsNorm(x), cos, sin);
+  const ResidualNorm in = AddRmsNorm(x, delta);
+  const ResidualNorm mid = AddRmsNorm(in.sum, attn_->forward(in.normed, cos, sin));
+  out.x = mid.sum;
   if (is_moe()) {
-    out.moe = moe_->forward(RmsNorm(h));
-    out.x = h + out.moe.y;
+    out.moe = moe_->forward(mid.normed);
+    out.delta = out.moe.y;
   } else {
-    out.x = h + mlp_->forward(RmsNorm(h));
+    out.delta = mlp_->forward(mid.normed);
   }
   return out;
 }

@@ -14,9 +14,12 @@
 
 namespace moe {
 
+// The residual stream after a block is x + delta: the block's last residual add is left to the
+// next block (or the final norm), where it is fused with the norm that reads it (AddRmsNorm).
 struct BlockOut {
-  torch::Tensor x;  // (B, T, d) compute dtype
-  MoEOut moe;       // all tensors undefined for a dense block
+  torch::Tensor x;      // (B, T, d) compute dtype: the stream before the block's last add
+  torch::Tensor delta;  // (B, T, d) compute dtype: the MLP's / MoE layer's output, still to be added
+  MoEOut moe;           // all tensors undefined for a dense block
 };
 
 class BlockImpl : public torch::nn::Module {
@@ -27,7 +30,8 @@ class BlockImpl : public torch::nn::Module {
   BlockImpl(const Config& cfg, int64_t layer, torch::ScalarType compute_dtype, PrecisionPlan* plan = nullptr,
             MoEParallel par = {});
 
-  BlockOut forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  // The stream entering the block is x + delta (delta undefined: x alone, for the first block).
+  BlockOut forward(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& cos, const torch::Tensor& sin);
 
   bool is_moe() const { return !moe_.is_empty(); }
   MoELayer& moe_layer() { return moe_; }

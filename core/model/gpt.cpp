@@ -30,9 +30,11 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   torch::Tensor load = torch::zeros({cfg_.moe.n_experts}, f32), dropped = torch::zeros({}, f32);
   std::vector<torch::Tensor> loads, probs;
   std::vector<BlockImpl*> moe_blocks;
+  torch::Tensor delta;  // each block's last residual add, fused into the next norm (block.h)
   for (const auto& mod : *blocks_) {
-    BlockOut b = mod->as<BlockImpl>()->forward(x, rope_cos_, rope_sin_);
+    BlockOut b = mod->as<BlockImpl>()->forward(x, delta, rope_cos_, rope_sin_);
     x = b.x;
+    delta = b.delta;
     if (b.moe.y.defined()) {
       moe_blocks.push_back(mod->as<BlockImpl>());
       loads.push_back(b.moe.load);
@@ -56,7 +58,7 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   // The LM head stays in the compute dtype under FP8 (precision_plan.h says why).
   // Logits stay in the compute dtype: CrossEntropyLoss reads bf16 directly on CUDA (fused kernel)
   // and makes the fp32 copy itself elsewhere.
-  torch::Tensor logits = CastLinear(RmsNorm(x), plan_.weights()->Get(lm_head_->weight));  // (B, T, V)
+  torch::Tensor logits = CastLinear(AddRmsNorm(x, delta).normed, plan_.weights()->Get(lm_head_->weight));  // (B, T, V)
   ForwardOut out;
   out.ce_loss = CrossEntropyLoss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
   const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));

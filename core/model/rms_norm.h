@@ -17,4 +17,15 @@ namespace moe {
 // Differentiable in x.
 torch::Tensor RmsNorm(const torch::Tensor& x);
 
+// The residual add of a pre-norm block fused with the norm that follows it:
+//   sum = x + delta (in x's dtype, rounded as ATen's add rounds), normed = RmsNorm(sum).
+// On CUDA one kernel each way (kernels/rms_norm.h AddRmsNormForward; the backward adds sum's own
+// gradient into the norm's input gradient in the same pass), bit for bit what the two unfused ops
+// give; elsewhere those ops. delta undefined: sum = x, normed = RmsNorm(x). Differentiable in both.
+struct ResidualNorm {
+  torch::Tensor sum;     // the residual stream after the add
+  torch::Tensor normed;  // its norm: the input of the next sublayer
+};
+ResidualNorm AddRmsNorm(const torch::Tensor& x, const torch::Tensor& delta);
+
 }  // namespace moe

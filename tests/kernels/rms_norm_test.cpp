@@ -112,6 +112,62 @@ TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random ro
   }
 }
 
+TEST_CASE("kernels: the residual add fused into RmsNorm gives the unfused add and norm bit for bit",
+          "[kernels][rms_norm]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(15);
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (const Case& c : kCases) {
+      DYNAMIC_SECTION("dtype " << dt << " rows " << c.rows << " d " << c.d << " scale " << c.scale << " offset "
+                               << c.offset) {
+        at::Tensor x = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
+        at::Tensor add = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
+        at::Tensor dy = moe_test::Place(at::randn({c.rows, c.d}, cuda), dt, c.offset);
+        at::Tensor dres = moe_test::Place(at::randn({c.rows, c.d}, cuda), dt, c.offset);
+        // Unfused: ATen's add, then the norm kernels on its result, then ATen's add of dres.
+        const at::Tensor sum = x + add;
+        const moe::kernels::RmsNormOut plain = moe::kernels::RmsNormForward(sum, kEps);
+        const at::Tensor plain_dx = moe::kernels::RmsNormBackward(dy, sum, plain.rstd) + dres;
+
+        moe_test::PoisonAllocator(c.rows * c.d, dt);
+        const moe::kernels::RmsNormOut fused = moe::kernels::AddRmsNormForward(x, add, kEps);
+        REQUIRE(fused.sum.defined());
+        CHECK(at::equal(fused.sum, sum));
+        CHECK(at::equal(fused.y, plain.y));
+        CHECK(at::equal(fused.rstd, plain.rstd));
+        moe_test::PoisonAllocator(c.rows * c.d, dt);
+        CHECK(at::equal(moe::kernels::RmsNormBackward(dy, fused.sum, fused.rstd, dres), plain_dx));
+
+        // moe::AddRmsNorm's autograd path against the same two ops under autograd: outputs and
+        // both inputs' gradients, with sum's own gradient present (a block) and absent (the last).
+        for (bool sum_used : {true, false}) {
+          INFO("sum used further: " << sum_used);
+          at::Tensor xa = x.detach().clone().requires_grad_(true), da = add.detach().clone().requires_grad_(true);
+          at::Tensor xb = x.detach().clone().requires_grad_(true), db = add.detach().clone().requires_grad_(true);
+          const moe::ResidualNorm got = moe::AddRmsNorm(xa, da);
+          REQUIRE(got.normed.grad_fn() != nullptr);
+          CHECK(got.normed.grad_fn()->name().find("AddRmsNormFn") != std::string::npos);
+          const at::Tensor want_sum = xb + db;
+          const at::Tensor want = moe::RmsNorm(want_sum);
+          CHECK(at::equal(got.sum, want_sum));
+          CHECK(at::equal(got.normed, want));
+          at::Tensor lg = (got.normed.to(at::kFloat) * dy.to(at::kFloat)).sum();
+          at::Tensor lw = (want.to(at::kFloat) * dy.to(at::kFloat)).sum();
+          if (sum_used) {
+            lg = lg + (got.sum.to(at::kFloat) * dres.to(at::kFloat)).sum();
+            lw = lw + (want_sum.to(at::kFloat) * dres.to(at::kFloat)).sum();
+          }
+          lg.backward();
+          lw.backward();
+          CHECK(at::equal(xa.grad(), xb.grad()));
+          CHECK(at::equal(da.grad(), db.grad()));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("kernels: RmsNorm takes (B, T, H, hd) views and strided gradients like the attention's", "[kernels][rms_norm]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(12);
