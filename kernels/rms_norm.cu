@@ -96,12 +96,13 @@ struct RowVecs {
   }
 };
 
-// x + b rounded to T, as ATen's add of two T tensors gives it.
+// x + b rounded to T, as ATen's add of two T tensors gives it. __fadd_rn: never contracted with
+// a product before it into an FMA (for fp32 T that would skip the rounding an unfused add sees).
 template <typename T, int VEC>
 __device__ __forceinline__ Vec<T, VEC> AddRounded(const Vec<T, VEC>& x, const Vec<T, VEC>& b) {
   Vec<T, VEC> o;
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) o.v[e] = FromFloat<T>(ToFloat(x.v[e]) + ToFloat(b.v[e]));
+  for (int e = 0; e < VEC; ++e) o.v[e] = FromFloat<T>(__fadd_rn(ToFloat(x.v[e]), ToFloat(b.v[e])));
   return o;
 }
 
