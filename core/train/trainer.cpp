@@ -14,6 +14,7 @@
 #include "core/data/prefetch.h"
 #include "core/dist/dist_env.h"
 #include "core/dist/grad_sync.h"
+#include "core/train/sharded_step.h"
 #include "core/dist/parallel.h"
 #include "core/model/accounting.h"
 #include "core/model/attention.h"
@@ -297,19 +298,11 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     std::unique_ptr<StepGraph> graph;
     if (cfg.train.compile == "cudagraph") graph = std::make_unique<StepGraph>(dev);
     std::unique_ptr<GradSync> dense_sync, expert_sync;
-    // train.shard_optimizer_step: each rank updates its slices of the bf16-copy weights (config.cpp
-    // allows it with bf16 gradients and without expert parallelism only).
+    // train.shard_optimizer_step (core/train/sharded_step.h; config.cpp allows it with bf16
+    // gradients and without expert parallelism only).
     const bool shard_step = cfg.train.shard_optimizer_step && par.distributed() && cache != nullptr && !par.ep;
     const std::vector<torch::Tensor> dense_holders = grad_holders(dense_params);
-    std::vector<char> shard_flags;
-    std::vector<torch::Tensor> sharded_copies;
-    if (shard_step) {
-      for (size_t i = 0; i < dense_params.size(); ++i) {
-        shard_flags.push_back(dense_holders[i].is_same(dense_params[i]) ? 0 : 1);
-        if (shard_flags.back()) sharded_copies.push_back(dense_holders[i]);
-      }
-      fused.SetSharded(sharded_copies);
-    }
+    const std::vector<char> shard_flags = shard_step ? ShardedStep::Flags(dense_holders, dense_params) : std::vector<char>();
     s["shard_optimizer_step"] = shard_step;
     if (par.distributed()) {
       const torch::ScalarType wire = cfg.precision.reduce_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
@@ -322,42 +315,11 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       }
       s["grad_buckets"] = dense_sync->num_buckets() + (expert_sync ? expert_sync->num_buckets() : 0);
     }
-    // The sharded step's fixed parts: this rank's slices per sharded bucket (the first layers'
-    // buckets first, the order the next forward needs them) and the parameters updated whole.
-    std::vector<std::vector<FusedAdamW::CopySlice>> owned_slices;
-    std::vector<int64_t> sharded_buckets;
-    std::vector<torch::Tensor> unsharded_params;
+    // Declared after dense_sync, which it borrows, so destroyed before it.
+    std::unique_ptr<ShardedStep> sharded;
     if (shard_step) {
-      for (int64_t b = dense_sync->num_buckets() - 1; b >= 0; --b) {
-        if (!dense_sync->IsSharded(b)) continue;
-        std::vector<FusedAdamW::CopySlice> slices;
-        for (const GradSync::Slice& sl : dense_sync->OwnedSlices(b)) slices.push_back({dense_holders[sl.param], sl.begin, sl.end});
-        owned_slices.push_back(std::move(slices));
-        sharded_buckets.push_back(b);
-      }
-      for (size_t i = 0; i < dense_params.size(); ++i) {
-        if (!shard_flags[i]) unsharded_params.push_back(dense_params[i]);
-      }
-    }
-    // Brings every rank's slices of the weights to every rank now (outside the step: before
-    // an evaluation reads the weights).
-    auto gather_now = [&] {
-      if (!shard_step) return;
-      for (int64_t b : sharded_buckets) dense_sync->GatherWeightsAsync(b);
-      dense_sync->FinishGather();
-    };
-    // The hook points into dense_sync: removed again (by the guard, declared after dense_sync, so
-    // destroyed before it) when this scope ends.
-    struct HookGuard {
-      WeightCache* cache = nullptr;
-      ~HookGuard() {
-        if (cache != nullptr) cache->SetBeforeUse(nullptr);
-      }
-    } hook_guard;
-    if (shard_step) {
-      GradSync* sync = dense_sync.get();
-      hook_guard.cache = model->weight_cache().get();
-      hook_guard.cache->SetBeforeUse([sync](const torch::Tensor& copy) { sync->WaitGatherOf(copy); });
+      sharded = std::make_unique<ShardedStep>(*dense_sync, fused, *model->weight_cache(), dense_holders, dense_params,
+                                              par.world.get());
     }
     auto for_syncs = [&](const std::function<void(GradSync&)>& f) {
       if (dense_sync) f(*dense_sync);
@@ -386,11 +348,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
       auto acc = [](torch::Tensor& sum, const torch::Tensor& v) {
         sum = sum.defined() ? sum + v.detach() : v.detach();
       };
-      // Sharded step: the weights the last step updated, all-gathered while the forward runs
-      // (each GEMM waits for its own bucket, WeightCache's before-use hook).
-      if (shard_step) {
-        for (int64_t b : sharded_buckets) dense_sync->GatherWeightsAsync(b);
-      }
+      if (sharded) sharded->BeginStep();  // the last step's weights, gathered beside the forward
       for (int64_t micro = 0; micro < ga; ++micro) {
         if (micro == ga - 1) for_syncs([](GradSync& g) { g.Arm(); });
         ForwardOut out = model->forward(inputs[micro], targets[micro]);
@@ -403,22 +361,10 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         acc(dropped_sum, out.dropped);
         acc(assign_sum, out.assignments);
       }
-      // A gather no forward waited for must end before the update writes the weights it sends.
-      if (shard_step) dense_sync->FinishGather();
       for_syncs([](GradSync& g) { g.Finish(); });
       torch::Tensor grad_norm;
-      if (shard_step) {
-        // This rank's slices: clip by the global norm and update them. The other ranks' slices of
-        // the weights arrive by the all-gathers at the start of the next step (or gather_now).
-        std::vector<torch::Tensor> owned_grads;
-        for (const auto& slices : owned_slices) {
-          for (const auto& sl : slices) owned_grads.push_back(sl.copy.grad().view({-1}).narrow(0, sl.begin, sl.end - sl.begin));
-        }
-        const GradClip clipped = ClipGradNormOwned(unsharded_params, owned_grads, clip, par.world.get(), cache);
-        grad_norm = clipped.norm;
-        fused.Advance();
-        for (const auto& slices : owned_slices) fused.UpdateSlices(slices, clipped.coef);
-        fused.UpdateRest(clipped.coef);
+      if (sharded) {
+        grad_norm = sharded->Update(clip).norm;
       } else {
         const GradClip clipped = par.ep ? ClipGradNormSharded(dense_params, expert_params, clip, par.ep.get(), cache)
                                         : ClipGradNorm(params, clip, cache);
@@ -590,7 +536,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
 
       const bool last_step = m.step == cfg.train.steps;
       if (eval_at(m.step)) {
-        gather_now();
+        if (sharded) sharded->GatherNow();
         m.val_loss = ValidationLoss(model, *data, dev, cfg.train.eval_batches, par);
         rec.summary["final_val_loss"] = *m.val_loss;
       }
@@ -612,14 +558,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         TORCH_CHECK(!queued_after, "checkpoint with a later step queued");  // sync_point() prevents it
         meta.step = m.step;
         fused.SyncHostState();
-        if (shard_step) {
-          // Each rank's masters and moments are current only on its own slices: gather them all.
-          for (int k = 0; k < 3; ++k) {
-            std::vector<torch::Tensor> state;
-            for (const torch::Tensor& h : dense_holders) state.push_back(fused.StateOf(h)[k]);
-            dense_sync->Consolidate(state);
-          }
-        }
+        if (sharded) sharded->Consolidate();  // every rank gets every slice of masters and moments
         if (writes_state) {
           if (Status st = SaveCheckpointState(opts.run_dir, m.step, *model, *optimizer, shard); !st.ok()) {
             return Fail(st.message(), kExitFailed);
