@@ -56,119 +56,121 @@ Reference Float64Reference(const at::Tensor& x, const at::Tensor& dy) {
   return r;
 }
 
-}  // namespace
-
-TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random rows", "[kernels][rms_norm]") {
-  MOE_REQUIRE_GPU_OR_SKIP();
-  at::manual_seed(11);
-  auto cuda = at::TensorOptions().device(at::kCUDA);
+// Runs body(dtype, case, CUDA options) for both dtypes and every row of kCases, each in a
+// section of its own, from a fixed seed.
+template <class Body>
+void ForEachCase(uint64_t seed, Body&& body) {
+  at::manual_seed(seed);
+  const auto cuda = at::TensorOptions().device(at::kCUDA);
   for (auto dt : {at::kBFloat16, at::kFloat}) {
     for (const Case& c : kCases) {
       DYNAMIC_SECTION("dtype " << dt << " rows " << c.rows << " d " << c.d << " scale " << c.scale << " offset "
                                << c.offset) {
-        at::Tensor x = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
-        // The upstream gradient has a component along y, so the projection term of the backward
-        // (y_hat * mean(dy * y_hat)) is as large as dy itself and a kernel without it fails.
-        at::Tensor y_hat = at::rms_norm(x.to(at::kDouble), {c.d}, {}, kEps);
-        at::Tensor dy = moe_test::Place(at::randn({c.rows, c.d}, cuda.dtype(at::kDouble)) + y_hat, dt, c.offset);
-        const Reference ref = Float64Reference(x, dy);
-
-        moe_test::PoisonAllocator(c.rows * c.d, dt);
-        moe_test::PoisonAllocator(c.rows, at::kFloat);
-        moe::kernels::RmsNormOut out = moe::kernels::RmsNormForward(x, kEps);
-        REQUIRE(out.y.sizes() == x.sizes());
-        REQUIRE(out.y.scalar_type() == dt);
-        REQUIRE(out.rstd.sizes() == at::IntArrayRef({c.rows}));
-        REQUIRE(out.rstd.scalar_type() == at::kFloat);
-        CHECK(moe_test::AllFinite(out.y));
-        CHECK(moe_test::AllFinite(out.rstd));
-        // rstd comes from the exact input values in fp32: tight in both dtypes (eps 2^-7 instead
-        // of 2^-23 is off by 0.4% at scale 1). y is rounded once to dt.
-        CHECK(moe_test::RelErr(out.rstd, ref.rstd) < 1e-5);
-        CHECK(moe_test::RelErr(out.y, ref.y) < moe_test::Tol(dt, 1e-5, 5e-3));
-        // ATen's own CUDA rms_norm in dt (what the model called before): the same fp32 values
-        // rounded the same way, apart from rare rounding-boundary flips.
-        CHECK(moe_test::RelErr(out.y, at::rms_norm(x, {c.d})) < moe_test::Tol(dt, 1e-5, 1e-3));
-
-        moe_test::PoisonAllocator(c.rows * c.d, dt);
-        at::Tensor dx = moe::kernels::RmsNormBackward(dy, x, out.rstd);
-        REQUIRE(dx.sizes() == x.sizes());
-        REQUIRE(dx.scalar_type() == dt);
-        CHECK(moe_test::AllFinite(dx));
-        CHECK(moe_test::RelErr(dx, ref.dx) < moe_test::Tol(dt, 1e-5, 1e-2));
-
-        // The same through moe::RmsNorm's autograd function (the path the model takes).
-        at::Tensor xg = x.detach().clone().requires_grad_(true);
-        at::Tensor y = moe::RmsNorm(xg);
-        REQUIRE(y.grad_fn() != nullptr);
-        CHECK(y.grad_fn()->name().find("RmsNormFn") != std::string::npos);
-        moe_test::PoisonAllocator(c.rows * c.d, dt);
-        y.backward(dy);
-        REQUIRE(xg.grad().defined());
-        CHECK(moe_test::RelErr(y, ref.y) < moe_test::Tol(dt, 1e-5, 5e-3));
-        CHECK(moe_test::RelErr(xg.grad(), ref.dx) < moe_test::Tol(dt, 1e-5, 1e-2));
+        body(dt, c, cuda);
       }
     }
   }
 }
 
+}  // namespace
+
+TEST_CASE("kernels: RmsNorm forward and backward match float64 ATen on random rows", "[kernels][rms_norm]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  ForEachCase(11, [](at::ScalarType dt, const Case& c, const at::TensorOptions& cuda) {
+    at::Tensor x = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
+    // The upstream gradient has a component along y, so the projection term of the backward
+    // (y_hat * mean(dy * y_hat)) is as large as dy itself and a kernel without it fails.
+    at::Tensor y_hat = at::rms_norm(x.to(at::kDouble), {c.d}, {}, kEps);
+    at::Tensor dy = moe_test::Place(at::randn({c.rows, c.d}, cuda.dtype(at::kDouble)) + y_hat, dt, c.offset);
+    const Reference ref = Float64Reference(x, dy);
+
+    moe_test::PoisonAllocator(c.rows * c.d, dt);
+    moe_test::PoisonAllocator(c.rows, at::kFloat);
+    moe::kernels::RmsNormOut out = moe::kernels::RmsNormForward(x, kEps);
+    REQUIRE(out.y.sizes() == x.sizes());
+    REQUIRE(out.y.scalar_type() == dt);
+    REQUIRE(out.rstd.sizes() == at::IntArrayRef({c.rows}));
+    REQUIRE(out.rstd.scalar_type() == at::kFloat);
+    CHECK(moe_test::AllFinite(out.y));
+    CHECK(moe_test::AllFinite(out.rstd));
+    // rstd comes from the exact input values in fp32: tight in both dtypes (eps 2^-7 instead
+    // of 2^-23 is off by 0.4% at scale 1). y is rounded once to dt.
+    CHECK(moe_test::RelErr(out.rstd, ref.rstd) < 1e-5);
+    CHECK(moe_test::RelErr(out.y, ref.y) < moe_test::Tol(dt, 1e-5, 5e-3));
+    // ATen's own CUDA rms_norm in dt (what the model called before): the same fp32 values
+    // rounded the same way, apart from rare rounding-boundary flips.
+    CHECK(moe_test::RelErr(out.y, at::rms_norm(x, {c.d})) < moe_test::Tol(dt, 1e-5, 1e-3));
+
+    moe_test::PoisonAllocator(c.rows * c.d, dt);
+    at::Tensor dx = moe::kernels::RmsNormBackward(dy, x, out.rstd);
+    REQUIRE(dx.sizes() == x.sizes());
+    REQUIRE(dx.scalar_type() == dt);
+    CHECK(moe_test::AllFinite(dx));
+    CHECK(moe_test::RelErr(dx, ref.dx) < moe_test::Tol(dt, 1e-5, 1e-2));
+
+    // The same through moe::RmsNorm's autograd function (the path the model takes).
+    at::Tensor xg = x.detach().clone().requires_grad_(true);
+    at::Tensor y = moe::RmsNorm(xg);
+    REQUIRE(y.grad_fn() != nullptr);
+    CHECK(y.grad_fn()->name().find("RmsNormFn") != std::string::npos);
+    moe_test::PoisonAllocator(c.rows * c.d, dt);
+    y.backward(dy);
+    REQUIRE(xg.grad().defined());
+    CHECK(moe_test::RelErr(y, ref.y) < moe_test::Tol(dt, 1e-5, 5e-3));
+    CHECK(moe_test::RelErr(xg.grad(), ref.dx) < moe_test::Tol(dt, 1e-5, 1e-2));
+  });
+}
+
 TEST_CASE("kernels: the residual add fused into RmsNorm gives the unfused add and norm bit for bit",
           "[kernels][rms_norm]") {
   MOE_REQUIRE_GPU_OR_SKIP();
-  at::manual_seed(15);
-  auto cuda = at::TensorOptions().device(at::kCUDA);
-  for (auto dt : {at::kBFloat16, at::kFloat}) {
-    for (const Case& c : kCases) {
-      DYNAMIC_SECTION("dtype " << dt << " rows " << c.rows << " d " << c.d << " scale " << c.scale << " offset "
-                               << c.offset) {
-        at::Tensor x = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
-        at::Tensor add = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
-        at::Tensor dy = moe_test::Place(at::randn({c.rows, c.d}, cuda), dt, c.offset);
-        at::Tensor dres = moe_test::Place(at::randn({c.rows, c.d}, cuda), dt, c.offset);
-        // Unfused: ATen's add, then the norm kernels on its result (placed like x, so that both
-        // take the same vector width and sum in the same order), then ATen's add of dres.
-        const at::Tensor sum = moe_test::Place(x + add, dt, c.offset);
-        const moe::kernels::RmsNormOut plain = moe::kernels::RmsNormForward(sum, kEps);
-        const at::Tensor plain_dx = moe::kernels::RmsNormBackward(dy, sum, plain.rstd) + dres;
+  ForEachCase(15, [](at::ScalarType dt, const Case& c, const at::TensorOptions& cuda) {
+    at::Tensor x = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
+    at::Tensor add = moe_test::Place(at::randn({c.rows, c.d}, cuda) * c.scale, dt, c.offset);
+    at::Tensor dy = moe_test::Place(at::randn({c.rows, c.d}, cuda), dt, c.offset);
+    at::Tensor dres = moe_test::Place(at::randn({c.rows, c.d}, cuda), dt, c.offset);
+    // Unfused: ATen's add, then the norm kernels on its result (placed like x, so that both
+    // take the same vector width and sum in the same order), then ATen's add of dres.
+    const at::Tensor sum = moe_test::Place(x + add, dt, c.offset);
+    const moe::kernels::RmsNormOut plain = moe::kernels::RmsNormForward(sum, kEps);
+    const at::Tensor plain_dx = moe::kernels::RmsNormBackward(dy, sum, plain.rstd) + dres;
 
-        moe_test::PoisonAllocator(c.rows * c.d, dt);
-        const moe::kernels::RmsNormOut fused = moe::kernels::AddRmsNormForward(x, add, kEps);
-        REQUIRE(fused.sum.defined());
-        CHECK(at::equal(fused.sum, sum));
-        CHECK(at::equal(fused.y, plain.y));
-        CHECK(at::equal(fused.rstd, plain.rstd));
-        moe_test::PoisonAllocator(c.rows * c.d, dt);
-        CHECK(at::equal(moe::kernels::RmsNormBackward(dy, fused.sum, fused.rstd, dres), plain_dx));
+    moe_test::PoisonAllocator(c.rows * c.d, dt);
+    const moe::kernels::RmsNormOut fused = moe::kernels::AddRmsNormForward(x, add, kEps);
+    REQUIRE(fused.sum.defined());
+    CHECK(at::equal(fused.sum, sum));
+    CHECK(at::equal(fused.y, plain.y));
+    CHECK(at::equal(fused.rstd, plain.rstd));
+    moe_test::PoisonAllocator(c.rows * c.d, dt);
+    CHECK(at::equal(moe::kernels::RmsNormBackward(dy, fused.sum, fused.rstd, dres), plain_dx));
 
-        // moe::AddRmsNorm's autograd path against the same two ops under autograd: outputs and
-        // both inputs' gradients, with sum's own gradient present (a block) and absent (the last).
-        // Aligned rows only: there the unfused norm of the fresh x + delta takes the same vector path.
-        for (bool sum_used : {true, false}) {
-          if (c.offset != 0) break;
-          INFO("sum used further: " << sum_used);
-          at::Tensor xa = x.detach().clone().requires_grad_(true), da = add.detach().clone().requires_grad_(true);
-          at::Tensor xb = x.detach().clone().requires_grad_(true), db = add.detach().clone().requires_grad_(true);
-          const moe::ResidualNorm got = moe::AddRmsNorm(xa, da);
-          REQUIRE(got.normed.grad_fn() != nullptr);
-          CHECK(got.normed.grad_fn()->name().find("AddRmsNormFn") != std::string::npos);
-          const at::Tensor want_sum = xb + db;
-          const at::Tensor want = moe::RmsNorm(want_sum);
-          CHECK(at::equal(got.sum, want_sum));
-          CHECK(at::equal(got.normed, want));
-          at::Tensor lg = (got.normed.to(at::kFloat) * dy.to(at::kFloat)).sum();
-          at::Tensor lw = (want.to(at::kFloat) * dy.to(at::kFloat)).sum();
-          if (sum_used) {
-            lg = lg + (got.sum.to(at::kFloat) * dres.to(at::kFloat)).sum();
-            lw = lw + (want_sum.to(at::kFloat) * dres.to(at::kFloat)).sum();
-          }
-          lg.backward();
-          lw.backward();
-          CHECK(at::equal(xa.grad(), xb.grad()));
-          CHECK(at::equal(da.grad(), db.grad()));
-        }
+    // moe::AddRmsNorm's autograd path against the same two ops under autograd: outputs and
+    // both inputs' gradients, with sum's own gradient present (a block) and absent (the last).
+    // Aligned rows only: there the unfused norm of the fresh x + delta takes the same vector path.
+    for (bool sum_used : {true, false}) {
+      if (c.offset != 0) break;
+      INFO("sum used further: " << sum_used);
+      at::Tensor xa = x.detach().clone().requires_grad_(true), da = add.detach().clone().requires_grad_(true);
+      at::Tensor xb = x.detach().clone().requires_grad_(true), db = add.detach().clone().requires_grad_(true);
+      const moe::ResidualNorm got = moe::AddRmsNorm(xa, da);
+      REQUIRE(got.normed.grad_fn() != nullptr);
+      CHECK(got.normed.grad_fn()->name().find("AddRmsNormFn") != std::string::npos);
+      const at::Tensor want_sum = xb + db;
+      const at::Tensor want = moe::RmsNorm(want_sum);
+      CHECK(at::equal(got.sum, want_sum));
+      CHECK(at::equal(got.normed, want));
+      at::Tensor lg = (got.normed.to(at::kFloat) * dy.to(at::kFloat)).sum();
+      at::Tensor lw = (want.to(at::kFloat) * dy.to(at::kFloat)).sum();
+      if (sum_used) {
+        lg = lg + (got.sum.to(at::kFloat) * dres.to(at::kFloat)).sum();
+        lw = lw + (want_sum.to(at::kFloat) * dres.to(at::kFloat)).sum();
       }
+      lg.backward();
+      lw.backward();
+      CHECK(at::equal(xa.grad(), xb.grad()));
+      CHECK(at::equal(da.grad(), db.grad()));
     }
-  }
+  });
 }
 
 TEST_CASE("kernels: RmsNorm takes (B, T, H, hd) views and strided gradients like the attention's", "[kernels][rms_norm]") {
