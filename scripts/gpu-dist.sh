@@ -6,6 +6,7 @@
 # Env: GPUS (max GPUs to use; default: all visible), STEPS (30), SKIP (space-separated parts:
 # equality scaling graph ep; scaling = eager data parallel, graph = data parallel in CUDA graphs),
 # BUCKETS (MiB values, e.g. "50 100": graph runs with those train.grad_bucket_mb as well),
+# ONLY (a bash regex: of the scaling/graph/ep runs, only those whose name matches),
 # PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
 # cf 1.25 pair in separate runs, and print scripts/trace_summary.py's comparison of them).
 # Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
@@ -98,6 +99,7 @@ fi
 ran=()  # this call's scaling runs, in order, for the table
 run_ref() {  # name nproc extra --set args...
   local name=$1 n=$2; shift 2
+  [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return 0
   ran+=("$name")
   local rc=0
   timeout 300 "$train" --config experiments/configs/reference.toml --nproc "$n" --run-dir "/tmp/scale/$name" \
