@@ -247,6 +247,28 @@ TEST_CASE("moe-train --nproc: train.shard_optimizer_step trains the losses of th
   }
 }
 
+TEST_CASE("moe-train --nproc: the sharded step feeds FP8 GEMMs the gathered weights", "[dist][trainer][shard][fp8]") {
+  // The FP8 layers quantise the bf16 copies the sharded step gathers (through the same weight
+  // cache hook as the bf16 GEMMs): a GEMM that read a copy before its gather arrived would train
+  // other losses.
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  const std::vector<std::string> fp8{"--set", "precision.compute=\"bf16\"", "--set", "precision.grad_dtype=\"bf16\"",
+                                     "--set", "precision.reduce_dtype=\"bf16\"", "--set", "precision.fp8=true",
+                                     "--set", "precision.fp8_recipe=\"rowwise\"", "--set", "train.grad_accum=1"};
+  std::vector<std::string> sharded = fp8;
+  sharded.insert(sharded.end(), {"--set", "train.shard_optimizer_step=true"});
+  REQUIRE(moe_test::Run(Args(dir, "whole", 2, 4, 1, fp8), dir.Path("whole.log")) == moe::kExitCompleted);
+  REQUIRE(moe_test::Run(Args(dir, "shard", 2, 4, 1, sharded), dir.Path("shard.log")) == moe::kExitCompleted);
+  const auto summary = nlohmann::json::parse(moe_test::ReadFile(dir.Path("shard/summary.json")));
+  CHECK(summary["fp8_bf16_fallback_layers"].empty());  // every planned GEMM ran in FP8
+  const auto want = Column(dir.Path("whole/metrics.jsonl"), "loss");
+  const auto got = Column(dir.Path("shard/metrics.jsonl"), "loss");
+  REQUIRE(want.size() == 8);
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).epsilon(1e-5));
+}
+
 TEST_CASE("moe-train --nproc: with a capacity factor, expert parallel trains the losses of data parallel",
           "[dist][trainer]") {
   // Each rank applies the capacity to its own tokens, in both layouts; expert parallelism then
