@@ -10,7 +10,7 @@
 # PROFILE=a:b (also profile steps a..b of dp1/dp2/dp4 and of the 32-expert
 # cf 1.25 pair in separate runs, and print scripts/trace_summary.py's comparison of them).
 # Figures: median over steps 11..STEPS of per-step tok/s from rank 0's metrics.jsonl (global
-# tokens over the host time of a device-synchronised step); MFU per GPU over 989 TFLOP/s.
+# tokens over the step's time on the GPU clock, core/train/device.h StepTimer); MFU per GPU over 989 TFLOP/s.
 set -euo pipefail
 source "$(dirname "$0")/gpu-common.sh"
 gpu_setup /tmp/moe-dist
