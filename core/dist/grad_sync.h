@@ -4,7 +4,9 @@
 // .grad is a view into its bucket's flat buffer, so a bucket is all-reduced with no packing copy.
 // When the last gradient of a bucket has been accumulated on the step's last micro-batch (an
 // autograd post-hook on each parameter's gradient accumulator), its all-reduce is launched
-// asynchronously and runs while backward computes the earlier layers.
+// asynchronously and runs while backward computes the earlier layers. Buckets of parameters whose
+// update is sharded (core/train/sharded_step.h) are reduce-scattered instead, and their weights
+// all-gathered when the caller asks (see the constructor's `shard`).
 //
 // Buckets are launched strictly in index order on every rank (a ready bucket waits for the ones
 // before it), because every rank must issue the same collectives in the same order.
