@@ -65,8 +65,6 @@ GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double
     cur_sharded = sharded(i);
     cur.members.push_back(i);
     cur_bytes += bytes;
-    // Marks the bucket as sharded; its chunk size is set below, once its members are known.
-    if (cur_sharded) cur.chunk = 1;
   }
   close();
   torch::NoGradGuard no_grad;
@@ -75,7 +73,7 @@ GradSync::GradSync(std::vector<torch::Tensor> params, Communicator* comm, double
     int64_t numel = 0;
     for (int64_t i : bk.members) numel += params_[i].numel();
     int64_t padded = numel;
-    if (bk.chunk > 0) {
+    if (sharded(static_cast<size_t>(bk.members.front()))) {  // a bucket's members are all sharded or none
       // Chunks of a multiple of 64 elements, so that every rank's chunk starts 128-byte aligned.
       bk.chunk = (numel + W * 64 - 1) / (W * 64) * 64;
       padded = bk.chunk * W;
