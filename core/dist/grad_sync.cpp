@@ -172,6 +172,14 @@ torch::Tensor GradSync::Own(const Bucket& b, const torch::Tensor& t) const {
   return t.narrow(0, comm_->rank() * b.chunk, b.chunk);
 }
 
+void GradSync::CastBackAndScale(const Bucket& b) {
+  torch::NoGradGuard no_grad;
+  // A sharded bucket's sum is only this rank's chunk (chunk > 0 only when the group communicates).
+  torch::Tensor flat = b.chunk > 0 ? Own(b, b.flat) : b.flat;
+  if (b.wire.defined()) flat.copy_(b.chunk > 0 ? Own(b, b.wire) : b.wire);
+  if (scale_ != 1.0) flat.mul_(scale_);
+}
+
 void GradSync::Launch(Bucket& b) {
   b.launched = true;
   if (comm_ == nullptr || comm_->size() <= 1) return;
@@ -187,11 +195,7 @@ void GradSync::Launch(Bucket& b) {
     side_.Run([&] {
       b.work->Wait();
       b.work.reset();
-      torch::NoGradGuard no_grad;
-      // A sharded bucket's sum is only this rank's chunk.
-      torch::Tensor flat = b.chunk > 0 ? Own(b, b.flat) : b.flat;
-      if (b.wire.defined()) flat.copy_(b.chunk > 0 ? Own(b, b.wire) : b.wire);
-      if (scale_ != 1.0) flat.mul_(scale_);
+      CastBackAndScale(b);
     });
   }
 }
@@ -219,10 +223,7 @@ void GradSync::Finish() {
     if (b.on_side) continue;  // cast back and scaled on the side stream at launch
     if (b.work) b.work->Wait();
     b.work.reset();
-    const bool own = b.chunk > 0 && comm_ != nullptr && comm_->size() > 1;
-    torch::Tensor flat = own ? Own(b, b.flat) : b.flat;
-    if (b.wire.defined()) flat.copy_(own ? Own(b, b.wire) : b.wire);
-    if (scale_ != 1.0) flat.mul_(scale_);
+    CastBackAndScale(b);
   }
   // Only when this step queued work there: inside a CUDA graph capture, waiting on a stream that
   // took no part in the capture is an error (cudaErrorStreamCaptureIsolation).
@@ -275,8 +276,8 @@ void GradSync::Consolidate(const std::vector<torch::Tensor>& per_param) {
   torch::NoGradGuard no_grad;
   for (int64_t b = 0; b < num_buckets(); ++b) {
     const Bucket& bk = buckets_[b];
-    const std::vector<Slice> mine = OwnedSlices(b);
     if (bk.chunk == 0) continue;
+    const std::vector<Slice> mine = OwnedSlices(b);
     torch::Tensor any;
     for (int64_t i : bk.members) {
       if (per_param[i].defined()) any = per_param[i];

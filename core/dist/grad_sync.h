@@ -120,6 +120,9 @@ class GradSync {
   };
   // The part of a sharded bucket's buffer that is this rank's.
   torch::Tensor Own(const Bucket& b, const torch::Tensor& t) const;
+  // After b's collective: the summed part of b (all of it, or this rank's chunk) from the wire
+  // into the gradients, times scale_.
+  void CastBackAndScale(const Bucket& b);
   void OnGradReady(int64_t param_index);  // called from the autograd engine's thread
   void LaunchReadyInOrder();              // with mu_ held
   void Launch(Bucket& b);

@@ -255,32 +255,34 @@ GradClip ClipGradNorm(const std::vector<torch::Tensor>& params, double max_norm,
   return {total, ScaleToNorm(grads, total, max_norm)};
 }
 
+namespace {
+
+// The clipping of gradients split into `rep` (the same on every rank, counted once) and `sh`
+// (this rank's part; the parts of `group` summed): every rank gets the same norm and factor.
+GradClip ClipSplit(Grads rep, const Grads& sh, double max_norm, Communicator* group, const torch::TensorOptions& f32) {
+  torch::Tensor shard_sq = SumOfSquares(sh, f32).reshape({1});  // (1,): collectives take no 0-dim tensors
+  if (group != nullptr) group->AllReduce(shard_sq, ReduceOp::kSum);
+  torch::Tensor total = (SumOfSquares(rep, f32) + shard_sq.squeeze(0)).sqrt();
+  rep.own.insert(rep.own.end(), sh.own.begin(), sh.own.end());
+  return {total, ScaleToNorm(rep, total, max_norm)};
+}
+
+}  // namespace
+
 GradClip ClipGradNormOwned(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& owned_grads,
                            double max_norm, Communicator* group, const WeightCache* cache) {
   torch::NoGradGuard no_grad;
-  const torch::TensorOptions f32 = Fp32On(replicated, owned_grads);
-  Grads rep = DefinedGrads(replicated, cache);
-  Grads own;
-  for (const torch::Tensor& g : owned_grads) {
-    own.cached.push_back(g);
-    own.is_cached.push_back(1);
-  }
-  torch::Tensor own_sq = SumOfSquares(own, f32).reshape({1});  // (1,): collectives take no 0-dim tensors
-  if (group != nullptr) group->AllReduce(own_sq, ReduceOp::kSum);
-  torch::Tensor total = (SumOfSquares(rep, f32) + own_sq.squeeze(0)).sqrt();
-  return {total, ScaleToNorm(rep, total, max_norm)};
+  Grads own;  // bf16 slices: counted in the norm, scaled by FusedAdamW::UpdateSlices
+  own.cached = owned_grads;
+  own.is_cached.assign(owned_grads.size(), 1);
+  return ClipSplit(DefinedGrads(replicated, cache), own, max_norm, group, Fp32On(replicated, owned_grads));
 }
 
 GradClip ClipGradNormSharded(const std::vector<torch::Tensor>& replicated, const std::vector<torch::Tensor>& sharded,
                              double max_norm, Communicator* shard_group, const WeightCache* cache) {
   torch::NoGradGuard no_grad;
-  const torch::TensorOptions f32 = Fp32On(replicated, sharded);
-  Grads rep = DefinedGrads(replicated, cache), sh = DefinedGrads(sharded, cache);
-  torch::Tensor shard_sq = SumOfSquares(sh, f32).reshape({1});  // (1,): collectives take no 0-dim tensors
-  if (shard_group != nullptr) shard_group->AllReduce(shard_sq, ReduceOp::kSum);
-  torch::Tensor total = (SumOfSquares(rep, f32) + shard_sq.squeeze(0)).sqrt();
-  rep.own.insert(rep.own.end(), sh.own.begin(), sh.own.end());
-  return {total, ScaleToNorm(rep, total, max_norm)};
+  return ClipSplit(DefinedGrads(replicated, cache), DefinedGrads(sharded, cache), max_norm, shard_group,
+                   Fp32On(replicated, sharded));
 }
 
 }  // namespace moe
