@@ -44,4 +44,40 @@ struct RouterTopKOut {
 };
 RouterTopKOut RouterTopK(const at::Tensor& logits, const at::Tensor& bias, bool sigmoid, int64_t k, bool renormalize);
 
+// The whole routing plan of one MoE layer in three small kernels (kernels/moe_route_plan.cu),
+// instead of the ~50 ATen ops of router.h + capacity.h + permute.h's ExpertRowDest/MakeRowOrder
+// (each a few microseconds of a mostly idle GPU; ~12% of an H100 training step).
+// logits (N, E) fp32; bias (E,) fp32 or undefined; selection as in RouterTopK (k <= 8,
+// k * E <= kRoutePlanMaxSlots). capacity C (0 = dropless) and slot-major ranking as in
+// core/moe/capacity.h; M = the grouped backend's row count (experts.h: GroupedRowCount).
+// Deterministic: per-block partial sums are reduced in a fixed order (no float atomics).
+constexpr int64_t kRoutePlanMaxSlots = 512;
+struct RoutePlanOut {
+  at::Tensor indices;     // (N, k) int64: chosen experts, best first
+  at::Tensor weights;     // (N, k) fp32: combine weights (RouterTopK's), 0 where dropped
+  at::Tensor keep;        // (N, k) bool
+  at::Tensor position;    // (N, k) int64: rank within the expert, slot-major
+  at::Tensor load;        // (E,) int64: assignments per expert before dropping
+  at::Tensor kept;        // (E,) int64: min(load, C) (load when dropless)
+  at::Tensor load_f;      // (E,) fp32: load as float (the model's statistics)
+  at::Tensor dropped;     // () fp32: sum(load - kept)
+  at::Tensor probs_mean;  // (E,) fp32: mean over tokens of the normalised scores (router.h's probs)
+  at::Tensor z_loss;      // () fp32: mean over tokens of logsumexp(logits)^2
+  // The grouped backend's rows (permute.h's RowOrder): kept assignments expert by expert in rank
+  // order, then dropped ones, expert by expert in rank order.
+  at::Tensor dest;        // (N*k,) int64: row of each assignment n*k + j (a permutation of [0, N*k))
+  at::Tensor rows;        // (M,) int64: assignment of each row
+  at::Tensor tok;         // (M,) int64: token of each row
+  at::Tensor offs;        // (E,) int32: cumulative kept rows per expert, offs[E-1] = M
+};
+RoutePlanOut RoutePlan(const at::Tensor& logits, const at::Tensor& bias, bool sigmoid, int64_t k, bool renormalize,
+                       int64_t capacity, int64_t M);
+
+// dlogits (N, E) fp32: the gradient of RoutePlan's differentiable outputs (weights, probs_mean,
+// z_loss) to the logits, for their cotangents d_weights (N, k), d_probs_mean (E,), d_z_loss ()
+// fp32, each of which may be undefined (zero). indices and keep as RoutePlan returned them.
+at::Tensor RoutePlanBackward(const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& keep,
+                             const at::Tensor& d_weights, const at::Tensor& d_probs_mean, const at::Tensor& d_z_loss,
+                             bool sigmoid, bool renormalize);
+
 }  // namespace moe::kernels

@@ -3,12 +3,11 @@
 // number of assignments per expert.
 #include "kernels/common.cuh"
 #include "kernels/moe_kernels.h"
+#include "kernels/router_select.cuh"
 
 #include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
-
-constexpr int kTopKMax = 8;
 
 // ----------------------------------------------------------------------------
 // kernels
@@ -21,36 +20,15 @@ __global__ void router_topk_kernel(int64_t* __restrict__ indices, float* __restr
   const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= N) return;
   const float* row = logits + n * E;
-  float mx = -INFINITY, denom = 1.f;
-  if (!sigmoid) {
-    for (int e = 0; e < E; ++e) mx = fmaxf(mx, row[e]);
-    denom = 0.f;
-    for (int e = 0; e < E; ++e) denom += expf(row[e] - mx);
-  }
-  auto score = [&](int e) { return sigmoid ? 1.f / (1.f + expf(-row[e])) : expf(row[e] - mx) / denom; };
-  float best[kTopKMax];
+  const RowSoftmax s = sigmoid ? RowSoftmax{0.f, 1.f} : RowSoftmaxStats(row, E);
   int idx[kTopKMax];
-#pragma unroll
-  for (int j = 0; j < kTopKMax; ++j) { best[j] = -INFINITY; idx[j] = -1; }
-  for (int e = 0; e < E; ++e) {
-    const float key = score(e) + (bias != nullptr ? bias[e] : 0.f);
-    // Insertion into the descending list; a later expert must beat, not tie, to move up.
-#pragma unroll
-    for (int j = 0; j < kTopKMax; ++j) {
-      if (j < k && (idx[j] < 0 || key > best[j])) {
-        for (int t = kTopKMax - 1; t > j; --t) { best[t] = best[t - 1]; idx[t] = idx[t - 1]; }
-        best[j] = key;
-        idx[j] = e;
-        break;
-      }
-    }
-  }
+  RouterTopKSelect(row, E, k, sigmoid, s, bias, idx);
   float sum = 0.f;
-  for (int j = 0; j < k; ++j) sum += score(idx[j]);
+  for (int j = 0; j < k; ++j) sum += RouterScore(row, idx[j], sigmoid, s);
   for (int j = 0; j < k; ++j) {
-    const float s = score(idx[j]);
+    const float score = RouterScore(row, idx[j], sigmoid, s);
     indices[n * k + j] = idx[j];
-    weights[n * k + j] = renormalize ? s / sum : s;
+    weights[n * k + j] = renormalize ? score / sum : score;
     atomicAdd(counts + idx[j], 1ull);
   }
 }

@@ -27,13 +27,18 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
   // assignments, placed last) are handed to the last expert, because _grouped_mm leaves rows
   // past offs[E-1] unwritten; their combine weight is zero, so they change no output and no
   // gradient (only FLOPs, none when dropless).
-  const int64_t M = in.capacity > 0 ? std::min(N * k, E * in.capacity) : N * k;
-  const RowOrder order = MakeRowOrder(ExpertRowDest(in.indices, in.keep, in.position, in.kept), M, k);
-  torch::Tensor offs = in.kept.cumsum(0).to(torch::kInt32);       // (E,)
-  if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
+  const int64_t M = GroupedRowCount(N, k, E, in.capacity);
+  RowOrder order = in.order;
+  torch::Tensor offs = in.offs;
+  if (!order.inv.defined()) {
+    order = MakeRowOrder(ExpertRowDest(in.indices, in.keep, in.position, in.kept), M, k);
+    offs = in.kept.cumsum(0).to(torch::kInt32);  // (E,)
+    if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
+  }
   torch::Tensor xs = PermuteTokens(in.x, order);                  // (M, d)
   torch::Tensor ys = GroupedFfn(xs, offs, w);                      // (M, d)
-  torch::Tensor wk = in.weights * in.keep;                         // (N, k) dropped assignments weigh 0
+  // (N, k) dropped assignments weigh 0
+  const torch::Tensor wk = in.weights_masked ? in.weights : in.weights * in.keep;
   return UnpermuteTokens(ys, wk, order);                           // (N, d)
 }
 

@@ -11,12 +11,14 @@
 //            capacity, rows past the kept ones weigh 0).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
 #include <torch/torch.h>
 
 #include "core/model/activations.h"
+#include "core/moe/permute.h"
 #include "core/precision/fp8.h"
 #include "core/util/status.h"
 
@@ -42,7 +44,17 @@ struct ExpertInput {
   torch::Tensor position;  // (N, k) int64 rank within the expert (capacity.h)
   torch::Tensor kept;      // (E,) int64 kept assignments per expert
   int64_t capacity = 0;    // 0 = dropless
+  // Optional, grouped backend: its row order for GroupedRowCount rows and the offsets, when the
+  // routing step already made them (route_plan.h's fused path); undefined order.inv = build here.
+  RowOrder order{};
+  torch::Tensor offs{};    // (E,) int32 cumulative row ends, offs[E-1] = M
+  bool weights_masked = false;  // weights are already 0 where dropped (saves the grouped backend a mask)
 };
+
+// The grouped backend's static row count: M = min(N*k, E*C) with a capacity, N*k dropless.
+inline int64_t GroupedRowCount(int64_t tokens, int64_t top_k, int64_t n_experts, int64_t capacity) {
+  return capacity > 0 ? std::min(tokens * top_k, n_experts * capacity) : tokens * top_k;
+}
 
 // Resolves moe.impl ("auto" | "loop" | "padded" | "grouped") for expert GEMMs of width d and
 // hidden h in `dtype`. auto = grouped when GroupedMmSupported, else padded. Asking for grouped

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "core/moe/aux_losses.h"
 #include "core/moe/capacity.h"
+#include "core/moe/route_plan.h"
 #include "core/moe/router.h"
 
 namespace moe {
@@ -45,11 +45,12 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
 MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1), d = x.size(2), N = B * T;
   torch::Tensor xf = x.reshape({N, d});  // (N, d)
-  RouterOut r = Route(RouterLogits(xf, router_->weight), router_bias_, e_.router, e_.top_k, e_.renormalize);
   const int64_t C = ExpertCapacity(N, e_.top_k, e_.n_experts, e_.capacity_factor);
-  CapacityOut cap = ApplyCapacity(r.indices, e_.n_experts, C);
+  const int64_t M = GroupedRowCount(N, e_.top_k, e_.n_experts, C);
+  const RoutePlan route = MakeRoutePlan(RouterLogits(xf, router_->weight), router_bias_, e_, C, M, fused_routing_);
 
-  ExpertInput in{xf, r.indices, r.weights, cap.keep, cap.position, cap.kept, C};
+  ExpertInput in{xf,         route.indices, route.weights, route.keep,  route.position,
+                 route.kept, C,             route.order,   route.offs, route.fused};
   // The bf16 copies when the plan's cache is enabled (precision.grad_dtype = "bf16"; the FP8
   // experts quantise them too); otherwise the fp32 masters, which each backend casts or quantises.
   auto weight = [&](const torch::Tensor& w) { return w.defined() && weights_ ? weights_->Get(w) : w; };
@@ -59,10 +60,10 @@ MoEOut MoELayerImpl::forward(const torch::Tensor& x) {
 
   MoEOut out;
   out.y = y.view({B, T, d});
-  out.probs_mean = r.probs.mean(0);          // (E,)
-  out.load = cap.load.to(torch::kFloat32);  // (E,)
-  out.z_loss = ZLoss(r.logits);
-  out.dropped = (cap.load - cap.kept).sum().to(torch::kFloat32);
+  out.probs_mean = route.probs_mean;
+  out.load = route.load;
+  out.z_loss = route.z_loss;
+  out.dropped = route.dropped;
   return out;
 }
 

@@ -54,12 +54,16 @@ class MoELayerImpl : public torch::nn::Module {
 
   ExpertImpl impl() const { return impl_; }
   void set_impl(ExpertImpl impl) { impl_ = impl; }  // for backend-equivalence tests
+  // false: route through the ATen composition even where the fused kernels apply (route_plan.h);
+  // for the tests that compare the two.
+  void set_fused_routing(bool on) { fused_routing_ = on; }
   const torch::Tensor& router_bias() const { return router_bias_; }
 
  private:
   MoEConfig e_;
   MoEParallel par_;
   ExpertImpl impl_;
+  bool fused_routing_ = true;
   bool fp8_experts_ = false;
   std::shared_ptr<WeightCache> weights_;  // the plan's (null without a plan)
   Fp8GemmOptions fp8_gemm_;

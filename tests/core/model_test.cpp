@@ -1,11 +1,14 @@
 // The GPT module: parameter naming for the trainer, forward outputs, backend equivalence at
-// model level, aux-loss-free bias updates, and bf16 compute on the CPU.
+// model level, aux-loss-free bias updates, bf16 compute on the CPU, and (on a GPU) the fused
+// routing kernels against the ATen routing.
 #include <catch2/catch.hpp>
 
 #include <set>
 #include <string>
 
 #include "core/model/gpt.h"
+#include "core/moe/moe_layer.h"
+#include "tests/require_gpu.h"
 #include "tiny_model_config.h"
 
 namespace {
@@ -171,6 +174,53 @@ TEST_CASE("model: bf16 compute runs forward and backward on the CPU for every ba
         REQUIRE(p.value().grad().defined());
         CHECK(p.value().grad().scalar_type() == torch::kFloat32);
         CHECK(torch::isfinite(p.value().grad()).all().item<bool>());
+      }
+    }
+  }
+}
+
+TEST_CASE("model: on CUDA the fused routing kernels give the ATen routing's loss, statistics and gradients "
+          "(skipped without a GPU)",
+          "[model][route_plan][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const char* impl : {"padded", "grouped"}) {
+    for (double cf : {0.0, 0.5, 1.25}) {
+      for (const char* router : {"softmax", "sigmoid"}) {
+        DYNAMIC_SECTION(impl << " capacity_factor=" << cf << " " << router) {
+          moe::Config c = moe_test::TinyConfig(true);
+          c.moe.impl = impl;
+          c.moe.capacity_factor = cf;
+          c.moe.router = router;
+          c.moe.balance_coef = 0.1;  // both aux losses on, so their gradients reach the router
+          c.moe.z_loss_coef = 0.01;
+          std::vector<torch::Tensor> grads[2];
+          moe::ForwardOut out[2];
+          for (int fused : {0, 1}) {
+            torch::manual_seed(0);
+            moe::GPT m(c, torch::kFloat32);
+            RandomiseRouters(*m);
+            m->to(cuda);
+            for (auto& mod : m->modules(/*include_self=*/false)) {
+              if (auto* layer = mod->as<moe::MoELayerImpl>()) layer->set_fused_routing(fused == 1);
+            }
+            Batch b = RandomBatch(c, 4);
+            out[fused] = m->forward(b.idx.to(cuda), b.targets.to(cuda));
+            out[fused].loss.backward();
+            for (const auto& p : m->parameters()) grads[fused].push_back(p.grad().cpu());
+          }
+          CHECK(out[1].loss.item<double>() == Approx(out[0].loss.item<double>()).epsilon(1e-5));
+          CHECK(out[1].balance_loss.item<double>() == Approx(out[0].balance_loss.item<double>()).epsilon(1e-5));
+          CHECK(out[1].z_loss.item<double>() == Approx(out[0].z_loss.item<double>()).epsilon(1e-5));
+          CHECK(torch::equal(out[1].expert_load.cpu(), out[0].expert_load.cpu()));
+          CHECK(out[1].dropped.item<double>() == out[0].dropped.item<double>());
+          if (cf == 0.5) CHECK(out[1].dropped.item<double>() > 0);
+          REQUIRE(grads[1].size() == grads[0].size());
+          for (size_t i = 0; i < grads[0].size(); ++i) {
+            INFO("parameter " << i);
+            CHECK(torch::allclose(grads[1][i], grads[0][i], 1e-4, 1e-6));
+          }
+        }
       }
     }
   }
