@@ -1,6 +1,7 @@
 #include "core/moe/router.h"
 
 #if defined(MOE_WITH_KERNELS)
+#include "kernels/bf16_split.h"
 #include "kernels/moe_kernels.h"
 #endif
 
@@ -13,10 +14,24 @@ using torch::autograd::variable_list;
 
 // hi + lo: a fp32 tensor as the sum of two bf16 tensors (about 16 significant bits), stacked
 // along dim 0, so that one bf16 GEMM with fp32 accumulation and output gives the fp32 product
-// to ~1e-5 relative: (2R, C).
+// to ~1e-5 relative: (2R, C). On CUDA one kernel (kernels/bf16_split.cu), else five ATen ops.
 torch::Tensor SplitBf16(const torch::Tensor& t) {
+#if defined(MOE_WITH_KERNELS)
+  if (t.is_cuda()) return kernels::SplitBf16(t);
+#endif
   const torch::Tensor hi = t.to(torch::kBFloat16);
   return torch::cat({hi, (t - hi.to(torch::kFloat32)).to(torch::kBFloat16)});
+}
+
+// The incoming logit gradient g (N, E) fp32 as {bf16(g) (N, E), SplitBf16(g^T) (2E, N)}.
+std::pair<torch::Tensor, torch::Tensor> GateGradParts(const torch::Tensor& g) {
+#if defined(MOE_WITH_KERNELS)
+  if (g.is_cuda()) {
+    auto [g_bf16, split] = kernels::SplitBf16Transposed(g);
+    return {g_bf16, split};
+  }
+#endif
+  return {g.to(torch::kBFloat16), SplitBf16(g.t())};
 }
 
 // The gate GEMM on bf16 activations without an fp32 copy of them: ATen's fp32 GEMM for an (N, d)
@@ -37,11 +52,11 @@ struct RouterGemmFn : public torch::autograd::Function<RouterGemmFn> {
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor &x = saved[0], &w2 = saved[1];
     const int64_t E = w2.size(0) / 2;
-    const torch::Tensor g = grads[0].contiguous();                        // (N, E) fp32
+    const auto [g_bf16, g_split] = GateGradParts(grads[0]);  // (N, E), (2E, N)
     torch::Tensor dx, dw;
-    if (ctx->needs_input_grad(0)) dx = at::mm(g.to(x.scalar_type()), w2.narrow(0, 0, E));  // (N, d)
+    if (ctx->needs_input_grad(0)) dx = at::mm(g_bf16, w2.narrow(0, 0, E));                  // (N, d) bf16
     if (ctx->needs_input_grad(1)) {
-      const torch::Tensor d2 = at::mm(SplitBf16(g.t()), x, torch::kFloat32);              // (2E, d)
+      const torch::Tensor d2 = at::mm(g_split, x, torch::kFloat32);                         // (2E, d)
       dw = d2.narrow(0, 0, E) + d2.narrow(0, E, E);                                        // (E, d) fp32
     }
     return {dx, dw, torch::Tensor()};
