@@ -2,8 +2,7 @@
 
 #include <ATen/SDPBackend.h>
 
-#include "core/model/rms_norm.h"
-#include "core/model/rope.h"
+#include "core/model/qkv_heads.h"
 
 namespace moe {
 
@@ -24,11 +23,8 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
   // (B, T, H + 2*Hkv, hd) -> q (B, T, H, hd), k and v (B, T, Hkv, hd)
   torch::Tensor qkv = PlannedLinear(qkv_p_, x, qkv_->weight).view({B, T, n_head_ + 2 * n_kv_head_, head_dim_});
-  auto parts = qkv.split({n_head_, n_kv_head_, n_kv_head_}, 2);
-  // Reference order: rotate, then normalise (the two commute: rotation keeps the norm).
-  torch::Tensor q = RmsNorm(ApplyRope(parts[0], cos, sin));
-  torch::Tensor k = RmsNorm(ApplyRope(parts[1], cos, sin));
-  torch::Tensor v = parts[2];
+  const QkvHeads heads = SplitRotateNorm(qkv, n_head_, n_kv_head_, cos, sin);
+  const torch::Tensor &q = heads.q, &k = heads.k, &v = heads.v;
   // SDPA wants (B, heads, T, hd); enable_gqa broadcasts each kv head over its query group.
   torch::Tensor y = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                      /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,

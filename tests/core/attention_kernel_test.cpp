@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/model/attention.h"
+#include "core/model/qkv_heads.h"
 #include "core/model/rope.h"
 #include "tests/core/tiny_model_config.h"
 #include "tests/require_gpu.h"
@@ -121,5 +122,32 @@ TEST_CASE("attention kernel: on CUDA each kernel runs the model's attention as t
     const auto [y, dx] = run(kernel);
     CHECK(rel(y, y_ref) < 2e-2);
     CHECK(rel(dx, dx_ref) < 2e-2);
+  }
+}
+
+TEST_CASE("attention inputs: on CUDA the fused split/rotate/norm gives the CPU composition's q, k, v and "
+          "gradient (skipped without a GPU)",
+          "[attention][qk_rope_norm][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  torch::manual_seed(12);
+  const int64_t B = 2, T = 40, Hq = 4, Hkv = 2, hd = 128;
+  const moe::RopeTables rope = moe::MakeRopeTables(T, hd, 10000.0);
+  const torch::Tensor qkv0 = torch::randn({B, T, Hq + 2 * Hkv, hd});  // fp32: tight comparison
+  const torch::Tensor gq = torch::randn({B, T, Hq, hd}), gk = torch::randn({B, T, Hkv, hd});
+  const torch::Tensor gv = torch::randn({B, T, Hkv, hd});
+  auto run = [&](const torch::Device& dev) {
+    torch::Tensor qkv = qkv0.to(dev).clone().requires_grad_();  // a fresh leaf on each device
+    moe::QkvHeads h = moe::SplitRotateNorm(qkv, Hq, Hkv, rope.cos.to(dev), rope.sin.to(dev));
+    // Through a transpose, as attention hands v to SDPA.
+    torch::Tensor loss = (h.q * gq.to(dev)).sum() + (h.k * gk.to(dev)).sum() +
+                         (h.v.transpose(1, 2) * gv.to(dev).transpose(1, 2)).sum();
+    loss.backward();
+    return std::vector<torch::Tensor>{h.q.cpu(), h.k.cpu(), h.v.cpu(), qkv.grad().cpu()};
+  };
+  const auto ref = run(torch::kCPU), got = run(cuda);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    INFO("output " << i << " (q, k, v, dqkv)");
+    CHECK(torch::allclose(got[i], ref[i], 1e-4, 1e-5));
   }
 }

@@ -1,0 +1,37 @@
+// ATen entry points of the fused attention-input kernels (kernels/qk_rope_norm.cu): from the
+// fused qkv projection (B, T, Hq + 2*Hkv, hd) to RmsNorm(RoPE(q)) and RmsNorm(RoPE(k)) in one
+// pass, and back to the projection's gradient in one pass that also places v's gradient, so
+// that no (B, T, Hq + 2*Hkv, hd) concatenation of the three gradients is ever made. Replaces two
+// RoPE and two RMSNorm kernels forward, and those plus autograd's cat of the split backward.
+// Built only where CUDA is found (MOE_WITH_KERNELS). CUDA tensors, the current stream, allocated
+// outputs, checked launches, no host sync. Not differentiable by themselves: the autograd wrapper
+// is core/model/qkv_heads.cpp.
+//
+// Math per head vector x (hd) of q or k at position t, with the half-split rotation R_t of
+// kernels/rope.h (tables rounded to the input dtype first, as there), r = R_t x in fp32 and
+// rstd = 1/sqrt(mean(r^2) + eps):
+//   forward   y = r * rstd                                     (rounded once to the dtype)
+//   backward  dx = R_t^T (rstd * (dy - y * mean(dy * y)))      (r and y recomputed from x)
+// The unfused path rounds r to the dtype before the norm; the fused one does not.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace moe::kernels {
+
+// True when the kernels take this head size: hd / 2 a multiple of 32 up to 128 (hd 64, 128, 256).
+bool QkRopeNormSupported(int64_t head_dim);
+
+// qkv (B, T, Hq + 2*Hkv, hd) bf16 or fp32, contiguous; cos, sin fp32 (>= T, hd/2) row-major.
+// Returns q (B, T, Hq, hd), k (B, T, Hkv, hd) contiguous, in qkv's dtype.
+std::tuple<at::Tensor, at::Tensor> QkRopeNormForward(const at::Tensor& qkv, int64_t Hq, int64_t Hkv,
+                                                     const at::Tensor& cos, const at::Tensor& sin, double eps);
+
+// dqkv (B, T, Hq + 2*Hkv, hd) contiguous: q's and k's heads the backward above for the
+// cotangents dq (B, T, Hq, hd) and dk (B, T, Hkv, hd); v's heads dv (B, T, Hkv, hd). Each
+// cotangent may be undefined (zero) and strided in (B, T, H) with a contiguous last dimension;
+// they are cast to qkv's dtype.
+at::Tensor QkRopeNormBackward(const at::Tensor& qkv, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
+                              int64_t Hq, int64_t Hkv, const at::Tensor& cos, const at::Tensor& sin, double eps);
+
+}  // namespace moe::kernels

@@ -1,0 +1,85 @@
+// kernels/qk_rope_norm.cu against a float64 reference of RmsNorm(RoPE(q)), RmsNorm(RoPE(k)) and
+// v from the fused qkv projection (tables rounded to the dtype, as kernels/rope.h specifies), and
+// its autograd gradient to qkv, on random data.
+#include "tests/kernels/kernel_test_util.h"
+
+#include <limits>
+
+#include "core/model/rope.h"
+#include "kernels/qk_rope_norm.h"
+
+#include <torch/torch.h>
+
+namespace {
+
+constexpr double kEps = std::numeric_limits<float>::epsilon();
+
+// x (B, T, H, hd) float64 -> RmsNorm(RoPE(x)) in float64 with the dtype-rounded tables.
+at::Tensor Reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::ScalarType dt) {
+  const int64_t T = x.size(1), half = x.size(3) / 2;
+  const at::Tensor c = cos.narrow(0, 0, T).to(dt).to(at::kDouble).view({1, T, 1, half});
+  const at::Tensor s = sin.narrow(0, 0, T).to(dt).to(at::kDouble).view({1, T, 1, half});
+  const at::Tensor x1 = x.narrow(3, 0, half), x2 = x.narrow(3, half, half);
+  const at::Tensor r = at::cat({x1 * c + x2 * s, x2 * c - x1 * s}, 3);
+  return r * (r.square().mean(-1, true) + kEps).rsqrt();
+}
+
+struct Case {
+  int64_t B, T, Hq, Hkv, hd;
+};
+
+}  // namespace
+
+TEST_CASE("kernels: QkRopeNorm forward and backward match the float64 RoPE + RMSNorm reference",
+          "[kernels][qk_rope_norm]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(31);
+  const Case cases[] = {{2, 33, 6, 6, 128}, {1, 64, 4, 2, 64}, {3, 5, 2, 1, 256}, {2, 1024, 6, 6, 128}, {1, 1, 1, 1, 64}};
+  for (const Case& c : cases) {
+    for (auto dt : {at::kBFloat16, at::kFloat}) {
+      // dv as SDPA's backward returns it: (B, Hkv, T, hd) memory, viewed as (B, T, Hkv, hd).
+      for (int layout : {0, 1, 2}) {  // 0 contiguous cotangents, 1 strided dv, 2 no dk and no dv
+        DYNAMIC_SECTION("B " << c.B << " T " << c.T << " Hq " << c.Hq << " Hkv " << c.Hkv << " hd " << c.hd
+                             << " dtype " << dt << " layout " << layout) {
+          auto cuda = at::TensorOptions().device(at::kCUDA);
+          const int64_t H = c.Hq + 2 * c.Hkv;
+          const moe::RopeTables rope = moe::MakeRopeTables(c.T + 3, c.hd, 10000.0);
+          const at::Tensor cos = rope.cos.to(at::kCUDA), sin = rope.sin.to(at::kCUDA);
+          const at::Tensor qkv = (at::randn({c.B, c.T, H, c.hd}, cuda.dtype(at::kFloat)) * 2).to(dt);
+          at::Tensor gq = at::randn({c.B, c.T, c.Hq, c.hd}, cuda.dtype(dt));
+          at::Tensor gk = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
+          at::Tensor gv = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
+          if (layout == 1) gv = at::randn({c.B, c.Hkv, c.T, c.hd}, cuda.dtype(dt)).transpose(1, 2);
+          if (layout == 2) gk = gv = at::Tensor();
+
+          // float64 reference and its gradient to qkv.
+          at::Tensor x = qkv.to(at::kDouble).requires_grad_(true);
+          const at::Tensor yq = Reference(x.narrow(2, 0, c.Hq), cos, sin, dt);
+          const at::Tensor yk = Reference(x.narrow(2, c.Hq, c.Hkv), cos, sin, dt);
+          at::Tensor loss = (yq * gq.to(at::kDouble)).sum();
+          if (gk.defined()) loss = loss + (yk * gk.to(at::kDouble)).sum();
+          if (gv.defined()) loss = loss + (x.narrow(2, c.Hq + c.Hkv, c.Hkv) * gv.to(at::kDouble)).sum();
+          const at::Tensor dref = torch::autograd::grad({loss}, {x})[0];
+
+          moe_test::PoisonAllocator(c.B * c.T * H * c.hd, dt);
+          auto [q, k] = moe::kernels::QkRopeNormForward(qkv, c.Hq, c.Hkv, cos, sin, kEps);
+          REQUIRE(q.sizes() == yq.sizes());
+          REQUIRE(k.sizes() == yk.sizes());
+          CHECK(moe_test::AllFinite(q));
+          const double tol = moe_test::Tol(dt, 1e-6, 5e-3);
+          CHECK(moe_test::RelErr(q, yq) < tol);
+          CHECK(moe_test::RelErr(k, yk) < tol);
+
+          moe_test::PoisonAllocator(c.B * c.T * H * c.hd, dt);
+          const at::Tensor dqkv = moe::kernels::QkRopeNormBackward(qkv, gq, gk, gv, c.Hq, c.Hkv, cos, sin, kEps);
+          REQUIRE(dqkv.sizes() == qkv.sizes());
+          CHECK(moe_test::AllFinite(dqkv));
+          CHECK(moe_test::RelErr(dqkv, dref) < moe_test::Tol(dt, 1e-5, 1e-2));
+          // v's heads are a copy: exact.
+          if (gv.defined()) CHECK(at::equal(dqkv.narrow(2, c.Hq + c.Hkv, c.Hkv), gv));
+          if (!gk.defined()) CHECK(dqkv.narrow(2, c.Hq, 2 * c.Hkv).abs().max().item<double>() == 0.0);
+        }
+      }
+    }
+  }
+}
