@@ -42,6 +42,8 @@ all_runs=(
   "fp8tw_grouped_eager_c0|moe.impl=\"grouped\" moe.capacity_factor=0 precision.fp8=true precision.fp8_recipe=\"tensorwise\""
   "fp8tw_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\""
   "fp8rw_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\""
+  "fp8tw_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\" precision.grad_dtype=\"bf16\""
+  "fp8rw_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.grad_dtype=\"bf16\""
   "fp8tw_noexp_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_experts=false"
   "fp8rw_noexp_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_experts=false"
   "fp8rw_gwc_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_wgrad=\"compute\""
