@@ -72,13 +72,11 @@ __global__ void route_select_kernel(int64_t* __restrict__ indices, float* __rest
   const float sig_sum = active && sigmoid ? SigmoidRowSum(row, E) : 1.f;
   if (active) {
     int idx[kTopKMax];
-    RouterTopKSelect(row, E, k, sigmoid, s, bias, idx);
-    float sum = 0.f;
-    for (int j = 0; j < k; ++j) sum += RouterScore(row, idx[j], sigmoid, s);
+    float w[kTopKMax];
+    RouterTopKWeights(row, E, k, sigmoid, s, bias, renormalize, idx, w);
     for (int j = 0; j < k; ++j) {
-      const float score = RouterScore(row, idx[j], sigmoid, s);
       indices[n * k + j] = idx[j];
-      weights[n * k + j] = renormalize ? score / sum : score;
+      weights[n * k + j] = w[j];
       atomicAdd(counts + j * E + idx[j], 1);  // integer: the count is exact in any order
     }
   }

@@ -54,4 +54,20 @@ __device__ __forceinline__ void RouterTopKSelect(const float* row, int E, int k,
   }
 }
 
+// The selection and its combine weights: idx as RouterTopKSelect, w[j] = the unbiased score of
+// idx[j], divided by the k scores' sum when renormalize.
+__device__ __forceinline__ void RouterTopKWeights(const float* row, int E, int k, bool sigmoid, RowSoftmax s,
+                                                  const float* __restrict__ bias, bool renormalize,
+                                                  int (&idx)[kTopKMax], float (&w)[kTopKMax]) {
+  RouterTopKSelect(row, E, k, sigmoid, s, bias, idx);
+  float sum = 0.f;
+  for (int j = 0; j < k; ++j) {
+    w[j] = RouterScore(row, idx[j], sigmoid, s);
+    sum += w[j];
+  }
+  if (renormalize) {
+    for (int j = 0; j < k; ++j) w[j] /= sum;
+  }
+}
+
 }  // namespace moe::kernels

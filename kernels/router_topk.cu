@@ -22,13 +22,11 @@ __global__ void router_topk_kernel(int64_t* __restrict__ indices, float* __restr
   const float* row = logits + n * E;
   const RowSoftmax s = sigmoid ? RowSoftmax{0.f, 1.f} : RowSoftmaxStats(row, E);
   int idx[kTopKMax];
-  RouterTopKSelect(row, E, k, sigmoid, s, bias, idx);
-  float sum = 0.f;
-  for (int j = 0; j < k; ++j) sum += RouterScore(row, idx[j], sigmoid, s);
+  float w[kTopKMax];
+  RouterTopKWeights(row, E, k, sigmoid, s, bias, renormalize, idx, w);
   for (int j = 0; j < k; ++j) {
-    const float score = RouterScore(row, idx[j], sigmoid, s);
     indices[n * k + j] = idx[j];
-    weights[n * k + j] = renormalize ? score / sum : score;
+    weights[n * k + j] = w[j];
     atomicAdd(counts + idx[j], 1ull);
   }
 }
