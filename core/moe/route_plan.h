@@ -7,8 +7,11 @@
 //          small kernels forward and one backward (about 70 fewer launches per layer and step);
 //   ATen:  everywhere else, and the reference the fused path is tested against: the composition
 //          of Route, ApplyCapacity, ZLoss and the means below.
-// Both give the same indices, positions, keep, loads and rows (up to float rounding on near-ties
-// of the scores); weights, probs_mean and z_loss agree to float rounding.
+// Both give the same indices (the GPU's ATen path selects with the same device code), positions,
+// keep and loads; weights, probs_mean and z_loss agree to float rounding. The ATen path leaves the
+// grouped rows to the backend (permute.h ExpertRowDest): kept assignments get the same rows, the
+// dropped ones (combine weight 0) are ordered differently. With no tokens the fused statistics
+// are 0 where ATen's means are NaN.
 #pragma once
 
 #include <cstdint>
