@@ -1,7 +1,5 @@
 #include "core/model/qkv_heads.h"
 
-#include <limits>
-
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
 #include "kernels/dispatch.h"
@@ -16,8 +14,6 @@ namespace {
 #if defined(MOE_WITH_KERNELS)
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-constexpr double kEps = std::numeric_limits<float>::epsilon();  // RmsNorm's (rms_norm.h)
 
 bool UseKernels(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin) {
   return OnKernelDevice(qkv) && qkv.dim() == 4 && qkv.is_contiguous() &&
@@ -36,14 +32,14 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
     ctx->save_for_backward({qkv, cos, sin});
     ctx->saved_data["Hq"] = Hq;
     ctx->saved_data["Hkv"] = Hkv;
-    auto [q, k] = kernels::QkRopeNormForward(qkv, Hq, Hkv, cos, sin, kEps);
+    auto [q, k] = kernels::QkRopeNormForward(qkv, Hq, Hkv, cos, sin, kRmsNormEps);
     return {q, k, qkv.narrow(2, Hq + Hkv, Hkv)};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     torch::Tensor dqkv = kernels::QkRopeNormBackward(saved[0], grads[0], grads[1], grads[2],
                                                      ctx->saved_data["Hq"].toInt(), ctx->saved_data["Hkv"].toInt(),
-                                                     saved[1], saved[2], kEps);
+                                                     saved[1], saved[2], kRmsNormEps);
     return {dqkv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };

@@ -1,6 +1,5 @@
 #include "core/model/rms_norm.h"
 
-#include <limits>
 
 #include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
@@ -11,11 +10,6 @@ namespace moe {
 
 namespace {
 
-// ATen's default eps when none is given: the epsilon of the dtype the norm computes in (its
-// opmath type), which is fp32 for bf16 inputs too, i.e. FLT_EPSILON = 2^-23 for both of the dtypes
-// the model normalises, not torch.finfo(bf16).eps = 2^-7.
-constexpr double kEps = std::numeric_limits<float>::epsilon();
-
 #if defined(MOE_WITH_KERNELS)
 bool UseKernels(const torch::Tensor& x) { return OnKernelDevice(x) && x.dim() >= 1 && x.size(-1) > 0; }
 
@@ -25,7 +19,7 @@ using torch::autograd::variable_list;
 struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x) {
     torch::Tensor xc = x.contiguous();
-    kernels::RmsNormOut out = kernels::RmsNormForward(xc, kEps);
+    kernels::RmsNormOut out = kernels::RmsNormForward(xc, kRmsNormEps);
     ctx->save_for_backward({xc, out.rstd});
     return out.y;
   }
@@ -39,7 +33,7 @@ struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
 // added in the same kernel, and both inputs receive that total (the add passes it through).
 struct AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& delta) {
-    kernels::RmsNormOut out = kernels::AddRmsNormForward(x, delta, kEps);
+    kernels::RmsNormOut out = kernels::AddRmsNormForward(x, delta, kRmsNormEps);
     ctx->save_for_backward({out.sum, out.rstd});
     return {out.sum, out.y};
   }

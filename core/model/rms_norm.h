@@ -7,9 +7,16 @@
 // (so CPU results are bit-identical to it). Both compute the same function.
 #pragma once
 
+#include <limits>
+
 #include <torch/torch.h>
 
 namespace moe {
+
+// ATen's default eps when none is given: the epsilon of the dtype the norm computes in (its
+// opmath type), which is fp32 for bf16 inputs too, i.e. FLT_EPSILON = 2^-23 for both of the dtypes
+// the model normalises, not torch.finfo(bf16).eps = 2^-7.
+constexpr double kRmsNormEps = std::numeric_limits<float>::epsilon();
 
 // x / sqrt(mean(x^2, -1) + eps) with ATen's default eps, as PyTorch's F.rms_norm(x, (x.size(-1),))
 // computes it: fp32 math for bf16 and fp32 inputs, eps = FLT_EPSILON (the fp32 epsilon also for

@@ -3,6 +3,8 @@
 // the means of moe_layer.cpp) on random logits, forward and backward.
 #include "tests/kernels/kernel_test_util.h"
 
+#include <sstream>
+
 #include "core/moe/aux_losses.h"
 #include "core/moe/capacity.h"
 #include "core/moe/experts.h"
