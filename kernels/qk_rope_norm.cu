@@ -13,7 +13,6 @@ namespace moe::kernels {
 
 namespace {
 
-
 // A (B, T, H, hd) operand read through its strides (last dimension contiguous), or null.
 template <typename T>
 struct Strided {
