@@ -1,6 +1,5 @@
 #include "core/model/rms_norm.h"
 
-
 #include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/rms_norm.h"
