@@ -21,8 +21,21 @@ GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch
   rope_sin_ = register_buffer("rope_sin", rope.sin);
 }
 
+namespace {
+
+// Drops the forward's FP8 weight operands when it ends, by return or by exception.
+struct ClearOnExit {
+  Fp8Weights* w;
+  ~ClearOnExit() { w->Clear(); }
+};
+
+}  // namespace
+
 ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targets) {
   TORCH_CHECK(idx.dim() == 2 && idx.size(1) <= cfg_.model.seq_len, "idx must be (B, T) with T <= seq_len");
+  // Every rowwise FP8 weight quantised both ways in a few launches, before the first layer uses one.
+  plan_.fp8_weights()->Prepare(*plan_.weights());
+  const ClearOnExit clear{plan_.fp8_weights().get()};
   // Normalise in fp32, then continue in the compute dtype.
   torch::Tensor x = RmsNorm(wte_->forward(idx)).to(compute_dtype_);  // (B, T, d)
   auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(idx.device());

@@ -36,6 +36,10 @@ struct Fp8GemmOptions {
   // without promoting its partial sums to fp32 every few k-blocks (torchao's default for the
   // output GEMM; the gradient GEMMs always promote). CUDA only: the CPU path is exact anyway.
   bool fast_accum = false;
+  // precision.fp8_fast_accum_grads: the input- and weight-gradient GEMMs in fast accumulation too
+  // (torchao's MoE grouped GEMM does so for all three; at the reference model's expert shapes the
+  // promoted sm90 grouped kernel is ~3x slower than the fast one). CUDA only, as fast_accum.
+  bool fast_accum_grads = false;
 };
 
 // "tensorwise" | "rowwise"; anything else is InvalidArgument naming precision.fp8_recipe.
@@ -61,8 +65,18 @@ torch::Tensor SaturatingCast(const torch::Tensor& x, torch::ScalarType fp8);
 struct Fp8Tensor {
   torch::Tensor data;
   torch::Tensor scale;
-  torch::Tensor inv_scale() const { return scale.reciprocal(); }
+  // 1 / scale when the quantiser computed it (the CUDA kernels write it beside the scale, saving a
+  // reciprocal launch per operand); undefined otherwise.
+  torch::Tensor inv;
+  torch::Tensor inv_scale() const { return inv.defined() ? inv : scale.reciprocal(); }
   torch::Tensor Dequantize() const;  // fp32, data / scale
+};
+
+// A weight's two rowwise operands: rows = Quantize(w, kRow), (N, K) with scale (N, 1), for the
+// output GEMM; cols = Quantize(w.t(), kRow), (K, N) with scale (K, 1), for the input gradient.
+struct Fp8WeightOperands {
+  Fp8Tensor rows;
+  Fp8Tensor cols;
 };
 
 // Quantises x with one scale for the whole tensor (granularity kTensor) or one per row, i.e. per

@@ -102,7 +102,7 @@ std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Te
     const torch::Tensor tc = t.contiguous();  // (M, C)
     if (kernels::Fp8QuantizeGatheredTransposedSupported(tc, p.src, kE4M3)) {
       kernels::Fp8Quantized q = kernels::Fp8QuantizeGatheredTransposed(tc, p.src, kE4M3, kAmaxEps);
-      return {q.data, q.scale.reciprocal().view({-1}).repeat({E})};  // (C, Mp), (E*C,)
+      return {q.data, q.inv_scale.view({-1}).repeat({E})};  // (C, Mp), (E*C,)
     }
   }
 #endif
@@ -113,9 +113,10 @@ std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Te
 
 struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
-                               const torch::Tensor& offs, bool wgrad_fp8, bool fast_accum) {
+                               const torch::Tensor& offs, bool wgrad_fp8, bool fast_accum, bool fast_grads) {
     ctx->save_for_backward({x, w, offs});
     ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
+    ctx->saved_data["fast_grads"] = fast_grads;
     Fp8Tensor xq = Quantize(x, kE4M3, Fp8Granularity::kRow);                   // (M, K), (M, 1)
     Fp8Tensor wq = Quantize(w.transpose(1, 2), kE4M3, Fp8Granularity::kRow);   // (E, N, K), (E, N, 1)
     return ScaledGroupedMm(xq.data, xq.inv_scale().view({-1}), wq.data.transpose(1, 2),
@@ -127,12 +128,13 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     const torch::Tensor &x = saved[0], &w = saved[1], &offs = saved[2];
     const torch::Tensor dy = grads[0].contiguous();  // (M, N)
     const int64_t M = x.size(0), E = w.size(0);
+    const bool fast = ctx->saved_data["fast_grads"].toBool();
     torch::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
       Fp8Tensor dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);  // (M, N), (M, 1)
       Fp8Tensor wq = Quantize(w, kE4M3, Fp8Granularity::kRow);    // (E, K, N), (E, K, 1): per (e, k) over N
       dx = ScaledGroupedMm(dyq.data, dyq.inv_scale().view({-1}), wq.data.transpose(1, 2), wq.inv_scale().squeeze(-1),
-                           offs, x.scalar_type());  // (M, K)
+                           offs, x.scalar_type(), fast);  // (M, K)
     }
     if (ctx->needs_input_grad(1)) {
       if (M == 0) {
@@ -143,10 +145,11 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
         PaddedGroups p = PadGroups(offs, M);
         auto [xt, inv_x] = QuantizePaddedTransposed(x, p, E);     // (K, Mp), (E*K,)
         auto [dyt, inv_dy] = QuantizePaddedTransposed(dy, p, E);  // (N, Mp), (E*N,)
-        dw = ScaledGroupedMm(xt, inv_x, dyt.t(), inv_dy, p.pad_end, x.scalar_type()).to(w.scalar_type());  // (E, K, N)
+        dw = ScaledGroupedMm(xt, inv_x, dyt.t(), inv_dy, p.pad_end, x.scalar_type(), fast)
+                 .to(w.scalar_type());  // (E, K, N)
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -187,7 +190,7 @@ torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const
     // Nothing routed here: an empty result that still connects to both inputs' graphs.
     return (x.sum() + w.sum()).to(x.scalar_type()) * torch::zeros({0, w.size(2)}, x.options());
   }
-  return Fp8GroupedFn::apply(x, w, offs, opts.wgrad_fp8, opts.fast_accum);
+  return Fp8GroupedFn::apply(x, w, offs, opts.wgrad_fp8, opts.fast_accum, opts.fast_accum_grads);
 }
 
 }  // namespace moe

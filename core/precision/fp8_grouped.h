@@ -34,7 +34,8 @@ bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std:
 // offs: (E,) int32 cumulative row ends (offs[E-1] == M; an expert with no rows repeats the
 // previous end). Returns (M, N) in x's dtype, differentiable in x and w.
 // opts.wgrad_fp8 = false: the weight gradient through at::_grouped_mm in x's dtype
-// (precision.fp8_wgrad); opts.fast_accum: the output GEMM in fast accumulation (CUDA).
+// (precision.fp8_wgrad); opts.fast_accum: the output GEMM in fast accumulation (CUDA);
+// opts.fast_accum_grads: the two gradient GEMMs too.
 torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
                            const Fp8GemmOptions& opts = {});
 

@@ -15,20 +15,28 @@ constexpr auto kE5M2 = torch::kFloat8_e5m2;
 torch::Tensor ColumnMajor(const torch::Tensor& q) { return q.t().contiguous().t(); }
 
 struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
-  // x: (M, K) compute dtype; w: (N, K). Returns (M, N) in x's dtype.
+  // x: (M, K) compute dtype; w: (N, K). Returns (M, N) in x's dtype. pre (rowwise only; may be
+  // null): w's two operands already quantised (Fp8Weights). A pointer, not tensor arguments:
+  // autograd takes no undefined tensors as inputs, and these need no gradient.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe,
-                               bool wgrad_fp8, bool fast_accum) {
+                               bool wgrad_fp8, bool fast_accum, bool fast_grads, const Fp8WeightOperands* pre) {
     const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
     const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
+    if (!rowwise) pre = nullptr;
     Fp8Tensor xq = Quantize(x, kE4M3, g);  // (M, K), scale () or (M, 1)
-    Fp8Tensor wq = Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
+    Fp8Tensor wq = pre ? pre->rows : Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
     torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type(), fast_accum);
     ctx->saved_data["rowwise"] = rowwise;
     ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
+    ctx->saved_data["fast_grads"] = fast_grads;
     if (!wgrad_fp8 && !rowwise) ctx->saved_data["x"] = x;
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     if (rowwise) {
       ctx->save_for_backward({x, w});
+      if (pre) {
+        ctx->saved_data["w_cols"] = pre->cols.data;
+        ctx->saved_data["w_cols_inv"] = pre->cols.inv_scale();
+      }
     } else {
       ctx->saved_data["xq"] = xq.data;
       ctx->saved_data["x_inv"] = xq.inv_scale();
@@ -43,6 +51,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     const auto dt = dy.scalar_type();
     const auto w_dtype = static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const bool wgrad_fp8 = ctx->saved_data["wgrad_fp8"].toBool();
+    const bool fast = ctx->saved_data["fast_grads"].toBool();
     torch::Tensor dx, dw;
     if (ctx->saved_data["rowwise"].toBool()) {
       auto saved = ctx->get_saved_variables();
@@ -50,31 +59,35 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       const torch::Tensor& w = saved[1];  // (N, K)
       if (ctx->needs_input_grad(0)) {
         Fp8Tensor dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);      // (M, N), per row over N
-        Fp8Tensor wt = Quantize(w.t(), kE4M3, Fp8Granularity::kRow);    // (K, N), per k over N
-        dx = ScaledMm(dyq.data, dyq.inv_scale(), wt.data.t(), wt.inv_scale().t(), dt);  // (M, K)
+        // (K, N), per k over N
+        Fp8Tensor wt = ctx->saved_data.count("w_cols") != 0
+                           ? Fp8Tensor{ctx->saved_data["w_cols"].toTensor(), torch::Tensor(),
+                                       ctx->saved_data["w_cols_inv"].toTensor()}
+                           : Quantize(w.t(), kE4M3, Fp8Granularity::kRow);
+        dx = ScaledMm(dyq.data, dyq.inv_scale(), wt.data.t(), wt.inv_scale().t(), dt, fast);  // (M, K)
       }
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {
         dw = torch::mm(dy.t(), x.to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1)) {
         Fp8Tensor dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
         Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);    // (K, M), per k over M
-        dw = ScaledMm(dyt.data, dyt.inv_scale(), xt.data.t(), xt.inv_scale().t(), dt).to(w_dtype);  // (N, K)
+        dw = ScaledMm(dyt.data, dyt.inv_scale(), xt.data.t(), xt.inv_scale().t(), dt, fast).to(w_dtype);  // (N, K)
       }
     } else {
       Fp8Tensor dyq = Quantize(dy, kE5M2, Fp8Granularity::kTensor);  // (M, N)
       if (ctx->needs_input_grad(0)) {
         const torch::Tensor wq = ctx->saved_data["wq"].toTensor();  // (N, K)
-        dx = ScaledMm(dyq.data, dyq.inv_scale(), ColumnMajor(wq), ctx->saved_data["w_inv"].toTensor(), dt);
+        dx = ScaledMm(dyq.data, dyq.inv_scale(), ColumnMajor(wq), ctx->saved_data["w_inv"].toTensor(), dt, fast);
       }
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {
         dw = torch::mm(dy.t(), ctx->saved_data["x"].toTensor().to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1)) {
         const torch::Tensor xq = ctx->saved_data["xq"].toTensor();  // (M, K)
         dw = ScaledMm(dyq.data.t().contiguous(), dyq.inv_scale(), ColumnMajor(xq), ctx->saved_data["x_inv"].toTensor(),
-                      dt).to(w_dtype);
+                      dt, fast).to(w_dtype);
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -84,15 +97,20 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
   return M > 0 && K > 0 && N > 0 && M % 16 == 0 && K % 16 == 0 && N % 16 == 0;
 }
 
-torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, const Fp8GemmOptions& opts) {
+torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, const Fp8GemmOptions& opts,
+                        const Fp8WeightOperands* w_operands) {
   const int64_t K = x.size(-1), N = w.size(0);
   TORCH_CHECK(w.dim() == 2 && w.size(1) == K, "Fp8Linear: w must be (N, ", K, "), got ", w.sizes());
   TORCH_CHECK(Fp8LinearSupported(x.numel() / K, K, N), "Fp8Linear: shape (", x.numel() / K, ", ", K, ") x (", K, ", ",
               N, ") is not FP8-capable (dimensions must be multiples of 16)");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
+  const bool pre = w_operands != nullptr && recipe == Fp8Recipe::kRowwise;
+  TORCH_CHECK(!pre || (w_operands->rows.data.sizes() == w.sizes() && w_operands->cols.data.size(0) == K),
+              "Fp8Linear: w_operands do not belong to a weight of shape ", w.sizes());
   torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe), opts.wgrad_fp8,
-                                       opts.fast_accum);  // (M, N)
+                                       opts.fast_accum, opts.fast_accum_grads,
+                                       pre ? w_operands : nullptr);  // (M, N)
   return y.view(out_shape);
 }
 

@@ -29,8 +29,11 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
 // With opts.wgrad_fp8 = false (precision.fp8_wgrad = "compute") the weight-gradient GEMM runs in
 // x's dtype instead (torchao's "rowwise_with_gw_hp" idea: that GEMM is the one whose FP8 operands
 // need transposed casts); the output and input-gradient GEMMs stay FP8. opts.fast_accum applies
-// to the output GEMM.
+// to the output GEMM, opts.fast_accum_grads to the two gradient GEMMs.
+// w_operands (rowwise recipe; ignored under tensorwise): w's two quantised operands made ahead
+// (core/precision/fp8_weights.h), used instead of quantising w here; they must be those of w's
+// current values. Null: quantise w here.
 torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe,
-                        const Fp8GemmOptions& opts = {});
+                        const Fp8GemmOptions& opts = {}, const Fp8WeightOperands* w_operands = nullptr);
 
 }  // namespace moe

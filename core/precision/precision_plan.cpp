@@ -9,7 +9,9 @@ namespace moe {
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w) {
   const int64_t K = x.size(-1);
   const torch::Tensor wu = p.cache ? p.cache->Get(w) : w;  // the bf16 copy when the cache is enabled
-  if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) return Fp8Linear(x, wu, p.recipe, p.gemm);
+  if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) {
+    return Fp8Linear(x, wu, p.recipe, p.gemm, p.fp8_weights ? p.fp8_weights->Find(wu) : nullptr);
+  }
   return CastLinear(x, wu);
 }
 
@@ -19,6 +21,7 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
   p.experts_ = cfg.precision.fp8_experts;
   p.gemm_.wgrad_fp8 = cfg.precision.fp8_wgrad == "fp8";
   p.gemm_.fast_accum = cfg.precision.fp8_fast_accum;
+  p.gemm_.fast_accum_grads = cfg.precision.fp8_fast_accum_grads;
   Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
   TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
   p.rows_ = cfg.train.batch_size * cfg.model.seq_len;
@@ -41,6 +44,10 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tens
   lp.fp8 = true;
   lp.recipe = recipe_;
   lp.gemm = gemm_;
+  if (recipe_ == Fp8Recipe::kRowwise) {
+    fp8_weights_->Record(weight);
+    lp.fp8_weights = fp8_weights_;
+  }
   return lp;
 }
 

@@ -22,6 +22,7 @@
 
 #include "core/config/config.h"
 #include "core/precision/fp8.h"
+#include "core/precision/fp8_weights.h"
 #include "core/precision/weight_cache.h"
 
 namespace moe {
@@ -30,10 +31,13 @@ namespace moe {
 struct LinearPrecision {
   bool fp8 = false;
   Fp8Recipe recipe = Fp8Recipe::kTensorwise;
-  Fp8GemmOptions gemm{};  // precision.fp8_wgrad, precision.fp8_fast_accum
+  Fp8GemmOptions gemm{};  // precision.fp8_wgrad, precision.fp8_fast_accum(_grads)
   // Where the weight comes from: the plan's cache (its bf16 copy when enabled, which the FP8
   // GEMMs quantise too); null for layers built without a plan (the fp32 master).
   std::shared_ptr<WeightCache> cache;
+  // The plan's per-forward weight quantisation (rowwise FP8 layers): where this layer's weight
+  // operands are found when the forward made them ahead; null for other layers.
+  std::shared_ptr<Fp8Weights> fp8_weights;
 };
 
 // x: (..., in) compute dtype; w: (out, in) fp32 parameter (replaced by its bf16 copy when the
@@ -47,7 +51,7 @@ class PrecisionPlan {
   // FP8 off: every GEMM in the compute dtype.
   PrecisionPlan() = default;
 
-  // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum}; the training micro-batch has
+  // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum(_grads)}; the training micro-batch has
   // train.batch_size * model.seq_len rows; `device` decides whether the expert kernel exists.
   static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
 
@@ -64,8 +68,12 @@ class PrecisionPlan {
   // every LinearPrecision this plan made. The trainer enables it for precision.grad_dtype = "bf16".
   const std::shared_ptr<WeightCache>& weights() const { return weights_; }
 
+  // The rowwise FP8 linear weights, quantised all at once per forward (core/precision/fp8_weights.h):
+  // the model calls Prepare(*weights()) at the start of its forward and Clear() at its end.
+  const std::shared_ptr<Fp8Weights>& fp8_weights() const { return fp8_weights_; }
+
   bool fp8() const { return fp8_; }
-  // precision.fp8_wgrad and fp8_fast_accum, for every FP8 GEMM (linear and expert).
+  // precision.fp8_wgrad and fp8_fast_accum(_grads), for every FP8 GEMM (linear and expert).
   const Fp8GemmOptions& gemm_options() const { return gemm_; }
   // "layer: reason" for each layer that FP8 would cover but that stays in the compute dtype.
   const std::vector<std::string>& fallbacks() const { return fallbacks_; }
@@ -79,6 +87,7 @@ class PrecisionPlan {
   torch::Device device_ = torch::kCPU;
   std::vector<std::string> fallbacks_;
   std::shared_ptr<WeightCache> weights_ = std::make_shared<WeightCache>();
+  std::shared_ptr<Fp8Weights> fp8_weights_ = std::make_shared<Fp8Weights>();
 };
 
 }  // namespace moe

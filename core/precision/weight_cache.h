@@ -65,6 +65,8 @@ class WeightCache {
   // sharded optimizer step (core/dist/grad_sync.h) make the stream wait for that copy's
   // all-gather just before a GEMM reads it, so that the gather overlaps the forward. Empty: none.
   void SetBeforeUse(std::function<void(const torch::Tensor& copy)> fn) { before_use_ = std::move(fn); }
+  // Whether a before-use hook is set: the copies are then not ready until Get hands them out.
+  bool has_before_use() const { return static_cast<bool>(before_use_); }
 
   // Recorded masters, in record order, and their copies (empty when disabled).
   const std::vector<torch::Tensor>& masters() const { return masters_; }

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -344,6 +345,13 @@ TEST_CASE("fp8: on CUDA the kernels agree with the CPU arithmetic (skipped witho
     CHECK(RelErr(yf.cpu(), yr) < 0.05);
     CHECK(ex < 0.08);
     CHECK(ew < 0.08);
+    // And on all three (precision.fp8_fast_accum_grads): the gradients keep the same tolerance.
+    torch::Tensor xf = x.detach().clone().requires_grad_(), wf = w.detach().clone().requires_grad_();
+    moe::Fp8GemmOptions all_fast{true, true};
+    all_fast.fast_accum_grads = true;
+    moe::Fp8Linear(xf, wf, recipe, all_fast).backward(g.to(cuda, torch::kBFloat16));
+    CHECK(RelErr(xf.grad().cpu(), xr.grad()) < 0.08);
+    CHECK(RelErr(wf.grad().cpu(), wr.grad()) < 0.08);
   }
   // Grouped, with an empty expert and uneven groups (the weight gradient's padding): the CUDA
   // kernel against the CPU path on the same inputs.
@@ -364,6 +372,14 @@ TEST_CASE("fp8: on CUDA the kernels agree with the CPU arithmetic (skipped witho
   const torch::Tensor y_fast = moe::Fp8GroupedMm(x0.to(cuda, torch::kBFloat16), w0.to(cuda), offs.to(cuda),
                                                  moe::Fp8GemmOptions{true, /*fast_accum=*/true});
   CHECK(RelErr(y_fast.cpu().to(torch::kFloat32), cpu[0]) < 0.01);
+  {  // all three grouped GEMMs in fast accumulation: the gradients against the CPU's, same bound
+    torch::Tensor x = x0.to(cuda, torch::kBFloat16).requires_grad_(), w = w0.to(cuda).requires_grad_();
+    moe::Fp8GemmOptions all_fast{true, true};
+    all_fast.fast_accum_grads = true;
+    moe::Fp8GroupedMm(x, w, offs.to(cuda), all_fast).backward(g.to(cuda, torch::kBFloat16));
+    CHECK(RelErr(x.grad().cpu().to(torch::kFloat32), cpu[1]) < 0.01);
+    CHECK(RelErr(w.grad().cpu(), cpu[2]) < 0.01);
+  }
   CHECK(gpu[2][1].abs().max().item<double>() == 0.0);
 }
 
@@ -404,14 +420,19 @@ TEST_CASE("fp8: fp8_fast_accum reaches every FP8 GEMM's options, and the CPU res
   moe::Config cfg;
   cfg.precision.fp8 = true;
   for (bool fast : {false, true}) {
-    INFO("fp8_fast_accum " << fast);
-    cfg.precision.fp8_fast_accum = fast;
-    moe::PrecisionPlan plan = moe::PrecisionPlan::FromConfig(cfg, torch::kCPU);
-    CHECK(plan.gemm_options().fast_accum == fast);
-    CHECK(plan.gemm_options().wgrad_fp8);
-    const moe::LinearPrecision lp = plan.Linear("attn.qkv", torch::zeros({192, 64}));
-    CHECK(lp.fp8);
-    CHECK(lp.gemm.fast_accum == fast);
+    for (bool grads : {false, true}) {
+      INFO("fp8_fast_accum " << fast << " fp8_fast_accum_grads " << grads);
+      cfg.precision.fp8_fast_accum = fast;
+      cfg.precision.fp8_fast_accum_grads = grads;
+      moe::PrecisionPlan plan = moe::PrecisionPlan::FromConfig(cfg, torch::kCPU);
+      CHECK(plan.gemm_options().fast_accum == fast);
+      CHECK(plan.gemm_options().fast_accum_grads == grads);
+      CHECK(plan.gemm_options().wgrad_fp8);
+      const moe::LinearPrecision lp = plan.Linear("attn.qkv", torch::zeros({192, 64}));
+      CHECK(lp.fp8);
+      CHECK(lp.gemm.fast_accum == fast);
+      CHECK(lp.gemm.fast_accum_grads == grads);
+    }
   }
   // The CPU arithmetic has no fast mode: the same bytes either way, for linear and experts.
   torch::manual_seed(12);
@@ -424,4 +445,68 @@ TEST_CASE("fp8: fp8_fast_accum reaches every FP8 GEMM's options, and the CPU res
   }
   const torch::Tensor offs = torch::tensor({10, 10, 32}, torch::kInt32), wg = torch::randn({3, 48, 16}) / 7;
   CHECK(torch::equal(moe::Fp8GroupedMm(x, wg, offs), moe::Fp8GroupedMm(x, wg, offs, moe::Fp8GemmOptions{true, true})));
+  // Fast gradient GEMMs reach backward, which on the CPU gives the same gradients, bit for bit.
+  moe::Fp8GemmOptions fast_grads;
+  fast_grads.fast_accum_grads = true;
+  const torch::Tensor gy = torch::randn({32, 16});
+  auto grads = [&](bool grouped, const moe::Fp8GemmOptions& o) {
+    torch::Tensor xl = x.clone().requires_grad_(), wl = (grouped ? wg : w).clone().requires_grad_();
+    torch::Tensor y = grouped ? moe::Fp8GroupedMm(xl, wl, offs, o) : moe::Fp8Linear(xl, wl, moe::Fp8Recipe::kRowwise, o);
+    y.backward(gy);
+    return std::make_pair(xl.grad(), wl.grad());
+  };
+  for (bool grouped : {false, true}) {
+    INFO((grouped ? "grouped" : "linear"));
+    auto [dx0, dw0] = grads(grouped, moe::Fp8GemmOptions{});
+    auto [dx1, dw1] = grads(grouped, fast_grads);
+    CHECK(torch::equal(dx0, dx1));
+    CHECK(torch::equal(dw0, dw1));
+  }
+}
+
+TEST_CASE("fp8: weights quantised once per forward train exactly as each layer quantising its own (skipped "
+          "without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (bool bf16_copies : {false, true}) {
+    DYNAMIC_SECTION((bf16_copies ? "bf16 weight copies" : "fp32 masters")) {
+      moe::Config c = moe_test::TinyConfig(false);  // dense: qkv, o, MLP in and out per layer, all FP8
+      c.train.batch_size = 4;
+      c.precision.fp8 = true;
+      c.precision.fp8_recipe = "rowwise";
+      std::vector<torch::Tensor> grads[2];
+      double loss[2] = {0, 0};
+      for (int pre : {0, 1}) {
+        torch::manual_seed(3);
+        moe::GPT m(c, torch::kBFloat16, cuda);
+        m->to(cuda);
+        if (bf16_copies) m->weight_cache()->Enable(torch::kBFloat16);
+        const std::shared_ptr<moe::Fp8Weights>& fw = m->precision_plan().fp8_weights();
+        REQUIRE(fw->recorded() == 8);
+        fw->set_enabled(pre == 1);
+        // What the forward does first: with it on, every recorded weight gets its pair.
+        fw->Prepare(*m->weight_cache());
+        CHECK(fw->prepared() == (pre == 1 ? 8u : 0u));
+        fw->Clear();
+        torch::manual_seed(4);
+        const torch::Tensor idx = torch::randint(0, c.model.vocab_size, {4, c.model.seq_len}, torch::kLong).to(cuda);
+        const torch::Tensor tgt = torch::randint(0, c.model.vocab_size, {4, c.model.seq_len}, torch::kLong).to(cuda);
+        moe::ForwardOut out = m->forward(idx, tgt);
+        CHECK(fw->prepared() == 0u);  // cleared when the forward returned
+        out.loss.backward();
+        loss[pre] = out.loss.item<double>();
+        const std::vector<torch::Tensor>& leaves =
+            bf16_copies ? m->weight_cache()->copies() : m->weight_cache()->masters();
+        for (const torch::Tensor& p : leaves) grads[pre].push_back(p.grad().cpu().to(torch::kFloat32));
+      }
+      // The same bytes and scales reach the same GEMMs: equal, not close.
+      CHECK(loss[1] == loss[0]);
+      REQUIRE(grads[1].size() == grads[0].size());
+      for (size_t i = 0; i < grads[0].size(); ++i) {
+        INFO("weight " << i);
+        CHECK(torch::equal(grads[1][i], grads[0][i]));
+      }
+    }
+  }
 }

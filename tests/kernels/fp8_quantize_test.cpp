@@ -99,6 +99,23 @@ void CheckSame(const at::Tensor& got_data, const at::Tensor& got_scale, const mo
   }
 }
 
+// got_inv (CUDA, written by the kernels beside the scale) against 1 / want_scale as ATen's
+// reciprocal gives it on the CPU: equal bits (both NaN counts as equal), the same shape.
+void CheckInv(const at::Tensor& got_inv, const at::Tensor& want_scale) {
+  REQUIRE(got_inv.defined());
+  REQUIRE(got_inv.scalar_type() == at::kFloat);
+  REQUIRE(got_inv.sizes() == want_scale.sizes());
+  const at::Tensor g = got_inv.cpu().contiguous(), w = want_scale.reciprocal().contiguous();
+  const at::Tensor bad = g.view(at::kInt).ne(w.view(at::kInt)).logical_and(g.isnan().logical_and(w.isnan()).logical_not());
+  const int64_t nbad = bad.sum().item<int64_t>();
+  if (nbad > 0) {
+    const int64_t i = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+    INFO(nbad << " inverse scales differ; first at " << i << ": got " << g.reshape({-1})[i].item<float>() << " want "
+              << w.reshape({-1})[i].item<float>());
+    CHECK(nbad == 0);
+  }
+}
+
 moe::Fp8Granularity Gran(bool rowwise) { return rowwise ? moe::Fp8Granularity::kRow : moe::Fp8Granularity::kTensor; }
 
 // The kernels and moe::Quantize on CUDA against moe::Quantize on the CPU.
@@ -109,11 +126,13 @@ void CheckAgainstCpu(const Input& in, at::ScalarType fp8, bool rowwise) {
   {
     INFO("moe::kernels::Fp8Quantize");
     CheckSame(got.data, got.scale, want, fp8);
+    CheckInv(got.inv_scale, want.scale);
   }
   {
     INFO("moe::Quantize on CUDA");
     const moe::Fp8Tensor q = moe::Quantize(in.cuda, fp8, Gran(rowwise));
     CheckSame(q.data, q.scale, want, fp8);
+    CheckInv(q.inv_scale(), want.scale);
   }
 }
 
@@ -123,13 +142,15 @@ struct Case {
 };
 
 // The model's activations (16384 tokens x d_model 768) and their transposes (the weight-gradient
-// operands), odd and tiny shapes (scalar paths, partial tiles), a misaligned copy, rows wide
-// enough for a block per row (bf16 > 2048), short rows of whole vectors, the grouped weights'
-// (E, K, N) and a one-row tensor.
+// operands), odd and tiny shapes (scalar paths, partial tiles), a misaligned copy, rows held in
+// registers at every width the warp kernel has (1, 2, 3, 4, 6, 8, 12 and 16 vectors per lane,
+// among them the qkv gradient's 2304), rows wide enough for a block per row (bf16 > 4096, fp32 > 2048, scalar >
+// 512), short rows of whole vectors, the grouped weights' (E, K, N) and a one-row tensor.
 const Case kCases[] = {
-    {{16384, 768}, 0}, {{768, 16384}, 0}, {{33, 17}, 0},  {{1, 1}, 0},    {{100, 64}, 1},
-    {{3, 96, 80}, 0},  {{1000, 24}, 0},   {{2, 4099}, 0}, {{130, 257}, 0}, {{1, 2048}, 0},
-    {{256, 131}, 1},   {{5, 40, 136}, 1},
+    {{16384, 768}, 0}, {{768, 16384}, 0}, {{33, 17}, 0},   {{1, 1}, 0},     {{100, 64}, 1},
+    {{3, 96, 80}, 0},  {{1000, 24}, 0},   {{2, 4099}, 0},  {{130, 257}, 0}, {{1, 2048}, 0},
+    {{256, 131}, 1},   {{5, 40, 136}, 1}, {{64, 2304}, 0}, {{40, 3000}, 0}, {{16, 8192}, 0},
+    {{9, 512}, 0},
 };
 
 }  // namespace
@@ -258,6 +279,7 @@ TEST_CASE("kernels: Fp8Quantize replays from a CUDA graph", "[kernels][fp8_quant
         const moe::kernels::Fp8Quantized fresh = moe::kernels::Fp8Quantize(x, fp8, rowwise, moe::kAmaxEps);
         CHECK(at::equal(out.data.view(at::kByte), fresh.data.view(at::kByte)));
         CHECK(at::equal(out.scale, fresh.scale));
+        CHECK(at::equal(out.inv_scale, fresh.inv_scale));
         CHECK_FALSE(at::equal(out.data.view(at::kByte), eager.data.view(at::kByte)));
         CHECK_FALSE(at::equal(out.scale, eager.scale));
         CheckSame(out.data, out.scale, moe::Quantize(x.cpu(), fp8, Gran(rowwise)), fp8);
@@ -296,6 +318,7 @@ TEST_CASE("kernels: Fp8QuantizeGatheredTransposed equals quantising the gathered
         REQUIRE(moe::kernels::Fp8QuantizeGatheredTransposedSupported(tc, srcc, fp8));
         const moe::kernels::Fp8Quantized got = moe::kernels::Fp8QuantizeGatheredTransposed(tc, srcc, fp8, moe::kAmaxEps);
         CheckSame(got.data, got.scale, want, fp8);
+        CheckInv(got.inv_scale, want.scale);
       }
     }
   }
@@ -307,10 +330,78 @@ TEST_CASE("kernels: Fp8QuantizeGatheredTransposed equals quantising the gathered
   CHECK_FALSE(moe::kernels::Fp8QuantizeGatheredTransposedSupported(t.cpu(), src.cpu(), kE4M3));
 }
 
+TEST_CASE("kernels: Fp8QuantizeBothWays equals quantising each weight and its transpose", "[kernels][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(28);
+  // 30 weights (two launches of at most 24), the reference model's projections, tiny, odd-row,
+  // one-row and widest-row (512 vectors) shapes; planted rows as MakeInput plants them.
+  std::vector<std::vector<int64_t>> shapes;
+  for (int l = 0; l < 12; ++l) {
+    shapes.push_back({2304, 768});
+    shapes.push_back({768, 768});
+  }
+  for (const std::vector<int64_t>& sh : std::vector<std::vector<int64_t>>{
+           {16, 16}, {100, 64}, {1, 32}, {33, 1024}, {5000, 32}, {7, 2048}}) {
+    shapes.push_back(sh);
+  }
+  for (auto dt : {at::kBFloat16, at::kFloat}) {
+    for (auto fp8 : {kE4M3, kE5M2}) {
+      std::vector<Input> ins;
+      std::vector<at::Tensor> ws;
+      for (const std::vector<int64_t>& sh : shapes) {
+        if (dt == at::kFloat && sh[1] > 2048) continue;
+        ins.push_back(MakeInput(sh, dt, /*transposed=*/false, 0, /*planted=*/true));
+        ws.push_back(ins.back().cuda);
+      }
+      REQUIRE(moe::kernels::Fp8QuantizeBothWaysSupported(ws, fp8));
+      const std::vector<moe::kernels::Fp8BothWays> got = moe::kernels::Fp8QuantizeBothWays(ws, fp8, moe::kAmaxEps);
+      REQUIRE(got.size() == ws.size());
+      for (size_t i = 0; i < ws.size(); ++i) {
+        INFO("dtype " << dt << " " << fp8 << " weight " << i << " " << ws[i].sizes());
+        const moe::Fp8Tensor rows = moe::Quantize(ins[i].cpu, fp8, moe::Fp8Granularity::kRow);
+        const moe::Fp8Tensor cols = moe::Quantize(ins[i].cpu.t(), fp8, moe::Fp8Granularity::kRow);
+        CheckSame(got[i].rows.data, got[i].rows.scale, rows, fp8);
+        CheckInv(got[i].rows.inv_scale, rows.scale);
+        CheckSame(got[i].cols.data, got[i].cols.scale, cols, fp8);
+        CheckInv(got[i].cols.inv_scale, cols.scale);
+      }
+    }
+  }
+  // Replays from a CUDA graph: the column maxima restart from zero on every replay.
+  auto cuda = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  std::vector<at::Tensor> ws{at::randn({2304, 768}, cuda), at::randn({768, 768}, cuda)};
+  at::cuda::CUDAGraph graph;
+  std::vector<moe::kernels::Fp8BothWays> out;
+  moe_test::CaptureOnSideStream(graph, [&] { out = moe::kernels::Fp8QuantizeBothWays(ws, kE4M3, moe::kAmaxEps); });
+  for (at::Tensor& w : ws) w.copy_(at::randn_like(w) * 0.5);
+  graph.replay();
+  graph.replay();
+  for (size_t i = 0; i < ws.size(); ++i) {
+    CheckSame(out[i].rows.data, out[i].rows.scale, moe::Quantize(ws[i].cpu(), kE4M3, moe::Fp8Granularity::kRow), kE4M3);
+    CheckSame(out[i].cols.data, out[i].cols.scale, moe::Quantize(ws[i].cpu().t(), kE4M3, moe::Fp8Granularity::kRow),
+              kE4M3);
+  }
+  // What it leaves to one tensor at a time.
+  const at::Tensor w = at::randn({64, 96}, cuda);
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({}, kE4M3));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({w, w.to(at::kFloat)}, kE4M3));   // mixed dtypes
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({w.t()}, kE4M3));                  // not contiguous
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({w.narrow(1, 0, 90).contiguous()}, kE4M3));  // 90 % 8
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({at::randn({4, 4104}, cuda)}, kE4M3));      // 513 vectors
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({w.view(-1).narrow(0, 4, 64 * 88).view({64, 88})},
+                                                          kE4M3));  // 8 bytes past a 16-byte boundary
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({w.cpu()}, kE4M3));
+  CHECK_FALSE(moe::kernels::Fp8QuantizeBothWaysSupported({w}, at::kBFloat16));
+  CHECK(moe::kernels::Fp8QuantizeBothWaysSupported({w, w.view({96, 64})}, kE4M3));
+}
+
 // Not run by default: `kernels_tests "[.bench]"` prints us per quantisation (in a CUDA graph) of
 // the fused kernels against the eager ATen path moe::Quantize took before them, on the residual
 // stream's (16384, 768) bf16 activations: rowwise as the forward quantises x, rowwise of x^T as
-// the weight gradient does, and tensorwise e5m2 as the tensorwise recipe's gradient.
+// the weight gradient does, and tensorwise e5m2 as the tensorwise recipe's gradient; on the qkv
+// projection's output gradient (16384, 2304); and on the reference model's projection weights
+// transposed, as the rowwise input gradient quantises w^T (small tensors: latency, not bandwidth).
+// GB/s counts the bf16 bytes read once and the fp8 bytes written.
 TEST_CASE("kernels: Fp8Quantize time against the eager ATen path", "[.bench]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(26);
@@ -338,7 +429,10 @@ TEST_CASE("kernels: Fp8Quantize time against the eager ATen path", "[.bench]") {
                          Shape{"(768, 16384) rowwise", 768, 16384, false, true, kE4M3},
                          Shape{"(768, 16384)^T rowwise", 768, 16384, true, true, kE4M3},
                          Shape{"dy tensorwise e5m2", 16384, 768, false, false, kE5M2},
-                         Shape{"dy^T tensorwise e5m2", 16384, 768, true, false, kE5M2}}) {
+                         Shape{"dy^T tensorwise e5m2", 16384, 768, true, false, kE5M2},
+                         Shape{"dqkv rowwise", 16384, 2304, false, true, kE4M3},
+                         Shape{"w_qkv^T rowwise", 2304, 768, true, true, kE4M3},
+                         Shape{"w_o^T rowwise", 768, 768, true, true, kE4M3}}) {
     std::vector<at::Tensor> xs;  // 4 inputs: together larger than L2
     for (int i = 0; i < 4; ++i) {
       at::Tensor b = at::randn({s.rows, s.cols}, at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16));
@@ -349,7 +443,8 @@ TEST_CASE("kernels: Fp8Quantize time against the eager ATen path", "[.bench]") {
       return moe_test::GraphTimeUs([&] { q(xs[i++ % 4], s.fp8, s.rowwise); });
     };
     const double t_aten = time_us(aten), t_fused = time_us(fused);
+    const double gbytes = static_cast<double>(s.rows * s.cols) * 3 / 1e9;
     WARN("fp8 quantize " << s.what << " (" << s.rows << ", " << s.cols << ") bf16: ATen " << t_aten << " us, fused "
-                         << t_fused << " us");
+                         << t_fused << " us (" << gbytes / (t_fused * 1e-6) << " GB/s)");
   }
 }
