@@ -11,7 +11,10 @@
 # accumulation, with and without precision.fp8_wgrad = "compute"; lossgw = the 200-step loss check
 # of those FP8 forms; graphbg = `graph` with precision.grad_dtype = "bf16" on every run (bf16
 # weight copies and gradients for the weights FP8 leaves in bf16); lossbg = the 200-step loss
-# check of bf16 with fp32 against bf16 weight gradients (eager, dropless). FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
+# check of bf16 with fp32 against bf16 weight gradients (eager, dropless); `graphbg` also runs the
+# fp8_fast_accum_grads forms (the gradient GEMMs in fast accumulation too, experts in FP8); lossfg =
+# the 200-step loss check of bf16 against FP8 rowwise with fast accumulation everywhere and bf16
+# weight gradients (experts in FP8), for train.seed 1, 2, 3. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
 # over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -63,7 +66,21 @@ for what in ${@:-ref}; do
       train ${p}rg_fp8rwf "${G[@]}" "${RF[@]}"
       train ${p}rg_fp8rwf_gwc "${G[@]}" "${RF[@]}" "${GW[@]}"
       train ${p}rg_fp8twf_gwc "${G[@]}" "${TF[@]}" "${GW[@]}"
-      train ${p}rg_fp8rwf_gwc_noexp "${G[@]}" "${RF[@]}" "${GW[@]}" --set precision.fp8_experts=false ;;
+      train ${p}rg_fp8rwf_gwc_noexp "${G[@]}" "${RF[@]}" "${GW[@]}" --set precision.fp8_experts=false
+      if [ "$what" = graphbg ]; then
+        FG=(--set precision.fp8_fast_accum_grads=true)
+        train ${p}wg_fp8rwf_gwc_fg "${G[@]}" "${W[@]}" "${RF[@]}" "${GW[@]}" "${FG[@]}"
+        train ${p}rg_fp8rwf_gwc_fg "${G[@]}" "${RF[@]}" "${GW[@]}" "${FG[@]}"
+      fi ;;
+    lossfg)  # FP8 with fast accumulation in all three GEMMs (experts in FP8) against bf16, three seeds
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute)
+      for seed in 1 2 3; do
+        steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
+        steps=200 train "lfg_seed${seed}_fp8rwf_gwc_fg" "${L[@]}" "${F[@]}" --set train.seed=$seed
+      done ;;
     lossbg)  # bf16 weight gradients against fp32 ones over 200 steps (the same values per step up to
       # the GPU's own run-to-run nondeterminism: atomics in backward kernels)
       corpus
