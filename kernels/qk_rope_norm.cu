@@ -6,6 +6,7 @@
 // reduction over the group (hd 128 in bf16: 8 lanes, 4 vectors per warp).
 #include "kernels/common.cuh"
 #include "kernels/qk_rope_norm.h"
+#include "kernels/fp8_cast.cuh"
 
 #include <ATen/cuda/CUDAContext.h>
 
@@ -123,36 +124,29 @@ __global__ void qk_rope_norm_forward_kernel(T* __restrict__ q, T* __restrict__ k
   StoreHalves<T, VEC>(y, half, col, r1, r2);
 }
 
-// Thread i: lane i % LANES of head vector i / LANES = row * (Hq + 2*Hkv) + h of dqkv; q and k
-// heads run the backward, v heads copy dv (zeros when it is null).
+// The gradient of one lane's slice of dqkv's head vector (row, h): d1, d2 at columns [col, col +
+// VEC) of either half. q and k heads run the backward of RmsNorm(RoPE(x)); v heads copy dv; a
+// missing cotangent gives zeros. The LANES lanes of a vector call it together (the q/k path
+// reduces over them).
 template <typename T, int VEC, int LANES>
-__global__ void qk_rope_norm_backward_kernel(T* __restrict__ dqkv, const T* __restrict__ qkv, Strided<T> dq,
-                                             Strided<T> dk, Strided<T> dv, const float* __restrict__ cos_tab,
-                                             const float* __restrict__ sin_tab, Shape sh) {
-  const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
-  const unsigned heads = sh.Hq + 2 * sh.Hkv, vec = i / LANES;
-  if (vec >= sh.rows * heads) return;
-  const unsigned row = vec / heads, h = vec % heads;
+__device__ __forceinline__ void BackwardSlice(const T* __restrict__ qkv, const Strided<T>& dq, const Strided<T>& dk,
+                                              const Strided<T>& dv, const float* __restrict__ cos_tab,
+                                              const float* __restrict__ sin_tab, const Shape& sh, unsigned row,
+                                              unsigned h, int col, float (&d1)[VEC], float (&d2)[VEC]) {
+  const unsigned heads = sh.Hq + 2 * sh.Hkv, qk = sh.Hq + sh.Hkv;
   const int64_t bi = row / sh.seq;
-  const int t = static_cast<int>(row % sh.seq), half = sh.hd / 2, col = static_cast<int>(i % LANES) * VEC;
-  T* out = dqkv + static_cast<int64_t>(vec) * sh.hd;
-  float g1[VEC], g2[VEC];
-  const unsigned qk = sh.Hq + sh.Hkv;
+  const int t = static_cast<int>(row % sh.seq), half = sh.hd / 2;
   const Strided<T>& g = h < static_cast<unsigned>(sh.Hq) ? dq : (h < qk ? dk : dv);
   const int gh = static_cast<int>(h < static_cast<unsigned>(sh.Hq) ? h : (h < qk ? h - sh.Hq : h - qk));
   if (g.p == nullptr) {
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) g1[e] = g2[e] = 0.f;
-    StoreHalves<T, VEC>(out, half, col, g1, g2);
+    for (int e = 0; e < VEC; ++e) d1[e] = d2[e] = 0.f;
     return;
   }
-  LoadHalves<T, VEC>(g.At(bi, t, gh), half, col, g1, g2);
-  if (h >= qk) {  // v: a copy
-    StoreHalves<T, VEC>(out, half, col, g1, g2);
-    return;
-  }
+  LoadHalves<T, VEC>(g.At(bi, t, gh), half, col, d1, d2);
+  if (h >= qk) return;  // v: a copy
   float a[VEC], b[VEC], c[VEC], s[VEC], y1[VEC], y2[VEC];
-  LoadHalves<T, VEC>(qkv + static_cast<int64_t>(vec) * sh.hd, half, col, a, b);
+  LoadHalves<T, VEC>(qkv + (static_cast<int64_t>(row) * heads + h) * sh.hd, half, col, a, b);
   LoadAngles<T, VEC>(cos_tab, sin_tab, t, half, col, c, s);
   const float rstd = Rotate<VEC, LANES>(a, b, c, s, y1, y2, sh);
   float dot = 0.f;
@@ -160,17 +154,72 @@ __global__ void qk_rope_norm_backward_kernel(T* __restrict__ dqkv, const T* __re
   for (int e = 0; e < VEC; ++e) {
     y1[e] *= rstd;
     y2[e] *= rstd;
-    dot += g1[e] * y1[e] + g2[e] * y2[e];
+    dot += d1[e] * y1[e] + d2[e] * y2[e];
   }
   dot = GroupSum<LANES>(dot) / static_cast<float>(sh.hd);
-  float d1[VEC], d2[VEC];
 #pragma unroll
   for (int e = 0; e < VEC; ++e) {
-    const float r1 = rstd * (g1[e] - y1[e] * dot), r2 = rstd * (g2[e] - y2[e] * dot);
+    const float r1 = rstd * (d1[e] - y1[e] * dot), r2 = rstd * (d2[e] - y2[e] * dot);
     d1[e] = r1 * c[e] - r2 * s[e];  // R^T: rotation by the opposite angle
     d2[e] = r1 * s[e] + r2 * c[e];
   }
-  StoreHalves<T, VEC>(out, half, col, d1, d2);
+}
+
+// Thread i: lane i % LANES of head vector i / LANES = row * (Hq + 2*Hkv) + h of dqkv.
+template <typename T, int VEC, int LANES>
+__global__ void qk_rope_norm_backward_kernel(T* __restrict__ dqkv, const T* __restrict__ qkv, Strided<T> dq,
+                                             Strided<T> dk, Strided<T> dv, const float* __restrict__ cos_tab,
+                                             const float* __restrict__ sin_tab, Shape sh) {
+  const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+  const unsigned heads = sh.Hq + 2 * sh.Hkv, vec = i / LANES;
+  if (vec >= sh.rows * heads) return;
+  const int col = static_cast<int>(i % LANES) * VEC;
+  float d1[VEC], d2[VEC];
+  BackwardSlice<T, VEC, LANES>(qkv, dq, dk, dv, cos_tab, sin_tab, sh, vec / heads, vec % heads, col, d1, d2);
+  StoreHalves<T, VEC>(dqkv + static_cast<int64_t>(vec) * sh.hd, sh.hd / 2, col, d1, d2);
+}
+
+// The same, a block per token row (thread j < heads * LANES: lane j % LANES of head j / LANES;
+// blockDim a multiple of 32), and the row quantised for the FP8 input-gradient GEMM in the same
+// pass: the block's amax of the stored (dtype-rounded) values gives the row's scale, and the
+// values still in registers are cast, as Fp8Quantize's row kernel casts what it reads back, so
+// q8 (rows, heads * hd) e4m3, scale and inv (rows,) are its bytes without reading dqkv again.
+template <typename T, int VEC, int LANES>
+__global__ void qk_rope_norm_backward_fp8_kernel(T* __restrict__ dqkv, uint8_t* __restrict__ q8,
+                                                 float* __restrict__ scale, float* __restrict__ inv,
+                                                 const T* __restrict__ qkv, Strided<T> dq, Strided<T> dk,
+                                                 Strided<T> dv, const float* __restrict__ cos_tab,
+                                                 const float* __restrict__ sin_tab, Shape sh, float amax_eps) {
+  const unsigned row = blockIdx.x, j = threadIdx.x;
+  const unsigned heads = sh.Hq + 2 * sh.Hkv, h = j / LANES;
+  const bool active = h < heads;  // whole groups: heads * LANES is a multiple of LANES
+  const int col = static_cast<int>(j % LANES) * VEC, half = sh.hd / 2;
+  Vec<T, VEC> o1, o2;
+  unsigned m = 0u;
+  if (active) {
+    float d1[VEC], d2[VEC];
+    BackwardSlice<T, VEC, LANES>(qkv, dq, dk, dv, cos_tab, sin_tab, sh, row, h, col, d1, d2);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      o1.v[e] = FromFloat<T>(d1[e]);
+      o2.v[e] = FromFloat<T>(d2[e]);
+      m = MaxU(m, MaxU(AbsBits(o1.v[e]), AbsBits(o2.v[e])));
+    }
+    T* out = dqkv + (static_cast<int64_t>(row) * heads + h) * sh.hd;
+    *reinterpret_cast<Vec<T, VEC>*>(out + col) = o1;
+    *reinterpret_cast<Vec<T, VEC>*>(out + half + col) = o2;
+  }
+  m = BlockMax(m);
+  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), amax_eps);
+  if (j == 0) {
+    scale[row] = s;
+    inv[row] = InvOf(s);
+  }
+  if (active) {
+    uint8_t* out = q8 + (static_cast<int64_t>(row) * heads + h) * sh.hd;
+    *reinterpret_cast<Vec<uint8_t, VEC>*>(out + col) = CastVec<T, VEC, __NV_E4M3>(o1, s);
+    *reinterpret_cast<Vec<uint8_t, VEC>*>(out + half + col) = CastVec<T, VEC, __NV_E4M3>(o2, s);
+  }
 }
 
 // ----------------------------------------------------------------------------
@@ -202,6 +251,21 @@ void qk_rope_norm_backward(T* dqkv, const T* qkv, Strided<T> dq, Strided<T> dk, 
   CheckThreads(threads);
   qk_rope_norm_backward_kernel<T, VEC, LANES>
       <<<Blocks(threads), kBlock, 0, stream>>>(dqkv, qkv, dq, dk, dv, cos_tab, sin_tab, sh);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Threads per block of the FP8 backward: one token row, rounded up to whole warps.
+int Fp8RowThreads(int64_t heads, int64_t lanes) { return static_cast<int>((heads * lanes + 31) / 32 * 32); }
+
+template <typename T, int VEC, int LANES>
+void qk_rope_norm_backward_fp8(T* dqkv, uint8_t* q8, float* scale, float* inv, const T* qkv, Strided<T> dq,
+                               Strided<T> dk, Strided<T> dv, const float* cos_tab, const float* sin_tab, Shape sh,
+                               float amax_eps, cudaStream_t stream) {
+  if (sh.rows == 0) return;
+  TORCH_CHECK(sh.rows <= INT32_MAX, "qk_rope_norm: ", sh.rows, " rows exceed one launch's grid");
+  const int threads = Fp8RowThreads(sh.Hq + 2 * sh.Hkv, LANES);
+  qk_rope_norm_backward_fp8_kernel<T, VEC, LANES><<<static_cast<unsigned>(sh.rows), threads, 0, stream>>>(
+      dqkv, q8, scale, inv, qkv, dq, dk, dv, cos_tab, sin_tab, sh, amax_eps);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -297,6 +361,45 @@ at::Tensor QkRopeNormBackward(const at::Tensor& qkv, const at::Tensor& dq, const
                                                            cos.data_ptr<float>(), sin.data_ptr<float>(), sh, stream);
   });
   return dqkv;
+}
+
+bool QkRopeNormBackwardFp8Supported(int64_t heads, int64_t head_dim, at::ScalarType dtype) {
+  if (!QkRopeNormSupported(head_dim) || (dtype != at::kBFloat16 && dtype != at::kFloat) || heads <= 0) return false;
+  const int64_t lanes = head_dim / 2 / (dtype == at::kBFloat16 ? 8 : 4);
+  return heads * lanes <= 1024;  // one block per row
+}
+
+QkvGradFp8 QkRopeNormBackwardFp8(const at::Tensor& qkv, const at::Tensor& dq, const at::Tensor& dk,
+                                 const at::Tensor& dv, int64_t Hq, int64_t Hkv, const at::Tensor& cos,
+                                 const at::Tensor& sin, double eps, double amax_eps) {
+  TORCH_CHECK(qkv.is_cuda() && qkv.dim() == 4 && qkv.is_contiguous() && qkv.size(2) == Hq + 2 * Hkv,
+              "QkRopeNormBackwardFp8: qkv must be a contiguous CUDA (B, T, Hq + 2*Hkv, hd) tensor");
+  const int64_t B = qkv.size(0), T = qkv.size(1), hd = qkv.size(3), heads = Hq + 2 * Hkv;
+  TORCH_CHECK(QkRopeNormBackwardFp8Supported(heads, hd, qkv.scalar_type()), "QkRopeNormBackwardFp8: ", heads,
+              " heads of ", hd, " in ", qkv.scalar_type(), " do not fit one block per row");
+  CheckTables(cos, sin, T, hd);
+  QkvGradFp8 r;
+  r.dqkv = at::empty_like(qkv);
+  r.fp8.data = at::empty({B * T, heads * hd}, qkv.options().dtype(at::kFloat8_e4m3fn));
+  r.fp8.scale = at::empty({B * T, 1}, qkv.options().dtype(at::kFloat));
+  r.fp8.inv_scale = at::empty_like(r.fp8.scale);
+  const Shape sh{B * T, static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(hd),
+                 static_cast<float>(eps)};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto dt = qkv.scalar_type();
+  at::Tensor kq, kk, kv;  // converted cotangents, alive until the launch is queued
+  Dispatch(dt, hd, [&](auto tag, auto vec, auto lanes) {
+    using T_ = decltype(tag);
+    constexpr int VEC = decltype(vec)::value;
+    const Strided<T_> gq = AsStrided<T_>(dq, dt, VEC, {B, T, Hq, hd}, kq);
+    const Strided<T_> gk = AsStrided<T_>(dk, dt, VEC, {B, T, Hkv, hd}, kk);
+    const Strided<T_> gv = AsStrided<T_>(dv, dt, VEC, {B, T, Hkv, hd}, kv);
+    qk_rope_norm_backward_fp8<T_, VEC, decltype(lanes)::value>(
+        static_cast<T_*>(r.dqkv.data_ptr()), reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
+        r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(), static_cast<const T_*>(qkv.data_ptr()), gq,
+        gk, gv, cos.data_ptr<float>(), sin.data_ptr<float>(), sh, static_cast<float>(amax_eps), stream);
+  });
+  return r;
 }
 
 }  // namespace moe::kernels

@@ -21,9 +21,16 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& m, Precision
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                                const torch::Tensor& sin) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+  // Under rowwise FP8 the qk-norm backward quantises the qkv gradient as it writes it and hands it
+  // to the projection's input-gradient GEMM (core/precision/fp8_grad_slot.h).
+  c10::intrusive_ptr<Fp8GradSlot> grad_slot;
+  if (fp8_grad_handoff_ && qkv_p_.fp8 && qkv_p_.recipe == Fp8Recipe::kRowwise && torch::GradMode::is_enabled()) {
+    grad_slot = c10::make_intrusive<Fp8GradSlot>();
+  }
   // (B, T, H + 2*Hkv, hd) -> q (B, T, H, hd), k and v (B, T, Hkv, hd)
-  torch::Tensor qkv = PlannedLinear(qkv_p_, x, qkv_->weight).view({B, T, n_head_ + 2 * n_kv_head_, head_dim_});
-  const QkvHeads heads = SplitRotateNorm(qkv, n_head_, n_kv_head_, cos, sin);
+  torch::Tensor qkv =
+      PlannedLinear(qkv_p_, x, qkv_->weight, grad_slot).view({B, T, n_head_ + 2 * n_kv_head_, head_dim_});
+  const QkvHeads heads = SplitRotateNorm(qkv, n_head_, n_kv_head_, cos, sin, grad_slot);
   const torch::Tensor &q = heads.q, &k = heads.k, &v = heads.v;
   // SDPA wants (B, heads, T, hd); enable_gqa broadcasts each kv head over its query group.
   torch::Tensor y = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),

@@ -24,10 +24,15 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   // Returns (B, T, n_embd) in x's dtype.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
+  // Under rowwise FP8: whether the qk-norm backward hands the qkv gradient, already quantised, to
+  // the projection's input-gradient GEMM (on by default; tests turn it off to compare).
+  void set_fp8_grad_handoff(bool on) { fp8_grad_handoff_ = on; }
+
  private:
   int64_t n_head_, n_kv_head_, head_dim_;
   torch::nn::Linear qkv_{nullptr}, o_{nullptr};
   LinearPrecision qkv_p_, o_p_;
+  bool fp8_grad_handoff_ = true;
 };
 TORCH_MODULE(CausalSelfAttention);
 

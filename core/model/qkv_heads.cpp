@@ -2,6 +2,7 @@
 
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
+#include "core/precision/fp8.h"
 #include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/qk_rope_norm.h"
@@ -27,20 +28,34 @@ bool UseKernels(const torch::Tensor& qkv, const torch::Tensor& cos, const torch:
 // (v is a view of it).
 struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& qkv, const torch::Tensor& cos,
-                               const torch::Tensor& sin, int64_t Hq, int64_t Hkv) {
+                               const torch::Tensor& sin, int64_t Hq, int64_t Hkv,
+                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({qkv, cos, sin});
     ctx->saved_data["Hq"] = Hq;
     ctx->saved_data["Hkv"] = Hkv;
+    if (fp8_grad && kernels::QkRopeNormBackwardFp8Supported(Hq + 2 * Hkv, qkv.size(3), qkv.scalar_type())) {
+      ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
+    }
     auto [q, k] = kernels::QkRopeNormForward(qkv, Hq, Hkv, cos, sin, kRmsNormEps);
     return {q, k, qkv.narrow(2, Hq + Hkv, Hkv)};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    torch::Tensor dqkv = kernels::QkRopeNormBackward(saved[0], grads[0], grads[1], grads[2],
-                                                     ctx->saved_data["Hq"].toInt(), ctx->saved_data["Hkv"].toInt(),
-                                                     saved[1], saved[2], kRmsNormEps);
-    return {dqkv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    const int64_t Hq = ctx->saved_data["Hq"].toInt(), Hkv = ctx->saved_data["Hkv"].toInt();
+    const auto slot = ctx->saved_data.count("fp8_grad") != 0 ? SlotFromIValue(ctx->saved_data["fp8_grad"])
+                                                              : c10::intrusive_ptr<Fp8GradSlot>();
+    torch::Tensor dqkv;
+    if (slot) {  // the gradient and its FP8 rows in one pass, for the qkv projection's backward
+      kernels::QkvGradFp8 r = kernels::QkRopeNormBackwardFp8(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1],
+                                                             saved[2], kRmsNormEps, kAmaxEps);
+      dqkv = r.dqkv;
+      slot->Offer(dqkv, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+    } else {
+      dqkv = kernels::QkRopeNormBackward(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1], saved[2],
+                                         kRmsNormEps);
+    }
+    return {dqkv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 #endif
@@ -48,10 +63,11 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
 }  // namespace
 
 QkvHeads SplitRotateNorm(const torch::Tensor& qkv, int64_t Hq, int64_t Hkv, const torch::Tensor& cos,
-                         const torch::Tensor& sin) {
+                         const torch::Tensor& sin, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
+  static_cast<void>(fp8_grad);  // only the kernel path quantises the gradient
 #if defined(MOE_WITH_KERNELS)
   if (UseKernels(qkv, cos, sin)) {
-    const variable_list out = QkvHeadsFn::apply(qkv, cos, sin, Hq, Hkv);
+    const variable_list out = QkvHeadsFn::apply(qkv, cos, sin, Hq, Hkv, fp8_grad);
     return {out[0], out[1], out[2]};
   }
 #endif

@@ -12,6 +12,8 @@
 
 #include <torch/torch.h>
 
+#include "core/precision/fp8_grad_slot.h"
+
 namespace moe {
 
 struct QkvHeads {
@@ -22,7 +24,11 @@ struct QkvHeads {
 
 // qkv (B, T, Hq + 2*Hkv, hd) contiguous, in the compute dtype; cos, sin the model's RoPE tables
 // (>= T, hd/2) fp32. Differentiable in qkv.
+// fp8_grad (optional): the slot of the FP8 qkv projection that produced qkv. Where the fused
+// backward runs, it also quantises qkv's gradient by rows in the same pass and offers it there
+// (core/precision/fp8_grad_slot.h), so that the projection's input-gradient GEMM does not
+// quantise it again.
 QkvHeads SplitRotateNorm(const torch::Tensor& qkv, int64_t Hq, int64_t Hkv, const torch::Tensor& cos,
-                         const torch::Tensor& sin);
+                         const torch::Tensor& sin, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad = {});
 
 }  // namespace moe

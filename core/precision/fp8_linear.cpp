@@ -19,7 +19,8 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
   // null): w's two operands already quantised (Fp8Weights). A pointer, not tensor arguments:
   // autograd takes no undefined tensors as inputs, and these need no gradient.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe,
-                               bool wgrad_fp8, bool fast_accum, bool fast_grads, const Fp8WeightOperands* pre) {
+                               bool wgrad_fp8, bool fast_accum, bool fast_grads, const Fp8WeightOperands* pre,
+                               const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
     const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
     const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
     if (!rowwise) pre = nullptr;
@@ -33,6 +34,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     if (rowwise) {
       ctx->save_for_backward({x, w});
+      if (grad_slot) ctx->saved_data["fp8_grad"] = SlotToIValue(grad_slot);
       if (pre) {
         ctx->saved_data["w_cols"] = pre->cols.data;
         ctx->saved_data["w_cols_inv"] = pre->cols.inv_scale();
@@ -58,7 +60,12 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       const torch::Tensor& x = saved[0];  // (M, K)
       const torch::Tensor& w = saved[1];  // (N, K)
       if (ctx->needs_input_grad(0)) {
-        Fp8Tensor dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);      // (M, N), per row over N
+        // (M, N), per row over N: as the op that produced dy quantised it, where it did (fp8_grad_slot.h)
+        Fp8Tensor dyq;
+        const bool handed = ctx->saved_data.count("fp8_grad") != 0 &&
+                            SlotFromIValue(ctx->saved_data["fp8_grad"])->Take(dy, &dyq) &&
+                            dyq.data.sizes() == dy.sizes();
+        if (!handed) dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);
         // (K, N), per k over N
         Fp8Tensor wt = ctx->saved_data.count("w_cols") != 0
                            ? Fp8Tensor{ctx->saved_data["w_cols"].toTensor(), torch::Tensor(),
@@ -87,7 +94,8 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
                       dt, fast).to(w_dtype);
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -98,7 +106,7 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
 }
 
 torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, const Fp8GemmOptions& opts,
-                        const Fp8WeightOperands* w_operands) {
+                        const Fp8WeightOperands* w_operands, const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
   const int64_t K = x.size(-1), N = w.size(0);
   TORCH_CHECK(w.dim() == 2 && w.size(1) == K, "Fp8Linear: w must be (N, ", K, "), got ", w.sizes());
   TORCH_CHECK(Fp8LinearSupported(x.numel() / K, K, N), "Fp8Linear: shape (", x.numel() / K, ", ", K, ") x (", K, ", ",
@@ -110,7 +118,7 @@ torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recip
               "Fp8Linear: w_operands do not belong to a weight of shape ", w.sizes());
   torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe), opts.wgrad_fp8,
                                        opts.fast_accum, opts.fast_accum_grads,
-                                       pre ? w_operands : nullptr);  // (M, N)
+                                       pre ? w_operands : nullptr, grad_slot);  // (M, N)
   return y.view(out_shape);
 }
 

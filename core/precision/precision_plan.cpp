@@ -6,11 +6,12 @@
 
 namespace moe {
 
-torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w) {
+torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w,
+                            const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
   const int64_t K = x.size(-1);
   const torch::Tensor wu = p.cache ? p.cache->Get(w) : w;  // the bf16 copy when the cache is enabled
   if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) {
-    return Fp8Linear(x, wu, p.recipe, p.gemm, p.fp8_weights ? p.fp8_weights->Find(wu) : nullptr);
+    return Fp8Linear(x, wu, p.recipe, p.gemm, p.fp8_weights ? p.fp8_weights->Find(wu) : nullptr, grad_slot);
   }
   return CastLinear(x, wu);
 }

@@ -22,6 +22,7 @@
 
 #include "core/config/config.h"
 #include "core/precision/fp8.h"
+#include "core/precision/fp8_grad_slot.h"
 #include "core/precision/fp8_weights.h"
 #include "core/precision/weight_cache.h"
 
@@ -44,7 +45,9 @@ struct LinearPrecision {
 // plan's WeightCache is enabled). Fp8Linear when p.fp8 and this call's row count fits
 // (Fp8LinearSupported); otherwise the compute-dtype CastLinear. The row check
 // is per call because batches other than the training one (evaluation, tests) may not fit.
-torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w);
+// grad_slot: passed to Fp8Linear (its FP8 path; ignored otherwise).
+torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w,
+                            const c10::intrusive_ptr<Fp8GradSlot>& grad_slot = {});
 
 class PrecisionPlan {
  public:

@@ -16,7 +16,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/model/attention.h"
 #include "core/model/gpt.h"
+#include "core/model/qkv_heads.h"
+#include "core/model/rope.h"
 #include "core/precision/fp8.h"
 #include "core/precision/fp8_grouped.h"
 #include "core/precision/fp8_linear.h"
@@ -508,5 +511,90 @@ TEST_CASE("fp8: weights quantised once per forward train exactly as each layer q
         CHECK(torch::equal(grads[1][i], grads[0][i]));
       }
     }
+  }
+}
+
+TEST_CASE("fp8: the qk-norm backward hands the qkv projection its gradient quantised, and nothing changes "
+          "(skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t B = 2, T = 32, Hq = 4, Hkv = 2, hd = 64, C = Hq * hd, N = (Hq + 2 * Hkv) * hd;
+  torch::manual_seed(9);
+  const moe::RopeTables rope = moe::MakeRopeTables(T, hd, 10000.0);
+  const torch::Tensor cos = rope.cos.to(cuda), sin = rope.sin.to(cuda);
+  const torch::Tensor x0 = torch::randn({B, T, C}).to(cuda, torch::kBFloat16);
+  const torch::Tensor w0 = (torch::randn({N, C}) / 16).to(cuda, torch::kBFloat16);
+  const torch::Tensor gq = torch::randn({B, T, Hq, hd}).to(cuda, torch::kBFloat16);
+  const torch::Tensor gk = torch::randn({B, T, Hkv, hd}).to(cuda, torch::kBFloat16);
+  const torch::Tensor gv = torch::randn({B, T, Hkv, hd}).to(cuda, torch::kBFloat16);
+  // The projection and the heads as attention chains them, with or without a slot between them.
+  auto run = [&](const c10::intrusive_ptr<moe::Fp8GradSlot>& slot) {
+    torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+    torch::Tensor qkv = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, {}, nullptr, slot).view({B, T, Hq + 2 * Hkv, hd});
+    const moe::QkvHeads h = moe::SplitRotateNorm(qkv, Hq, Hkv, cos, sin, slot);
+    ((h.q.to(torch::kFloat32) * gq).sum() + (h.k.to(torch::kFloat32) * gk).sum() +
+     (h.v.to(torch::kFloat32) * gv).sum())
+        .backward();
+    return std::make_pair(x.grad(), w.grad());
+  };
+  const auto slot = c10::make_intrusive<moe::Fp8GradSlot>();
+  const auto [dx1, dw1] = run(slot);
+  CHECK(slot->taken() == 1);  // the projection's backward used the offered gradient
+  CHECK_FALSE(slot->offered());
+  const auto [dx0, dw0] = run({});
+  CHECK(torch::equal(dx1, dx0));  // the same FP8 bytes and scales reach the same GEMM
+  CHECK(torch::equal(dw1, dw0));
+
+  // What the heads' backward offers is the rowwise quantisation of the gradient it returns.
+  torch::Tensor qkv = x0.new_empty({B, T, Hq + 2 * Hkv, hd}).normal_().requires_grad_();
+  const auto s2 = c10::make_intrusive<moe::Fp8GradSlot>();
+  const moe::QkvHeads h = moe::SplitRotateNorm(qkv, Hq, Hkv, cos, sin, s2);
+  const torch::Tensor dqkv = torch::autograd::grad({h.q, h.k, h.v}, {qkv}, {gq, gk, gv})[0];
+  REQUIRE(s2->offered());
+  moe::Fp8Tensor got;
+  REQUIRE(s2->Take(dqkv.view({B * T, N}), &got));
+  const moe::Fp8Tensor want = moe::Quantize(dqkv.view({B * T, N}), torch::kFloat8_e4m3fn, moe::Fp8Granularity::kRow);
+  CHECK(torch::equal(got.data.view(torch::kByte), want.data.view(torch::kByte)));
+  CHECK(torch::equal(got.inv_scale(), want.inv_scale()));
+  // A gradient that is not the offered tensor is refused (and the offer dropped).
+  s2->Offer(dqkv, got);
+  moe::Fp8Tensor other;
+  CHECK_FALSE(s2->Take(dqkv.clone(), &other));
+  CHECK_FALSE(s2->offered());
+}
+
+TEST_CASE("fp8: a model trains identically with and without the qkv gradient handoff (skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  moe::Config c = moe_test::TinyConfig(false);  // dense: no routing between the two runs
+  c.model.n_embd = 256;                         // head_dim 64: the fused qk-norm kernels run
+  c.train.batch_size = 2;
+  c.precision.fp8 = true;
+  c.precision.fp8_recipe = "rowwise";
+  double loss[2] = {0, 0};
+  std::vector<torch::Tensor> grads[2];
+  for (int handoff : {0, 1}) {
+    torch::manual_seed(5);
+    moe::GPT m(c, torch::kBFloat16, cuda);
+    m->to(cuda);
+    for (auto& mod : m->modules(/*include_self=*/false)) {
+      if (auto* attn = mod->as<moe::CausalSelfAttentionImpl>()) attn->set_fp8_grad_handoff(handoff == 1);
+    }
+    torch::manual_seed(6);
+    const torch::Tensor idx = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
+    const torch::Tensor tgt = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
+    moe::ForwardOut out = m->forward(idx, tgt);
+    out.loss.backward();
+    loss[handoff] = out.loss.item<double>();
+    for (const auto& p : m->parameters()) grads[handoff].push_back(p.grad().defined() ? p.grad().cpu() : torch::Tensor());
+  }
+  CHECK(loss[1] == loss[0]);
+  REQUIRE(grads[1].size() == grads[0].size());
+  for (size_t i = 0; i < grads[0].size(); ++i) {
+    INFO("parameter " << i);
+    REQUIRE(grads[1][i].defined() == grads[0][i].defined());
+    if (grads[0][i].defined()) CHECK(torch::equal(grads[1][i], grads[0][i]));
   }
 }

@@ -83,3 +83,48 @@ TEST_CASE("kernels: QkRopeNorm forward and backward match the float64 RoPE + RMS
     }
   }
 }
+
+TEST_CASE("kernels: QkRopeNormBackwardFp8 equals the backward then the FP8 row quantisation, bit for bit",
+          "[kernels][qk_rope_norm]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(32);
+  // The reference model's 18 heads of 128 (a block of 160 threads per row, one warp half idle),
+  // grouped-query heads, hd 64 and 256, a single token, and a row set by one huge cotangent.
+  const Case cases[] = {{2, 64, 6, 6, 128}, {1, 33, 8, 2, 64}, {3, 17, 4, 4, 256}, {1, 1, 1, 1, 64}, {2, 16, 2, 1, 128}};
+  for (const Case& c : cases) {
+    for (auto dt : {at::kBFloat16, at::kFloat}) {
+      for (int layout : {0, 1, 2, 3}) {  // 0 all cotangents, 1 strided dv, 2 no dk and no dv, 3 none
+        DYNAMIC_SECTION("B " << c.B << " T " << c.T << " Hq " << c.Hq << " Hkv " << c.Hkv << " hd " << c.hd
+                             << " dtype " << dt << " layout " << layout) {
+          auto cuda = at::TensorOptions().device(at::kCUDA);
+          const int64_t H = c.Hq + 2 * c.Hkv;
+          REQUIRE(moe::kernels::QkRopeNormBackwardFp8Supported(H, c.hd, dt));
+          const moe::RopeTables rope = moe::MakeRopeTables(c.T + 3, c.hd, 10000.0);
+          const at::Tensor cos = rope.cos.to(at::kCUDA), sin = rope.sin.to(at::kCUDA);
+          const at::Tensor qkv = (at::randn({c.B, c.T, H, c.hd}, cuda.dtype(at::kFloat)) * 2).to(dt);
+          at::Tensor gq = at::randn({c.B, c.T, c.Hq, c.hd}, cuda.dtype(dt));
+          at::Tensor gk = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
+          at::Tensor gv = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
+          gv.select(0, 0).select(0, 0).select(0, 0).fill_(3000.0);  // row 0's scale comes from v
+          if (layout == 1) gv = at::randn({c.B, c.Hkv, c.T, c.hd}, cuda.dtype(dt)).transpose(1, 2);
+          if (layout >= 2) gk = gv = at::Tensor();
+          if (layout == 3) gq = at::Tensor();
+          const at::Tensor want = moe::kernels::QkRopeNormBackward(qkv, gq, gk, gv, c.Hq, c.Hkv, cos, sin, kEps);
+          const moe::kernels::Fp8Quantized want8 =
+              moe::kernels::Fp8Quantize(want.view({c.B * c.T, -1}), at::kFloat8_e4m3fn, /*rowwise=*/true, 1e-12);
+          const moe::kernels::QkvGradFp8 got =
+              moe::kernels::QkRopeNormBackwardFp8(qkv, gq, gk, gv, c.Hq, c.Hkv, cos, sin, kEps, 1e-12);
+          CHECK(at::equal(got.dqkv, want));
+          REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
+          CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
+          CHECK(at::equal(got.fp8.scale, want8.scale));
+          CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+          if (layout == 3) CHECK(got.fp8.data.view(at::kByte).eq(0).all().item<bool>());
+        }
+      }
+    }
+  }
+  CHECK_FALSE(moe::kernels::QkRopeNormBackwardFp8Supported(129, 128, at::kBFloat16));  // 1032 threads per row
+  CHECK_FALSE(moe::kernels::QkRopeNormBackwardFp8Supported(18, 96, at::kBFloat16));
+  CHECK(moe::kernels::QkRopeNormBackwardFp8Supported(64, 128, at::kFloat));  // 16 lanes x 64 = 1024
+}

@@ -1,0 +1,89 @@
+// Device helpers of FP8 quantisation shared by the kernels that write FP8 operands
+// (kernels/fp8_quantize.cu, and kernels/qk_rope_norm.cu's backward, which quantises the gradient
+// it produces): the scale from an amax, its reciprocal, ordered-bits maxima and the scaled,
+// saturating cast. One definition, so every producer writes the bytes moe::Quantize would.
+#pragma once
+
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "kernels/common.cuh"
+
+namespace moe::kernels {
+
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ constexpr float Fp8MaxOf() {
+  return F == __NV_E4M3 ? 448.f : 57344.f;
+}
+
+// As AmaxToScale: fp8_max / clamp_min(amax, eps), in fp32 with IEEE division (__fdiv_rn, whatever
+// the compile flags). Written so that a NaN amax gives a NaN scale, as ATen's clamp_min does
+// (fmaxf would return eps).
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ float ScaleOf(float amax, float eps) {
+  return __fdiv_rn(Fp8MaxOf<F>(), amax < eps ? eps : amax);
+}
+
+// 1 / scale, correctly rounded (as ATen's reciprocal): what the scaled GEMMs multiply by.
+__device__ __forceinline__ float InvOf(float scale) { return __frcp_rn(scale); }
+
+// |v| as ordered bits: for non-negative floats (sign bit clear) the bit patterns order as the
+// values do, and a NaN's (0x7F800001..) are above +inf's, so a maximum over them propagates NaN
+// as ATen's amax norm does (and atomicMax on unsigned works for floats).
+template <typename T>
+__device__ __forceinline__ unsigned AbsBits(T v) {
+  return __float_as_uint(fabsf(ToFloat(v)));
+}
+__device__ __forceinline__ unsigned MaxU(unsigned a, unsigned b) { return a > b ? a : b; }
+
+__device__ __forceinline__ unsigned WarpMax(unsigned v) {
+  for (int off = 16; off > 0; off /= 2) v = MaxU(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// Maximum over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
+// Called once per kernel, so the shared arrays need no sync before reuse.
+__device__ __forceinline__ unsigned BlockMax(unsigned v) {
+  __shared__ unsigned partial[32];
+  __shared__ unsigned total;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = WarpMax(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    unsigned m = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : 0u;
+    m = WarpMax(m);
+    if (lane == 0) total = m;
+  }
+  __syncthreads();
+  return total;
+}
+
+// fp32 product, then one round-to-nearest-even cast. __NV_SATFINITE clamps to +-fp8_max (inf
+// included) and keeps NaN a NaN; a clamp by fminf/fmaxf before the cast would turn NaN into 448.
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ uint8_t CastFp8(float v, float scale) {
+  return __nv_cvt_float_to_fp8(__fmul_rn(v, scale), __NV_SATFINITE, F);
+}
+
+// VEC scaled casts of one input vector into VEC bytes, two per cvt where VEC is even.
+template <typename T, int VEC, __nv_fp8_interpretation_t F>
+__device__ __forceinline__ Vec<uint8_t, VEC> CastVec(const Vec<T, VEC>& in, float scale) {
+  Vec<uint8_t, VEC> o;
+  if constexpr (VEC % 2 == 0) {
+#pragma unroll
+    for (int e = 0; e < VEC; e += 2) {
+      const float2 p = make_float2(__fmul_rn(ToFloat(in.v[e]), scale), __fmul_rn(ToFloat(in.v[e + 1]), scale));
+      const __nv_fp8x2_storage_t q = __nv_cvt_float2_to_fp8x2(p, __NV_SATFINITE, F);  // .x in the low byte
+      o.v[e] = static_cast<uint8_t>(q & 0xffu);
+      o.v[e + 1] = static_cast<uint8_t>(q >> 8);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) o.v[e] = CastFp8<F>(ToFloat(in.v[e]), scale);
+  }
+  return o;
+}
+
+}  // namespace moe::kernels
