@@ -14,7 +14,10 @@
 # check of bf16 with fp32 against bf16 weight gradients (eager, dropless); `graphbg` also runs the
 # fp8_fast_accum_grads forms (the gradient GEMMs in fast accumulation too, experts in FP8); lossfg =
 # the 200-step loss check of bf16 against FP8 rowwise with fast accumulation everywhere and bf16
-# weight gradients (experts in FP8), for train.seed 1, 2, 3. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
+# weight gradients (experts in FP8), for train.seed 1, 2, 3; parity = issue 5's "never slower"
+# check on the reference config: bf16 and the fastest FP8 form there (rowwise, fast accumulation,
+# bf16 weight gradients, experts in bf16), graph mode, capacity 1.25, bf16 gradients, alternated
+# REPS times (default 3), then the ratio of the medians of the runs' medians. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
 # over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -72,6 +75,26 @@ for what in ${@:-ref}; do
         train ${p}wg_fp8rwf_gwc_fg "${G[@]}" "${W[@]}" "${RF[@]}" "${GW[@]}" "${FG[@]}"
         train ${p}rg_fp8rwf_gwc_fg "${G[@]}" "${RF[@]}" "${GW[@]}" "${FG[@]}"
       fi ;;
+    parity)
+      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
+      B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_wgrad=compute --set precision.fp8_experts=false)
+      for rep in $(seq 1 "${REPS:-3}"); do
+        train "par${rep}_bf16" "${G[@]}"
+        train "par${rep}_fp8best" "${G[@]}" "${B[@]}"
+      done
+      python3 - <<'PY'
+import glob, json, statistics
+def med(name):
+    rows = [json.loads(l) for l in open(f"/tmp/runs/{name}/metrics.jsonl")][10:]
+    return statistics.median(r["tok_per_s"] for r in rows)
+reps = sorted(p.split("/")[-1][3:-5] for p in glob.glob("/tmp/runs/par*_bf16"))
+b = [med(f"par{r}_bf16") for r in reps]; f = [med(f"par{r}_fp8best") for r in reps]
+print("\nparity: bf16 " + ", ".join(f"{x:.0f}" for x in b) + "; fp8 best " + ", ".join(f"{x:.0f}" for x in f))
+print(f"parity: median fp8/bf16 = {statistics.median(f) / statistics.median(b):.4f}; "
+      f"pairwise " + ", ".join(f"{y / x:.4f}" for x, y in zip(b, f)))
+PY
+      ;;
     lossfg)  # FP8 with fast accumulation in all three GEMMs (experts in FP8) against bf16, three seeds
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
