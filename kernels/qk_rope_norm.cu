@@ -312,6 +312,31 @@ Strided<T> AsStrided(const at::Tensor& g, at::ScalarType dt, int P, at::IntArray
   return {static_cast<const T*>(keep.data_ptr()), keep.stride(0), keep.stride(1), keep.stride(2)};
 }
 
+// Both backward entry points: checks qkv and the tables, then calls
+// f(T{}, VEC, LANES, gq, gk, gv, sh) with the cotangents as strided views in qkv's dtype (converted
+// copies, where needed, live until f has queued its launch).
+template <typename F>
+void WithBackwardArgs(const char* who, const at::Tensor& qkv, const at::Tensor& dq, const at::Tensor& dk,
+                      const at::Tensor& dv, int64_t Hq, int64_t Hkv, const at::Tensor& cos, const at::Tensor& sin,
+                      double eps, F&& f) {
+  TORCH_CHECK(qkv.is_cuda() && qkv.dim() == 4 && qkv.is_contiguous() && qkv.size(2) == Hq + 2 * Hkv, who,
+              ": qkv must be a contiguous CUDA (B, T, Hq + 2*Hkv, hd) tensor");
+  const int64_t B = qkv.size(0), T = qkv.size(1), hd = qkv.size(3);
+  CheckTables(cos, sin, T, hd);
+  const Shape sh{B * T, static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(hd),
+                 static_cast<float>(eps)};
+  const auto dt = qkv.scalar_type();
+  at::Tensor kq, kk, kv;
+  Dispatch(dt, hd, [&](auto tag, auto vec, auto lanes) {
+    using T_ = decltype(tag);
+    constexpr int VEC = decltype(vec)::value;
+    const Strided<T_> gq = AsStrided<T_>(dq, dt, VEC, {B, T, Hq, hd}, kq);
+    const Strided<T_> gk = AsStrided<T_>(dk, dt, VEC, {B, T, Hkv, hd}, kk);
+    const Strided<T_> gv = AsStrided<T_>(dv, dt, VEC, {B, T, Hkv, hd}, kv);
+    f(tag, vec, lanes, gq, gk, gv, sh);
+  });
+}
+
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -340,26 +365,16 @@ std::tuple<at::Tensor, at::Tensor> QkRopeNormForward(const at::Tensor& qkv, int6
 
 at::Tensor QkRopeNormBackward(const at::Tensor& qkv, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
                               int64_t Hq, int64_t Hkv, const at::Tensor& cos, const at::Tensor& sin, double eps) {
-  TORCH_CHECK(qkv.is_cuda() && qkv.dim() == 4 && qkv.is_contiguous() && qkv.size(2) == Hq + 2 * Hkv,
-              "QkRopeNormBackward: qkv must be a contiguous CUDA (B, T, Hq + 2*Hkv, hd) tensor");
-  const int64_t B = qkv.size(0), T = qkv.size(1), hd = qkv.size(3);
-  CheckTables(cos, sin, T, hd);
-  at::Tensor dqkv = at::empty_like(qkv);
-  const Shape sh{B * T, static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(hd),
-                 static_cast<float>(eps)};
+  at::Tensor dqkv;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto dt = qkv.scalar_type();
-  at::Tensor kq, kk, kv;  // converted cotangents, alive until the launch is queued
-  Dispatch(dt, hd, [&](auto tag, auto vec, auto lanes) {
-    using T_ = decltype(tag);
-    constexpr int VEC = decltype(vec)::value;
-    const Strided<T_> gq = AsStrided<T_>(dq, dt, VEC, {B, T, Hq, hd}, kq);
-    const Strided<T_> gk = AsStrided<T_>(dk, dt, VEC, {B, T, Hkv, hd}, kk);
-    const Strided<T_> gv = AsStrided<T_>(dv, dt, VEC, {B, T, Hkv, hd}, kv);
-    qk_rope_norm_backward<T_, VEC, decltype(lanes)::value>(static_cast<T_*>(dqkv.data_ptr()),
-                                                           static_cast<const T_*>(qkv.data_ptr()), gq, gk, gv,
-                                                           cos.data_ptr<float>(), sin.data_ptr<float>(), sh, stream);
-  });
+  WithBackwardArgs("QkRopeNormBackward", qkv, dq, dk, dv, Hq, Hkv, cos, sin, eps,
+                   [&](auto tag, auto vec, auto lanes, const auto& gq, const auto& gk, const auto& gv, const Shape& sh) {
+                     using T_ = decltype(tag);
+                     dqkv = at::empty_like(qkv);
+                     qk_rope_norm_backward<T_, decltype(vec)::value, decltype(lanes)::value>(
+                         static_cast<T_*>(dqkv.data_ptr()), static_cast<const T_*>(qkv.data_ptr()), gq, gk, gv,
+                         cos.data_ptr<float>(), sin.data_ptr<float>(), sh, stream);
+                   });
   return dqkv;
 }
 
@@ -372,33 +387,24 @@ bool QkRopeNormBackwardFp8Supported(int64_t heads, int64_t head_dim, at::ScalarT
 QkvGradFp8 QkRopeNormBackwardFp8(const at::Tensor& qkv, const at::Tensor& dq, const at::Tensor& dk,
                                  const at::Tensor& dv, int64_t Hq, int64_t Hkv, const at::Tensor& cos,
                                  const at::Tensor& sin, double eps, double amax_eps) {
-  TORCH_CHECK(qkv.is_cuda() && qkv.dim() == 4 && qkv.is_contiguous() && qkv.size(2) == Hq + 2 * Hkv,
-              "QkRopeNormBackwardFp8: qkv must be a contiguous CUDA (B, T, Hq + 2*Hkv, hd) tensor");
-  const int64_t B = qkv.size(0), T = qkv.size(1), hd = qkv.size(3), heads = Hq + 2 * Hkv;
-  TORCH_CHECK(QkRopeNormBackwardFp8Supported(heads, hd, qkv.scalar_type()), "QkRopeNormBackwardFp8: ", heads,
-              " heads of ", hd, " in ", qkv.scalar_type(), " do not fit one block per row");
-  CheckTables(cos, sin, T, hd);
   QkvGradFp8 r;
-  r.dqkv = at::empty_like(qkv);
-  r.fp8.data = at::empty({B * T, heads * hd}, qkv.options().dtype(at::kFloat8_e4m3fn));
-  r.fp8.scale = at::empty({B * T, 1}, qkv.options().dtype(at::kFloat));
-  r.fp8.inv_scale = at::empty_like(r.fp8.scale);
-  const Shape sh{B * T, static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(hd),
-                 static_cast<float>(eps)};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto dt = qkv.scalar_type();
-  at::Tensor kq, kk, kv;  // converted cotangents, alive until the launch is queued
-  Dispatch(dt, hd, [&](auto tag, auto vec, auto lanes) {
-    using T_ = decltype(tag);
-    constexpr int VEC = decltype(vec)::value;
-    const Strided<T_> gq = AsStrided<T_>(dq, dt, VEC, {B, T, Hq, hd}, kq);
-    const Strided<T_> gk = AsStrided<T_>(dk, dt, VEC, {B, T, Hkv, hd}, kk);
-    const Strided<T_> gv = AsStrided<T_>(dv, dt, VEC, {B, T, Hkv, hd}, kv);
-    qk_rope_norm_backward_fp8<T_, VEC, decltype(lanes)::value>(
-        static_cast<T_*>(r.dqkv.data_ptr()), reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
-        r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(), static_cast<const T_*>(qkv.data_ptr()), gq,
-        gk, gv, cos.data_ptr<float>(), sin.data_ptr<float>(), sh, static_cast<float>(amax_eps), stream);
-  });
+  WithBackwardArgs(
+      "QkRopeNormBackwardFp8", qkv, dq, dk, dv, Hq, Hkv, cos, sin, eps,
+      [&](auto tag, auto vec, auto lanes, const auto& gq, const auto& gk, const auto& gv, const Shape& sh) {
+        using T_ = decltype(tag);
+        const int64_t heads = Hq + 2 * Hkv, hd = qkv.size(3);
+        TORCH_CHECK(QkRopeNormBackwardFp8Supported(heads, hd, qkv.scalar_type()), "QkRopeNormBackwardFp8: ", heads,
+                    " heads of ", hd, " in ", qkv.scalar_type(), " do not fit one block per row");
+        r.dqkv = at::empty_like(qkv);
+        r.fp8.data = at::empty({sh.rows, heads * hd}, qkv.options().dtype(at::kFloat8_e4m3fn));
+        r.fp8.scale = at::empty({sh.rows, 1}, qkv.options().dtype(at::kFloat));
+        r.fp8.inv_scale = at::empty_like(r.fp8.scale);
+        qk_rope_norm_backward_fp8<T_, decltype(vec)::value, decltype(lanes)::value>(
+            static_cast<T_*>(r.dqkv.data_ptr()), reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
+            r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(), static_cast<const T_*>(qkv.data_ptr()),
+            gq, gk, gv, cos.data_ptr<float>(), sin.data_ptr<float>(), sh, static_cast<float>(amax_eps), stream);
+      });
   return r;
 }
 

@@ -28,6 +28,28 @@ struct Case {
   int64_t B, T, Hq, Hkv, hd;
 };
 
+// Random inputs of a case: qkv (B, T, Hq + 2*Hkv, hd) in dt, the RoPE tables on the GPU, and the
+// cotangents by layout: 0 contiguous; 1 dv strided as SDPA's backward returns it ((B, Hkv, T, hd)
+// memory viewed as (B, T, Hkv, hd)); 2 no dk and no dv; 3 none at all.
+struct BackwardInputs {
+  at::Tensor qkv, cos, sin, gq, gk, gv;
+};
+BackwardInputs MakeBackwardInputs(const Case& c, at::ScalarType dt, int layout) {
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  const moe::RopeTables rope = moe::MakeRopeTables(c.T + 3, c.hd, 10000.0);
+  BackwardInputs in;
+  in.cos = rope.cos.to(at::kCUDA);
+  in.sin = rope.sin.to(at::kCUDA);
+  in.qkv = (at::randn({c.B, c.T, c.Hq + 2 * c.Hkv, c.hd}, cuda.dtype(at::kFloat)) * 2).to(dt);
+  in.gq = at::randn({c.B, c.T, c.Hq, c.hd}, cuda.dtype(dt));
+  in.gk = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
+  in.gv = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
+  if (layout == 1) in.gv = at::randn({c.B, c.Hkv, c.T, c.hd}, cuda.dtype(dt)).transpose(1, 2);
+  if (layout >= 2) in.gk = in.gv = at::Tensor();
+  if (layout == 3) in.gq = at::Tensor();
+  return in;
+}
+
 }  // namespace
 
 TEST_CASE("kernels: QkRopeNorm forward and backward match the float64 RoPE + RMSNorm reference",
@@ -37,20 +59,11 @@ TEST_CASE("kernels: QkRopeNorm forward and backward match the float64 RoPE + RMS
   const Case cases[] = {{2, 33, 6, 6, 128}, {1, 64, 4, 2, 64}, {3, 5, 2, 1, 256}, {2, 1024, 6, 6, 128}, {1, 1, 1, 1, 64}};
   for (const Case& c : cases) {
     for (auto dt : {at::kBFloat16, at::kFloat}) {
-      // dv as SDPA's backward returns it: (B, Hkv, T, hd) memory, viewed as (B, T, Hkv, hd).
-      for (int layout : {0, 1, 2}) {  // 0 contiguous cotangents, 1 strided dv, 2 no dk and no dv
+      for (int layout : {0, 1, 2}) {  // MakeBackwardInputs' layouts
         DYNAMIC_SECTION("B " << c.B << " T " << c.T << " Hq " << c.Hq << " Hkv " << c.Hkv << " hd " << c.hd
                              << " dtype " << dt << " layout " << layout) {
-          auto cuda = at::TensorOptions().device(at::kCUDA);
-          const int64_t H = c.Hq + 2 * c.Hkv;
-          const moe::RopeTables rope = moe::MakeRopeTables(c.T + 3, c.hd, 10000.0);
-          const at::Tensor cos = rope.cos.to(at::kCUDA), sin = rope.sin.to(at::kCUDA);
-          const at::Tensor qkv = (at::randn({c.B, c.T, H, c.hd}, cuda.dtype(at::kFloat)) * 2).to(dt);
-          at::Tensor gq = at::randn({c.B, c.T, c.Hq, c.hd}, cuda.dtype(dt));
-          at::Tensor gk = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
-          at::Tensor gv = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
-          if (layout == 1) gv = at::randn({c.B, c.Hkv, c.T, c.hd}, cuda.dtype(dt)).transpose(1, 2);
-          if (layout == 2) gk = gv = at::Tensor();
+          const BackwardInputs in = MakeBackwardInputs(c, dt, layout);
+          const at::Tensor &qkv = in.qkv, &cos = in.cos, &sin = in.sin, &gq = in.gq, &gk = in.gk, &gv = in.gv;
 
           // float64 reference and its gradient to qkv.
           at::Tensor x = qkv.to(at::kDouble).requires_grad_(true);
@@ -61,7 +74,7 @@ TEST_CASE("kernels: QkRopeNorm forward and backward match the float64 RoPE + RMS
           if (gv.defined()) loss = loss + (x.narrow(2, c.Hq + c.Hkv, c.Hkv) * gv.to(at::kDouble)).sum();
           const at::Tensor dref = torch::autograd::grad({loss}, {x})[0];
 
-          moe_test::PoisonAllocator(c.B * c.T * H * c.hd, dt);
+          moe_test::PoisonAllocator(c.B * c.T * (c.Hq + 2 * c.Hkv) * c.hd, dt);
           auto [q, k] = moe::kernels::QkRopeNormForward(qkv, c.Hq, c.Hkv, cos, sin, kEps);
           REQUIRE(q.sizes() == yq.sizes());
           REQUIRE(k.sizes() == yk.sizes());
@@ -70,7 +83,7 @@ TEST_CASE("kernels: QkRopeNorm forward and backward match the float64 RoPE + RMS
           CHECK(moe_test::RelErr(q, yq) < tol);
           CHECK(moe_test::RelErr(k, yk) < tol);
 
-          moe_test::PoisonAllocator(c.B * c.T * H * c.hd, dt);
+          moe_test::PoisonAllocator(c.B * c.T * (c.Hq + 2 * c.Hkv) * c.hd, dt);
           const at::Tensor dqkv = moe::kernels::QkRopeNormBackward(qkv, gq, gk, gv, c.Hq, c.Hkv, cos, sin, kEps);
           REQUIRE(dqkv.sizes() == qkv.sizes());
           CHECK(moe_test::AllFinite(dqkv));
@@ -93,22 +106,13 @@ TEST_CASE("kernels: QkRopeNormBackwardFp8 equals the backward then the FP8 row q
   const Case cases[] = {{2, 64, 6, 6, 128}, {1, 33, 8, 2, 64}, {3, 17, 4, 4, 256}, {1, 1, 1, 1, 64}, {2, 16, 2, 1, 128}};
   for (const Case& c : cases) {
     for (auto dt : {at::kBFloat16, at::kFloat}) {
-      for (int layout : {0, 1, 2, 3}) {  // 0 all cotangents, 1 strided dv, 2 no dk and no dv, 3 none
+      for (int layout : {0, 1, 2, 3}) {  // MakeBackwardInputs' layouts
         DYNAMIC_SECTION("B " << c.B << " T " << c.T << " Hq " << c.Hq << " Hkv " << c.Hkv << " hd " << c.hd
                              << " dtype " << dt << " layout " << layout) {
-          auto cuda = at::TensorOptions().device(at::kCUDA);
-          const int64_t H = c.Hq + 2 * c.Hkv;
-          REQUIRE(moe::kernels::QkRopeNormBackwardFp8Supported(H, c.hd, dt));
-          const moe::RopeTables rope = moe::MakeRopeTables(c.T + 3, c.hd, 10000.0);
-          const at::Tensor cos = rope.cos.to(at::kCUDA), sin = rope.sin.to(at::kCUDA);
-          const at::Tensor qkv = (at::randn({c.B, c.T, H, c.hd}, cuda.dtype(at::kFloat)) * 2).to(dt);
-          at::Tensor gq = at::randn({c.B, c.T, c.Hq, c.hd}, cuda.dtype(dt));
-          at::Tensor gk = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
-          at::Tensor gv = at::randn({c.B, c.T, c.Hkv, c.hd}, cuda.dtype(dt));
-          gv.select(0, 0).select(0, 0).select(0, 0).fill_(3000.0);  // row 0's scale comes from v
-          if (layout == 1) gv = at::randn({c.B, c.Hkv, c.T, c.hd}, cuda.dtype(dt)).transpose(1, 2);
-          if (layout >= 2) gk = gv = at::Tensor();
-          if (layout == 3) gq = at::Tensor();
+          REQUIRE(moe::kernels::QkRopeNormBackwardFp8Supported(c.Hq + 2 * c.Hkv, c.hd, dt));
+          BackwardInputs in = MakeBackwardInputs(c, dt, layout);
+          if (layout == 0) in.gv.select(0, 0).select(0, 0).select(0, 0).fill_(3000.0);  // row 0's scale from v
+          const at::Tensor &qkv = in.qkv, &cos = in.cos, &sin = in.sin, &gq = in.gq, &gk = in.gk, &gv = in.gv;
           const at::Tensor want = moe::kernels::QkRopeNormBackward(qkv, gq, gk, gv, c.Hq, c.Hkv, cos, sin, kEps);
           const moe::kernels::Fp8Quantized want8 =
               moe::kernels::Fp8Quantize(want.view({c.B * c.T, -1}), at::kFloat8_e4m3fn, /*rowwise=*/true, 1e-12);
