@@ -257,6 +257,7 @@ Status ValidateConfig(const Config& cfg) {
   k.Require(OneOf(p.fp8_recipe, {"tensorwise", "rowwise"}), "precision.fp8_recipe", p.fp8_recipe,
             "valid: tensorwise, rowwise");
   k.Require(OneOf(p.fp8_wgrad, {"fp8", "compute"}), "precision.fp8_wgrad", p.fp8_wgrad, "valid: fp8, compute");
+  k.Require(p.fp8_min_dim >= 0, "precision.fp8_min_dim", p.fp8_min_dim, "must be >= 0 (0: every linear layer in FP8)");
   k.Require(OneOf(p.reduce_dtype, {"fp32", "bf16"}), "precision.reduce_dtype", p.reduce_dtype, "valid: fp32, bf16");
   k.Require(OneOf(p.grad_dtype, {"fp32", "bf16"}), "precision.grad_dtype", p.grad_dtype, "valid: fp32, bf16");
   k.Require(!t.shard_optimizer_step || p.grad_dtype == "bf16", "train.shard_optimizer_step", t.shard_optimizer_step,

@@ -169,6 +169,7 @@ struct PrecisionConfig {
   std::string fp8_wgrad = "fp8";
   bool fp8_fast_accum = false;
   bool fp8_fast_accum_grads = false;
+  int64_t fp8_min_dim = 0;
   std::string reduce_dtype = "fp32";
   std::string grad_dtype = "fp32";
 
@@ -179,6 +180,7 @@ struct PrecisionConfig {
     MOE_FIELD(v, fp8_experts, "with fp8: also run the expert GEMMs in FP8");
     MOE_FIELD(v, fp8_wgrad, "with fp8: weight-gradient GEMMs in fp8 | compute (the compute dtype; torchao's gw_hp variant)");
     MOE_FIELD(v, fp8_fast_accum, "with fp8: forward GEMMs in Hopper's fast FP8 accumulation, no periodic fp32 promotion (torchao's default for them)");
+    MOE_FIELD(v, fp8_min_dim, "with fp8: linear layers whose in and out features are both <= this stay in the compute dtype, listed with the fallbacks (0: none). A GEMM pays in FP8 only when its FLOPs outweigh quantising its operands: the reference model's 768x768 attention output projection ran slower in FP8 than in bf16 (docs/PERFORMANCE.md)");
     MOE_FIELD(v, fp8_fast_accum_grads, "with fp8: the input- and weight-gradient GEMMs in fast accumulation too (torchao's FP8 grouped GEMM for MoE does this for all three; its Float8Linear promotes the gradients, as false does)");
     MOE_FIELD(v, reduce_dtype, "data-parallel gradient all-reduce in fp32 (the master gradients) | bf16 (half the bytes; each rank's gradient rounded to bf16 once)");
     MOE_FIELD(v, grad_dtype, "matmul weight gradients in fp32 (autograd casts the bf16 GEMM's gradient to the fp32 master) | bf16 (bf16 weight copies made once per step by the optimizer, gradients kept as the GEMM gives them: the same values with one micro-batch on one rank, fewer passes; needs bf16 compute)");

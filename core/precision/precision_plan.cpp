@@ -23,6 +23,7 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
   p.gemm_.wgrad_fp8 = cfg.precision.fp8_wgrad == "fp8";
   p.gemm_.fast_accum = cfg.precision.fp8_fast_accum;
   p.gemm_.fast_accum_grads = cfg.precision.fp8_fast_accum_grads;
+  p.min_dim_ = cfg.precision.fp8_min_dim;
   Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
   TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
   p.rows_ = cfg.train.batch_size * cfg.model.seq_len;
@@ -40,6 +41,11 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tens
     fallbacks_.push_back(name + ": (" + std::to_string(rows_) + " x " + std::to_string(in) + ") @ (" +
                          std::to_string(in) + " x " + std::to_string(out) +
                          ") needs every dimension a multiple of 16 for at::_scaled_mm");
+    return lp;
+  }
+  if (in <= min_dim_ && out <= min_dim_) {
+    fallbacks_.push_back(name + ": (" + std::to_string(in) + " x " + std::to_string(out) +
+                         ") has both dimensions <= precision.fp8_min_dim = " + std::to_string(min_dim_));
     return lp;
   }
   lp.fp8 = true;

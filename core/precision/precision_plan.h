@@ -9,8 +9,9 @@
 //     most accuracy, so they leave it in high precision, as we do;
 //   - the router: its logits make discrete top-k choices (a rounding flip changes the expert),
 //     it is tiny (n_experts columns, often not a multiple of 16), and it runs in fp32.
-// Layers whose shapes the FP8 kernels cannot take stay in the compute dtype and are listed in
-// fallbacks() (the trainer writes them to summary.json).
+// Layers whose shapes the FP8 kernels cannot take, and linear layers too small to gain from FP8
+// by precision.fp8_min_dim, stay in the compute dtype and are listed in fallbacks() (the trainer
+// writes them to summary.json).
 #pragma once
 
 #include <cstdint>
@@ -87,6 +88,7 @@ class PrecisionPlan {
   Fp8Recipe recipe_ = Fp8Recipe::kTensorwise;
   Fp8GemmOptions gemm_;
   int64_t rows_ = 0;  // rows of a training micro-batch
+  int64_t min_dim_ = 0;  // precision.fp8_min_dim
   torch::Device device_ = torch::kCPU;
   std::vector<std::string> fallbacks_;
   std::shared_ptr<WeightCache> weights_ = std::make_shared<WeightCache>();

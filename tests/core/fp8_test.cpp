@@ -598,3 +598,36 @@ TEST_CASE("fp8: a model trains identically with and without the qkv gradient han
     if (grads[0][i].defined()) CHECK(torch::equal(grads[1][i], grads[0][i]));
   }
 }
+
+TEST_CASE("fp8: fp8_min_dim leaves linear layers with both dimensions at most it in the compute dtype", "[fp8]") {
+  moe::Config cfg;
+  cfg.precision.fp8 = true;
+  cfg.precision.fp8_recipe = "rowwise";
+  // (out, in) of the reference model's projections and of the wide model's output projection.
+  const torch::Tensor qkv = torch::zeros({2304, 768}), o = torch::zeros({768, 768}), o_wide = torch::zeros({2048, 2048});
+  struct Row {
+    int64_t min_dim;
+    bool qkv_fp8, o_fp8, o_wide_fp8;
+  };
+  for (const Row& r : {Row{0, true, true, true}, Row{768, true, false, true}, Row{767, true, true, true},
+                       Row{1024, true, false, true}, Row{2048, true, false, false}, Row{2304, false, false, false}}) {
+    INFO("fp8_min_dim " << r.min_dim);
+    cfg.precision.fp8_min_dim = r.min_dim;
+    REQUIRE(moe::ValidateConfig(cfg).ok());
+    moe::PrecisionPlan plan = moe::PrecisionPlan::FromConfig(cfg, torch::kCPU);
+    CHECK(plan.Linear("blocks.0.attn.qkv", qkv).fp8 == r.qkv_fp8);
+    CHECK(plan.Linear("blocks.0.attn.o", o).fp8 == r.o_fp8);
+    CHECK(plan.Linear("wide.attn.o", o_wide).fp8 == r.o_wide_fp8);
+    const size_t bf16 = (r.qkv_fp8 ? 0 : 1) + (r.o_fp8 ? 0 : 1) + (r.o_wide_fp8 ? 0 : 1);
+    REQUIRE(plan.fallbacks().size() == bf16);
+    if (!r.o_fp8) {
+      CHECK(plan.fallbacks()[r.qkv_fp8 ? 0 : 1] == "blocks.0.attn.o: (768 x 768) has both dimensions <= "
+                                                   "precision.fp8_min_dim = " + std::to_string(r.min_dim));
+    }
+  }
+  cfg.precision.fp8_min_dim = -1;
+  const moe::Status st = moe::ValidateConfig(cfg);
+  CHECK_FALSE(st.ok());
+  CHECK(st.message().find("precision.fp8_min_dim") != std::string::npos);
+  CHECK(st.message().find("must be >= 0") != std::string::npos);
+}
