@@ -18,7 +18,10 @@
 # check on the reference config: bf16 and the fastest FP8 form there (rowwise, fast accumulation,
 # bf16 weight gradients, experts in bf16), graph mode, capacity 1.25, bf16 gradients, and the same
 # FP8 form with precision.fp8_min_dim = 1024 (the 768x768 output projections in bf16), alternated
-# REPS times (default 3), then the ratios of the medians of the runs' medians. FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
+# REPS times (default 3), then the ratios of the medians of the runs' medians; head = the fastest
+# FP8 form of the reference (experts bf16) and the wide model (experts FP8, fg) with and without
+# precision.fp8_lm_head, against bf16, alternated REPS times (default 2); losshead = lossfg's FP8
+# form with the LM head in FP8 too (the bf16 runs are lossfg's, made when missing). FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
 # over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -36,6 +39,25 @@ train() {  # name, extra --set arguments...
   local name=$1; shift
   "$build/bin/moe-train" --config experiments/configs/reference.toml --run-dir "/tmp/runs/$name" \
     --set train.steps="$steps" --set train.log_every=0 "$@" >"$out/$name.log" 2>&1 || tail -5 "$out/$name.log"
+}
+ratios() {  # prefix base arm...: per rep r, runs /tmp/runs/<prefix><r>_<arm>; the medians over steps 11..
+  # of each run, then each arm's median of those against the base's, and the pairwise ratios
+  python3 - "$@" <<'PY'
+import glob, json, re, statistics, sys
+prefix, base, arms = sys.argv[1], sys.argv[2], sys.argv[3:]
+def med(name):
+    rows = [json.loads(l) for l in open(f"/tmp/runs/{name}/metrics.jsonl")][10:]
+    return statistics.median(r["tok_per_s"] for r in rows)
+reps = sorted(m.group(1) for p in glob.glob(f"/tmp/runs/{prefix}*_{base}")
+              if (m := re.fullmatch(f"{prefix}(\\d+)_{base}", p.split("/")[-1])))
+b = [med(f"{prefix}{r}_{base}") for r in reps]
+print(f"\n{prefix}: {base} " + ", ".join(f"{x:.0f}" for x in b))
+for arm in arms:
+    f = [med(f"{prefix}{r}_{arm}") for r in reps]
+    print(f"{prefix}: {arm} " + ", ".join(f"{x:.0f}" for x in f) +
+          f"; median {arm}/{base} = {statistics.median(f) / statistics.median(b):.4f}; pairwise " +
+          ", ".join(f"{y / x:.4f}" for x, y in zip(b, f)))
+PY
 }
 for what in ${@:-ref}; do
   case $what in
@@ -85,21 +107,33 @@ for what in ${@:-ref}; do
         train "par${rep}_fp8best" "${G[@]}" "${B[@]}"
         train "par${rep}_fp8min" "${G[@]}" "${B[@]}" --set precision.fp8_min_dim=1024
       done
-      python3 - <<'PY'
-import glob, json, statistics
-def med(name):
-    rows = [json.loads(l) for l in open(f"/tmp/runs/{name}/metrics.jsonl")][10:]
-    return statistics.median(r["tok_per_s"] for r in rows)
-reps = sorted(p.split("/")[-1][3:-5] for p in glob.glob("/tmp/runs/par*_bf16"))
-b = [med(f"par{r}_bf16") for r in reps]
-print("\nparity: bf16 " + ", ".join(f"{x:.0f}" for x in b))
-for arm in ("fp8best", "fp8min"):
-    f = [med(f"par{r}_{arm}") for r in reps]
-    print(f"parity: {arm} " + ", ".join(f"{x:.0f}" for x in f) +
-          f"; median {arm}/bf16 = {statistics.median(f) / statistics.median(b):.4f}; pairwise " +
-          ", ".join(f"{y / x:.4f}" for x, y in zip(b, f)))
-PY
-      ;;
+      ratios par bf16 fp8best fp8min ;;
+    head)  # precision.fp8_lm_head: the fastest FP8 form of each model with and without the LM head
+      # in FP8, against bf16, alternated REPS times (graph, capacity 1.25, bf16 gradients)
+      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_wgrad=compute)
+      H=(--set precision.fp8_lm_head=true)
+      for rep in $(seq 1 "${REPS:-2}"); do
+        train "hr${rep}_bf16" "${G[@]}"
+        train "hr${rep}_fp8best" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false
+        train "hr${rep}_fp8head" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false "${H[@]}"
+        train "hw${rep}_bf16" "${G[@]}" "${W[@]}"
+        train "hw${rep}_fp8best" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_fast_accum_grads=true
+        train "hw${rep}_fp8head" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_fast_accum_grads=true "${H[@]}"
+      done
+      ratios hr bf16 fp8best fp8head
+      ratios hw bf16 fp8best fp8head ;;
+    losshead)  # lossfg's FP8 form with the LM head in FP8 too, same three seeds (bf16 runs: lossfg's)
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true)
+      for seed in 1 2 3; do
+        [ -f "/tmp/runs/lfg_seed${seed}_bf16/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
+        steps=200 train "lfg_seed${seed}_fp8head" "${L[@]}" "${F[@]}" --set train.seed=$seed
+      done ;;
     lossfg)  # FP8 with fast accumulation in all three GEMMs (experts in FP8) against bf16, three seeds
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)

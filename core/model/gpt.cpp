@@ -15,7 +15,8 @@ GPTImpl::GPTImpl(const Config& cfg, torch::ScalarType compute_dtype, const torch
   blocks_ = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < m.n_layer; ++i) blocks_->push_back(Block(cfg, i, compute_dtype, &plan_, par));
   lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(m.n_embd, m.vocab_size).bias(false)));
-  plan_.weights()->Record(lm_head_->weight);  // never FP8 (precision_plan.h), always a plain cast
+  // In the compute dtype unless precision.fp8_lm_head (precision_plan.h says why).
+  lm_head_precision_ = plan_.LmHead("lm_head", lm_head_->weight);
   RopeTables rope = MakeRopeTables(m.seq_len, m.n_embd / m.n_head, m.rope_base);
   rope_cos_ = register_buffer("rope_cos", rope.cos);
   rope_sin_ = register_buffer("rope_sin", rope.sin);
@@ -68,10 +69,9 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
       for (int64_t l = 0; l < n_moe; ++l) moe_blocks[l]->moe_layer()->AddPendingLoad(layer_load[l]);
     }
   }
-  // The LM head stays in the compute dtype under FP8 (precision_plan.h says why).
-  // Logits stay in the compute dtype: CrossEntropyLoss reads bf16 directly on CUDA (fused kernel)
-  // and makes the fp32 copy itself elsewhere.
-  torch::Tensor logits = CastLinear(AddRmsNorm(x, delta).normed, plan_.weights()->Get(lm_head_->weight));  // (B, T, V)
+  // Logits stay in the compute dtype (FP8 GEMMs write it too): CrossEntropyLoss reads bf16 directly
+  // on CUDA (fused kernel) and makes the fp32 copy itself elsewhere.
+  torch::Tensor logits = PlannedLinear(lm_head_precision_, AddRmsNorm(x, delta).normed, lm_head_->weight);  // (B, T, V)
   ForwardOut out;
   out.ce_loss = CrossEntropyLoss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
   const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));

@@ -53,6 +53,8 @@ class GPTImpl : public torch::nn::Module {
 
   // Which GEMMs run in FP8; fallbacks() lists the layers FP8 would cover but cannot.
   const PrecisionPlan& precision_plan() const { return plan_; }
+  // The LM head's precision (FP8 only with precision.fp8 and precision.fp8_lm_head).
+  const LinearPrecision& lm_head_precision() const { return lm_head_precision_; }
 
   // The bf16 weight copies of precision.grad_dtype = "bf16" (core/precision/weight_cache.h):
   // every weight a GEMM multiplies by (FP8 or not) is recorded while the model is built; the
@@ -72,6 +74,7 @@ class GPTImpl : public torch::nn::Module {
   torch::nn::Embedding wte_{nullptr};
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::Linear lm_head_{nullptr};
+  LinearPrecision lm_head_precision_;  // compute dtype unless precision.fp8_lm_head
   torch::Tensor rope_cos_, rope_sin_;  // (seq_len, head_dim/2) fp32 buffers
   Communicator* world_ = nullptr;      // borrowed; sums the routing statistics over all ranks
 };

@@ -24,6 +24,7 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
   p.gemm_.fast_accum = cfg.precision.fp8_fast_accum;
   p.gemm_.fast_accum_grads = cfg.precision.fp8_fast_accum_grads;
   p.min_dim_ = cfg.precision.fp8_min_dim;
+  p.lm_head_ = cfg.precision.fp8_lm_head;
   Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
   TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
   p.rows_ = cfg.train.batch_size * cfg.model.seq_len;
@@ -55,6 +56,14 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tens
     fp8_weights_->Record(weight);
     lp.fp8_weights = fp8_weights_;
   }
+  return lp;
+}
+
+LinearPrecision PrecisionPlan::LmHead(const std::string& name, const torch::Tensor& weight) {
+  if (lm_head_) return Linear(name, weight);
+  LinearPrecision lp;
+  weights_->Record(weight);
+  lp.cache = weights_;
   return lp;
 }
 

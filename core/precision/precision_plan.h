@@ -3,10 +3,11 @@
 // is built, keeps the answer, and calls PlannedLinear / the expert backend with it.
 //
 // FP8 covers the attention projections (qkv, o), the dense MLPs, the shared experts and, with
-// precision.fp8_experts, the routed experts (grouped backend). Two GEMMs never do:
-//   - the LM head: its logits feed the softmax cross-entropy directly and its input gradient is
-//     the whole loss signal; it is also where FP8 recipes (torchao, Transformer Engine) lose the
-//     most accuracy, so they leave it in high precision, as we do;
+// precision.fp8_experts, the routed experts (grouped backend). The LM head only with
+// precision.fp8_lm_head: its logits feed the softmax cross-entropy directly and its input
+// gradient is the whole loss signal; it is also where FP8 recipes (torchao, Transformer Engine,
+// DeepSeek-V3) lose the most accuracy, so they leave it in high precision, as we do by default.
+// One GEMM never does:
 //   - the router: its logits make discrete top-k choices (a rounding flip changes the expert),
 //     it is tiny (n_experts columns, often not a multiple of 16), and it runs in fp32.
 // Layers whose shapes the FP8 kernels cannot take, and linear layers too small to gain from FP8
@@ -55,13 +56,17 @@ class PrecisionPlan {
   // FP8 off: every GEMM in the compute dtype.
   PrecisionPlan() = default;
 
-  // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum(_grads)}; the training micro-batch has
+  // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum(_grads), fp8_min_dim, fp8_lm_head}; the training micro-batch has
   // train.batch_size * model.seq_len rows; `device` decides whether the expert kernel exists.
   static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
 
   // The decision for linear layer `name` with weight (out, in); records a fallback when FP8 is on
   // and the shape cannot run. Records the weight in weights().
   LinearPrecision Linear(const std::string& name, const torch::Tensor& weight);
+
+  // The LM head's decision: Linear(name, weight) under precision.fp8_lm_head, else the compute
+  // dtype (the weight recorded in weights() all the same, no fallback listed).
+  LinearPrecision LmHead(const std::string& name, const torch::Tensor& weight);
 
   // Whether MoE layer `name`'s routed experts (weights: w1 (E, d, h), then w3 if any, w2) run in
   // FP8: fp8 and fp8_experts on, the grouped backend, and Fp8GroupedSupported. Records a fallback
@@ -89,6 +94,7 @@ class PrecisionPlan {
   Fp8GemmOptions gemm_;
   int64_t rows_ = 0;  // rows of a training micro-batch
   int64_t min_dim_ = 0;  // precision.fp8_min_dim
+  bool lm_head_ = false;  // precision.fp8_lm_head
   torch::Device device_ = torch::kCPU;
   std::vector<std::string> fallbacks_;
   std::shared_ptr<WeightCache> weights_ = std::make_shared<WeightCache>();

@@ -631,3 +631,56 @@ TEST_CASE("fp8: fp8_min_dim leaves linear layers with both dimensions at most it
   CHECK(st.message().find("precision.fp8_min_dim") != std::string::npos);
   CHECK(st.message().find("must be >= 0") != std::string::npos);
 }
+
+TEST_CASE("fp8: fp8_lm_head puts the LM head in FP8 only when asked, and the model still trains", "[fp8]") {
+  moe::Config c = moe_test::TinyConfig(true);
+  c.train.batch_size = 4;  // 4 x 16 rows: every linear layer fits _scaled_mm
+  c.model.moe_freq = 2;
+  struct Row {
+    bool fp8, lm_head;
+    int64_t vocab;
+    bool head_fp8;
+    size_t fallbacks;
+  };
+  for (const Row& r : {Row{false, false, 64, false, 0}, Row{false, true, 64, false, 0}, Row{true, false, 64, false, 0},
+                       Row{true, true, 64, true, 0}, Row{true, true, 72, false, 1}}) {
+    INFO("fp8 " << r.fp8 << " fp8_lm_head " << r.lm_head << " vocab " << r.vocab);
+    moe::Config rc = c;
+    rc.precision.fp8 = r.fp8;
+    rc.precision.fp8_lm_head = r.lm_head;
+    rc.model.vocab_size = r.vocab;
+    moe::GPT m(rc, torch::kFloat32);
+    CHECK(m->lm_head_precision().fp8 == r.head_fp8);
+    REQUIRE(m->precision_plan().fallbacks().size() == r.fallbacks);
+    // A vocabulary that is not a multiple of 16 leaves the head in the compute dtype, named.
+    if (r.fallbacks == 1) CHECK(m->precision_plan().fallbacks()[0].rfind("lm_head: (64 x 32) @ (32 x 72)", 0) == 0);
+  }
+  // The same init and batch: FP8 in the head changes the loss and the head's gradient, within FP8's
+  // tolerance of the run with the head in the compute dtype; without precision.fp8 the option
+  // changes nothing at all.
+  torch::manual_seed(3);
+  const torch::Tensor idx = torch::randint(c.model.vocab_size, {4, c.model.seq_len}, torch::kInt64);
+  auto step = [&](bool fp8, bool lm_head) {
+    moe::Config rc = c;
+    rc.precision.fp8 = fp8;
+    rc.precision.fp8_recipe = "rowwise";
+    rc.precision.fp8_lm_head = lm_head;
+    torch::manual_seed(0);
+    moe::GPT m(rc, torch::kFloat32);
+    moe::ForwardOut out = m->forward(idx, torch::roll(idx, -1, 1));
+    out.loss.backward();
+    const auto params = m->named_parameters();
+    return std::make_pair(out.ce_loss.item<double>(), params["lm_head.weight"].grad().clone());
+  };
+  const auto [loss_off, grad_off] = step(false, false);
+  const auto [loss_off_head, grad_off_head] = step(false, true);
+  CHECK(loss_off_head == loss_off);
+  CHECK(torch::equal(grad_off_head, grad_off));
+  const auto [loss_fp8, grad_fp8] = step(true, false);
+  const auto [loss_head, grad_head] = step(true, true);
+  INFO("loss: head in fp32 " << loss_fp8 << ", head in FP8 " << loss_head);
+  CHECK(loss_head != loss_fp8);
+  CHECK(std::abs(loss_head - loss_fp8) / loss_fp8 < 0.01);
+  CHECK(RelErr(grad_head, grad_fp8) > 1e-4);
+  CHECK(RelErr(grad_head, grad_fp8) < 0.1);
+}
