@@ -4,6 +4,7 @@
 // Replaces cast-to-fp32 + log_softmax + nll_loss, which moved the (N, V) logits through device
 // memory in fp32 several times per step (issue 5).
 #include "kernels/common.cuh"
+#include "kernels/fp8_cast.cuh"
 #include "kernels/cross_entropy.h"
 
 #include <cstdint>
@@ -220,6 +221,73 @@ __global__ void __launch_bounds__(BLOCK)
   }
 }
 
+// The backward above, and the gradient's rows quantised for an FP8 GEMM in the same kernel (the
+// LM head's input gradient under rowwise FP8), what
+//   Fp8Quantize(dlogits, e4m3fn, /*rowwise=*/true, amax_eps)
+// writes, bit for bit: pass 1 writes each bf16 gradient and takes the row's amax over the bf16
+// values; pass 2 casts them with the row's scale, reading back the row this block has just
+// written (mostly from L2) instead of a second kernel reading all of dlogits from device memory.
+// q8 (N, V) e4m3 bytes, scale and inv (N,) fp32. Rows start 16-byte aligned (V % 8 == 0, both
+// bases aligned: the caller checks); an ignored row is zeros, scale fp8_max / amax_eps.
+template <int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+    cross_entropy_backward_fp8_kernel(bf16* __restrict__ dlogits, uint8_t* __restrict__ q8, float* __restrict__ scale,
+                                      float* __restrict__ inv, const bf16* __restrict__ logits,
+                                      const int64_t* __restrict__ targets, const float* __restrict__ lse,
+                                      const float* __restrict__ dloss, int V, int64_t ignore_index, float amax_eps) {
+  const int64_t r = blockIdx.x;
+  using VecT = Vec<bf16, kVec>;
+  const auto* pv = reinterpret_cast<const VecT*>(logits + r * V);
+  auto* dv = reinterpret_cast<VecT*>(dlogits + r * V);
+  auto* qv = reinterpret_cast<Vec<uint8_t, kVec>*>(q8 + r * V);
+  const int nvec = V / kVec;
+  const int64_t t64 = targets[r];
+  const bool ignored = t64 == ignore_index;  // block-uniform
+  if (!ignored) CUDA_KERNEL_ASSERT(t64 >= 0 && t64 < V);
+  const int t = ignored ? -1 : static_cast<int>(t64);
+  const float l = ignored ? 0.f : lse[r], g = ignored ? 0.f : dloss[r];
+  auto grad = [&](const VecT& v, int j0) {
+    VecT o;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      o.v[i] = ignored ? FromFloat<bf16>(0.f) : FromFloat<bf16>((__expf(ToFloat(v.v[i]) - l) - (j0 + i == t ? 1.f : 0.f)) * g);
+    }
+    return o;
+  };
+  unsigned m = 0u;
+  int c = threadIdx.x;
+  for (; c + (kUnroll - 1) * BLOCK < nvec; c += kUnroll * BLOCK) {
+    VecT v[kUnroll];
+    if (!ignored) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) v[u] = pv[c + u * BLOCK];
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const VecT o = grad(v[u], (c + u * BLOCK) * kVec);
+      dv[c + u * BLOCK] = o;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o.v[i]));
+    }
+  }
+  for (; c < nvec; c += BLOCK) {
+    VecT v;
+    if (!ignored) v = pv[c];
+    const VecT o = grad(v, c * kVec);
+    dv[c] = o;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o.v[i]));
+  }
+  // BlockMax syncs the block: its writes of the row above are visible to every thread after it.
+  m = BlockMax(m);
+  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), amax_eps);
+  if (threadIdx.x == 0) {
+    scale[r] = s;
+    inv[r] = InvOf(s);
+  }
+  for (c = threadIdx.x; c < nvec; c += BLOCK) qv[c] = CastVec<bf16, kVec, __NV_E4M3>(dv[c], s);
+}
+
 // ----------------------------------------------------------------------------
 // launchers
 
@@ -246,6 +314,21 @@ void cross_entropy_backward(bf16* dlogits, const bf16* logits, const int64_t* ta
   } else {
     cross_entropy_backward_kernel<64, VEC>
         <<<grid, 64, 0, stream>>>(dlogits, logits, targets, lse, dloss, V, ignore_index);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void cross_entropy_backward_fp8(bf16* dlogits, uint8_t* q8, float* scale, float* inv, const bf16* logits,
+                                const int64_t* targets, const float* lse, const float* dloss, int64_t N, int V,
+                                int64_t ignore_index, float amax_eps, cudaStream_t stream) {
+  if (N == 0) return;
+  const auto grid = static_cast<unsigned>(N);
+  if (V >= kSmallV) {
+    cross_entropy_backward_fp8_kernel<256>
+        <<<grid, 256, 0, stream>>>(dlogits, q8, scale, inv, logits, targets, lse, dloss, V, ignore_index, amax_eps);
+  } else {
+    cross_entropy_backward_fp8_kernel<64>
+        <<<grid, 64, 0, stream>>>(dlogits, q8, scale, inv, logits, targets, lse, dloss, V, ignore_index, amax_eps);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -284,18 +367,27 @@ std::tuple<at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits,
   return {loss, lse};
 }
 
-at::Tensor CrossEntropyBackward(const at::Tensor& dloss_in, const at::Tensor& logits, const at::Tensor& targets,
-                                const at::Tensor& lse, int64_t ignore_index) {
-  CheckLogitsTargets(logits, targets, "CrossEntropyBackward");
+namespace {
+// The backward's argument checks.
+void CheckBackward(const at::Tensor& dloss_in, const at::Tensor& logits, const at::Tensor& targets,
+                         const at::Tensor& lse, const char* what) {
+  CheckLogitsTargets(logits, targets, what);
   const int64_t N = logits.size(0);
   TORCH_CHECK(lse.device() == logits.device() && lse.dim() == 1 && lse.size(0) == N &&
                   lse.scalar_type() == at::kFloat && lse.is_contiguous(),
-              "CrossEntropyBackward: lse must be the forward's contiguous (N,) fp32 output");
-  TORCH_CHECK(dloss_in.device() == logits.device() && dloss_in.dim() == 1 && dloss_in.size(0) == N,
-              "CrossEntropyBackward: dloss must be (N,) on the logits' device");
+              what, ": lse must be the forward's contiguous (N,) fp32 output");
+  TORCH_CHECK(dloss_in.device() == logits.device() && dloss_in.dim() == 1 && dloss_in.size(0) == N, what,
+              ": dloss must be (N,) on the logits' device");
+}
+}  // namespace
+
+at::Tensor CrossEntropyBackward(const at::Tensor& dloss_in, const at::Tensor& logits, const at::Tensor& targets,
+                                const at::Tensor& lse, int64_t ignore_index) {
+  CheckBackward(dloss_in, logits, targets, lse, "CrossEntropyBackward");
   const c10::cuda::CUDAGuard guard(logits.device());
   // The mean's backward hands over an expanded (stride 0) cotangent: materialise its N floats.
-  at::Tensor dloss = dloss_in.to(at::kFloat).contiguous();
+  const at::Tensor dloss = dloss_in.to(at::kFloat).contiguous();
+  const int64_t N = logits.size(0);
   const int V = static_cast<int>(logits.size(1));
   at::Tensor dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);  // (N, V) bf16
   const auto in = reinterpret_cast<uintptr_t>(logits.data_ptr()), out = reinterpret_cast<uintptr_t>(dlogits.data_ptr());
@@ -313,6 +405,35 @@ at::Tensor CrossEntropyBackward(const at::Tensor& dloss_in, const at::Tensor& lo
     run(std::integral_constant<int, 1>{});
   }
   return dlogits;
+}
+
+bool CrossEntropyBackwardFp8Supported(const at::Tensor& logits) {
+  return logits.is_cuda() && logits.dim() == 2 && logits.scalar_type() == at::kBFloat16 && logits.is_contiguous() &&
+         logits.size(1) % kVec == 0 && reinterpret_cast<uintptr_t>(logits.data_ptr()) % 16 == 0;
+}
+
+CrossEntropyGradFp8 CrossEntropyBackwardFp8(const at::Tensor& dloss_in, const at::Tensor& logits,
+                                            const at::Tensor& targets, const at::Tensor& lse, int64_t ignore_index,
+                                            double amax_eps) {
+  CheckBackward(dloss_in, logits, targets, lse, "CrossEntropyBackwardFp8");
+  const c10::cuda::CUDAGuard guard(logits.device());
+  // The mean's backward hands over an expanded (stride 0) cotangent: materialise its N floats.
+  const at::Tensor dloss = dloss_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(CrossEntropyBackwardFp8Supported(logits), "CrossEntropyBackwardFp8: logits (N, V) need V % 8 == 0 and "
+              "a 16-byte aligned start, V = ", logits.size(1));
+  const int64_t N = logits.size(0);
+  const int V = static_cast<int>(logits.size(1));
+  CrossEntropyGradFp8 r;
+  r.dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);                        // (N, V) bf16
+  r.fp8.data = at::empty({N, V}, logits.options().dtype(at::kFloat8_e4m3fn));              // (N, V)
+  r.fp8.scale = at::empty({N, 1}, logits.options().dtype(at::kFloat));                     // (N, 1)
+  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                           // (N, 1)
+  cross_entropy_backward_fp8(reinterpret_cast<bf16*>(r.dlogits.data_ptr()),
+                             reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()), r.fp8.scale.data_ptr<float>(),
+                             r.fp8.inv_scale.data_ptr<float>(), reinterpret_cast<const bf16*>(logits.data_ptr()),
+                             targets.data_ptr<int64_t>(), lse.data_ptr<float>(), dloss.data_ptr<float>(), N, V,
+                             ignore_index, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
+  return r;
 }
 
 }  // namespace moe::kernels

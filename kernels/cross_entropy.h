@@ -18,6 +18,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/fp8_quantize.h"
+
 namespace moe::kernels {
 
 // Forward. logits (N, V) bf16 contiguous, 1 <= V <= 2^30, N < 2^31; targets (N,) int64 contiguous.
@@ -35,5 +37,20 @@ std::tuple<at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits,
 // and exactly 0 for every j of a row whose target is ignore_index.
 at::Tensor CrossEntropyBackward(const at::Tensor& dloss, const at::Tensor& logits, const at::Tensor& targets,
                                 const at::Tensor& lse, int64_t ignore_index = -100);
+
+// The backward, with its gradient's rows quantised for the LM head's rowwise FP8 input-gradient
+// GEMM in the same kernel: dlogits as CrossEntropyBackward's, and fp8 what
+//   Fp8Quantize(dlogits, e4m3fn, /*rowwise=*/true, amax_eps)
+// gives, bit for bit (data (N, V), scale and inv_scale (N, 1)), without a second kernel reading the
+// (N, V) gradient back from device memory. Supported: logits contiguous bf16 CUDA (N, V) with
+// V % 8 == 0 and a 16-byte aligned start; other arguments as CrossEntropyBackward's.
+bool CrossEntropyBackwardFp8Supported(const at::Tensor& logits);
+struct CrossEntropyGradFp8 {
+  at::Tensor dlogits;  // (N, V) bf16
+  Fp8Quantized fp8;    // its rows quantised, see above
+};
+CrossEntropyGradFp8 CrossEntropyBackwardFp8(const at::Tensor& dloss, const at::Tensor& logits,
+                                            const at::Tensor& targets, const at::Tensor& lse, int64_t ignore_index,
+                                            double amax_eps);
 
 }  // namespace moe::kernels

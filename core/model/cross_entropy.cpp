@@ -23,31 +23,45 @@ bool UseKernels(const torch::Tensor& logits, const torch::Tensor& targets) {
 // Per-row losses (N,) fp32; the mean is taken outside in ATen ops, so its backward hands the
 // kernel dloss = upstream / count for every row (the kernel zeroes ignored rows itself).
 struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets,
+                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
     auto [loss, lse] = kernels::CrossEntropyForward(logits, targets, kIgnoreIndex);
+    if (fp8_grad && kernels::CrossEntropyBackwardFp8Supported(logits)) {
+      ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
+    }
     // The bf16 logits (which nothing else keeps) and lse (N,): half the memory of the fp32
     // log-softmax that ATen's path saves.
     ctx->save_for_backward({logits, targets, lse});
     return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor()};
+    if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
     const auto saved = ctx->get_saved_variables();
-    return {kernels::CrossEntropyBackward(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex), torch::Tensor()};
+    if (ctx->saved_data.count("fp8_grad") != 0) {  // the gradient and its FP8 rows in one kernel, for the LM head
+      kernels::CrossEntropyGradFp8 r =
+          kernels::CrossEntropyBackwardFp8(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex, kAmaxEps);
+      SlotFromIValue(ctx->saved_data["fp8_grad"])->Offer(r.dlogits, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      return {r.dlogits, torch::Tensor(), torch::Tensor()};
+    }
+    return {kernels::CrossEntropyBackward(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 #endif
 
 }  // namespace
 
-torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets) {
+torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets,
+                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
 #if defined(MOE_WITH_KERNELS)
   if (UseKernels(logits, targets)) {
     const torch::Tensor t = targets.contiguous();
-    torch::Tensor loss = CrossEntropyFn::apply(logits.contiguous(), t);     // (N,) fp32
+    torch::Tensor loss = CrossEntropyFn::apply(logits.contiguous(), t, fp8_grad);  // (N,) fp32
     torch::Tensor count = t.ne(kIgnoreIndex).sum().to(torch::kFloat32);    // () on the device: no sync
     return loss.sum() / count;
   }
+#else
+  (void)fp8_grad;  // no fused backward to quantise in
 #endif
   return torch::nn::functional::cross_entropy(logits.to(torch::kFloat32), targets);
 }

@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include "core/precision/fp8_grad_slot.h"
+
 namespace moe {
 
 // Mean over the rows r whose target is not -100 (ATen's default ignore_index) of
@@ -17,6 +19,11 @@ namespace moe {
 // or -100 (other values: an error on the CPU, a device-side assert on CUDA). Returns a () fp32
 // tensor on the logits' device, differentiable in logits (the gradient in logits' dtype). No
 // host synchronisation (the ignored-row count stays on the device): safe in a CUDA graph capture.
-torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets);
+// fp8_grad (optional): where the logits come from a rowwise FP8 LM head holding the same slot, the
+// fused backward also quantises the logits' gradient by rows and Offers it there
+// (core/precision/fp8_grad_slot.h); the gradient itself is the same. Ignored off the fused path
+// (and where kernels::CrossEntropyBackwardFp8Supported fails): the head then quantises it itself.
+torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets,
+                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad = {});
 
 }  // namespace moe

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/model/attention.h"
+#include "core/model/cross_entropy.h"
 #include "core/model/gpt.h"
 #include "core/model/qkv_heads.h"
 #include "core/model/rope.h"
@@ -683,4 +684,39 @@ TEST_CASE("fp8: fp8_lm_head puts the LM head in FP8 only when asked, and the mod
   CHECK(std::abs(loss_head - loss_fp8) / loss_fp8 < 0.01);
   CHECK(RelErr(grad_head, grad_fp8) > 1e-4);
   CHECK(RelErr(grad_head, grad_fp8) < 0.1);
+}
+
+TEST_CASE("fp8: the loss's backward hands a rowwise FP8 LM head its gradient quantised, and nothing changes "
+          "(skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t B = 2, T = 64, d = 128, V = 1024;
+  torch::manual_seed(8);
+  const torch::Tensor x0 = torch::randn({B, T, d}, torch::dtype(torch::kBFloat16).device(cuda));
+  const torch::Tensor w0 = (torch::randn({V, d}) / 10).to(cuda, torch::kBFloat16);
+  torch::Tensor tgt = torch::randint(0, V, {B * T}, torch::dtype(torch::kLong).device(cuda));
+  tgt.index_put_({torch::indexing::Slice(0, 5)}, -100);  // ignored rows too
+  struct Out {
+    double loss;
+    torch::Tensor dx, dw;
+  };
+  auto run = [&](bool handoff, int64_t* taken) {
+    torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+    auto slot = handoff ? c10::make_intrusive<moe::Fp8GradSlot>() : c10::intrusive_ptr<moe::Fp8GradSlot>();
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = false;
+    const torch::Tensor logits = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, o, nullptr, slot);  // (B, T, V)
+    const torch::Tensor loss = moe::CrossEntropyLoss(logits.view({-1, V}), tgt, slot);
+    loss.backward();
+    if (taken) *taken = slot ? slot->taken() : 0;
+    return Out{loss.item<double>(), x.grad(), w.grad()};
+  };
+  int64_t taken = 0;
+  const Out a = run(false, nullptr), b = run(true, &taken);
+  CHECK(taken == 1);  // the head used the rows the loss's backward offered
+  CHECK(b.loss == a.loss);
+  CHECK(torch::equal(b.dx, a.dx));
+  CHECK(torch::equal(b.dw, a.dw));
+  CHECK(a.dx.abs().sum().item<double>() > 0);
 }

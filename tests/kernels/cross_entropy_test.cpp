@@ -17,6 +17,7 @@
 #include "core/model/cross_entropy.h"
 #include "core/train/device.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/fp8_quantize.h"
 
 namespace {
 
@@ -148,6 +149,37 @@ TEST_CASE("kernels: CrossEntropyForward/Backward match float64 ATen per row", "[
       CHECK(CountOutside(dlogits, ref.grad, 4e-3, abs_tol) == 0);
       CHECK(moe_test::RelErr(dlogits, ref.grad) < 1e-2);
       CHECK(dlogits.index({ignored}).to(at::kFloat).abs().sum().item<double>() == 0);
+    }
+  }
+}
+
+TEST_CASE("kernels: CrossEntropyBackwardFp8 equals the backward then the FP8 row quantisation, bit for bit",
+          "[kernels][cross_entropy][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(6);
+  for (const Shape& s : kShapes) {
+    const bool supported = s.V % 8 == 0 && !s.misaligned;
+    DYNAMIC_SECTION("N " << s.N << " V " << s.V << (s.misaligned ? " misaligned" : "")) {
+      at::Tensor logits = RandomLogits(s.N, s.V, s.misaligned);
+      REQUIRE(moe::kernels::CrossEntropyBackwardFp8Supported(logits) == supported);
+      if (!supported) continue;  // the caller quantises separately there
+      at::Tensor targets = RandomTargets(s.N, s.V);  // ignored rows included: zeros, the eps scale
+      at::Tensor dloss = at::randn({s.N}, logits.options().dtype(at::kFloat)) / s.N;
+      auto [loss, lse] = moe::kernels::CrossEntropyForward(logits, targets);
+      const at::Tensor want = moe::kernels::CrossEntropyBackward(dloss, logits, targets, lse);
+      const moe::kernels::Fp8Quantized want8 = moe::kernels::Fp8Quantize(want, at::kFloat8_e4m3fn, true, 1e-12);
+      moe_test::PoisonAllocator(s.N * s.V, at::kBFloat16);
+      const moe::kernels::CrossEntropyGradFp8 got =
+          moe::kernels::CrossEntropyBackwardFp8(dloss, logits, targets, lse, kIgnore, 1e-12);
+      CHECK(at::equal(got.dlogits, want));
+      REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
+      REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
+      CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
+      CHECK(at::equal(got.fp8.scale, want8.scale));
+      CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+      // Not a vacuous agreement: the rows carry many distinct scales and non-zero bytes.
+      CHECK(std::get<0>(at::_unique(got.fp8.scale.flatten())).numel() > std::min<int64_t>(s.N / 2, 8));
+      CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() > s.N);
     }
   }
 }
