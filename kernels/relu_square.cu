@@ -2,6 +2,7 @@
 // over the flat tensor (the ATen composition relu, square and their backwards reads and writes
 // the (tokens*k, hidden) expert activations several times).
 #include "kernels/common.cuh"
+#include "kernels/fp8_cast.cuh"
 #include "kernels/relu_square.h"
 
 #include <cstdint>
@@ -76,6 +77,37 @@ __global__ void relu_square_backward_kernel(T* __restrict__ dx, const T* __restr
   }
 }
 
+// The backward, and dx's rows quantised for the rowwise FP8 GEMM that consumes it (the expert up
+// projection's input gradient) in the same pass: a warp per row of C elements (C % 8 == 0, at most
+// kMaxWarpVecs vectors of 8), dx computed into registers, written, then cast there with the row's
+// scale (CastRowInWarp): what Fp8Quantize(dx, e4m3fn, rowwise) writes, without reading dx back.
+// dx, dy, x (rows, C) contiguous and 16-byte aligned; q8 (rows, C) e4m3 bytes; scale, inv (rows,).
+template <typename T, int NV>
+__global__ void relu_square_backward_fp8_kernel(T* __restrict__ dx, uint8_t* __restrict__ q8, float* __restrict__ scale,
+                                                float* __restrict__ inv, const T* __restrict__ dy,
+                                                const T* __restrict__ x, int64_t rows, int64_t C, float eps) {
+  constexpr int VEC = 8;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBlock / 32) + threadIdx.x / 32;
+  if (row >= rows) return;  // the whole warp leaves: it shuffles with no one else
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t nvec = C / VEC;
+  const auto* xv = reinterpret_cast<const Vec<T, VEC>*>(x + row * C);
+  const auto* gv = reinterpret_cast<const Vec<T, VEC>*>(dy + row * C);
+  auto* dxv = reinterpret_cast<Vec<T, VEC>*>(dx + row * C);
+  Vec<T, VEC> o[NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t c = lane + 32 * j;
+    if (c < nvec) {
+      const Vec<T, VEC> a = xv[c], g = gv[c];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) o[j].v[v] = FromFloat<T>(2.f * Relu(ToFloat(a.v[v])) * ToFloat(g.v[v]));
+      dxv[c] = o[j];
+    }
+  }
+  CastRowInWarp<T, VEC, NV, __NV_E4M3>(q8 + row * C, scale + row, inv + row, o, nvec, eps);
+}
+
 // ----------------------------------------------------------------------------
 // launchers
 
@@ -114,6 +146,18 @@ void relu_square_backward(T* dx, const T* dy, const T* x, int64_t n, cudaStream_
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename T>
+void relu_square_backward_fp8(T* dx, uint8_t* q8, float* scale, float* inv, const T* dy, const T* x, int64_t rows,
+                              int64_t C, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  const auto blocks = static_cast<unsigned>((rows + kBlock / 32 - 1) / (kBlock / 32));
+  WithLaneVecs(C / 8, [&](auto nv_c) {
+    relu_square_backward_fp8_kernel<T, decltype(nv_c)::value>
+        <<<blocks, kBlock, 0, stream>>>(dx, q8, scale, inv, dy, x, rows, C, eps);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // ----------------------------------------------------------------------------
 // ATen entry points
 
@@ -146,6 +190,40 @@ at::Tensor ReluSquareBackward(const at::Tensor& dy_in, const at::Tensor& x_in) {
                                  reinterpret_cast<const T*>(x.data_ptr()), n, stream);
   });
   return dx;
+}
+
+bool ReluSquareBackwardFp8Supported(const at::Tensor& x) {
+  if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() < 1 || x.numel() == 0) return false;
+  const int64_t C = x.size(-1);
+  return C % 8 == 0 && C / 8 <= kMaxWarpVecs;
+}
+
+ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tensor& x_in, double amax_eps) {
+  TORCH_CHECK(ReluSquareBackwardFp8Supported(x_in), "ReluSquareBackwardFp8: x must be a non-empty bf16 CUDA tensor "
+              "whose last dimension is a multiple of 8 and at most ", 8 * kMaxWarpVecs, "; got ", x_in.sizes(), " ",
+              x_in.scalar_type());
+  TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(),
+              "ReluSquareBackwardFp8: dy must be a CUDA tensor of x's shape");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  // Fresh contiguous tensors where x or dy are not: the allocator's blocks are 16-byte aligned.
+  auto aligned = [](const at::Tensor& t) {
+    if (!t.is_contiguous()) return t.contiguous();
+    return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+  };
+  const at::Tensor x = aligned(x_in);
+  const at::Tensor dy = aligned(dy_in.to(x.scalar_type()));
+  const int64_t C = x.size(-1), rows = x.numel() / C;
+  ReluSquareGradFp8 r;
+  r.dx = at::empty(x.sizes(), x.options());                                              // x's shape
+  r.fp8.data = at::empty({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
+  r.fp8.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
+  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                         // (rows, 1)
+  relu_square_backward_fp8<__nv_bfloat16>(
+      reinterpret_cast<__nv_bfloat16*>(r.dx.data_ptr()), reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
+      r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(),
+      reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
+      rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
+  return r;
 }
 
 }  // namespace moe::kernels

@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/fp8_quantize.h"
+
 namespace moe::kernels {
 
 // y = relu(x)^2 elementwise, in fp32 and rounded once to x's dtype (the same value ATen's
@@ -18,5 +20,18 @@ at::Tensor ReluSquareForward(const at::Tensor& x);
 // Backward of ReluSquareForward for the cotangent dy (x's shape; cast to x's dtype and made
 // contiguous if needed): dx = 2 * relu(x) * dy, fp32 math, x's shape and dtype.
 at::Tensor ReluSquareBackward(const at::Tensor& dy, const at::Tensor& x);
+
+// The backward with dx's rows quantised for the rowwise FP8 GEMM that consumes dx (the FP8 expert
+// up projection's input gradient), in the same pass: dx as ReluSquareBackward's, and fp8 what
+//   Fp8Quantize(dx.view({-1, C}), e4m3fn, /*rowwise=*/true, amax_eps)
+// gives, bit for bit (data (rows, C), scale and inv_scale (rows, 1), C = x.size(-1)), without a
+// second kernel reading dx back. Supported: x a non-empty bf16 CUDA tensor with C % 8 == 0 and
+// C <= 4096 (a row in one warp's registers).
+bool ReluSquareBackwardFp8Supported(const at::Tensor& x);
+struct ReluSquareGradFp8 {
+  at::Tensor dx;     // x's shape and dtype
+  Fp8Quantized fp8;  // its rows quantised, see above
+};
+ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy, const at::Tensor& x, double amax_eps);
 
 }  // namespace moe::kernels

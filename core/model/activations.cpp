@@ -16,22 +16,32 @@ using torch::autograd::variable_list;
 // Saves the input, not the output: relu(x) cannot be recovered from relu(x)^2 without a sqrt, and
 // the input costs the same memory as the relu output ATen's composition keeps.
 struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
     torch::Tensor xc = x.contiguous();
     ctx->save_for_backward({xc});
+    if (fp8_grad && kernels::ReluSquareBackwardFp8Supported(xc)) ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
     return kernels::ReluSquareForward(xc);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {kernels::ReluSquareBackward(grads[0], ctx->get_saved_variables()[0])};
+    const torch::Tensor& x = ctx->get_saved_variables()[0];
+    if (ctx->saved_data.count("fp8_grad") != 0) {  // dx and its FP8 rows in one pass, for the GEMM before
+      kernels::ReluSquareGradFp8 r = kernels::ReluSquareBackwardFp8(grads[0], x, kAmaxEps);
+      SlotFromIValue(ctx->saved_data["fp8_grad"])->Offer(r.dx, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      return {r.dx, torch::Tensor()};
+    }
+    return {kernels::ReluSquareBackward(grads[0], x), torch::Tensor()};
   }
 };
 #endif
 
 }  // namespace
 
-torch::Tensor ReluSquare(const torch::Tensor& x) {
+torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
 #if defined(MOE_WITH_KERNELS)
-  if (OnKernelDevice(x)) return ReluSquareFn::apply(x);
+  if (OnKernelDevice(x)) return ReluSquareFn::apply(x, fp8_grad);
+#else
+  (void)fp8_grad;  // no fused backward to quantise in
 #endif
   return torch::relu(x).square();
 }

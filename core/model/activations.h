@@ -7,10 +7,16 @@
 
 #include <torch/torch.h>
 
+#include "core/precision/fp8_grad_slot.h"
+
 namespace moe {
 
 // relu(x)^2 elementwise, x's shape and dtype; any numel, 0 included. Differentiable in x
 // (d/dx = 2 * relu(x)).
-torch::Tensor ReluSquare(const torch::Tensor& x);
+// fp8_grad (optional): where x comes from a rowwise FP8 GEMM holding the same slot (the FP8 expert
+// up projection), the fused backward also quantises dx by rows and Offers it there
+// (core/precision/fp8_grad_slot.h); dx itself is the same. Ignored off the fused path (the CPU,
+// and where kernels::ReluSquareBackwardFp8Supported fails): the GEMM then quantises dx itself.
+torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad = {});
 
 }  // namespace moe

@@ -22,6 +22,7 @@
 #include <torch/torch.h>
 
 #include "core/precision/fp8.h"
+#include "core/precision/fp8_grad_slot.h"
 
 namespace moe {
 
@@ -36,8 +37,10 @@ bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std:
 // opts.wgrad_fp8 = false: the weight gradient through at::_grouped_mm in x's dtype
 // (precision.fp8_wgrad); opts.fast_accum: the output GEMM in fast accumulation (CUDA);
 // opts.fast_accum_grads: the two gradient GEMMs too.
+// grad_slot (optional): where the op after this one quantises the output gradient by rows as it
+// writes it, it Offers them there and the input-gradient GEMM uses them (fp8_grad_slot.h).
 torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
-                           const Fp8GemmOptions& opts = {});
+                           const Fp8GemmOptions& opts = {}, const c10::intrusive_ptr<Fp8GradSlot>& grad_slot = {});
 
 // The scaled grouped GEMM itself (exposed for tests), in the at::_scaled_grouped_mm layouts:
 //   2D x 3D: a (M, K) row-major, inv_a (M,); b (E, K, N) column-major per expert, inv_b (E, N)

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/model/activations.h"
 #include "core/model/attention.h"
 #include "core/model/cross_entropy.h"
 #include "core/model/gpt.h"
@@ -719,4 +720,37 @@ TEST_CASE("fp8: the loss's backward hands a rowwise FP8 LM head its gradient qua
   CHECK(torch::equal(b.dx, a.dx));
   CHECK(torch::equal(b.dw, a.dw));
   CHECK(a.dx.abs().sum().item<double>() > 0);
+}
+
+TEST_CASE("fp8: the relu2 backward hands the FP8 expert up projection its gradient quantised, and nothing "
+          "changes (skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t M = 96, K = 64, H = 256, E = 3;
+  torch::manual_seed(10);
+  const torch::Tensor x0 = torch::randn({M, K}, torch::dtype(torch::kBFloat16).device(cuda));
+  const torch::Tensor w1_0 = (torch::randn({E, K, H}) / 8).to(cuda, torch::kBFloat16);
+  const torch::Tensor w2_0 = (torch::randn({E, H, K}) / 16).to(cuda, torch::kBFloat16);
+  const torch::Tensor gy = torch::randn({M, K}, torch::dtype(torch::kBFloat16).device(cuda));
+  const torch::Tensor offs = torch::tensor({40, 40, 96}, torch::dtype(torch::kInt32).device(cuda));  // expert 1 empty
+  auto run = [&](bool handoff, int64_t* taken) {
+    torch::Tensor x = x0.clone().requires_grad_(), w1 = w1_0.clone().requires_grad_(), w2 = w2_0.clone().requires_grad_();
+    auto slot = handoff ? c10::make_intrusive<moe::Fp8GradSlot>() : c10::intrusive_ptr<moe::Fp8GradSlot>();
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = false;
+    const torch::Tensor a = moe::Fp8GroupedMm(x, w1, offs, o, slot);                  // (M, H)
+    const torch::Tensor y = moe::Fp8GroupedMm(moe::ReluSquare(a, slot), w2, offs, o);  // (M, K)
+    y.backward(gy);
+    if (taken) *taken = slot ? slot->taken() : 0;
+    return std::vector<torch::Tensor>{y.detach(), x.grad(), w1.grad(), w2.grad()};
+  };
+  int64_t taken = 0;
+  const auto a = run(false, nullptr), b = run(true, &taken);
+  CHECK(taken == 1);  // the up projection used the rows the activation's backward offered
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("output " << i);
+    CHECK(torch::equal(b[i], a[i]));
+  }
+  CHECK(a[1].abs().sum().item<double>() > 0);
 }

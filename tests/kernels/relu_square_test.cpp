@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "core/model/activations.h"
+#include "kernels/fp8_quantize.h"
 #include "kernels/relu_square.h"
 
 namespace {
@@ -85,6 +86,43 @@ TEST_CASE("kernels: ReluSquare forward and backward match ATen on random data", 
       }
     }
   }
+}
+
+TEST_CASE("kernels: ReluSquareBackwardFp8 equals the backward then the FP8 row quantisation, bit for bit",
+          "[kernels][relu_square][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(9);
+  struct Row {
+    int64_t rows, cols, offset;
+  };
+  // Every register size per lane (8 .. 4096 columns), the wide model's expert hidden (4096), the
+  // reference's (1536), rows that do not fill a block, and a misaligned x (copied, then fused).
+  for (const Row& r : {Row{1, 8, 0}, Row{37, 256, 0}, Row{300, 768, 0}, Row{513, 1536, 0}, Row{64, 2056, 0},
+                       Row{129, 3072, 0}, Row{2048, 4096, 0}, Row{33, 1536, 1}}) {
+    DYNAMIC_SECTION("rows " << r.rows << " cols " << r.cols << " offset " << r.offset) {
+      const auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+      at::Tensor x = at::randn({r.rows * r.cols + r.offset}, opt).narrow(0, r.offset, r.rows * r.cols).view({r.rows, r.cols});
+      at::Tensor dy = at::randn({r.rows, r.cols}, opt) * 3;
+      if (r.rows > 4) dy[3].zero_();  // a zero row: amax 0, the eps scale
+      REQUIRE(moe::kernels::ReluSquareBackwardFp8Supported(x));
+      const at::Tensor want = moe::kernels::ReluSquareBackward(dy, x);
+      const moe::kernels::Fp8Quantized want8 = moe::kernels::Fp8Quantize(want, at::kFloat8_e4m3fn, true, 1e-12);
+      moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
+      const moe::kernels::ReluSquareGradFp8 got = moe::kernels::ReluSquareBackwardFp8(dy, x, 1e-12);
+      CHECK(at::equal(got.dx, want));
+      REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
+      REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
+      CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
+      CHECK(at::equal(got.fp8.scale, want8.scale));
+      CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+      CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() > r.rows * r.cols / 4);  // not vacuous
+    }
+  }
+  const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 4104}, bf)));  // past a warp's registers
+  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 12}, bf)));    // not whole vectors
+  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 16}, bf.dtype(at::kFloat))));
+  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({0, 16}, bf)));
 }
 
 TEST_CASE("kernels: ReluSquare takes non-contiguous inputs and gradients", "[kernels][relu_square]") {
