@@ -7,7 +7,6 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/common.cuh"
 
@@ -85,70 +84,6 @@ __device__ __forceinline__ Vec<uint8_t, VEC> CastVec(const Vec<T, VEC>& in, floa
     for (int e = 0; e < VEC; ++e) o.v[e] = CastFp8<F>(ToFloat(in.v[e]), scale);
   }
   return o;
-}
-
-// A warp per row: a lane holds vectors lane, lane + 32, ... of a row, at most kMaxLaneVecs of
-// them in registers; rows of more than kMaxWarpVecs vectors need a block (bf16: K > 4096).
-constexpr int kMaxLaneVecs = 16;
-constexpr int64_t kMaxWarpVecs = 32 * kMaxLaneVecs;
-
-// One row already in the warp's registers (all 32 lanes call it), cast to FP8 with its own scale:
-// v[j] is vector lane + 32 * j of the row (those at or past nvec are ignored), out_row the row's
-// nvec * VEC bytes (16-byte aligned when VEC > 1), *scale and *inv written by lane 0. The bytes
-// Fp8Quantize's row kernels write for the same values: a producer that holds the row it has just
-// computed (kernels/relu_square.cu) quantises it without reading it back.
-template <typename T, int VEC, int NV, __nv_fp8_interpretation_t F>
-__device__ __forceinline__ void CastRowInWarp(uint8_t* __restrict__ out_row, float* __restrict__ scale,
-                                              float* __restrict__ inv, const Vec<T, VEC> (&v)[NV], int64_t nvec,
-                                              float eps) {
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  unsigned m = 0u;
-#pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    if (lane + 32 * j < nvec) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v[j].v[e]));
-    }
-  }
-  m = WarpMax(m);
-  const float s = ScaleOf<F>(__uint_as_float(m), eps);
-  if (lane == 0) {
-    *scale = s;
-    *inv = InvOf(s);
-  }
-  auto* orow = reinterpret_cast<Vec<uint8_t, VEC>*>(out_row);  // (nvec * VEC,) fp8
-#pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    const int64_t c = lane + 32 * j;
-    if (c < nvec) orow[c] = CastVec<T, VEC, F>(v[j], s);
-  }
-}
-
-// Host side: calls f(NV) with NV the smallest of 1, 2, 3, 4, 6, 8, 12, kMaxLaneVecs vectors per
-// lane that holds a row of nvec <= kMaxWarpVecs vectors. The in-between sizes keep registers (and
-// so occupancy) close to what the row needs: d_model 768 in bf16 is 3 per lane, the qkv
-// gradient's 2304 is 9 (12, not 16).
-template <typename Fn>
-void WithLaneVecs(int64_t nvec, Fn&& f) {
-  static_assert(kMaxLaneVecs == 16, "the cases below end at kMaxLaneVecs");
-  const int64_t per_lane = (nvec + 31) / 32;
-  if (per_lane <= 1) {
-    f(std::integral_constant<int, 1>{});
-  } else if (per_lane <= 2) {
-    f(std::integral_constant<int, 2>{});
-  } else if (per_lane <= 3) {
-    f(std::integral_constant<int, 3>{});
-  } else if (per_lane <= 4) {
-    f(std::integral_constant<int, 4>{});
-  } else if (per_lane <= 6) {
-    f(std::integral_constant<int, 6>{});
-  } else if (per_lane <= 8) {
-    f(std::integral_constant<int, 8>{});
-  } else if (per_lane <= 12) {
-    f(std::integral_constant<int, 12>{});
-  } else {
-    f(std::integral_constant<int, 16>{});
-  }
 }
 
 }  // namespace moe::kernels

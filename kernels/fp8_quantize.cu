@@ -31,6 +31,8 @@ namespace moe::kernels {
 
 namespace {
 constexpr int kRowBlock = 256;        // threads per block of the row kernels (8 warps, or a whole row)
+constexpr int kMaxLaneVecs = 16;      // a warp per row holds up to 16 vectors per lane in registers
+constexpr int64_t kMaxWarpVecs = 32 * kMaxLaneVecs;  // longer rows get a block (bf16: K > 4096)
 constexpr int kTileR = 64;            // transposed tiles: x rows (base columns) per tile
 constexpr int kTileC = 128;           // x columns (base rows) per tile: one 128-byte fp8 line per x row
 constexpr int kAmaxRows = 256;        // most base rows per block of the column-amax kernel
@@ -44,7 +46,7 @@ constexpr int kFlatBlock = 256;       // threads per block of the whole-tensor k
 // and *inv. Vectors of VEC elements (K % VEC == 0, x_row 16-byte aligned when VEC > 1); a lane
 // holds vectors lane, lane + 32, ... (at most NV of them, NV * 32 >= K / VEC) in registers, so the
 // row is read once: every load is issued before the first reduction, and the cast needs no second
-// pass over memory (CastRowInWarp, kernels/fp8_cast.cuh).
+// pass over memory.
 template <typename T, int VEC, int NV, __nv_fp8_interpretation_t F>
 __device__ __forceinline__ void QuantizeRowInWarp(uint8_t* __restrict__ out_row, float* __restrict__ scale,
                                                   float* __restrict__ inv, const T* __restrict__ x_row, int64_t K,
@@ -58,7 +60,26 @@ __device__ __forceinline__ void QuantizeRowInWarp(uint8_t* __restrict__ out_row,
     const int64_t c = lane + 32 * j;
     if (c < nvec) v[j] = xr[c];
   }
-  CastRowInWarp<T, VEC, NV, F>(out_row, scale, inv, v, nvec, eps);
+  unsigned m = 0u;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    if (lane + 32 * j < nvec) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v[j].v[e]));
+    }
+  }
+  m = WarpMax(m);
+  const float s = ScaleOf<F>(__uint_as_float(m), eps);
+  if (lane == 0) {
+    *scale = s;
+    *inv = InvOf(s);
+  }
+  auto* orow = reinterpret_cast<Vec<uint8_t, VEC>*>(out_row);  // (K,) fp8
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t c = lane + 32 * j;
+    if (c < nvec) orow[c] = CastVec<T, VEC, F>(v[j], s);
+  }
 }
 
 // Row scales of a contiguous x, a warp per row (QuantizeRowInWarp): (rows, K) -> out (rows, K)
@@ -429,6 +450,33 @@ void LaunchTensorCast(uint8_t* out, float* scale, float* inv, const unsigned* am
         <<<FlatBlocks(n / VEC), kFlatBlock, 0, stream>>>(out, scale, inv, x, amax, n / VEC, eps);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Calls f(NV) with NV the smallest of 1, 2, 3, 4, 6, 8, 12, kMaxLaneVecs vectors per lane that
+// holds a row of nvec <= kMaxWarpVecs vectors. The in-between sizes keep registers (and so
+// occupancy) close to what the row needs: d_model 768 in bf16 is 3 per lane, the qkv gradient's
+// 2304 is 9 (12, not 16).
+template <typename Fn>
+void WithLaneVecs(int64_t nvec, Fn&& f) {
+  static_assert(kMaxLaneVecs == 16, "the cases below end at kMaxLaneVecs");
+  const int64_t per_lane = (nvec + 31) / 32;
+  if (per_lane <= 1) {
+    f(std::integral_constant<int, 1>{});
+  } else if (per_lane <= 2) {
+    f(std::integral_constant<int, 2>{});
+  } else if (per_lane <= 3) {
+    f(std::integral_constant<int, 3>{});
+  } else if (per_lane <= 4) {
+    f(std::integral_constant<int, 4>{});
+  } else if (per_lane <= 6) {
+    f(std::integral_constant<int, 6>{});
+  } else if (per_lane <= 8) {
+    f(std::integral_constant<int, 8>{});
+  } else if (per_lane <= 12) {
+    f(std::integral_constant<int, 12>{});
+  } else {
+    f(std::integral_constant<int, 16>{});
+  }
 }
 
 // Row scales of a contiguous (rows, K) x.

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,6 +18,8 @@ namespace {
 constexpr int kBlock = 256;
 // Grid-stride loops past this many blocks: plenty to fill an H100 (132 SMs x 8 blocks of 256).
 constexpr int64_t kMaxBlocks = 65536;
+// Most 8-element vectors in a row of the FP8 backward: one per thread of a block.
+constexpr int64_t kMaxFp8RowVecs = 1024;
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -78,34 +81,39 @@ __global__ void relu_square_backward_kernel(T* __restrict__ dx, const T* __restr
 }
 
 // The backward, and dx's rows quantised for the rowwise FP8 GEMM that consumes it (the expert up
-// projection's input gradient) in the same pass: a warp per row of C elements (C % 8 == 0, at most
-// kMaxWarpVecs vectors of 8), dx computed into registers, written, then cast there with the row's
-// scale (CastRowInWarp): what Fp8Quantize(dx, e4m3fn, rowwise) writes, without reading dx back.
+// projection's input gradient) in the same pass: a block per row of C elements (C % 8 == 0, at
+// most kMaxFp8RowVecs vectors of 8), one vector per thread, held in registers from the backward's
+// computation to the cast with the row's scale: what Fp8Quantize(dx, e4m3fn, rowwise) writes,
+// without reading dx back. (A warp per row holding 16 vectors per lane ran at half the bandwidth:
+// too many registers for the loads to be in flight together.)
 // dx, dy, x (rows, C) contiguous and 16-byte aligned; q8 (rows, C) e4m3 bytes; scale, inv (rows,).
-template <typename T, int NV>
+template <typename T>
 __global__ void relu_square_backward_fp8_kernel(T* __restrict__ dx, uint8_t* __restrict__ q8, float* __restrict__ scale,
                                                 float* __restrict__ inv, const T* __restrict__ dy,
-                                                const T* __restrict__ x, int64_t rows, int64_t C, float eps) {
+                                                const T* __restrict__ x, int64_t C, float eps) {
   constexpr int VEC = 8;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBlock / 32) + threadIdx.x / 32;
-  if (row >= rows) return;  // the whole warp leaves: it shuffles with no one else
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  const int64_t nvec = C / VEC;
-  const auto* xv = reinterpret_cast<const Vec<T, VEC>*>(x + row * C);
-  const auto* gv = reinterpret_cast<const Vec<T, VEC>*>(dy + row * C);
-  auto* dxv = reinterpret_cast<Vec<T, VEC>*>(dx + row * C);
-  Vec<T, VEC> o[NV];
+  const int64_t row = blockIdx.x;
+  const int64_t c = threadIdx.x;
+  const bool on = c < C / VEC;  // the block is rounded up to whole warps
+  Vec<T, VEC> o;
+  unsigned m = 0u;
+  if (on) {
+    const Vec<T, VEC> a = reinterpret_cast<const Vec<T, VEC>*>(x + row * C)[c];
+    const Vec<T, VEC> g = reinterpret_cast<const Vec<T, VEC>*>(dy + row * C)[c];
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    const int64_t c = lane + 32 * j;
-    if (c < nvec) {
-      const Vec<T, VEC> a = xv[c], g = gv[c];
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) o[j].v[v] = FromFloat<T>(2.f * Relu(ToFloat(a.v[v])) * ToFloat(g.v[v]));
-      dxv[c] = o[j];
+    for (int v = 0; v < VEC; ++v) {
+      o.v[v] = FromFloat<T>(2.f * Relu(ToFloat(a.v[v])) * ToFloat(g.v[v]));
+      m = MaxU(m, AbsBits(o.v[v]));
     }
+    reinterpret_cast<Vec<T, VEC>*>(dx + row * C)[c] = o;
   }
-  CastRowInWarp<T, VEC, NV, __NV_E4M3>(q8 + row * C, scale + row, inv + row, o, nvec, eps);
+  m = BlockMax(m);
+  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
+  if (threadIdx.x == 0) {
+    scale[row] = s;
+    inv[row] = InvOf(s);
+  }
+  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(o, s);
 }
 
 // ----------------------------------------------------------------------------
@@ -150,11 +158,8 @@ template <typename T>
 void relu_square_backward_fp8(T* dx, uint8_t* q8, float* scale, float* inv, const T* dy, const T* x, int64_t rows,
                               int64_t C, float eps, cudaStream_t stream) {
   if (rows == 0) return;
-  const auto blocks = static_cast<unsigned>((rows + kBlock / 32 - 1) / (kBlock / 32));
-  WithLaneVecs(C / 8, [&](auto nv_c) {
-    relu_square_backward_fp8_kernel<T, decltype(nv_c)::value>
-        <<<blocks, kBlock, 0, stream>>>(dx, q8, scale, inv, dy, x, rows, C, eps);
-  });
+  const auto threads = static_cast<unsigned>((C / 8 + 31) / 32 * 32);
+  relu_square_backward_fp8_kernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(dx, q8, scale, inv, dy, x, C, eps);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -195,12 +200,12 @@ at::Tensor ReluSquareBackward(const at::Tensor& dy_in, const at::Tensor& x_in) {
 bool ReluSquareBackwardFp8Supported(const at::Tensor& x) {
   if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() < 1 || x.numel() == 0) return false;
   const int64_t C = x.size(-1);
-  return C % 8 == 0 && C / 8 <= kMaxWarpVecs;
+  return C % 8 == 0 && C / 8 <= kMaxFp8RowVecs && x.numel() / C <= std::numeric_limits<int32_t>::max();
 }
 
 ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tensor& x_in, double amax_eps) {
   TORCH_CHECK(ReluSquareBackwardFp8Supported(x_in), "ReluSquareBackwardFp8: x must be a non-empty bf16 CUDA tensor "
-              "whose last dimension is a multiple of 8 and at most ", 8 * kMaxWarpVecs, "; got ", x_in.sizes(), " ",
+              "whose last dimension is a multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ",
               x_in.scalar_type());
   TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(),
               "ReluSquareBackwardFp8: dy must be a CUDA tensor of x's shape");

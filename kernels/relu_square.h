@@ -26,7 +26,7 @@ at::Tensor ReluSquareBackward(const at::Tensor& dy, const at::Tensor& x);
 //   Fp8Quantize(dx.view({-1, C}), e4m3fn, /*rowwise=*/true, amax_eps)
 // gives, bit for bit (data (rows, C), scale and inv_scale (rows, 1), C = x.size(-1)), without a
 // second kernel reading dx back. Supported: x a non-empty bf16 CUDA tensor with C % 8 == 0 and
-// C <= 4096 (a row in one warp's registers).
+// C <= 8192 (a row in one block's registers), fewer than 2^31 rows.
 bool ReluSquareBackwardFp8Supported(const at::Tensor& x);
 struct ReluSquareGradFp8 {
   at::Tensor dx;     // x's shape and dtype

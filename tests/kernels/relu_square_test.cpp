@@ -95,10 +95,10 @@ TEST_CASE("kernels: ReluSquareBackwardFp8 equals the backward then the FP8 row q
   struct Row {
     int64_t rows, cols, offset;
   };
-  // Every register size per lane (8 .. 4096 columns), the wide model's expert hidden (4096), the
-  // reference's (1536), rows that do not fill a block, and a misaligned x (copied, then fused).
+  // 8 to 8192 columns (blocks of 32 to 1024 threads, some not all in the row), the wide model's expert
+  // hidden (4096), the reference's (1536), and a misaligned x (copied, then fused).
   for (const Row& r : {Row{1, 8, 0}, Row{37, 256, 0}, Row{300, 768, 0}, Row{513, 1536, 0}, Row{64, 2056, 0},
-                       Row{129, 3072, 0}, Row{2048, 4096, 0}, Row{33, 1536, 1}}) {
+                       Row{129, 3072, 0}, Row{2048, 4096, 0}, Row{7, 8192, 0}, Row{33, 1536, 1}}) {
     DYNAMIC_SECTION("rows " << r.rows << " cols " << r.cols << " offset " << r.offset) {
       const auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
       at::Tensor x = at::randn({r.rows * r.cols + r.offset}, opt).narrow(0, r.offset, r.rows * r.cols).view({r.rows, r.cols});
@@ -119,7 +119,7 @@ TEST_CASE("kernels: ReluSquareBackwardFp8 equals the backward then the FP8 row q
     }
   }
   const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
-  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 4104}, bf)));  // past a warp's registers
+  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 8200}, bf)));  // past a block's threads
   CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 12}, bf)));    // not whole vectors
   CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 16}, bf.dtype(at::kFloat))));
   CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({0, 16}, bf)));
