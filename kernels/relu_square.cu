@@ -116,6 +116,37 @@ __global__ void relu_square_backward_fp8_kernel(T* __restrict__ dx, uint8_t* __r
   if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(o, s);
 }
 
+// The forward, and y's rows quantised for the rowwise FP8 GEMM that consumes y (the expert down
+// projection), as relu_square_backward_fp8_kernel does for dx: a block per row, one vector per
+// thread, what Fp8Quantize(y, e4m3fn, rowwise) writes. y, x (rows, C) contiguous, 16-byte aligned.
+template <typename T>
+__global__ void relu_square_fp8_kernel(T* __restrict__ y, uint8_t* __restrict__ q8, float* __restrict__ scale,
+                                       float* __restrict__ inv, const T* __restrict__ x, int64_t C, float eps) {
+  constexpr int VEC = 8;
+  const int64_t row = blockIdx.x;
+  const int64_t c = threadIdx.x;
+  const bool on = c < C / VEC;  // the block is rounded up to whole warps
+  Vec<T, VEC> o;
+  unsigned m = 0u;
+  if (on) {
+    const Vec<T, VEC> a = reinterpret_cast<const Vec<T, VEC>*>(x + row * C)[c];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const float r = Relu(ToFloat(a.v[v]));
+      o.v[v] = FromFloat<T>(r * r);
+      m = MaxU(m, AbsBits(o.v[v]));
+    }
+    reinterpret_cast<Vec<T, VEC>*>(y + row * C)[c] = o;
+  }
+  m = BlockMax(m);
+  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
+  if (threadIdx.x == 0) {
+    scale[row] = s;
+    inv[row] = InvOf(s);
+  }
+  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(o, s);
+}
+
 // ----------------------------------------------------------------------------
 // launchers
 
@@ -163,6 +194,15 @@ void relu_square_backward_fp8(T* dx, uint8_t* q8, float* scale, float* inv, cons
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename T>
+void relu_square_fp8(T* y, uint8_t* q8, float* scale, float* inv, const T* x, int64_t rows, int64_t C, float eps,
+                     cudaStream_t stream) {
+  if (rows == 0) return;
+  const auto threads = static_cast<unsigned>((C / 8 + 31) / 32 * 32);
+  relu_square_fp8_kernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(y, q8, scale, inv, x, C, eps);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // ----------------------------------------------------------------------------
 // ATen entry points
 
@@ -197,26 +237,30 @@ at::Tensor ReluSquareBackward(const at::Tensor& dy_in, const at::Tensor& x_in) {
   return dx;
 }
 
-bool ReluSquareBackwardFp8Supported(const at::Tensor& x) {
+namespace {
+// t itself where it is contiguous and 16-byte aligned, else a fresh contiguous copy (the
+// allocator's blocks are aligned): what the FP8 kernels' vector loads need.
+at::Tensor Aligned(const at::Tensor& t) {
+  if (!t.is_contiguous()) return t.contiguous();
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+}  // namespace
+
+bool ReluSquareFp8Supported(const at::Tensor& x) {
   if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() < 1 || x.numel() == 0) return false;
   const int64_t C = x.size(-1);
   return C % 8 == 0 && C / 8 <= kMaxFp8RowVecs && x.numel() / C <= std::numeric_limits<int32_t>::max();
 }
 
 ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tensor& x_in, double amax_eps) {
-  TORCH_CHECK(ReluSquareBackwardFp8Supported(x_in), "ReluSquareBackwardFp8: x must be a non-empty bf16 CUDA tensor "
+  TORCH_CHECK(ReluSquareFp8Supported(x_in), "ReluSquareBackwardFp8: x must be a non-empty bf16 CUDA tensor "
               "whose last dimension is a multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ",
               x_in.scalar_type());
   TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(),
               "ReluSquareBackwardFp8: dy must be a CUDA tensor of x's shape");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  // Fresh contiguous tensors where x or dy are not: the allocator's blocks are 16-byte aligned.
-  auto aligned = [](const at::Tensor& t) {
-    if (!t.is_contiguous()) return t.contiguous();
-    return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
-  };
-  const at::Tensor x = aligned(x_in);
-  const at::Tensor dy = aligned(dy_in.to(x.scalar_type()));
+  const at::Tensor x = Aligned(x_in);
+  const at::Tensor dy = Aligned(dy_in.to(x.scalar_type()));
   const int64_t C = x.size(-1), rows = x.numel() / C;
   ReluSquareGradFp8 r;
   r.dx = at::empty(x.sizes(), x.options());                                              // x's shape
@@ -228,6 +272,25 @@ ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tenso
       r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(),
       reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
       rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
+  return r;
+}
+
+ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x_in, double amax_eps) {
+  TORCH_CHECK(ReluSquareFp8Supported(x_in), "ReluSquareForwardFp8: x must be a non-empty bf16 CUDA tensor whose last "
+              "dimension is a multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ",
+              x_in.scalar_type());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = Aligned(x_in);
+  const int64_t C = x.size(-1), rows = x.numel() / C;
+  ReluSquareFp8 r;
+  r.y = at::empty(x.sizes(), x.options());                                               // x's shape
+  r.fp8.data = at::empty({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
+  r.fp8.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
+  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                         // (rows, 1)
+  relu_square_fp8<__nv_bfloat16>(reinterpret_cast<__nv_bfloat16*>(r.y.data_ptr()),
+                                 reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()), r.fp8.scale.data_ptr<float>(),
+                                 r.fp8.inv_scale.data_ptr<float>(), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
+                                 rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
   return r;
 }
 

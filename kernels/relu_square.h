@@ -21,13 +21,25 @@ at::Tensor ReluSquareForward(const at::Tensor& x);
 // contiguous if needed): dx = 2 * relu(x) * dy, fp32 math, x's shape and dtype.
 at::Tensor ReluSquareBackward(const at::Tensor& dy, const at::Tensor& x);
 
+// Whether the FP8 forms below take x: a non-empty bf16 CUDA tensor whose last dimension C is a
+// multiple of 8 and at most 8192 (a row in one block's registers), fewer than 2^31 rows.
+bool ReluSquareFp8Supported(const at::Tensor& x);
+
+// The forward with y's rows quantised for the rowwise FP8 GEMM that consumes y (the FP8 expert down
+// projection), in the same pass: y as ReluSquareForward's, and fp8 what
+//   Fp8Quantize(y.view({-1, C}), e4m3fn, /*rowwise=*/true, amax_eps)
+// gives, bit for bit (data (rows, C), scale and inv_scale (rows, 1), C = x.size(-1)), without a
+// second kernel reading y back.
+struct ReluSquareFp8 {
+  at::Tensor y;      // x's shape and dtype
+  Fp8Quantized fp8;  // its rows quantised, see above
+};
+ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x, double amax_eps);
+
 // The backward with dx's rows quantised for the rowwise FP8 GEMM that consumes dx (the FP8 expert
 // up projection's input gradient), in the same pass: dx as ReluSquareBackward's, and fp8 what
 //   Fp8Quantize(dx.view({-1, C}), e4m3fn, /*rowwise=*/true, amax_eps)
-// gives, bit for bit (data (rows, C), scale and inv_scale (rows, 1), C = x.size(-1)), without a
-// second kernel reading dx back. Supported: x a non-empty bf16 CUDA tensor with C % 8 == 0 and
-// C <= 8192 (a row in one block's registers), fewer than 2^31 rows.
-bool ReluSquareBackwardFp8Supported(const at::Tensor& x);
+// gives, bit for bit, without a second kernel reading dx back.
 struct ReluSquareGradFp8 {
   at::Tensor dx;     // x's shape and dtype
   Fp8Quantized fp8;  // its rows quantised, see above

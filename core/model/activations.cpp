@@ -17,10 +17,17 @@ using torch::autograd::variable_list;
 // the input costs the same memory as the relu output ATen's composition keeps.
 struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
-                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
+                               const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad,
+                               const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out) {
     torch::Tensor xc = x.contiguous();
     ctx->save_for_backward({xc});
-    if (fp8_grad && kernels::ReluSquareBackwardFp8Supported(xc)) ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
+    const bool fused = kernels::ReluSquareFp8Supported(xc);
+    if (fp8_grad && fused) ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
+    if (fp8_out && fused) {  // y and its FP8 rows in one pass, for the GEMM after
+      kernels::ReluSquareFp8 r = kernels::ReluSquareForwardFp8(xc, kAmaxEps);
+      fp8_out->Offer(r.y, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      return r.y;
+    }
     return kernels::ReluSquareForward(xc);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -28,20 +35,22 @@ struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
     if (ctx->saved_data.count("fp8_grad") != 0) {  // dx and its FP8 rows in one pass, for the GEMM before
       kernels::ReluSquareGradFp8 r = kernels::ReluSquareBackwardFp8(grads[0], x, kAmaxEps);
       SlotFromIValue(ctx->saved_data["fp8_grad"])->Offer(r.dx, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
-      return {r.dx, torch::Tensor()};
+      return {r.dx, torch::Tensor(), torch::Tensor()};
     }
-    return {kernels::ReluSquareBackward(grads[0], x), torch::Tensor()};
+    return {kernels::ReluSquareBackward(grads[0], x), torch::Tensor(), torch::Tensor()};
   }
 };
 #endif
 
 }  // namespace
 
-torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
+torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad,
+                         const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out) {
 #if defined(MOE_WITH_KERNELS)
-  if (OnKernelDevice(x)) return ReluSquareFn::apply(x, fp8_grad);
+  if (OnKernelDevice(x)) return ReluSquareFn::apply(x, fp8_grad, fp8_out);
 #else
-  (void)fp8_grad;  // no fused backward to quantise in
+  (void)fp8_grad;  // no fused kernels to quantise in
+  (void)fp8_out;
 #endif
   return torch::relu(x).square();
 }

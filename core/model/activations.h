@@ -7,16 +7,20 @@
 
 #include <torch/torch.h>
 
-#include "core/precision/fp8_grad_slot.h"
+#include "core/precision/fp8_rows_slot.h"
 
 namespace moe {
 
 // relu(x)^2 elementwise, x's shape and dtype; any numel, 0 included. Differentiable in x
 // (d/dx = 2 * relu(x)).
-// fp8_grad (optional): where x comes from a rowwise FP8 GEMM holding the same slot (the FP8 expert
-// up projection), the fused backward also quantises dx by rows and Offers it there
-// (core/precision/fp8_grad_slot.h); dx itself is the same. Ignored off the fused path (the CPU,
-// and where kernels::ReluSquareBackwardFp8Supported fails): the GEMM then quantises dx itself.
-torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad = {});
+// The FP8 hand-offs (core/precision/fp8_rows_slot.h), both optional, used on the fused path only
+// (CUDA bf16 rows that kernels::ReluSquareFp8Supported takes; elsewhere the GEMMs quantise for
+// themselves), the values unchanged either way:
+//   fp8_grad: x comes from a rowwise FP8 GEMM holding the same slot (the FP8 expert up projection):
+//             the backward also quantises dx by rows and Offers it there;
+//   fp8_out:  the output goes to a rowwise FP8 GEMM holding the same slot (the FP8 expert down
+//             projection): the forward also quantises it by rows and Offers it there.
+torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {},
+                         const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out = {});
 
 }  // namespace moe

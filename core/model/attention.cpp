@@ -22,10 +22,10 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
                                                const torch::Tensor& sin) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
   // Under rowwise FP8 the qk-norm backward quantises the qkv gradient as it writes it and hands it
-  // to the projection's input-gradient GEMM (core/precision/fp8_grad_slot.h).
-  c10::intrusive_ptr<Fp8GradSlot> grad_slot;
+  // to the projection's input-gradient GEMM (core/precision/fp8_rows_slot.h).
+  c10::intrusive_ptr<Fp8RowsSlot> grad_slot;
   if (fp8_grad_handoff_ && qkv_p_.fp8 && qkv_p_.recipe == Fp8Recipe::kRowwise && torch::GradMode::is_enabled()) {
-    grad_slot = c10::make_intrusive<Fp8GradSlot>();
+    grad_slot = c10::make_intrusive<Fp8RowsSlot>();
   }
   // (B, T, H + 2*Hkv, hd) -> q (B, T, H, hd), k and v (B, T, Hkv, hd)
   torch::Tensor qkv =

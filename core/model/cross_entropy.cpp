@@ -24,7 +24,7 @@ bool UseKernels(const torch::Tensor& logits, const torch::Tensor& targets) {
 // kernel dloss = upstream / count for every row (the kernel zeroes ignored rows itself).
 struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets,
-                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
+                               const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
     auto [loss, lse] = kernels::CrossEntropyForward(logits, targets, kIgnoreIndex);
     if (fp8_grad && kernels::CrossEntropyBackwardFp8Supported(logits)) {
       ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
@@ -52,7 +52,7 @@ struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
 }  // namespace
 
 torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets,
-                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
+                               const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
 #if defined(MOE_WITH_KERNELS)
   if (UseKernels(logits, targets)) {
     const torch::Tensor t = targets.contiguous();

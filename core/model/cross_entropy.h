@@ -8,7 +8,7 @@
 
 #include <torch/torch.h>
 
-#include "core/precision/fp8_grad_slot.h"
+#include "core/precision/fp8_rows_slot.h"
 
 namespace moe {
 
@@ -21,9 +21,9 @@ namespace moe {
 // host synchronisation (the ignored-row count stays on the device): safe in a CUDA graph capture.
 // fp8_grad (optional): where the logits come from a rowwise FP8 LM head holding the same slot, the
 // fused backward also quantises the logits' gradient by rows and Offers it there
-// (core/precision/fp8_grad_slot.h); the gradient itself is the same. Ignored off the fused path
+// (core/precision/fp8_rows_slot.h); the gradient itself is the same. Ignored off the fused path
 // (and where kernels::CrossEntropyBackwardFp8Supported fails): the head then quantises it itself.
 torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets,
-                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad = {});
+                               const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {});
 
 }  // namespace moe

@@ -72,10 +72,10 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   // Logits stay in the compute dtype (FP8 GEMMs write it too): CrossEntropyLoss reads bf16 directly
   // on CUDA (fused kernel) and makes the fp32 copy itself elsewhere.
   // Under a rowwise FP8 head, the loss's backward hands the head its gradient already quantised
-  // (core/precision/fp8_grad_slot.h).
-  c10::intrusive_ptr<Fp8GradSlot> head_grad;
+  // (core/precision/fp8_rows_slot.h).
+  c10::intrusive_ptr<Fp8RowsSlot> head_grad;
   if (lm_head_precision_.fp8 && lm_head_precision_.recipe == Fp8Recipe::kRowwise) {
-    head_grad = c10::make_intrusive<Fp8GradSlot>();
+    head_grad = c10::make_intrusive<Fp8RowsSlot>();
   }
   torch::Tensor logits =
       PlannedLinear(lm_head_precision_, AddRmsNorm(x, delta).normed, lm_head_->weight, head_grad);  // (B, T, V)

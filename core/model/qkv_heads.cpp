@@ -29,7 +29,7 @@ bool UseKernels(const torch::Tensor& qkv, const torch::Tensor& cos, const torch:
 struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& qkv, const torch::Tensor& cos,
                                const torch::Tensor& sin, int64_t Hq, int64_t Hkv,
-                               const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
+                               const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({qkv, cos, sin});
     ctx->saved_data["Hq"] = Hq;
@@ -44,7 +44,7 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
     const auto saved = ctx->get_saved_variables();
     const int64_t Hq = ctx->saved_data["Hq"].toInt(), Hkv = ctx->saved_data["Hkv"].toInt();
     const auto slot = ctx->saved_data.count("fp8_grad") != 0 ? SlotFromIValue(ctx->saved_data["fp8_grad"])
-                                                              : c10::intrusive_ptr<Fp8GradSlot>();
+                                                              : c10::intrusive_ptr<Fp8RowsSlot>();
     torch::Tensor dqkv;
     if (slot) {  // the gradient and its FP8 rows in one pass, for the qkv projection's backward
       kernels::QkvGradFp8 r = kernels::QkRopeNormBackwardFp8(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1],
@@ -63,7 +63,7 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
 }  // namespace
 
 QkvHeads SplitRotateNorm(const torch::Tensor& qkv, int64_t Hq, int64_t Hkv, const torch::Tensor& cos,
-                         const torch::Tensor& sin, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad) {
+                         const torch::Tensor& sin, const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
   static_cast<void>(fp8_grad);  // only the kernel path quantises the gradient
 #if defined(MOE_WITH_KERNELS)
   if (UseKernels(qkv, cos, sin)) {

@@ -12,7 +12,7 @@
 
 #include <torch/torch.h>
 
-#include "core/precision/fp8_grad_slot.h"
+#include "core/precision/fp8_rows_slot.h"
 
 namespace moe {
 
@@ -26,9 +26,9 @@ struct QkvHeads {
 // (>= T, hd/2) fp32. Differentiable in qkv.
 // fp8_grad (optional): the slot of the FP8 qkv projection that produced qkv. Where the fused
 // backward runs, it also quantises qkv's gradient by rows in the same pass and offers it there
-// (core/precision/fp8_grad_slot.h), so that the projection's input-gradient GEMM does not
+// (core/precision/fp8_rows_slot.h), so that the projection's input-gradient GEMM does not
 // quantise it again.
 QkvHeads SplitRotateNorm(const torch::Tensor& qkv, int64_t Hq, int64_t Hkv, const torch::Tensor& cos,
-                         const torch::Tensor& sin, const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad = {});
+                         const torch::Tensor& sin, const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {});
 
 }  // namespace moe

@@ -9,16 +9,20 @@ namespace moe {
 
 torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, const ExpertWeights& w) {
   const auto dt = xs.scalar_type();
-  auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt, const c10::intrusive_ptr<Fp8GradSlot>& slot) {
-    return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_gemm, slot) : at::_grouped_mm(x, wt.to(dt), offs);
+  auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt, const c10::intrusive_ptr<Fp8RowsSlot>& grad,
+                 const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
+    return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_gemm, grad, x_rows) : at::_grouped_mm(x, wt.to(dt), offs);
   };
-  // FP8 relu2 experts: the activation's backward hands the up projection its input gradient
-  // already quantised by rows (core/precision/fp8_grad_slot.h).
-  c10::intrusive_ptr<Fp8GradSlot> up_grad;
-  if (w.fp8 && !w.w3.defined()) up_grad = c10::make_intrusive<Fp8GradSlot>();
-  torch::Tensor a = gmm(xs, w.w1, up_grad);  // (M, h)
-  torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3, {}) : torch::Tensor();
-  return gmm(ExpertActivation(a, b, up_grad), w.w2, {});  // (M, d)
+  // FP8 relu2 experts: the activation hands the down projection its input, and its backward the
+  // up projection its input gradient, already quantised by rows (core/precision/fp8_rows_slot.h).
+  c10::intrusive_ptr<Fp8RowsSlot> up_grad, act_rows;
+  if (w.fp8 && !w.w3.defined()) {
+    up_grad = c10::make_intrusive<Fp8RowsSlot>();
+    act_rows = c10::make_intrusive<Fp8RowsSlot>();
+  }
+  torch::Tensor a = gmm(xs, w.w1, up_grad, {});  // (M, h)
+  torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3, {}, {}) : torch::Tensor();
+  return gmm(ExpertActivation(a, b, up_grad, act_rows), w.w2, {}, act_rows);  // (M, d)
 }
 
 torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {

@@ -80,10 +80,11 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
 
 // The expert activation between the two projections, shared by the backends.
 // a = x @ w1 (and b = x @ w3 for swiglu, else undefined); a may have zero rows (an expert with
-// no tokens). fp8_grad: the FP8 up projection's gradient slot, for relu2 (ReluSquare).
+// no tokens). fp8_grad, fp8_out: the FP8 projections' hand-offs, for relu2 (ReluSquare).
 inline torch::Tensor ExpertActivation(const torch::Tensor& a, const torch::Tensor& b,
-                                      const c10::intrusive_ptr<Fp8GradSlot>& fp8_grad = {}) {
-  return b.defined() ? torch::silu(a) * b : ReluSquare(a, fp8_grad);
+                                      const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {},
+                                      const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out = {}) {
+  return b.defined() ? torch::silu(a) * b : ReluSquare(a, fp8_grad, fp8_out);
 }
 
 }  // namespace moe

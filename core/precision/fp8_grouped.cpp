@@ -114,12 +114,15 @@ std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Te
 struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                const torch::Tensor& offs, bool wgrad_fp8, bool fast_accum, bool fast_grads,
-                               const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
+                               const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
+                               const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
     ctx->save_for_backward({x, w, offs});
     if (grad_slot) ctx->saved_data["fp8_grad"] = SlotToIValue(grad_slot);
     ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
     ctx->saved_data["fast_grads"] = fast_grads;
-    Fp8Tensor xq = Quantize(x, kE4M3, Fp8Granularity::kRow);                   // (M, K), (M, 1)
+    // (M, K), (M, 1): as the op before this one quantised it, where it did (fp8_rows_slot.h)
+    Fp8Tensor xq;
+    if (!(x_rows && x_rows->Take(x, &xq) && xq.data.sizes() == x.sizes())) xq = Quantize(x, kE4M3, Fp8Granularity::kRow);
     Fp8Tensor wq = Quantize(w.transpose(1, 2), kE4M3, Fp8Granularity::kRow);   // (E, N, K), (E, N, 1)
     return ScaledGroupedMm(xq.data, xq.inv_scale().view({-1}), wq.data.transpose(1, 2),
                            wq.inv_scale().squeeze(-1), offs, x.scalar_type(), fast_accum);  // (M, N)
@@ -133,7 +136,7 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     const bool fast = ctx->saved_data["fast_grads"].toBool();
     torch::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
-      // (M, N), (M, 1): as the op after this one quantised it, where it did (fp8_grad_slot.h)
+      // (M, N), (M, 1): as the op after this one quantised it, where it did (fp8_rows_slot.h)
       Fp8Tensor dyq;
       const bool handed = ctx->saved_data.count("fp8_grad") != 0 &&
                           SlotFromIValue(ctx->saved_data["fp8_grad"])->Take(dy, &dyq) &&
@@ -156,7 +159,7 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
                  .to(w.scalar_type());  // (E, K, N)
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -189,7 +192,8 @@ torch::Tensor ScaledGroupedMm(const torch::Tensor& a, const torch::Tensor& inv_a
 }
 
 torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
-                           const Fp8GemmOptions& opts, const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
+                           const Fp8GemmOptions& opts, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
+                           const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 3 && w.size(1) == x.size(1) && offs.size(0) == w.size(0),
               "Fp8GroupedMm: expected x (M, K), w (E, K, N), offs (E,); got ", x.sizes(), ", ", w.sizes(), ", ",
               offs.sizes());
@@ -197,7 +201,8 @@ torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const
     // Nothing routed here: an empty result that still connects to both inputs' graphs.
     return (x.sum() + w.sum()).to(x.scalar_type()) * torch::zeros({0, w.size(2)}, x.options());
   }
-  return Fp8GroupedFn::apply(x, w, offs, opts.wgrad_fp8, opts.fast_accum, opts.fast_accum_grads, grad_slot);
+  return Fp8GroupedFn::apply(x, w, offs, opts.wgrad_fp8, opts.fast_accum, opts.fast_accum_grads, grad_slot,
+                             x_rows);
 }
 
 }  // namespace moe

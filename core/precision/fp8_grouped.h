@@ -22,7 +22,7 @@
 #include <torch/torch.h>
 
 #include "core/precision/fp8.h"
-#include "core/precision/fp8_grad_slot.h"
+#include "core/precision/fp8_rows_slot.h"
 
 namespace moe {
 
@@ -37,10 +37,14 @@ bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std:
 // opts.wgrad_fp8 = false: the weight gradient through at::_grouped_mm in x's dtype
 // (precision.fp8_wgrad); opts.fast_accum: the output GEMM in fast accumulation (CUDA);
 // opts.fast_accum_grads: the two gradient GEMMs too.
-// grad_slot (optional): where the op after this one quantises the output gradient by rows as it
-// writes it, it Offers them there and the input-gradient GEMM uses them (fp8_grad_slot.h).
+// The FP8 hand-offs (fp8_rows_slot.h), both optional: grad_slot, where the op after this one
+// quantises the output gradient by rows as it writes it, it Offers them there and the
+// input-gradient GEMM uses them; x_rows, where the op before this one quantised x by rows as it
+// wrote it, the output GEMM uses them. Either way the GEMM quantises for itself when the offered
+// tensor is not the one it got.
 torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& offs,
-                           const Fp8GemmOptions& opts = {}, const c10::intrusive_ptr<Fp8GradSlot>& grad_slot = {});
+                           const Fp8GemmOptions& opts = {}, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {},
+                           const c10::intrusive_ptr<Fp8RowsSlot>& x_rows = {});
 
 // The scaled grouped GEMM itself (exposed for tests), in the at::_scaled_grouped_mm layouts:
 //   2D x 3D: a (M, K) row-major, inv_a (M,); b (E, K, N) column-major per expert, inv_b (E, N)

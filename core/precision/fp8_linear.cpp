@@ -20,7 +20,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
   // autograd takes no undefined tensors as inputs, and these need no gradient.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe,
                                bool wgrad_fp8, bool fast_accum, bool fast_grads, const Fp8WeightOperands* pre,
-                               const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
+                               const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot) {
     const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
     const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
     if (!rowwise) pre = nullptr;
@@ -60,7 +60,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       const torch::Tensor& x = saved[0];  // (M, K)
       const torch::Tensor& w = saved[1];  // (N, K)
       if (ctx->needs_input_grad(0)) {
-        // (M, N), per row over N: as the op that produced dy quantised it, where it did (fp8_grad_slot.h)
+        // (M, N), per row over N: as the op that produced dy quantised it, where it did (fp8_rows_slot.h)
         Fp8Tensor dyq;
         const bool handed = ctx->saved_data.count("fp8_grad") != 0 &&
                             SlotFromIValue(ctx->saved_data["fp8_grad"])->Take(dy, &dyq) &&
@@ -106,7 +106,7 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
 }
 
 torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, const Fp8GemmOptions& opts,
-                        const Fp8WeightOperands* w_operands, const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
+                        const Fp8WeightOperands* w_operands, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot) {
   const int64_t K = x.size(-1), N = w.size(0);
   TORCH_CHECK(w.dim() == 2 && w.size(1) == K, "Fp8Linear: w must be (N, ", K, "), got ", w.sizes());
   TORCH_CHECK(Fp8LinearSupported(x.numel() / K, K, N), "Fp8Linear: shape (", x.numel() / K, ", ", K, ") x (", K, ", ",

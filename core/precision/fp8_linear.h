@@ -15,7 +15,7 @@
 #include <torch/torch.h>
 
 #include "core/precision/fp8.h"
-#include "core/precision/fp8_grad_slot.h"
+#include "core/precision/fp8_rows_slot.h"
 
 namespace moe {
 
@@ -35,10 +35,10 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
 // (core/precision/fp8_weights.h), used instead of quantising w here; they must be those of w's
 // current values. Null: quantise w here.
 // grad_slot (rowwise; may be null): where the op consuming the output may offer the output's
-// gradient already quantised by rows (core/precision/fp8_grad_slot.h); the input-gradient GEMM
+// gradient already quantised by rows (core/precision/fp8_rows_slot.h); the input-gradient GEMM
 // takes it from there when it is the gradient that arrives, and quantises it itself otherwise.
 torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe,
                         const Fp8GemmOptions& opts = {}, const Fp8WeightOperands* w_operands = nullptr,
-                        const c10::intrusive_ptr<Fp8GradSlot>& grad_slot = {});
+                        const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {});
 
 }  // namespace moe

@@ -7,7 +7,7 @@
 namespace moe {
 
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w,
-                            const c10::intrusive_ptr<Fp8GradSlot>& grad_slot) {
+                            const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot) {
   const int64_t K = x.size(-1);
   const torch::Tensor wu = p.cache ? p.cache->Get(w) : w;  // the bf16 copy when the cache is enabled
   if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) {

@@ -24,7 +24,7 @@
 
 #include "core/config/config.h"
 #include "core/precision/fp8.h"
-#include "core/precision/fp8_grad_slot.h"
+#include "core/precision/fp8_rows_slot.h"
 #include "core/precision/fp8_weights.h"
 #include "core/precision/weight_cache.h"
 
@@ -49,7 +49,7 @@ struct LinearPrecision {
 // is per call because batches other than the training one (evaluation, tests) may not fit.
 // grad_slot: passed to Fp8Linear (its FP8 path; ignored otherwise).
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w,
-                            const c10::intrusive_ptr<Fp8GradSlot>& grad_slot = {});
+                            const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {});
 
 class PrecisionPlan {
  public:

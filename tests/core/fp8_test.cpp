@@ -531,7 +531,7 @@ TEST_CASE("fp8: the qk-norm backward hands the qkv projection its gradient quant
   const torch::Tensor gk = torch::randn({B, T, Hkv, hd}).to(cuda, torch::kBFloat16);
   const torch::Tensor gv = torch::randn({B, T, Hkv, hd}).to(cuda, torch::kBFloat16);
   // The projection and the heads as attention chains them, with or without a slot between them.
-  auto run = [&](const c10::intrusive_ptr<moe::Fp8GradSlot>& slot) {
+  auto run = [&](const c10::intrusive_ptr<moe::Fp8RowsSlot>& slot) {
     torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
     torch::Tensor qkv = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, {}, nullptr, slot).view({B, T, Hq + 2 * Hkv, hd});
     const moe::QkvHeads h = moe::SplitRotateNorm(qkv, Hq, Hkv, cos, sin, slot);
@@ -540,7 +540,7 @@ TEST_CASE("fp8: the qk-norm backward hands the qkv projection its gradient quant
         .backward();
     return std::make_pair(x.grad(), w.grad());
   };
-  const auto slot = c10::make_intrusive<moe::Fp8GradSlot>();
+  const auto slot = c10::make_intrusive<moe::Fp8RowsSlot>();
   const auto [dx1, dw1] = run(slot);
   CHECK(slot->taken() == 1);  // the projection's backward used the offered gradient
   CHECK_FALSE(slot->offered());
@@ -550,7 +550,7 @@ TEST_CASE("fp8: the qk-norm backward hands the qkv projection its gradient quant
 
   // What the heads' backward offers is the rowwise quantisation of the gradient it returns.
   torch::Tensor qkv = x0.new_empty({B, T, Hq + 2 * Hkv, hd}).normal_().requires_grad_();
-  const auto s2 = c10::make_intrusive<moe::Fp8GradSlot>();
+  const auto s2 = c10::make_intrusive<moe::Fp8RowsSlot>();
   const moe::QkvHeads h = moe::SplitRotateNorm(qkv, Hq, Hkv, cos, sin, s2);
   const torch::Tensor dqkv = torch::autograd::grad({h.q, h.k, h.v}, {qkv}, {gq, gk, gv})[0];
   REQUIRE(s2->offered());
@@ -704,7 +704,7 @@ TEST_CASE("fp8: the loss's backward hands a rowwise FP8 LM head its gradient qua
   };
   auto run = [&](bool handoff, int64_t* taken) {
     torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
-    auto slot = handoff ? c10::make_intrusive<moe::Fp8GradSlot>() : c10::intrusive_ptr<moe::Fp8GradSlot>();
+    auto slot = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
     moe::Fp8GemmOptions o;
     o.wgrad_fp8 = false;
     const torch::Tensor logits = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, o, nullptr, slot);  // (B, T, V)
@@ -722,8 +722,8 @@ TEST_CASE("fp8: the loss's backward hands a rowwise FP8 LM head its gradient qua
   CHECK(a.dx.abs().sum().item<double>() > 0);
 }
 
-TEST_CASE("fp8: the relu2 backward hands the FP8 expert up projection its gradient quantised, and nothing "
-          "changes (skipped without a GPU)",
+TEST_CASE("fp8: relu2 hands the FP8 expert down projection its input and the up projection its gradient "
+          "quantised, and nothing changes (skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
@@ -736,18 +736,21 @@ TEST_CASE("fp8: the relu2 backward hands the FP8 expert up projection its gradie
   const torch::Tensor offs = torch::tensor({40, 40, 96}, torch::dtype(torch::kInt32).device(cuda));  // expert 1 empty
   auto run = [&](bool handoff, int64_t* taken) {
     torch::Tensor x = x0.clone().requires_grad_(), w1 = w1_0.clone().requires_grad_(), w2 = w2_0.clone().requires_grad_();
-    auto slot = handoff ? c10::make_intrusive<moe::Fp8GradSlot>() : c10::intrusive_ptr<moe::Fp8GradSlot>();
+    auto grad = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+    auto act = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
     moe::Fp8GemmOptions o;
     o.wgrad_fp8 = false;
-    const torch::Tensor a = moe::Fp8GroupedMm(x, w1, offs, o, slot);                  // (M, H)
-    const torch::Tensor y = moe::Fp8GroupedMm(moe::ReluSquare(a, slot), w2, offs, o);  // (M, K)
+    const torch::Tensor a = moe::Fp8GroupedMm(x, w1, offs, o, grad);                                 // (M, H)
+    const torch::Tensor y = moe::Fp8GroupedMm(moe::ReluSquare(a, grad, act), w2, offs, o, {}, act);  // (M, K)
+    if (taken) taken[0] = act ? act->taken() : 0;
     y.backward(gy);
-    if (taken) *taken = slot ? slot->taken() : 0;
+    if (taken) taken[1] = grad ? grad->taken() : 0;
     return std::vector<torch::Tensor>{y.detach(), x.grad(), w1.grad(), w2.grad()};
   };
-  int64_t taken = 0;
-  const auto a = run(false, nullptr), b = run(true, &taken);
-  CHECK(taken == 1);  // the up projection used the rows the activation's backward offered
+  int64_t taken[2] = {0, 0};
+  const auto a = run(false, nullptr), b = run(true, taken);
+  CHECK(taken[0] == 1);  // the down projection used the rows the activation offered
+  CHECK(taken[1] == 1);  // the up projection used the rows the activation's backward offered
   for (size_t i = 0; i < a.size(); ++i) {
     INFO("output " << i);
     CHECK(torch::equal(b[i], a[i]));

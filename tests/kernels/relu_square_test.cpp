@@ -88,7 +88,7 @@ TEST_CASE("kernels: ReluSquare forward and backward match ATen on random data", 
   }
 }
 
-TEST_CASE("kernels: ReluSquareBackwardFp8 equals the backward then the FP8 row quantisation, bit for bit",
+TEST_CASE("kernels: ReluSquareForwardFp8 / BackwardFp8 equal the kernel then the FP8 row quantisation, bit for bit",
           "[kernels][relu_square][fp8_quantize]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(9);
@@ -104,7 +104,7 @@ TEST_CASE("kernels: ReluSquareBackwardFp8 equals the backward then the FP8 row q
       at::Tensor x = at::randn({r.rows * r.cols + r.offset}, opt).narrow(0, r.offset, r.rows * r.cols).view({r.rows, r.cols});
       at::Tensor dy = at::randn({r.rows, r.cols}, opt) * 3;
       if (r.rows > 4) dy[3].zero_();  // a zero row: amax 0, the eps scale
-      REQUIRE(moe::kernels::ReluSquareBackwardFp8Supported(x));
+      REQUIRE(moe::kernels::ReluSquareFp8Supported(x));
       const at::Tensor want = moe::kernels::ReluSquareBackward(dy, x);
       const moe::kernels::Fp8Quantized want8 = moe::kernels::Fp8Quantize(want, at::kFloat8_e4m3fn, true, 1e-12);
       moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
@@ -116,13 +116,23 @@ TEST_CASE("kernels: ReluSquareBackwardFp8 equals the backward then the FP8 row q
       CHECK(at::equal(got.fp8.scale, want8.scale));
       CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
       CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() > r.rows * r.cols / 4);  // not vacuous
+
+      const at::Tensor want_y = moe::kernels::ReluSquareForward(x);
+      const moe::kernels::Fp8Quantized want_y8 = moe::kernels::Fp8Quantize(want_y, at::kFloat8_e4m3fn, true, 1e-12);
+      const moe::kernels::ReluSquareFp8 fwd = moe::kernels::ReluSquareForwardFp8(x, 1e-12);
+      CHECK(at::equal(fwd.y, want_y));
+      REQUIRE(fwd.fp8.data.sizes() == want_y8.data.sizes());
+      CHECK(at::equal(fwd.fp8.data.view(at::kByte), want_y8.data.view(at::kByte)));
+      CHECK(at::equal(fwd.fp8.scale, want_y8.scale));
+      CHECK(at::equal(fwd.fp8.inv_scale, want_y8.inv_scale));
+      CHECK(fwd.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() > r.rows * r.cols / 4);  // relu keeps ~half
     }
   }
   const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
-  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 8200}, bf)));  // past a block's threads
-  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 12}, bf)));    // not whole vectors
-  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({4, 16}, bf.dtype(at::kFloat))));
-  CHECK_FALSE(moe::kernels::ReluSquareBackwardFp8Supported(at::zeros({0, 16}, bf)));
+  CHECK_FALSE(moe::kernels::ReluSquareFp8Supported(at::zeros({4, 8200}, bf)));  // past a block's threads
+  CHECK_FALSE(moe::kernels::ReluSquareFp8Supported(at::zeros({4, 12}, bf)));    // not whole vectors
+  CHECK_FALSE(moe::kernels::ReluSquareFp8Supported(at::zeros({4, 16}, bf.dtype(at::kFloat))));
+  CHECK_FALSE(moe::kernels::ReluSquareFp8Supported(at::zeros({0, 16}, bf)));
 }
 
 TEST_CASE("kernels: ReluSquare takes non-contiguous inputs and gradients", "[kernels][relu_square]") {
