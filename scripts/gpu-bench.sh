@@ -49,6 +49,7 @@ all_runs=(
   "fp8rw_gwc_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_wgrad=\"compute\""
   "fp8rw_fast_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true"
   "fp8rw_best_noexp_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_wgrad=\"compute\" precision.fp8_experts=false precision.grad_dtype=\"bf16\""
+  "fp8rw_best_noexp_head_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_wgrad=\"compute\" precision.fp8_experts=false precision.fp8_lm_head=true precision.grad_dtype=\"bf16\""
   "fp8rw_best_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.grad_dtype=\"bf16\""
   "fp8tw_fast_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\" precision.fp8_fast_accum=true"
 )

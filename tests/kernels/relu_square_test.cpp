@@ -115,7 +115,10 @@ TEST_CASE("kernels: ReluSquareForwardFp8 / BackwardFp8 equal the kernel then the
       CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
       CHECK(at::equal(got.fp8.scale, want8.scale));
       CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
-      CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() > r.rows * r.cols / 4);  // not vacuous
+      // Not vacuous: relu passes the positive half of x, and nearly all of it survives the cast.
+      const int64_t positive = x.gt(0).sum().item<int64_t>();
+      REQUIRE(positive > 0);
+      CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= positive * 9 / 10 - (r.rows > 4 ? r.cols : 0));
 
       const at::Tensor want_y = moe::kernels::ReluSquareForward(x);
       const moe::kernels::Fp8Quantized want_y8 = moe::kernels::Fp8Quantize(want_y, at::kFloat8_e4m3fn, true, 1e-12);
@@ -125,7 +128,7 @@ TEST_CASE("kernels: ReluSquareForwardFp8 / BackwardFp8 equal the kernel then the
       CHECK(at::equal(fwd.fp8.data.view(at::kByte), want_y8.data.view(at::kByte)));
       CHECK(at::equal(fwd.fp8.scale, want_y8.scale));
       CHECK(at::equal(fwd.fp8.inv_scale, want_y8.inv_scale));
-      CHECK(fwd.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() > r.rows * r.cols / 4);  // relu keeps ~half
+      CHECK(fwd.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= positive * 9 / 10);
     }
   }
   const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
