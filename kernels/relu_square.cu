@@ -80,6 +80,22 @@ __global__ void relu_square_backward_kernel(T* __restrict__ dx, const T* __restr
   }
 }
 
+// The end of the FP8 kernels below, a block per row, thread c holding vector c of the row in o
+// (on: whether it has one) and m the maximum of its |values| as bits: the row's scale from the
+// block's amax (written with its reciprocal by thread 0), then each vector cast into q8_row.
+template <typename T, int VEC>
+__device__ __forceinline__ void CastRowInBlock(uint8_t* __restrict__ q8_row, float* __restrict__ scale,
+                                               float* __restrict__ inv, const Vec<T, VEC>& o, bool on, unsigned m,
+                                               float eps) {
+  m = BlockMax(m);
+  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
+  if (threadIdx.x == 0) {
+    *scale = s;
+    *inv = InvOf(s);
+  }
+  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8_row)[threadIdx.x] = CastVec<T, VEC, __NV_E4M3>(o, s);
+}
+
 // The backward, and dx's rows quantised for the rowwise FP8 GEMM that consumes it (the expert up
 // projection's input gradient) in the same pass: a block per row of C elements (C % 8 == 0, at
 // most kMaxFp8RowVecs vectors of 8), one vector per thread, held in registers from the backward's
@@ -107,13 +123,7 @@ __global__ void relu_square_backward_fp8_kernel(T* __restrict__ dx, uint8_t* __r
     }
     reinterpret_cast<Vec<T, VEC>*>(dx + row * C)[c] = o;
   }
-  m = BlockMax(m);
-  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
-  if (threadIdx.x == 0) {
-    scale[row] = s;
-    inv[row] = InvOf(s);
-  }
-  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(o, s);
+  CastRowInBlock<T, VEC>(q8 + row * C, scale + row, inv + row, o, on, m, eps);
 }
 
 // The forward, and y's rows quantised for the rowwise FP8 GEMM that consumes y (the expert down
@@ -138,13 +148,7 @@ __global__ void relu_square_fp8_kernel(T* __restrict__ y, uint8_t* __restrict__ 
     }
     reinterpret_cast<Vec<T, VEC>*>(y + row * C)[c] = o;
   }
-  m = BlockMax(m);
-  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
-  if (threadIdx.x == 0) {
-    scale[row] = s;
-    inv[row] = InvOf(s);
-  }
-  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(o, s);
+  CastRowInBlock<T, VEC>(q8 + row * C, scale + row, inv + row, o, on, m, eps);
 }
 
 // ----------------------------------------------------------------------------
