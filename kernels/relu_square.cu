@@ -80,33 +80,19 @@ __global__ void relu_square_backward_kernel(T* __restrict__ dx, const T* __restr
   }
 }
 
-// The end of the FP8 kernels below, a block per row, thread c holding vector c of the row in o
-// (on: whether it has one) and m the maximum of its |values| as bits: the row's scale from the
-// block's amax (written with its reciprocal by thread 0), then each vector cast into q8_row.
-template <typename T, int VEC>
-__device__ __forceinline__ void CastRowInBlock(uint8_t* __restrict__ q8_row, float* __restrict__ scale,
-                                               float* __restrict__ inv, const Vec<T, VEC>& o, bool on, unsigned m,
-                                               float eps) {
-  m = BlockMax(m);
-  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
-  if (threadIdx.x == 0) {
-    *scale = s;
-    *inv = InvOf(s);
-  }
-  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8_row)[threadIdx.x] = CastVec<T, VEC, __NV_E4M3>(o, s);
-}
-
-// The backward, and dx's rows quantised for the rowwise FP8 GEMM that consumes it (the expert up
-// projection's input gradient) in the same pass: a block per row of C elements (C % 8 == 0, at
-// most kMaxFp8RowVecs vectors of 8), one vector per thread, held in registers from the backward's
-// computation to the cast with the row's scale: what Fp8Quantize(dx, e4m3fn, rowwise) writes,
-// without reading dx back. (A warp per row holding 16 vectors per lane ran at half the bandwidth:
+// relu2 forward (BACKWARD = false: out = relu(x)^2) or backward (out = dx = 2 * relu(x) * dy), and
+// out's rows quantised for the rowwise FP8 GEMM that consumes it in the same pass: the expert down
+// projection's input, the up projection's input gradient. A block per row of C elements (C % 8 ==
+// 0, at most kMaxFp8RowVecs vectors of 8), one vector per thread, held in registers from its
+// computation to the cast with the row's scale: what Fp8Quantize(out, e4m3fn, rowwise) writes,
+// without reading out back. (A warp per row holding 16 vectors per lane ran at half the bandwidth:
 // too many registers for the loads to be in flight together.)
-// dx, dy, x (rows, C) contiguous and 16-byte aligned; q8 (rows, C) e4m3 bytes; scale, inv (rows,).
-template <typename T>
-__global__ void relu_square_backward_fp8_kernel(T* __restrict__ dx, uint8_t* __restrict__ q8, float* __restrict__ scale,
-                                                float* __restrict__ inv, const T* __restrict__ dy,
-                                                const T* __restrict__ x, int64_t C, float eps) {
+// out, x, dy (rows, C) contiguous and 16-byte aligned (dy unused forward); q8 (rows, C) e4m3
+// bytes; scale, inv (rows,).
+template <typename T, bool BACKWARD>
+__global__ void relu_square_fp8_kernel(T* __restrict__ out, uint8_t* __restrict__ q8, float* __restrict__ scale,
+                                       float* __restrict__ inv, const T* __restrict__ x, const T* __restrict__ dy,
+                                       int64_t C, float eps) {
   constexpr int VEC = 8;
   const int64_t row = blockIdx.x;
   const int64_t c = threadIdx.x;
@@ -115,40 +101,24 @@ __global__ void relu_square_backward_fp8_kernel(T* __restrict__ dx, uint8_t* __r
   unsigned m = 0u;
   if (on) {
     const Vec<T, VEC> a = reinterpret_cast<const Vec<T, VEC>*>(x + row * C)[c];
-    const Vec<T, VEC> g = reinterpret_cast<const Vec<T, VEC>*>(dy + row * C)[c];
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      o.v[v] = FromFloat<T>(2.f * Relu(ToFloat(a.v[v])) * ToFloat(g.v[v]));
-      m = MaxU(m, AbsBits(o.v[v]));
-    }
-    reinterpret_cast<Vec<T, VEC>*>(dx + row * C)[c] = o;
-  }
-  CastRowInBlock<T, VEC>(q8 + row * C, scale + row, inv + row, o, on, m, eps);
-}
-
-// The forward, and y's rows quantised for the rowwise FP8 GEMM that consumes y (the expert down
-// projection), as relu_square_backward_fp8_kernel does for dx: a block per row, one vector per
-// thread, what Fp8Quantize(y, e4m3fn, rowwise) writes. y, x (rows, C) contiguous, 16-byte aligned.
-template <typename T>
-__global__ void relu_square_fp8_kernel(T* __restrict__ y, uint8_t* __restrict__ q8, float* __restrict__ scale,
-                                       float* __restrict__ inv, const T* __restrict__ x, int64_t C, float eps) {
-  constexpr int VEC = 8;
-  const int64_t row = blockIdx.x;
-  const int64_t c = threadIdx.x;
-  const bool on = c < C / VEC;  // the block is rounded up to whole warps
-  Vec<T, VEC> o;
-  unsigned m = 0u;
-  if (on) {
-    const Vec<T, VEC> a = reinterpret_cast<const Vec<T, VEC>*>(x + row * C)[c];
+    Vec<T, VEC> g;
+    if constexpr (BACKWARD) g = reinterpret_cast<const Vec<T, VEC>*>(dy + row * C)[c];
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
       const float r = Relu(ToFloat(a.v[v]));
-      o.v[v] = FromFloat<T>(r * r);
+      o.v[v] = FromFloat<T>(BACKWARD ? 2.f * r * ToFloat(g.v[v]) : r * r);
       m = MaxU(m, AbsBits(o.v[v]));
     }
-    reinterpret_cast<Vec<T, VEC>*>(y + row * C)[c] = o;
+    reinterpret_cast<Vec<T, VEC>*>(out + row * C)[c] = o;
   }
-  CastRowInBlock<T, VEC>(q8 + row * C, scale + row, inv + row, o, on, m, eps);
+  // The row's scale from the block's amax (written with its reciprocal by thread 0), then the cast.
+  m = BlockMax(m);
+  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
+  if (threadIdx.x == 0) {
+    scale[row] = s;
+    inv[row] = InvOf(s);
+  }
+  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(o, s);
 }
 
 // ----------------------------------------------------------------------------
@@ -189,21 +159,18 @@ void relu_square_backward(T* dx, const T* dy, const T* x, int64_t n, cudaStream_
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// dy: the backward's cotangent, or null for the forward.
 template <typename T>
-void relu_square_backward_fp8(T* dx, uint8_t* q8, float* scale, float* inv, const T* dy, const T* x, int64_t rows,
-                              int64_t C, float eps, cudaStream_t stream) {
+void relu_square_fp8(T* out, uint8_t* q8, float* scale, float* inv, const T* x, const T* dy, int64_t rows, int64_t C,
+                     float eps, cudaStream_t stream) {
   if (rows == 0) return;
+  const auto grid = static_cast<unsigned>(rows);
   const auto threads = static_cast<unsigned>((C / 8 + 31) / 32 * 32);
-  relu_square_backward_fp8_kernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(dx, q8, scale, inv, dy, x, C, eps);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename T>
-void relu_square_fp8(T* y, uint8_t* q8, float* scale, float* inv, const T* x, int64_t rows, int64_t C, float eps,
-                     cudaStream_t stream) {
-  if (rows == 0) return;
-  const auto threads = static_cast<unsigned>((C / 8 + 31) / 32 * 32);
-  relu_square_fp8_kernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(y, q8, scale, inv, x, C, eps);
+  if (dy != nullptr) {
+    relu_square_fp8_kernel<T, true><<<grid, threads, 0, stream>>>(out, q8, scale, inv, x, dy, C, eps);
+  } else {
+    relu_square_fp8_kernel<T, false><<<grid, threads, 0, stream>>>(out, q8, scale, inv, x, nullptr, C, eps);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -271,10 +238,10 @@ ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tenso
   r.fp8.data = at::empty({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
   r.fp8.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
   r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                         // (rows, 1)
-  relu_square_backward_fp8<__nv_bfloat16>(
+  relu_square_fp8<__nv_bfloat16>(
       reinterpret_cast<__nv_bfloat16*>(r.dx.data_ptr()), reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
       r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(),
-      reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
+      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
       rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
   return r;
 }
@@ -294,7 +261,7 @@ ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x_in, double amax_eps) {
   relu_square_fp8<__nv_bfloat16>(reinterpret_cast<__nv_bfloat16*>(r.y.data_ptr()),
                                  reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()), r.fp8.scale.data_ptr<float>(),
                                  r.fp8.inv_scale.data_ptr<float>(), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
-                                 rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
+                                 nullptr, rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
   return r;
 }
 
