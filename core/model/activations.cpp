@@ -32,9 +32,9 @@ struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const torch::Tensor x = ctx->get_saved_variables()[0];  // a copy: the vector is a temporary
-    if (ctx->saved_data.count("fp8_grad") != 0) {  // dx and its FP8 rows in one pass, for the GEMM before
+    if (const auto slot = SavedSlot(ctx, "fp8_grad")) {  // dx and its FP8 rows in one pass, for the GEMM before
       kernels::ReluSquareGradFp8 r = kernels::ReluSquareBackwardFp8(grads[0], x, kAmaxEps);
-      SlotFromIValue(ctx->saved_data["fp8_grad"])->Offer(r.dx, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      slot->Offer(r.dx, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
       return {r.dx, torch::Tensor(), torch::Tensor()};
     }
     return {kernels::ReluSquareBackward(grads[0], x), torch::Tensor(), torch::Tensor()};

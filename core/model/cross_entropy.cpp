@@ -37,10 +37,10 @@ struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
     const auto saved = ctx->get_saved_variables();
-    if (ctx->saved_data.count("fp8_grad") != 0) {  // the gradient and its FP8 rows in one kernel, for the LM head
+    if (const auto slot = SavedSlot(ctx, "fp8_grad")) {  // the gradient and its FP8 rows in one kernel, for the LM head
       kernels::CrossEntropyGradFp8 r =
           kernels::CrossEntropyBackwardFp8(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex, kAmaxEps);
-      SlotFromIValue(ctx->saved_data["fp8_grad"])->Offer(r.dlogits, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      slot->Offer(r.dlogits, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
       return {r.dlogits, torch::Tensor(), torch::Tensor()};
     }
     return {kernels::CrossEntropyBackward(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex), torch::Tensor(),

@@ -43,8 +43,7 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const int64_t Hq = ctx->saved_data["Hq"].toInt(), Hkv = ctx->saved_data["Hkv"].toInt();
-    const auto slot = ctx->saved_data.count("fp8_grad") != 0 ? SlotFromIValue(ctx->saved_data["fp8_grad"])
-                                                              : c10::intrusive_ptr<Fp8RowsSlot>();
+    const auto slot = SavedSlot(ctx, "fp8_grad");
     torch::Tensor dqkv;
     if (slot) {  // the gradient and its FP8 rows in one pass, for the qkv projection's backward
       kernels::QkvGradFp8 r = kernels::QkRopeNormBackwardFp8(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1],

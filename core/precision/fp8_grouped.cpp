@@ -121,8 +121,7 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     ctx->saved_data["wgrad_fp8"] = wgrad_fp8;
     ctx->saved_data["fast_grads"] = fast_grads;
     // (M, K), (M, 1): as the op before this one quantised it, where it did (fp8_rows_slot.h)
-    Fp8Tensor xq;
-    if (!(x_rows && x_rows->Take(x, &xq) && xq.data.sizes() == x.sizes())) xq = Quantize(x, kE4M3, Fp8Granularity::kRow);
+    const Fp8Tensor xq = TakeRowsOrQuantize(x_rows, x);
     Fp8Tensor wq = Quantize(w.transpose(1, 2), kE4M3, Fp8Granularity::kRow);   // (E, N, K), (E, N, 1)
     return ScaledGroupedMm(xq.data, xq.inv_scale().view({-1}), wq.data.transpose(1, 2),
                            wq.inv_scale().squeeze(-1), offs, x.scalar_type(), fast_accum);  // (M, N)
@@ -137,11 +136,7 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     torch::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
       // (M, N), (M, 1): as the op after this one quantised it, where it did (fp8_rows_slot.h)
-      Fp8Tensor dyq;
-      const bool handed = ctx->saved_data.count("fp8_grad") != 0 &&
-                          SlotFromIValue(ctx->saved_data["fp8_grad"])->Take(dy, &dyq) &&
-                          dyq.data.sizes() == dy.sizes();
-      if (!handed) dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);
+      const Fp8Tensor dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy);
       Fp8Tensor wq = Quantize(w, kE4M3, Fp8Granularity::kRow);    // (E, K, N), (E, K, 1): per (e, k) over N
       dx = ScaledGroupedMm(dyq.data, dyq.inv_scale().view({-1}), wq.data.transpose(1, 2), wq.inv_scale().squeeze(-1),
                            offs, x.scalar_type(), fast);  // (M, K)

@@ -61,11 +61,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       const torch::Tensor& w = saved[1];  // (N, K)
       if (ctx->needs_input_grad(0)) {
         // (M, N), per row over N: as the op that produced dy quantised it, where it did (fp8_rows_slot.h)
-        Fp8Tensor dyq;
-        const bool handed = ctx->saved_data.count("fp8_grad") != 0 &&
-                            SlotFromIValue(ctx->saved_data["fp8_grad"])->Take(dy, &dyq) &&
-                            dyq.data.sizes() == dy.sizes();
-        if (!handed) dyq = Quantize(dy, kE4M3, Fp8Granularity::kRow);
+        const Fp8Tensor dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy);
         // (K, N), per k over N
         Fp8Tensor wt = ctx->saved_data.count("w_cols") != 0
                            ? Fp8Tensor{ctx->saved_data["w_cols"].toTensor(), torch::Tensor(),

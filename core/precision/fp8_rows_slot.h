@@ -18,6 +18,8 @@
 // runs a graph's nodes of one device on one thread.
 #pragma once
 
+#include <string>
+
 #include <torch/custom_class.h>
 #include <torch/torch.h>
 
@@ -27,33 +29,33 @@ namespace moe {
 
 class Fp8RowsSlot : public torch::CustomClassHolder {
  public:
-  // grad: the tensor as the producer returns it; q: its rows quantised (data (R, C) with
-  // R * C == grad.numel(), scale and inv (R, 1)), what Quantize(grad.view({R, C}), e4m3, kRow) gives.
-  void Offer(const torch::Tensor& grad, Fp8Tensor q) {
-    grad_ = grad;
+  // t: the tensor as the producer returns it; q: its rows quantised (data (R, C) with
+  // R * C == t.numel(), scale and inv (R, 1)), what Quantize(t.view({R, C}), e4m3, kRow) gives.
+  void Offer(const torch::Tensor& t, Fp8Tensor q) {
+    offered_ = t;
     q_ = std::move(q);
   }
 
-  // The offered rows if dy is the offered tensor (or a view of all of it), else nothing; the slot
+  // The offered rows if t is the offered tensor (or a view of all of it), else nothing; the slot
   // is emptied either way.
-  bool Take(const torch::Tensor& dy, Fp8Tensor* out) {
-    const bool match = grad_.defined() && dy.defined() && dy.data_ptr() == grad_.data_ptr() &&
-                       dy.numel() == grad_.numel() && dy.scalar_type() == grad_.scalar_type();
+  bool Take(const torch::Tensor& t, Fp8Tensor* out) {
+    const bool match = offered_.defined() && t.defined() && t.data_ptr() == offered_.data_ptr() &&
+                       t.numel() == offered_.numel() && t.scalar_type() == offered_.scalar_type();
     if (match) {
       *out = std::move(q_);
       ++taken_;
     }
-    grad_ = torch::Tensor();
+    offered_ = torch::Tensor();
     q_ = Fp8Tensor{};
     return match;
   }
 
   // Whether a tensor is on offer now, and how many offers a Take has used so far.
-  bool offered() const { return grad_.defined(); }
+  bool offered() const { return offered_.defined(); }
   int64_t taken() const { return taken_; }
 
  private:
-  torch::Tensor grad_;
+  torch::Tensor offered_;
   Fp8Tensor q_;
   int64_t taken_ = 0;
 };
@@ -65,6 +67,20 @@ inline c10::IValue SlotToIValue(const c10::intrusive_ptr<Fp8RowsSlot>& slot) {
 inline c10::intrusive_ptr<Fp8RowsSlot> SlotFromIValue(const c10::IValue& v) {
   if (!v.isCapsule()) return {};
   return c10::static_intrusive_pointer_cast<Fp8RowsSlot>(v.toCapsule());
+}
+
+// The slot stored under `key` in ctx's saved data (SlotToIValue), or null where none was.
+inline c10::intrusive_ptr<Fp8RowsSlot> SavedSlot(const torch::autograd::AutogradContext* ctx, const std::string& key) {
+  const auto it = ctx->saved_data.find(key);
+  return it == ctx->saved_data.end() ? c10::intrusive_ptr<Fp8RowsSlot>() : SlotFromIValue(it->second);
+}
+
+// What a rowwise FP8 GEMM uses for its row operand t (M, C): the rows the slot holds when t is the
+// offered tensor in t's shape, else Quantize(t, e4m3fn, kRow). slot may be null.
+inline Fp8Tensor TakeRowsOrQuantize(const c10::intrusive_ptr<Fp8RowsSlot>& slot, const torch::Tensor& t) {
+  Fp8Tensor q;
+  if (slot && slot->Take(t, &q) && q.data.sizes() == t.sizes()) return q;
+  return Quantize(t, torch::kFloat8_e4m3fn, Fp8Granularity::kRow);
 }
 
 }  // namespace moe
