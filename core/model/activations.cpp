@@ -25,7 +25,7 @@ struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
     if (fp8_grad && fused) ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
     if (fp8_out && fused) {  // y and its FP8 rows in one pass, for the GEMM after
       kernels::ReluSquareFp8 r = kernels::ReluSquareForwardFp8(xc, kAmaxEps);
-      fp8_out->Offer(r.y, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      fp8_out->Offer(r.y, Fp8TensorOf(r.fp8));
       return r.y;
     }
     return kernels::ReluSquareForward(xc);
@@ -34,7 +34,7 @@ struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
     const torch::Tensor x = ctx->get_saved_variables()[0];  // a copy: the vector is a temporary
     if (const auto slot = SavedSlot(ctx, "fp8_grad")) {  // dx and its FP8 rows in one pass, for the GEMM before
       kernels::ReluSquareGradFp8 r = kernels::ReluSquareBackwardFp8(grads[0], x, kAmaxEps);
-      slot->Offer(r.dx, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      slot->Offer(r.dx, Fp8TensorOf(r.fp8));
       return {r.dx, torch::Tensor(), torch::Tensor()};
     }
     return {kernels::ReluSquareBackward(grads[0], x), torch::Tensor(), torch::Tensor()};

@@ -40,7 +40,7 @@ struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
     if (const auto slot = SavedSlot(ctx, "fp8_grad")) {  // the gradient and its FP8 rows in one kernel, for the LM head
       kernels::CrossEntropyGradFp8 r =
           kernels::CrossEntropyBackwardFp8(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex, kAmaxEps);
-      slot->Offer(r.dlogits, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      slot->Offer(r.dlogits, Fp8TensorOf(r.fp8));
       return {r.dlogits, torch::Tensor(), torch::Tensor()};
     }
     return {kernels::CrossEntropyBackward(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex), torch::Tensor(),

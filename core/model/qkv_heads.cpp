@@ -49,7 +49,7 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
       kernels::QkvGradFp8 r = kernels::QkRopeNormBackwardFp8(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1],
                                                              saved[2], kRmsNormEps, kAmaxEps);
       dqkv = r.dqkv;
-      slot->Offer(dqkv, Fp8Tensor{r.fp8.data, r.fp8.scale, r.fp8.inv_scale});
+      slot->Offer(dqkv, Fp8TensorOf(r.fp8));
     } else {
       dqkv = kernels::QkRopeNormBackward(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1], saved[2],
                                          kRmsNormEps);

@@ -48,7 +48,7 @@ Fp8Tensor Quantize(const torch::Tensor& x, torch::ScalarType fp8, Fp8Granularity
   // kernels, the same bytes and scales as below in one or two passes instead of ATen's several.
   if (OnKernelDevice(x) && kernels::Fp8QuantizeSupported(x, fp8)) {
     kernels::Fp8Quantized k = kernels::Fp8Quantize(x, fp8, g == Fp8Granularity::kRow, kAmaxEps);
-    return Fp8Tensor{k.data, k.scale, k.inv_scale};
+    return Fp8TensorOf(k);
   }
 #endif
   const double inf = std::numeric_limits<double>::infinity();

@@ -72,6 +72,14 @@ struct Fp8Tensor {
   torch::Tensor Dequantize() const;  // fp32, data / scale
 };
 
+// An Fp8Tensor holding the tensors of a CUDA kernel's quantised result (kernels::Fp8Quantized, or
+// the FP8 member of a fused producer's result): kernels/ does not depend on core/, so it cannot
+// name this type, and the conversion lives here, for any struct with data, scale and inv_scale.
+template <typename Quantized>
+Fp8Tensor Fp8TensorOf(const Quantized& k) {
+  return Fp8Tensor{k.data, k.scale, k.inv_scale};
+}
+
 // A weight's two rowwise operands: rows = Quantize(w, kRow), (N, K) with scale (N, 1), for the
 // output GEMM; cols = Quantize(w.t(), kRow), (K, N) with scale (K, 1), for the input gradient.
 struct Fp8WeightOperands {

@@ -31,8 +31,7 @@ void Fp8Weights::Prepare(const WeightCache& cache) {
   std::vector<kernels::Fp8BothWays> q = kernels::Fp8QuantizeBothWays(ws, torch::kFloat8_e4m3fn, kAmaxEps);
   for (size_t i = 0; i < ws.size(); ++i) {
     pairs_[ws[i].unsafeGetTensorImpl()] =
-        Fp8WeightOperands{Fp8Tensor{q[i].rows.data, q[i].rows.scale, q[i].rows.inv_scale},
-                          Fp8Tensor{q[i].cols.data, q[i].cols.scale, q[i].cols.inv_scale}};
+        Fp8WeightOperands{Fp8TensorOf(q[i].rows), Fp8TensorOf(q[i].cols)};
   }
 #endif
 }
