@@ -5,6 +5,7 @@
 // memory once, up to 4096 vectors: bf16 d 32768). Short rows (attention heads, d_model up to 2048 in bf16) go to lane groups inside a
 // warp, so a row costs no __syncthreads and a block holds many rows; wide rows get a whole block.
 #include "kernels/common.cuh"
+#include "kernels/fp8_cast.cuh"
 #include "kernels/rms_norm.h"
 
 #include <cstdint>
@@ -106,14 +107,69 @@ __device__ __forceinline__ Vec<T, VEC> AddRounded(const Vec<T, VEC>& x, const Ve
   return o;
 }
 
+// Where a kernel with FP8 = true writes its output's rows quantised for the rowwise FP8 GEMM that
+// consumes them: q8 (rows, d) e4m3 bytes, scale and inv (rows,) fp32; eps is moe::kAmaxEps.
+struct Fp8RowsOut {
+  uint8_t* q8 = nullptr;
+  float* scale = nullptr;
+  float* inv = nullptr;
+  float eps = 0.f;
+};
+
+// Maximum over the row's threads (as RowSum), for the amax bits of non-negative floats.
+template <bool WHOLE>
+__device__ __forceinline__ unsigned RowMax(unsigned v, int G) {
+  if constexpr (WHOLE) {
+    return BlockMax(v);
+  } else {
+    for (int off = G / 2; off > 0; off /= 2) v = MaxU(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+  }
+}
+
+// The FP8 rows of a row whose output vectors o the threads hold (c = lane + i * G, those with
+// c < nvec real): the row's amax over the values as rounded to T, its scale (written with the
+// reciprocal by lane 0) and the cast from registers: what Fp8Quantize(out, e4m3fn, rowwise) writes,
+// without reading out back. Every thread of the warp (WHOLE: of the block) calls it, live or not:
+// the reduction shuffles over all of them.
+template <typename T, int VEC, bool WHOLE, int ITEMS>
+__device__ __forceinline__ void WriteFp8Rows(const Fp8RowsOut& f, const RowVecs<T, VEC, ITEMS>& o, int64_t row,
+                                             int64_t d, int lane, int G, bool live) {
+  static_assert(ITEMS > 0, "FP8 rows are cast from registers: the row must fit in them");
+  const int64_t nvec = d / VEC;
+  unsigned m = 0u;
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int64_t c = lane + static_cast<int64_t>(i) * G;
+    if (live && c < nvec) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(o.v[i].v[e]));
+    }
+  }
+  m = RowMax<WHOLE>(m, G);
+  if (!live) return;
+  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), f.eps);
+  if (lane == 0) {
+    f.scale[row] = s;
+    f.inv[row] = InvOf(s);
+  }
+  auto* qr = reinterpret_cast<Vec<uint8_t, VEC>*>(f.q8 + row * d);  // (d,)
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int64_t c = lane + static_cast<int64_t>(i) * G;
+    if (c < nvec) qr[c] = CastVec<T, VEC, __NV_E4M3>(o.v[i], s);
+  }
+}
+
 // x, y (rows, d); rstd (rows,). Vectors of VEC elements; d % VEC == 0 (VEC = 1 for any other d).
 // ITEMS > 0: nvec <= ITEMS * G (PlanRows guarantees it). ADD: the row normalised is
 // sum = x + add (rounded to T), which is also written out (sum, add: (rows, d)); else sum and add
-// are unused.
-template <typename T, int VEC, bool WHOLE, int ITEMS, bool ADD>
+// are unused. FP8 (ITEMS > 0 only): y's rows also go out quantised, to f8 (WriteFp8Rows).
+template <typename T, int VEC, bool WHOLE, int ITEMS, bool ADD, bool FP8>
 __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, T* __restrict__ sum,
                                         const T* __restrict__ x, const T* __restrict__ add, int64_t rows, int64_t d,
-                                        int G, float eps) {
+                                        int G, float eps, Fp8RowsOut f8) {
+  static_assert(!FP8 || ITEMS > 0, "FP8 rows are cast from registers");
   const int64_t row = RowOf<WHOLE>(G);
   const int lane = static_cast<int>(threadIdx.x % G);
   const bool live = row < rows;  // false only for spare groups of the last block; they still shuffle
@@ -159,10 +215,12 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
   }
   if constexpr (ADD) xr = reinterpret_cast<const Vec<T, VEC>*>(sum + base);
   ss = RowSum<WHOLE>(ss, G);
-  if (!live) return;
+  if constexpr (!FP8) {
+    if (!live) return;
+  }  // with FP8 the spare lanes stay for the amax reduction
   const float r = rsqrtf(ss / static_cast<float>(d) + eps);
-  if (lane == 0) rstd[row] = r;
-  auto* yr = reinterpret_cast<Vec<T, VEC>*>(y + row * d);  // (d,)
+  if (live && lane == 0) rstd[row] = r;
+  auto* yr = reinterpret_cast<Vec<T, VEC>*>(y + base);  // (d,)
   auto scale = [r](const Vec<T, VEC>& xv) {
     Vec<T, VEC> o;
 #pragma unroll
@@ -173,8 +231,12 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int64_t c = lane + static_cast<int64_t>(i) * G;
-      if (c < nvec) yr[c] = scale(a.v[i]);
+      if (live && c < nvec) {
+        a.v[i] = scale(a.v[i]);  // y, kept for the FP8 cast
+        yr[c] = a.v[i];
+      }
     }
+    if constexpr (FP8) WriteFp8Rows<T, VEC, WHOLE, ITEMS>(f8, a, row, d, lane, G, live);
   } else {
     for (int64_t c = lane; c < nvec; c += G) yr[c] = scale(xr[c]);
   }
@@ -184,10 +246,12 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
 //   dx = r * (dy - x * k),  k = r^2 * <dy, x> / d
 // which is exact also with eps inside r (d rstd / dx = -rstd^3 * x / d). RES: dres (rows, d) is
 // added to dx after its rounding to T, and the sum rounded again (an unfused add's arithmetic).
-template <typename T, int VEC, bool WHOLE, int ITEMS, bool RES>
+// FP8 (ITEMS > 0 only): dx's rows (after the add) also go out quantised, to f8 (WriteFp8Rows).
+template <typename T, int VEC, bool WHOLE, int ITEMS, bool RES, bool FP8>
 __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
                                          const float* __restrict__ rstd, const T* __restrict__ dres, int64_t rows,
-                                         int64_t d, int G) {
+                                         int64_t d, int G, Fp8RowsOut f8) {
+  static_assert(!FP8 || ITEMS > 0, "FP8 rows are cast from registers");
   const int64_t row = RowOf<WHOLE>(G);
   const int lane = static_cast<int>(threadIdx.x % G);
   const bool live = row < rows;
@@ -213,8 +277,10 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict
     }
   }
   dot = RowSum<WHOLE>(dot, G);
-  if (!live) return;
-  const float r = rstd[row];
+  if constexpr (!FP8) {
+    if (!live) return;
+  }  // with FP8 the spare lanes stay for the amax reduction
+  const float r = live ? rstd[row] : 0.f;
   const float k = r * r * dot / static_cast<float>(d);
   auto* dxr = reinterpret_cast<Vec<T, VEC>*>(dx + base);  // (d,)
   const auto* rr = reinterpret_cast<const Vec<T, VEC>*>(RES ? dres + base : nullptr);  // (d,)
@@ -229,8 +295,12 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
       const int64_t c = lane + static_cast<int64_t>(i) * G;
-      if (c < nvec) dxr[c] = grad(a.v[i], g.v[i], c);
+      if (live && c < nvec) {
+        g.v[i] = grad(a.v[i], g.v[i], c);  // dx, kept for the FP8 cast
+        dxr[c] = g.v[i];
+      }
     }
+    if constexpr (FP8) WriteFp8Rows<T, VEC, WHOLE, ITEMS>(f8, g, row, d, lane, G, live);
   } else {
     for (int64_t c = lane; c < nvec; c += G) dxr[c] = grad(xr[c], gr[c], c);
   }
@@ -310,37 +380,75 @@ int RowVecWidth(int64_t d, size_t elem_size, std::initializer_list<const void*> 
 
 }  // namespace
 
+// Whether a plan's kernels can write FP8 rows: bf16 16-byte vectors held in registers (the only
+// instantiations with FP8 = true; RmsNormFp8Supported admits nothing else).
+template <typename T, int VEC, int ITEMS>
+constexpr bool kFp8Rows = std::is_same_v<T, __nv_bfloat16> && VEC == 8 && ITEMS > 0;
+
 // add (and sum) null: the plain norm of x; else the norm of sum = x + add, written to sum.
+// f8.q8 non-null: y's rows quantised too (a plan that can: see kFp8Rows).
 template <typename T, int VEC>
 void rms_norm_forward(T* y, float* rstd, T* sum, const T* x, const T* add, int64_t rows, int64_t d, float eps,
-                      cudaStream_t stream) {
+                      const Fp8RowsOut& f8, cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
   WithPlan(p, [&](auto whole, auto items) {
+    constexpr bool W = decltype(whole)::value;
+    constexpr int I = decltype(items)::value;
+    const dim3 grid(static_cast<unsigned>(p.blocks));
+    if constexpr (kFp8Rows<T, VEC, I>) {
+      if (f8.q8 != nullptr) {
+        if (add != nullptr) {
+          rms_norm_forward_kernel<T, VEC, W, I, true, true>
+              <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
+        } else {
+          rms_norm_forward_kernel<T, VEC, W, I, false, true>
+              <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
+        }
+        return;
+      }
+    }
+    TORCH_CHECK(f8.q8 == nullptr, "rms_norm: FP8 rows need bf16 rows of whole 16-byte vectors held in registers");
     if (add != nullptr) {
-      rms_norm_forward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, true>
-          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps);
+      rms_norm_forward_kernel<T, VEC, W, I, true, false>
+          <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
     } else {
-      rms_norm_forward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, false>
-          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps);
+      rms_norm_forward_kernel<T, VEC, W, I, false, false>
+          <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// dres null: the plain backward; else dres is added to dx.
+// dres null: the plain backward; else dres is added to dx. f8.q8 non-null: dx's rows quantised too.
 template <typename T, int VEC>
 void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, const T* dres, int64_t rows, int64_t d,
-                       cudaStream_t stream) {
+                       const Fp8RowsOut& f8, cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
   WithPlan(p, [&](auto whole, auto items) {
+    constexpr bool W = decltype(whole)::value;
+    constexpr int I = decltype(items)::value;
+    const dim3 grid(static_cast<unsigned>(p.blocks));
+    if constexpr (kFp8Rows<T, VEC, I>) {
+      if (f8.q8 != nullptr) {
+        if (dres != nullptr) {
+          rms_norm_backward_kernel<T, VEC, W, I, true, true>
+              <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
+        } else {
+          rms_norm_backward_kernel<T, VEC, W, I, false, true>
+              <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
+        }
+        return;
+      }
+    }
+    TORCH_CHECK(f8.q8 == nullptr, "rms_norm: FP8 rows need bf16 rows of whole 16-byte vectors held in registers");
     if (dres != nullptr) {
-      rms_norm_backward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, true>
-          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group);
+      rms_norm_backward_kernel<T, VEC, W, I, true, false>
+          <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
     } else {
-      rms_norm_backward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, false>
-          <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group);
+      rms_norm_backward_kernel<T, VEC, W, I, false, false>
+          <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -351,21 +459,50 @@ void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, const 
 
 namespace {
 
-// The forward for x, or for x + add when add is defined (then out->sum is set).
-RmsNormOut Forward(const at::Tensor& x_in, const at::Tensor& add_in, double eps, const char* what) {
+// t contiguous: t itself where it is also 16-byte aligned (or where that is not asked for), else a
+// fresh copy (the allocator's blocks are aligned): the FP8 forms need whole vectors.
+at::Tensor Contiguous(const at::Tensor& t, bool aligned) {
+  at::Tensor c = t.contiguous();
+  if (!aligned || reinterpret_cast<std::uintptr_t>(c.data_ptr()) % 16 == 0) return c;
+  return c.clone();
+}
+
+// Empty FP8 rows of a (rows, d) output, and the kernels' pointers into them.
+Fp8Quantized EmptyFp8Rows(int64_t rows, int64_t d, const at::TensorOptions& o) {
+  Fp8Quantized q;
+  q.data = at::empty({rows, d}, o.dtype(at::kFloat8_e4m3fn));  // (rows, d)
+  q.scale = at::empty({rows, 1}, o.dtype(at::kFloat));         // (rows, 1)
+  q.inv_scale = at::empty_like(q.scale);                       // (rows, 1)
+  return q;
+}
+Fp8RowsOut PointersOf(const Fp8Quantized* q, double amax_eps) {
+  Fp8RowsOut f;
+  if (q == nullptr) return f;
+  f.q8 = reinterpret_cast<uint8_t*>(q->data.data_ptr());
+  f.scale = q->scale.data_ptr<float>();
+  f.inv = q->inv_scale.data_ptr<float>();
+  f.eps = static_cast<float>(amax_eps);
+  return f;
+}
+
+// The forward for x, or for x + add when add is defined (then out->sum is set); fp8 non-null: y's
+// rows quantised into it too (RmsNormFp8Supported(x) holds).
+RmsNormOut Forward(const at::Tensor& x_in, const at::Tensor& add_in, double eps, const char* what,
+                   Fp8Quantized* fp8 = nullptr, double amax_eps = 0.0) {
   TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0, what, ": x must be a (..., d) CUDA tensor with d >= 1");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor x = x_in.contiguous();
+  at::Tensor x = Contiguous(x_in, fp8 != nullptr);
   at::Tensor add;
   if (add_in.defined()) {
     TORCH_CHECK(add_in.is_cuda() && add_in.sizes() == x_in.sizes(), what, ": add must be a CUDA tensor of x's shape");
-    add = add_in.to(x.scalar_type()).contiguous();
+    add = Contiguous(add_in.to(x.scalar_type()), fp8 != nullptr);
   }
   const int64_t d = x.size(-1), rows = x.numel() / d;
   RmsNormOut out;
   out.y = at::empty(x.sizes(), x.options());                    // (..., d)
   out.rstd = at::empty({rows}, x.options().dtype(at::kFloat));  // (rows,)
   if (add.defined()) out.sum = at::empty(x.sizes(), x.options());  // (..., d)
+  if (fp8 != nullptr) *fp8 = EmptyFp8Rows(rows, d, x.options());
   const int vec = RowVecWidth(d, x.element_size(),
                               {x.data_ptr(), out.y.data_ptr(), add.defined() ? add.data_ptr() : nullptr,
                                add.defined() ? out.sum.data_ptr() : nullptr});
@@ -375,9 +512,41 @@ RmsNormOut Forward(const at::Tensor& x_in, const at::Tensor& add_in, double eps,
                              add.defined() ? reinterpret_cast<T*>(out.sum.data_ptr()) : nullptr,
                              reinterpret_cast<const T*>(x.data_ptr()),
                              add.defined() ? reinterpret_cast<const T*>(add.data_ptr()) : nullptr, rows, d,
-                             static_cast<float>(eps), stream);
+                             static_cast<float>(eps), PointersOf(fp8, amax_eps), stream);
   });
   return out;
+}
+
+// The backward (dres optional); fp8 non-null: dx's rows quantised into it too.
+at::Tensor Backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& rstd, const at::Tensor& dres_in,
+                    const char* what, Fp8Quantized* fp8 = nullptr, double amax_eps = 0.0) {
+  TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0, what,
+              ": x must be a (..., d) CUDA tensor with d >= 1");
+  TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(), what, ": dy must be a CUDA tensor of x's shape");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const bool aligned = fp8 != nullptr;
+  at::Tensor x = Contiguous(x_in, aligned);
+  at::Tensor dy = Contiguous(dy_in.to(x.scalar_type()), aligned);
+  at::Tensor dres;
+  if (dres_in.defined()) {
+    TORCH_CHECK(dres_in.is_cuda() && dres_in.sizes() == x_in.sizes(), what, ": dres must be a CUDA tensor of x's shape");
+    dres = Contiguous(dres_in.to(x.scalar_type()), aligned);
+  }
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  TORCH_CHECK(rstd.is_cuda() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() && rstd.numel() == rows,
+              what, ": rstd must be the contiguous (rows,) fp32 tensor of RmsNormForward");
+  at::Tensor dx = at::empty(x.sizes(), x.options());  // (..., d)
+  if (fp8 != nullptr) *fp8 = EmptyFp8Rows(rows, d, x.options());
+  const int vec = RowVecWidth(d, x.element_size(),
+                              {x.data_ptr(), dy.data_ptr(), dx.data_ptr(), dres.defined() ? dres.data_ptr() : nullptr});
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
+    rms_norm_backward<T, VEC>(reinterpret_cast<T*>(dx.data_ptr()), reinterpret_cast<const T*>(dy.data_ptr()),
+                              reinterpret_cast<const T*>(x.data_ptr()), rstd.data_ptr<float>(),
+                              dres.defined() ? reinterpret_cast<const T*>(dres.data_ptr()) : nullptr, rows, d,
+                              PointersOf(fp8, amax_eps), stream);
+  });
+  return dx;
 }
 
 }  // namespace
@@ -389,32 +558,38 @@ RmsNormOut AddRmsNormForward(const at::Tensor& x, const at::Tensor& add, double 
   return Forward(x, add, eps, "AddRmsNormForward");
 }
 
-at::Tensor RmsNormBackward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& rstd,
-                           const at::Tensor& dres_in) {
-  TORCH_CHECK(x_in.is_cuda() && x_in.dim() >= 1 && x_in.size(-1) > 0,
-              "RmsNormBackward: x must be a (..., d) CUDA tensor with d >= 1");
-  TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(), "RmsNormBackward: dy must be a CUDA tensor of x's shape");
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor x = x_in.contiguous();
-  at::Tensor dy = dy_in.to(x.scalar_type()).contiguous();
-  at::Tensor dres;
-  if (dres_in.defined()) {
-    TORCH_CHECK(dres_in.is_cuda() && dres_in.sizes() == x_in.sizes(), "RmsNormBackward: dres must be a CUDA tensor of x's shape");
-    dres = dres_in.to(x.scalar_type()).contiguous();
-  }
-  const int64_t d = x.size(-1), rows = x.numel() / d;
-  TORCH_CHECK(rstd.is_cuda() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() && rstd.numel() == rows,
-              "RmsNormBackward: rstd must be the contiguous (rows,) fp32 tensor of RmsNormForward");
-  at::Tensor dx = at::empty(x.sizes(), x.options());  // (..., d)
-  const int vec = RowVecWidth(d, x.element_size(),
-                              {x.data_ptr(), dy.data_ptr(), dx.data_ptr(), dres.defined() ? dres.data_ptr() : nullptr});
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
-    rms_norm_backward<T, VEC>(reinterpret_cast<T*>(dx.data_ptr()), reinterpret_cast<const T*>(dy.data_ptr()),
-                              reinterpret_cast<const T*>(x.data_ptr()), rstd.data_ptr<float>(),
-                              dres.defined() ? reinterpret_cast<const T*>(dres.data_ptr()) : nullptr, rows, d, stream);
-  });
-  return dx;
+at::Tensor RmsNormBackward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd, const at::Tensor& dres) {
+  return Backward(dy, x, rstd, dres, "RmsNormBackward");
+}
+
+bool RmsNormFp8Supported(const at::Tensor& x) {
+  if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() < 1 || x.numel() == 0) return false;
+  const int64_t d = x.size(-1);
+  // Whole 16-byte vectors, every row in registers (PlanRows: lane groups, or a block of up to
+  // 1024 threads holding 4 vectors each), and a grid that one launch takes.
+  return d % 8 == 0 && d / 8 <= 4 * static_cast<int64_t>(kMaxBlock) && x.numel() / d <= INT32_MAX;
+}
+
+namespace {
+void CheckFp8(const at::Tensor& x, const char* what) {
+  TORCH_CHECK(RmsNormFp8Supported(x), what, ": x must be a non-empty bf16 CUDA tensor whose last dimension is a "
+              "multiple of 8 and at most ", 8 * 4 * kMaxBlock, "; got ", x.sizes(), " ", x.scalar_type());
+}
+}  // namespace
+
+RmsNormFp8Out AddRmsNormForwardFp8(const at::Tensor& x, const at::Tensor& add, double eps, double amax_eps) {
+  CheckFp8(x, "AddRmsNormForwardFp8");
+  RmsNormFp8Out r;
+  r.norm = Forward(x, add, eps, "AddRmsNormForwardFp8", &r.fp8, amax_eps);
+  return r;
+}
+
+RmsNormGradFp8 RmsNormBackwardFp8(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd,
+                                  const at::Tensor& dres, double amax_eps) {
+  CheckFp8(x, "RmsNormBackwardFp8");
+  RmsNormGradFp8 r;
+  r.dx = Backward(dy, x, rstd, dres, "RmsNormBackwardFp8", &r.fp8, amax_eps);
+  return r;
 }
 
 }  // namespace moe::kernels

@@ -12,6 +12,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/fp8_quantize.h"
+
 namespace moe::kernels {
 
 struct RmsNormOut {
@@ -37,5 +39,33 @@ RmsNormOut AddRmsNormForward(const at::Tensor& x, const at::Tensor& add, double 
 // dtype and rounded again: the unfused backward and add, bit for bit, in one pass.
 at::Tensor RmsNormBackward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd,
                            const at::Tensor& dres = at::Tensor());
+
+// Whether the FP8 forms below take x: a non-empty bf16 CUDA tensor whose last dimension d is a
+// multiple of 8 and at most 32768 (a row in registers), fewer than 2^31 rows.
+bool RmsNormFp8Supported(const at::Tensor& x);
+
+// AddRmsNormForward (add defined) or RmsNormForward (add undefined), with y's rows quantised for
+// the rowwise FP8 GEMM that consumes y (the attention's qkv projection, the LM head) in the same
+// pass: norm as those functions return it, and fp8 what
+//   Fp8Quantize(y.view({-1, d}), e4m3fn, /*rowwise=*/true, amax_eps)
+// gives, bit for bit (data (rows, d), scale and inv_scale (rows, 1)), without a second kernel
+// reading y back.
+struct RmsNormFp8Out {
+  RmsNormOut norm;
+  Fp8Quantized fp8;  // y's rows quantised, see above
+};
+RmsNormFp8Out AddRmsNormForwardFp8(const at::Tensor& x, const at::Tensor& add, double eps, double amax_eps);
+
+// RmsNormBackward with dx's rows (after dres is added) quantised for the rowwise FP8 GEMM that
+// consumes dx (the attention's output projection, whose output is the norm's residual input), in
+// the same pass: dx as RmsNormBackward's, and fp8 what
+//   Fp8Quantize(dx.view({-1, d}), e4m3fn, /*rowwise=*/true, amax_eps)
+// gives, bit for bit, without a second kernel reading dx back.
+struct RmsNormGradFp8 {
+  at::Tensor dx;
+  Fp8Quantized fp8;  // dx's rows quantised, see above
+};
+RmsNormGradFp8 RmsNormBackwardFp8(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& rstd,
+                                  const at::Tensor& dres, double amax_eps);
 
 }  // namespace moe::kernels

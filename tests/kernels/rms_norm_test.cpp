@@ -173,6 +173,79 @@ TEST_CASE("kernels: the residual add fused into RmsNorm gives the unfused add an
   });
 }
 
+TEST_CASE("kernels: AddRmsNormForwardFp8 / RmsNormBackwardFp8 equal the kernel then the FP8 row quantisation, "
+          "bit for bit",
+          "[kernels][rms_norm][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(16);
+  constexpr double kAmaxEps = 1e-12;
+  struct Row {
+    int64_t rows, d, offset;
+  };
+  // Every plan the FP8 forms run: lane groups of 1 to 32 lanes with 1 to 8 vectors each (d 8 to
+  // 2048: the wide model's d_model), row counts that leave spare groups in the last block (they
+  // must still join the amax shuffles), blocks per row (2056 to 32768 columns), and a misaligned x
+  // (copied, then fused).
+  for (const Row& r : {Row{1, 8, 0}, Row{37, 64, 0}, Row{33, 256, 0}, Row{300, 768, 0}, Row{1000, 768, 1},
+                       Row{77, 2048, 0}, Row{4096, 2048, 0}, Row{64, 2056, 0}, Row{9, 8192, 0}, Row{3, 32768, 0}}) {
+    for (bool add : {false, true}) {
+      DYNAMIC_SECTION("rows " << r.rows << " d " << r.d << " offset " << r.offset << " add " << add) {
+        const auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+        const at::Tensor x = moe_test::Place(at::randn({r.rows, r.d}, opt.dtype(at::kFloat)) * 2, at::kBFloat16, r.offset);
+        if (r.rows > 4) x[2].zero_();  // a zero row: y = 0, amax 0, the eps scale
+        const at::Tensor a = add ? at::randn({r.rows, r.d}, opt) : at::Tensor();
+        const at::Tensor dy = at::randn({r.rows, r.d}, opt) * 3;
+        const at::Tensor dres = add ? at::randn({r.rows, r.d}, opt) : at::Tensor();
+        if (r.rows > 4) dy[3].zero_();  // with no dres: a zero gradient row
+        REQUIRE(moe::kernels::RmsNormFp8Supported(x));
+        // The reference runs on an aligned copy, so that it takes the same vector path (the sums
+        // in the same order) as the fused form, which copies a misaligned x.
+        const at::Tensor xa = x.clone();
+        const moe::kernels::RmsNormOut want =
+            add ? moe::kernels::AddRmsNormForward(xa, a, kEps) : moe::kernels::RmsNormForward(xa, kEps);
+        const moe::kernels::Fp8Quantized want8 =
+            moe::kernels::Fp8Quantize(want.y.view({-1, r.d}), at::kFloat8_e4m3fn, true, kAmaxEps);
+        moe_test::PoisonAllocator(r.rows * r.d, at::kBFloat16);
+        const moe::kernels::RmsNormFp8Out got = moe::kernels::AddRmsNormForwardFp8(x, a, kEps, kAmaxEps);
+        CHECK(at::equal(got.norm.y, want.y));
+        CHECK(at::equal(got.norm.rstd, want.rstd));
+        CHECK(got.norm.sum.defined() == add);
+        if (add) CHECK(at::equal(got.norm.sum, want.sum));
+        REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
+        REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
+        CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
+        CHECK(at::equal(got.fp8.scale, want8.scale));
+        CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+        // Not vacuous: nearly every normalised value survives the cast as a nonzero byte.
+        const int64_t nonzero = want.y.ne(0).sum().item<int64_t>();
+        REQUIRE(nonzero > 0);
+        CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= nonzero * 9 / 10);
+
+        const at::Tensor& xs = add ? want.sum : xa;  // what the norm normalised
+        const at::Tensor want_dx = moe::kernels::RmsNormBackward(dy, xs, want.rstd, dres);
+        const moe::kernels::Fp8Quantized want_dx8 =
+            moe::kernels::Fp8Quantize(want_dx.view({-1, r.d}), at::kFloat8_e4m3fn, true, kAmaxEps);
+        moe_test::PoisonAllocator(r.rows * r.d, at::kBFloat16);
+        const moe::kernels::RmsNormGradFp8 back = moe::kernels::RmsNormBackwardFp8(dy, xs, want.rstd, dres, kAmaxEps);
+        CHECK(at::equal(back.dx, want_dx));
+        REQUIRE(back.fp8.data.sizes() == want_dx8.data.sizes());
+        CHECK(at::equal(back.fp8.data.view(at::kByte), want_dx8.data.view(at::kByte)));
+        CHECK(at::equal(back.fp8.scale, want_dx8.scale));
+        CHECK(at::equal(back.fp8.inv_scale, want_dx8.inv_scale));
+        const int64_t nonzero_dx = want_dx.ne(0).sum().item<int64_t>();
+        REQUIRE(nonzero_dx > 0);
+        CHECK(back.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= nonzero_dx * 9 / 10);
+      }
+    }
+  }
+  const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 32776}, bf)));  // past a block's registers
+  CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 12}, bf)));     // not whole vectors
+  CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 16}, bf.dtype(at::kFloat))));
+  CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({0, 16}, bf)));
+  CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 16})));  // the CPU
+}
+
 TEST_CASE("kernels: RmsNorm takes (B, T, H, hd) views and strided gradients like the attention's", "[kernels][rms_norm]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(12);
