@@ -18,18 +18,26 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& m, Precision
   }
 }
 
+CausalSelfAttentionImpl::Fp8Handoffs CausalSelfAttentionImpl::MakeFp8Handoffs() const {
+  Fp8Handoffs h;
+  if (!fp8_handoffs_) return h;
+  if (TakesFp8Rows(qkv_p_)) h.x_rows = c10::make_intrusive<Fp8RowsSlot>();
+  if (TakesFp8Rows(o_p_) && torch::GradMode::is_enabled()) h.out_grad = c10::make_intrusive<Fp8RowsSlot>();
+  return h;
+}
+
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                               const torch::Tensor& sin) {
+                                               const torch::Tensor& sin, const Fp8Handoffs& fp8) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
   // Under rowwise FP8 the qk-norm backward quantises the qkv gradient as it writes it and hands it
   // to the projection's input-gradient GEMM (core/precision/fp8_rows_slot.h).
   c10::intrusive_ptr<Fp8RowsSlot> grad_slot;
-  if (fp8_grad_handoff_ && qkv_p_.fp8 && qkv_p_.recipe == Fp8Recipe::kRowwise && torch::GradMode::is_enabled()) {
+  if (fp8_handoffs_ && TakesFp8Rows(qkv_p_) && torch::GradMode::is_enabled()) {
     grad_slot = c10::make_intrusive<Fp8RowsSlot>();
   }
   // (B, T, H + 2*Hkv, hd) -> q (B, T, H, hd), k and v (B, T, Hkv, hd)
-  torch::Tensor qkv =
-      PlannedLinear(qkv_p_, x, qkv_->weight, grad_slot).view({B, T, n_head_ + 2 * n_kv_head_, head_dim_});
+  torch::Tensor qkv = PlannedLinear(qkv_p_, x, qkv_->weight, grad_slot, fp8.x_rows)
+                          .view({B, T, n_head_ + 2 * n_kv_head_, head_dim_});
   const QkvHeads heads = SplitRotateNorm(qkv, n_head_, n_kv_head_, cos, sin, grad_slot);
   const torch::Tensor &q = heads.q, &k = heads.k, &v = heads.v;
   // SDPA wants (B, heads, T, hd); enable_gqa broadcasts each kv head over its query group.
@@ -37,7 +45,7 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
                                                      /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
                                                      /*scale=*/std::nullopt, /*enable_gqa=*/n_kv_head_ != n_head_);
   // (B, H, T, hd) -> (B, T, C)
-  return PlannedLinear(o_p_, y.transpose(1, 2).reshape({B, T, C}), o_->weight);
+  return PlannedLinear(o_p_, y.transpose(1, 2).reshape({B, T, C}), o_->weight, fp8.out_grad);
 }
 
 namespace {

@@ -20,9 +20,12 @@ BlockOut BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& delta, 
                             const torch::Tensor& sin) {
   // Pre-norm: s = x + delta, h = s + attn(norm(s)), out = h + ffn(norm(h)), with each add fused into
   // the norm after it and the last add left to the next block.
+  // Under rowwise FP8 the two norms around attention quantise, as they write them, the qkv
+  // projection's input and the output projection's gradient (fp8_rows_slot.h).
   BlockOut out;
-  const ResidualNorm in = AddRmsNorm(x, delta);
-  const ResidualNorm mid = AddRmsNorm(in.sum, attn_->forward(in.normed, cos, sin));
+  const CausalSelfAttentionImpl::Fp8Handoffs fp8 = attn_->MakeFp8Handoffs();
+  const ResidualNorm in = AddRmsNorm(x, delta, {fp8.x_rows, {}});
+  const ResidualNorm mid = AddRmsNorm(in.sum, attn_->forward(in.normed, cos, sin, fp8), {{}, fp8.out_grad});
   out.x = mid.sum;
   if (is_moe()) {
     out.moe = moe_->forward(mid.normed);

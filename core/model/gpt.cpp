@@ -73,12 +73,14 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   // on CUDA (fused kernel) and makes the fp32 copy itself elsewhere.
   // Under a rowwise FP8 head, the loss's backward hands the head its gradient already quantised
   // (core/precision/fp8_rows_slot.h).
-  c10::intrusive_ptr<Fp8RowsSlot> head_grad;
-  if (lm_head_precision_.fp8 && lm_head_precision_.recipe == Fp8Recipe::kRowwise) {
+  // The final norm hands it its input quantised the same way.
+  c10::intrusive_ptr<Fp8RowsSlot> head_grad, head_rows;
+  if (TakesFp8Rows(lm_head_precision_)) {
     head_grad = c10::make_intrusive<Fp8RowsSlot>();
+    if (fp8_handoffs_) head_rows = c10::make_intrusive<Fp8RowsSlot>();
   }
-  torch::Tensor logits =
-      PlannedLinear(lm_head_precision_, AddRmsNorm(x, delta).normed, lm_head_->weight, head_grad);  // (B, T, V)
+  torch::Tensor logits = PlannedLinear(lm_head_precision_, AddRmsNorm(x, delta, {head_rows, {}}).normed,
+                                       lm_head_->weight, head_grad, head_rows);  // (B, T, V)
   ForwardOut out;
   out.ce_loss = CrossEntropyLoss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}), head_grad);
   const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));
@@ -89,6 +91,13 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   out.dropped = dropped;
   out.assignments = torch::full({}, static_cast<double>(idx.numel() * cfg_.moe.top_k * n_moe), f32);
   return out;
+}
+
+void GPTImpl::set_fp8_handoffs(bool on) {
+  fp8_handoffs_ = on;
+  for (auto& mod : modules(/*include_self=*/false)) {
+    if (auto* attn = mod->as<CausalSelfAttentionImpl>()) attn->set_fp8_handoffs(on);
+  }
 }
 
 void GPTImpl::UpdateRouterBias() {

@@ -56,6 +56,12 @@ class GPTImpl : public torch::nn::Module {
   // The LM head's precision (FP8 only with precision.fp8 and precision.fp8_lm_head).
   const LinearPrecision& lm_head_precision() const { return lm_head_precision_; }
 
+  // Under rowwise FP8: whether the ops that produce a GEMM operand hand it over already quantised
+  // (core/precision/fp8_rows_slot.h): the final norm the LM head's input, and every attention's
+  // hand-offs (CausalSelfAttentionImpl::set_fp8_handoffs). On by default; tests turn it off to
+  // show that nothing changes.
+  void set_fp8_handoffs(bool on);
+
   // The bf16 weight copies of precision.grad_dtype = "bf16" (core/precision/weight_cache.h):
   // every weight a GEMM multiplies by (FP8 or not) is recorded while the model is built; the
   // trainer enables the cache, after which forward multiplies by the copies.
@@ -75,6 +81,7 @@ class GPTImpl : public torch::nn::Module {
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::Linear lm_head_{nullptr};
   LinearPrecision lm_head_precision_;  // compute dtype unless precision.fp8_lm_head
+  bool fp8_handoffs_ = true;
   torch::Tensor rope_cos_, rope_sin_;  // (seq_len, head_dim/2) fp32 buffers
   Communicator* world_ = nullptr;      // borrowed; sums the routing statistics over all ranks
 };

@@ -20,11 +20,13 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
   // autograd takes no undefined tensors as inputs, and these need no gradient.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe,
                                bool wgrad_fp8, bool fast_accum, bool fast_grads, const Fp8WeightOperands* pre,
-                               const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot) {
+                               const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
+                               const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
     const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
     const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
     if (!rowwise) pre = nullptr;
-    Fp8Tensor xq = Quantize(x, kE4M3, g);  // (M, K), scale () or (M, 1)
+    // (M, K), scale () or (M, 1); rowwise: as the op that produced x quantised it, where it did
+    Fp8Tensor xq = rowwise ? TakeRowsOrQuantize(x_rows, x) : Quantize(x, kE4M3, g);
     Fp8Tensor wq = pre ? pre->rows : Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
     torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type(), fast_accum);
     ctx->saved_data["rowwise"] = rowwise;
@@ -91,7 +93,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       }
     }
     return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor()};
+            torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -102,7 +104,8 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
 }
 
 torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe, const Fp8GemmOptions& opts,
-                        const Fp8WeightOperands* w_operands, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot) {
+                        const Fp8WeightOperands* w_operands, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
+                        const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
   const int64_t K = x.size(-1), N = w.size(0);
   TORCH_CHECK(w.dim() == 2 && w.size(1) == K, "Fp8Linear: w must be (N, ", K, "), got ", w.sizes());
   TORCH_CHECK(Fp8LinearSupported(x.numel() / K, K, N), "Fp8Linear: shape (", x.numel() / K, ", ", K, ") x (", K, ", ",
@@ -114,7 +117,7 @@ torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recip
               "Fp8Linear: w_operands do not belong to a weight of shape ", w.sizes());
   torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe), opts.wgrad_fp8,
                                        opts.fast_accum, opts.fast_accum_grads,
-                                       pre ? w_operands : nullptr, grad_slot);  // (M, N)
+                                       pre ? w_operands : nullptr, grad_slot, x_rows);  // (M, N)
   return y.view(out_shape);
 }
 

@@ -37,8 +37,11 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
 // grad_slot (rowwise; may be null): where the op consuming the output may offer the output's
 // gradient already quantised by rows (core/precision/fp8_rows_slot.h); the input-gradient GEMM
 // takes it from there when it is the gradient that arrives, and quantises it itself otherwise.
+// x_rows (rowwise; may be null): likewise where the op that produced x may have offered x's rows,
+// for the output GEMM.
 torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe,
                         const Fp8GemmOptions& opts = {}, const Fp8WeightOperands* w_operands = nullptr,
-                        const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {});
+                        const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {},
+                        const c10::intrusive_ptr<Fp8RowsSlot>& x_rows = {});
 
 }  // namespace moe

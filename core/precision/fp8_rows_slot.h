@@ -7,9 +7,11 @@
 // unchanged) and quantises the tensor itself otherwise. Two directions use it:
 //   - backward, a gradient: the qk-norm backward for the qkv projection (kernels/qk_rope_norm.h),
 //     the loss for a FP8 LM head (kernels/cross_entropy.h), relu2 for the FP8 expert up projection
-//     (kernels/relu_square.h). Autograd runs the producer's backward first (it is downstream in
-//     the forward);
-//   - forward, an activation: relu2's output for the FP8 expert down projection.
+//     (kernels/relu_square.h), the residual add and norm after attention for its output projection
+//     (kernels/rms_norm.h). Autograd runs the producer's backward first (it is downstream in the
+//     forward);
+//   - forward, an activation: relu2's output for the FP8 expert down projection, a norm's output
+//     for the qkv projection and for the LM head.
 // The producer runs before the consumer in both, so a slot holds at most one tensor at a time, for
 // one pass.
 //

@@ -7,11 +7,13 @@
 namespace moe {
 
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w,
-                            const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot) {
+                            const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
+                            const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
   const int64_t K = x.size(-1);
   const torch::Tensor wu = p.cache ? p.cache->Get(w) : w;  // the bf16 copy when the cache is enabled
   if (p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0))) {
-    return Fp8Linear(x, wu, p.recipe, p.gemm, p.fp8_weights ? p.fp8_weights->Find(wu) : nullptr, grad_slot);
+    return Fp8Linear(x, wu, p.recipe, p.gemm, p.fp8_weights ? p.fp8_weights->Find(wu) : nullptr, grad_slot,
+                     x_rows);
   }
   return CastLinear(x, wu);
 }

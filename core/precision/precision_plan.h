@@ -47,9 +47,13 @@ struct LinearPrecision {
 // plan's WeightCache is enabled). Fp8Linear when p.fp8 and this call's row count fits
 // (Fp8LinearSupported); otherwise the compute-dtype CastLinear. The row check
 // is per call because batches other than the training one (evaluation, tests) may not fit.
-// grad_slot: passed to Fp8Linear (its FP8 path; ignored otherwise).
+// grad_slot, x_rows: passed to Fp8Linear (its FP8 path; ignored otherwise).
 torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w,
-                            const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {});
+                            const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {},
+                            const c10::intrusive_ptr<Fp8RowsSlot>& x_rows = {});
+
+// Whether p runs rowwise FP8, so that a producer's rows hand-off (fp8_rows_slot.h) can serve it.
+inline bool TakesFp8Rows(const LinearPrecision& p) { return p.fp8 && p.recipe == Fp8Recipe::kRowwise; }
 
 class PrecisionPlan {
  public:

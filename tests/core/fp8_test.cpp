@@ -13,6 +13,7 @@
 #include <cmath>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -21,6 +22,7 @@
 #include "core/model/cross_entropy.h"
 #include "core/model/gpt.h"
 #include "core/model/qkv_heads.h"
+#include "core/model/rms_norm.h"
 #include "core/model/rope.h"
 #include "core/precision/fp8.h"
 #include "core/precision/fp8_grouped.h"
@@ -566,7 +568,81 @@ TEST_CASE("fp8: the qk-norm backward hands the qkv projection its gradient quant
   CHECK_FALSE(s2->offered());
 }
 
-TEST_CASE("fp8: a model trains identically with and without the qkv gradient handoff (skipped without a GPU)",
+TEST_CASE("fp8: a rowwise Fp8Linear takes its input's rows from a slot only when the input is the offered tensor",
+          "[fp8]") {
+  torch::manual_seed(13);
+  const torch::Tensor x = torch::randn({32, 48}), w = torch::randn({16, 48}) / 7;
+  // Offered rows that are not x's own (those of 2x), so that the output shows which rows it used.
+  const moe::Fp8Tensor twice = moe::Quantize(x * 2, torch::kFloat8_e4m3fn, moe::Fp8Granularity::kRow);
+  const torch::Tensor own = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise);
+  const torch::Tensor of_twice = moe::Fp8Linear(x * 2, w, moe::Fp8Recipe::kRowwise);
+  REQUIRE_FALSE(torch::equal(own, of_twice));
+
+  auto slot = c10::make_intrusive<moe::Fp8RowsSlot>();
+  slot->Offer(x, twice);
+  CHECK(torch::equal(moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, {}, nullptr, {}, slot), of_twice));
+  CHECK(slot->taken() == 1);
+  CHECK_FALSE(slot->offered());
+  // Another tensor with x's values is not the offered one: the layer quantises its input itself.
+  slot->Offer(x, twice);
+  CHECK(torch::equal(moe::Fp8Linear(x.clone(), w, moe::Fp8Recipe::kRowwise, {}, nullptr, {}, slot), own));
+  CHECK(slot->taken() == 1);
+  // A (B, T, K) input is offered as it is produced and taken through the layer's (B*T, K) view.
+  const torch::Tensor x3 = x.view({4, 8, 48});
+  slot->Offer(x3, twice);
+  CHECK(torch::equal(moe::Fp8Linear(x3, w, moe::Fp8Recipe::kRowwise, {}, nullptr, {}, slot), of_twice.view({4, 8, 16})));
+  CHECK(slot->taken() == 2);
+}
+
+TEST_CASE("fp8: the norms around attention hand the qkv projection its input and the output projection its "
+          "gradient quantised, and nothing changes (skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t B = 2, T = 48, C = 256, N = 512;
+  torch::manual_seed(11);
+  const auto bf = torch::dtype(torch::kBFloat16).device(cuda);
+  const torch::Tensor x0 = torch::randn({B, T, C}, bf), d0 = torch::randn({B, T, C}, bf);
+  const torch::Tensor wq0 = (torch::randn({N, C}) / 16).to(cuda, torch::kBFloat16);
+  const torch::Tensor wo0 = (torch::randn({C, N}) / 16).to(cuda, torch::kBFloat16);
+  const torch::Tensor g_normed = torch::randn({B, T, C}, bf), g_sum = torch::randn({B, T, C}, bf);
+  // A block's attention half: norm -> "qkv" -> "o" -> residual add and norm, with or without the
+  // two slots; `first`: the first block's norm, which has no residual add in front.
+  auto run = [&](bool first, bool handoff, int64_t* taken) {
+    torch::Tensor x = x0.clone().requires_grad_(), d = d0.clone().requires_grad_();
+    torch::Tensor wq = wq0.clone().requires_grad_(), wo = wo0.clone().requires_grad_();
+    auto rows = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+    auto ograd = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = false;
+    const moe::ResidualNorm in = moe::AddRmsNorm(x, first ? torch::Tensor() : d, {rows, {}});
+    const torch::Tensor h = moe::Fp8Linear(in.normed, wq, moe::Fp8Recipe::kRowwise, o, nullptr, {}, rows);  // (B, T, N)
+    const torch::Tensor a = moe::Fp8Linear(h, wo, moe::Fp8Recipe::kRowwise, o, nullptr, ograd);            // (B, T, C)
+    const moe::ResidualNorm mid = moe::AddRmsNorm(in.sum, a, {{}, ograd});
+    if (taken) taken[0] = rows ? rows->taken() : 0;
+    ((mid.normed.to(torch::kFloat32) * g_normed).sum() + (mid.sum.to(torch::kFloat32) * g_sum).sum()).backward();
+    if (taken) taken[1] = ograd ? ograd->taken() : 0;
+    std::vector<torch::Tensor> out{mid.normed.detach(), mid.sum.detach(), x.grad(), wq.grad(), wo.grad()};
+    if (!first) out.push_back(d.grad());
+    return out;
+  };
+  for (bool first : {false, true}) {
+    INFO((first ? "first block: RmsNorm" : "AddRmsNorm"));
+    int64_t taken[2] = {0, 0};
+    const auto a = run(first, false, nullptr), b = run(first, true, taken);
+    CHECK(taken[0] == 1);  // "qkv" used the rows the norm in front offered
+    CHECK(taken[1] == 1);  // "o" used the gradient rows the norm after it offered
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      INFO("output " << i);
+      CHECK(torch::equal(b[i], a[i]));
+    }
+    CHECK(a[2].abs().sum().item<double>() > 0);
+  }
+}
+
+TEST_CASE("fp8: a model trains identically with and without the FP8 operand hand-offs (qk-norm, norms, LM "
+          "head; skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
@@ -575,15 +651,14 @@ TEST_CASE("fp8: a model trains identically with and without the qkv gradient han
   c.train.batch_size = 2;
   c.precision.fp8 = true;
   c.precision.fp8_recipe = "rowwise";
+  c.precision.fp8_lm_head = true;  // the final norm's hand-off too
   double loss[2] = {0, 0};
   std::vector<torch::Tensor> grads[2];
   for (int handoff : {0, 1}) {
     torch::manual_seed(5);
     moe::GPT m(c, torch::kBFloat16, cuda);
     m->to(cuda);
-    for (auto& mod : m->modules(/*include_self=*/false)) {
-      if (auto* attn = mod->as<moe::CausalSelfAttentionImpl>()) attn->set_fp8_grad_handoff(handoff == 1);
-    }
+    m->set_fp8_handoffs(handoff == 1);
     torch::manual_seed(6);
     const torch::Tensor idx = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
     const torch::Tensor tgt = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
