@@ -385,6 +385,30 @@ int RowVecWidth(int64_t d, size_t elem_size, std::initializer_list<const void*> 
 template <typename T, int VEC, int ITEMS>
 constexpr bool kFp8Rows = std::is_same_v<T, __nv_bfloat16> && VEC == 8 && ITEMS > 0;
 
+// Calls launch(whole, items, opt, fp8), each a compile-time constant (std::integral_constant), for
+// the plan and a launch's two switches: opt (the forward's add, the backward's dres) and fp8 (FP8
+// rows written too, only where kFp8Rows holds).
+template <typename T, int VEC, typename F>
+void WithKernel(const RowPlan& p, bool opt, bool fp8, F&& launch) {
+  WithPlan(p, [&](auto whole, auto items) {
+    auto with_opt = [&](auto fp8_c) {
+      if (opt) {
+        launch(whole, items, std::true_type{}, fp8_c);
+      } else {
+        launch(whole, items, std::false_type{}, fp8_c);
+      }
+    };
+    if constexpr (kFp8Rows<T, VEC, decltype(items)::value>) {
+      if (fp8) {
+        with_opt(std::true_type{});
+        return;
+      }
+    }
+    TORCH_CHECK(!fp8, "rms_norm: FP8 rows need bf16 rows of whole 16-byte vectors held in registers");
+    with_opt(std::false_type{});
+  });
+}
+
 // add (and sum) null: the plain norm of x; else the norm of sum = x + add, written to sum.
 // f8.q8 non-null: y's rows quantised too (a plan that can: see kFp8Rows).
 template <typename T, int VEC>
@@ -392,30 +416,10 @@ void rms_norm_forward(T* y, float* rstd, T* sum, const T* x, const T* add, int64
                       const Fp8RowsOut& f8, cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
-  WithPlan(p, [&](auto whole, auto items) {
-    constexpr bool W = decltype(whole)::value;
-    constexpr int I = decltype(items)::value;
-    const dim3 grid(static_cast<unsigned>(p.blocks));
-    if constexpr (kFp8Rows<T, VEC, I>) {
-      if (f8.q8 != nullptr) {
-        if (add != nullptr) {
-          rms_norm_forward_kernel<T, VEC, W, I, true, true>
-              <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
-        } else {
-          rms_norm_forward_kernel<T, VEC, W, I, false, true>
-              <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
-        }
-        return;
-      }
-    }
-    TORCH_CHECK(f8.q8 == nullptr, "rms_norm: FP8 rows need bf16 rows of whole 16-byte vectors held in registers");
-    if (add != nullptr) {
-      rms_norm_forward_kernel<T, VEC, W, I, true, false>
-          <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
-    } else {
-      rms_norm_forward_kernel<T, VEC, W, I, false, false>
-          <<<grid, p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
-    }
+  WithKernel<T, VEC>(p, add != nullptr, f8.q8 != nullptr, [&](auto whole, auto items, auto has_add, auto fp8) {
+    rms_norm_forward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, decltype(has_add)::value,
+                            decltype(fp8)::value>
+        <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(y, rstd, sum, x, add, rows, d, p.group, eps, f8);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -426,30 +430,10 @@ void rms_norm_backward(T* dx, const T* dy, const T* x, const float* rstd, const 
                        const Fp8RowsOut& f8, cudaStream_t stream) {
   if (rows == 0) return;
   const RowPlan p = PlanRows(rows, d / VEC);
-  WithPlan(p, [&](auto whole, auto items) {
-    constexpr bool W = decltype(whole)::value;
-    constexpr int I = decltype(items)::value;
-    const dim3 grid(static_cast<unsigned>(p.blocks));
-    if constexpr (kFp8Rows<T, VEC, I>) {
-      if (f8.q8 != nullptr) {
-        if (dres != nullptr) {
-          rms_norm_backward_kernel<T, VEC, W, I, true, true>
-              <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
-        } else {
-          rms_norm_backward_kernel<T, VEC, W, I, false, true>
-              <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
-        }
-        return;
-      }
-    }
-    TORCH_CHECK(f8.q8 == nullptr, "rms_norm: FP8 rows need bf16 rows of whole 16-byte vectors held in registers");
-    if (dres != nullptr) {
-      rms_norm_backward_kernel<T, VEC, W, I, true, false>
-          <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
-    } else {
-      rms_norm_backward_kernel<T, VEC, W, I, false, false>
-          <<<grid, p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
-    }
+  WithKernel<T, VEC>(p, dres != nullptr, f8.q8 != nullptr, [&](auto whole, auto items, auto has_res, auto fp8) {
+    rms_norm_backward_kernel<T, VEC, decltype(whole)::value, decltype(items)::value, decltype(has_res)::value,
+                             decltype(fp8)::value>
+        <<<static_cast<unsigned>(p.blocks), p.threads, 0, stream>>>(dx, dy, x, rstd, dres, rows, d, p.group, f8);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
