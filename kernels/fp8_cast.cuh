@@ -1,6 +1,6 @@
 // Device helpers of FP8 quantisation shared by the kernels that write FP8 operands
-// (kernels/fp8_quantize.cu, and kernels/qk_rope_norm.cu's backward, which quantises the gradient
-// it produces): the scale from an amax, its reciprocal, ordered-bits maxima and the scaled,
+// (kernels/fp8_quantize.cu, and the producers that quantise what they write: qk_rope_norm.cu,
+// cross_entropy.cu, relu_square.cu, rms_norm.cu, moe_unpermute.cu): the scale from an amax, its reciprocal, ordered-bits maxima and the scaled,
 // saturating cast. One definition, so every producer writes the bytes moe::Quantize would.
 #pragma once
 
@@ -66,6 +66,16 @@ template <__nv_fp8_interpretation_t F>
 __device__ __forceinline__ uint8_t CastFp8(float v, float scale) {
   return __nv_cvt_float_to_fp8(__fmul_rn(v, scale), __NV_SATFINITE, F);
 }
+
+// Where a kernel that quantises the rows it writes puts them, for the rowwise FP8 GEMM that
+// consumes them: q8 (rows, d) e4m3 bytes, scale and inv (rows,) fp32; eps is moe::kAmaxEps. Null
+// q8: no FP8 rows are written.
+struct Fp8RowsOut {
+  uint8_t* q8 = nullptr;
+  float* scale = nullptr;
+  float* inv = nullptr;
+  float eps = 0.f;
+};
 
 // VEC scaled casts of one input vector into VEC bytes, two per cvt where VEC is even.
 template <typename T, int VEC, __nv_fp8_interpretation_t F>

@@ -13,6 +13,8 @@
 
 #include <ATen/ATen.h>
 
+#include "kernels/fp8_quantize.h"
+
 namespace moe::kernels {
 
 // xs (M, d) = x[src[i]] for each row i, zeros where src[i] is outside [0, N) (an empty capacity
@@ -30,9 +32,26 @@ at::Tensor UnpermuteRows(const at::Tensor& ys, const at::Tensor& inv, const at::
 // Backward of UnpermuteRows for the cotangent dy (N, d): returns dys (M, d) with
 // dys[inv[n*k + j]] = w[n, j] * dy[n] (each of the M rows is written by its one assignment;
 // rows no assignment maps to are zero) and dw (N, k) fp32, dw[n, j] = <dy[n], ys[inv[n*k + j]]>
-// (zero for skipped assignments).
+// (zero for skipped assignments). all_rows_mapped: the caller knows that every row in [0, M) is
+// some assignment's (the grouped backend's rows: inv is a permutation of [0, N*k) and M <= N*k),
+// so dys needs no zero fill first (an (M, d) memset per layer); rows left unmapped would then
+// hold garbage.
 std::tuple<at::Tensor, at::Tensor> UnpermuteRowsBackward(const at::Tensor& dy, const at::Tensor& ys,
-                                                         const at::Tensor& inv, const at::Tensor& w);
+                                                         const at::Tensor& inv, const at::Tensor& w,
+                                                         bool all_rows_mapped = false);
+
+// The backward with dys's rows quantised for the rowwise FP8 GEMM that consumes dys (the FP8 expert
+// down projection's input gradient), in the same launch: dys and dw as UnpermuteRowsBackward's,
+// and fp8 what Fp8Quantize(dys, e4m3fn, /*rowwise=*/true, amax_eps) gives, bit for bit (data
+// (M, d), scale and inv_scale (M, 1); an unmapped row is a zero row), without reading dys back.
+// Supported: ys (M, d) bf16 on CUDA, d a multiple of 8.
+struct UnpermuteGradFp8 {
+  at::Tensor dys, dw;
+  Fp8Quantized fp8;  // dys's rows quantised, see above
+};
+bool UnpermuteRowsBackwardFp8Supported(const at::Tensor& ys);
+UnpermuteGradFp8 UnpermuteRowsBackwardFp8(const at::Tensor& dy, const at::Tensor& ys, const at::Tensor& inv,
+                                          const at::Tensor& w, bool all_rows_mapped, double amax_eps);
 
 // The router's selection. logits (N, E) fp32; bias (E,) fp32 or undefined (added to the scores
 // for selection only); score = softmax(logits) or sigmoid(logits). Returns the k experts of

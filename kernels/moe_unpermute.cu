@@ -2,7 +2,10 @@
 // weights (a gather, no atomics and no zero-filled buffer), and the backward that returns both
 // the row gradients and the routing-weight gradients in one pass.
 #include "kernels/common.cuh"
+#include "kernels/fp8_cast.cuh"
 #include "kernels/moe_kernels.h"
+
+#include <cstdint>
 
 #include <ATen/cuda/CUDAContext.h>
 
@@ -40,14 +43,23 @@ __global__ void unpermute_rows_kernel(T* __restrict__ y, const T* __restrict__ y
 
 // One block per token n, for each of its assignments j with row r = inv[n*k + j] in [0, M):
 //   dys[r] = w[n, j] * dy[n]      dw[n, j] = <dy[n], ys[r]>  (block reduction, fp32)
-template <typename T, int VEC>
+// FP8: each row r is also written quantised for the rowwise FP8 GEMM that consumes dys (the FP8
+// expert down projection's input gradient) into f8: its amax is reduced beside the dots, and a
+// second pass over dy[n] (just read: from L1/L2) recomputes the row's values, the same bf16
+// products, and casts them with the row's scale.
+template <typename T, int VEC, bool FP8>
 __global__ void unpermute_rows_backward_kernel(T* __restrict__ dys, float* __restrict__ dw, const T* __restrict__ dy,
                                                const T* __restrict__ ys, const int64_t* __restrict__ inv,
-                                               const float* __restrict__ w, int64_t M, int k, int64_t d) {
+                                               const float* __restrict__ w, int64_t M, int k, int64_t d,
+                                               Fp8RowsOut f8) {
   const int64_t n = blockIdx.x;
   float dot[kMaxK];
+  unsigned amax[kMaxK];  // FP8 only: |dys[r]|'s maximum as ordered bits
 #pragma unroll
-  for (int j = 0; j < kMaxK; ++j) dot[j] = 0.f;
+  for (int j = 0; j < kMaxK; ++j) {
+    dot[j] = 0.f;
+    amax[j] = 0u;
+  }
   for (int64_t c = threadIdx.x; c < d / VEC; c += blockDim.x) {
     const Vec<T, VEC> g = reinterpret_cast<const Vec<T, VEC>*>(dy + n * d)[c];
 #pragma unroll
@@ -63,18 +75,25 @@ __global__ void unpermute_rows_backward_kernel(T* __restrict__ dys, float* __res
         const float gv = ToFloat(g.v[v]);
         dot[j] += gv * ToFloat(a.v[v]);
         o.v[v] = FromFloat<T>(wj * gv);
+        if constexpr (FP8) amax[j] = MaxU(amax[j], AbsBits(o.v[v]));
       }
       reinterpret_cast<Vec<T, VEC>*>(dys + r * d)[c] = o;
     }
   }
   // Reduce the k partial dots over the block: warp shuffles, then one value per warp.
   __shared__ float partial[kMaxK][kBlock / 32];
+  __shared__ unsigned partial_max[kMaxK][kBlock / 32];  // FP8 only
+  __shared__ float row_scale[kMaxK];                    // FP8 only
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int j = 0; j < kMaxK; ++j) {
     float v = dot[j];
     for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
     if (lane == 0) partial[j][warp] = v;
+    if constexpr (FP8) {
+      const unsigned m = WarpMax(amax[j]);
+      if (lane == 0) partial_max[j][warp] = m;
+    }
   }
   __syncthreads();
   if (threadIdx.x < k) {
@@ -82,7 +101,33 @@ __global__ void unpermute_rows_backward_kernel(T* __restrict__ dys, float* __res
     float s = 0.f;
     for (int i = 0; i < kBlock / 32; ++i) s += partial[j][i];
     const int64_t r = inv[n * k + j];
-    dw[n * k + j] = (r < 0 || r >= M) ? 0.f : s;
+    const bool row = r >= 0 && r < M;
+    dw[n * k + j] = row ? s : 0.f;
+    if constexpr (FP8) {
+      unsigned m = 0u;
+      for (int i = 0; i < kBlock / 32; ++i) m = MaxU(m, partial_max[j][i]);
+      const float sc = ScaleOf<__NV_E4M3>(__uint_as_float(m), f8.eps);
+      row_scale[j] = sc;
+      if (row) {
+        f8.scale[r] = sc;
+        f8.inv[r] = InvOf(sc);
+      }
+    }
+  }
+  if constexpr (FP8) {
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < d / VEC; c += blockDim.x) {
+      const Vec<T, VEC> g = reinterpret_cast<const Vec<T, VEC>*>(dy + n * d)[c];
+      for (int j = 0; j < k; ++j) {
+        const int64_t r = inv[n * k + j];
+        if (r < 0 || r >= M) continue;
+        const float wj = w[n * k + j];
+        Vec<T, VEC> o;
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) o.v[v] = FromFloat<T>(wj * ToFloat(g.v[v]));
+        reinterpret_cast<Vec<uint8_t, VEC>*>(f8.q8 + r * d)[c] = CastVec<T, VEC, __NV_E4M3>(o, row_scale[j]);
+      }
+    }
   }
 }
 
@@ -97,12 +142,18 @@ void unpermute_rows(T* y, const T* ys, const int64_t* inv, const float* w, int64
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// f8.q8 non-null (bf16 only): dys's rows quantised too.
 template <typename T, int VEC>
 void unpermute_rows_backward(T* dys, float* dw, const T* dy, const T* ys, const int64_t* inv, const float* w,
-                             int64_t N, int64_t M, int k, int64_t d, cudaStream_t stream) {
+                             int64_t N, int64_t M, int k, int64_t d, const Fp8RowsOut& f8, cudaStream_t stream) {
   if (N == 0) return;
-  unpermute_rows_backward_kernel<T, VEC><<<static_cast<unsigned>(N), kBlock, 0, stream>>>(dys, dw, dy, ys, inv, w,
-                                                                                           M, k, d);
+  if (f8.q8 != nullptr) {
+    unpermute_rows_backward_kernel<T, VEC, true>
+        <<<static_cast<unsigned>(N), kBlock, 0, stream>>>(dys, dw, dy, ys, inv, w, M, k, d, f8);
+  } else {
+    unpermute_rows_backward_kernel<T, VEC, false>
+        <<<static_cast<unsigned>(N), kBlock, 0, stream>>>(dys, dw, dy, ys, inv, w, M, k, d, f8);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -110,6 +161,12 @@ void unpermute_rows_backward(T* dys, float* dw, const T* dy, const T* ys, const 
 // ATen entry points
 
 namespace {
+// t itself where it is 16-byte aligned, else a fresh copy (the allocator's blocks are aligned):
+// the vector paths need it, and a misaligned view would send dy and ys down different widths.
+at::Tensor Aligned(const at::Tensor& t) {
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
 void CheckInvW(const at::Tensor& inv, const at::Tensor& w, const char* what) {
   TORCH_CHECK(w.is_cuda() && w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous(), what,
               ": w must be a contiguous (N, k) fp32 CUDA tensor");
@@ -134,23 +191,67 @@ at::Tensor UnpermuteRows(const at::Tensor& ys_in, const at::Tensor& inv, const a
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> UnpermuteRowsBackward(const at::Tensor& dy_in, const at::Tensor& ys_in,
-                                                         const at::Tensor& inv, const at::Tensor& w) {
-  CheckInvW(inv, w, "UnpermuteRowsBackward");
-  at::Tensor dy = dy_in.contiguous().to(ys_in.scalar_type()), ys = ys_in.contiguous();
+namespace {
+
+// The backward for the cotangent dy; fp8 non-null: dys's rows quantised into it too (bf16 rows of
+// whole 16-byte vectors only; UnpermuteRowsBackwardFp8 checks).
+std::tuple<at::Tensor, at::Tensor> Backward(const at::Tensor& dy_in, const at::Tensor& ys_in, const at::Tensor& inv,
+                                            const at::Tensor& w, bool all_rows_mapped, const char* what,
+                                            Fp8Quantized* fp8 = nullptr, double amax_eps = 0.0) {
+  CheckInvW(inv, w, what);
+  TORCH_CHECK(ys_in.is_cuda() && ys_in.dim() == 2, what, ": ys must be an (M, d) CUDA tensor");
+  at::Tensor dy = Aligned(dy_in.contiguous().to(ys_in.scalar_type())), ys = Aligned(ys_in.contiguous());
   const int64_t N = w.size(0), k = w.size(1), M = ys.size(0), d = ys.size(1);
-  TORCH_CHECK(dy.dim() == 2 && dy.size(0) == N && dy.size(1) == d, "UnpermuteRowsBackward: dy must be (N, d)");
-  // Rows that no assignment maps to (none in the grouped backend) must read as zero gradient.
-  at::Tensor dys = at::zeros({M, d}, ys.options());  // (M, d)
-  at::Tensor dw = at::empty({N, k}, w.options());    // (N, k)
+  TORCH_CHECK(dy.dim() == 2 && dy.size(0) == N && dy.size(1) == d, what, ": dy must be (N, d)");
+  // Rows that no assignment maps to must read as zero gradient (and, in FP8, as the zero row's
+  // quantisation); where every row is mapped, every row is written and nothing is filled first.
+  at::Tensor dys = all_rows_mapped ? at::empty({M, d}, ys.options()) : at::zeros({M, d}, ys.options());  // (M, d)
+  at::Tensor dw = at::empty({N, k}, w.options());  // (N, k)
+  Fp8RowsOut f8;
+  if (fp8 != nullptr) {
+    const auto o = ys.options();
+    const float eps = static_cast<float>(amax_eps);
+    fp8->data = all_rows_mapped ? at::empty({M, d}, o.dtype(at::kFloat8_e4m3fn))
+                                : at::zeros({M, d}, o.dtype(at::kFloat8_e4m3fn));  // (M, d)
+    // A zero row's scale: fp8_max / eps and its reciprocal, in IEEE fp32 as the kernels compute them.
+    const float zero_scale = 448.f / eps;
+    fp8->scale = all_rows_mapped ? at::empty({M, 1}, o.dtype(at::kFloat)) : at::full({M, 1}, zero_scale, o.dtype(at::kFloat));
+    fp8->inv_scale = all_rows_mapped ? at::empty_like(fp8->scale) : at::full({M, 1}, 1.f / zero_scale, o.dtype(at::kFloat));
+    f8.q8 = reinterpret_cast<uint8_t*>(fp8->data.data_ptr());
+    f8.scale = fp8->scale.data_ptr<float>();
+    f8.inv = fp8->inv_scale.data_ptr<float>();
+    f8.eps = eps;
+  }
   const int vec = VecWidth(d, ys.element_size());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(ys.scalar_type(), vec, [&] {
     unpermute_rows_backward<T, VEC>(reinterpret_cast<T*>(dys.data_ptr()), dw.data_ptr<float>(),
                                     reinterpret_cast<const T*>(dy.data_ptr()), reinterpret_cast<const T*>(ys.data_ptr()),
-                                    inv.data_ptr<int64_t>(), w.data_ptr<float>(), N, M, static_cast<int>(k), d, stream);
+                                    inv.data_ptr<int64_t>(), w.data_ptr<float>(), N, M, static_cast<int>(k), d, f8,
+                                    stream);
   });
   return {dys, dw};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> UnpermuteRowsBackward(const at::Tensor& dy, const at::Tensor& ys,
+                                                         const at::Tensor& inv, const at::Tensor& w,
+                                                         bool all_rows_mapped) {
+  return Backward(dy, ys, inv, w, all_rows_mapped, "UnpermuteRowsBackward");
+}
+
+bool UnpermuteRowsBackwardFp8Supported(const at::Tensor& ys) {
+  return ys.is_cuda() && ys.scalar_type() == at::kBFloat16 && ys.dim() == 2 && ys.size(1) > 0 && ys.size(1) % 8 == 0;
+}
+
+UnpermuteGradFp8 UnpermuteRowsBackwardFp8(const at::Tensor& dy, const at::Tensor& ys, const at::Tensor& inv,
+                                          const at::Tensor& w, bool all_rows_mapped, double amax_eps) {
+  TORCH_CHECK(UnpermuteRowsBackwardFp8Supported(ys), "UnpermuteRowsBackwardFp8: ys must be an (M, d) bf16 CUDA "
+              "tensor with d a multiple of 8; got ", ys.sizes(), " ", ys.scalar_type());
+  UnpermuteGradFp8 r;
+  std::tie(r.dys, r.dw) = Backward(dy, ys, inv, w, all_rows_mapped, "UnpermuteRowsBackwardFp8", &r.fp8, amax_eps);
+  return r;
 }
 
 }  // namespace moe::kernels

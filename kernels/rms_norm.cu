@@ -107,15 +107,6 @@ __device__ __forceinline__ Vec<T, VEC> AddRounded(const Vec<T, VEC>& x, const Ve
   return o;
 }
 
-// Where a kernel with FP8 = true writes its output's rows quantised for the rowwise FP8 GEMM that
-// consumes them: q8 (rows, d) e4m3 bytes, scale and inv (rows,) fp32; eps is moe::kAmaxEps.
-struct Fp8RowsOut {
-  uint8_t* q8 = nullptr;
-  float* scale = nullptr;
-  float* inv = nullptr;
-  float eps = 0.f;
-};
-
 // Maximum over the row's threads (as RowSum), for the amax bits of non-negative floats.
 template <bool WHOLE>
 __device__ __forceinline__ unsigned RowMax(unsigned v, int G) {
