@@ -1,5 +1,7 @@
 #include "core/moe/permute.h"
 
+#include "core/precision/fp8.h"
+
 #include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/moe_kernels.h"
@@ -29,17 +31,29 @@ struct PermuteFn : public torch::autograd::Function<PermuteFn> {
   }
 };
 
+// all_rows_mapped: every row of ys is some assignment's (a RowOrder's rows; not a SlotOrder's,
+// whose empty slots are rows too). ys_grad: as UnpermuteTokens says.
 struct UnpermuteFn : public torch::autograd::Function<UnpermuteFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& ys, const torch::Tensor& w,
-                               const torch::Tensor& inv) {
+                               const torch::Tensor& inv, bool all_rows_mapped,
+                               const c10::intrusive_ptr<Fp8RowsSlot>& ys_grad) {
     torch::Tensor wc = w.contiguous(), ysc = ys.contiguous();
     ctx->save_for_backward({ysc, wc, inv});
+    ctx->saved_data["all_rows_mapped"] = all_rows_mapped;
+    if (ys_grad && kernels::UnpermuteRowsBackwardFp8Supported(ysc)) ctx->saved_data["ys_grad"] = SlotToIValue(ys_grad);
     return kernels::UnpermuteRows(ysc, inv, wc);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto [dys, dw] = kernels::UnpermuteRowsBackward(grads[0], saved[0], saved[2], saved[1]);
-    return {dys, dw, torch::Tensor()};
+    const bool mapped = ctx->saved_data["all_rows_mapped"].toBool();
+    if (const auto slot = SavedSlot(ctx, "ys_grad")) {  // dys and its FP8 rows in one launch
+      kernels::UnpermuteGradFp8 r =
+          kernels::UnpermuteRowsBackwardFp8(grads[0], saved[0], saved[2], saved[1], mapped, kAmaxEps);
+      slot->Offer(r.dys, Fp8TensorOf(r.fp8));
+      return {r.dys, r.dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    }
+    auto [dys, dw] = kernels::UnpermuteRowsBackward(grads[0], saved[0], saved[2], saved[1], mapped);
+    return {dys, dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 #endif
@@ -76,11 +90,14 @@ torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order) {
   return x.index_select(0, order.tok);
 }
 
-torch::Tensor UnpermuteTokens(const torch::Tensor& ys, const torch::Tensor& w, const RowOrder& order) {
+torch::Tensor UnpermuteTokens(const torch::Tensor& ys, const torch::Tensor& w, const RowOrder& order,
+                              const c10::intrusive_ptr<Fp8RowsSlot>& ys_grad) {
 #if defined(MOE_WITH_KERNELS)
   if (OnKernelDevice(ys) && order.inv.defined() && order.k <= 8) {
-    return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.inv);
+    return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.inv, /*all_rows_mapped=*/true, ys_grad);
   }
+#else
+  (void)ys_grad;  // nothing to offer: the GEMM quantises
 #endif
   torch::Tensor g = w.reshape({-1}).index_select(0, order.rows).to(ys.scalar_type()).unsqueeze(1);  // (M, 1)
   return torch::zeros({order.n_tokens, ys.size(1)}, ys.options()).index_add(0, order.tok, ys * g);
@@ -119,7 +136,8 @@ torch::Tensor PermuteToSlots(const torch::Tensor& x, const SlotOrder& order) {
 torch::Tensor UnpermuteFromSlots(const torch::Tensor& ys, const torch::Tensor& w, const SlotOrder& order) {
 #if defined(MOE_WITH_KERNELS)
   if (OnKernelDevice(ys) && order.tok.defined() && order.k <= 8) {
-    return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.slot);
+    return UnpermuteFn::apply(ys, w.to(torch::kFloat32), order.slot, /*all_rows_mapped=*/false,
+                              c10::intrusive_ptr<Fp8RowsSlot>());
   }
 #endif
   const int64_t N = order.n_tokens, k = order.k, d = ys.size(1);

@@ -8,12 +8,15 @@
 
 #include <torch/torch.h>
 
+#include "core/precision/fp8_rows_slot.h"
+
 namespace moe {
 
 // The row order of a grouped expert call, from dest (N*k,) int64: the row of each assignment
 // n*k + j, a permutation of [0, N*k) that lists the assignments expert by expert (dropped
 // assignments last). Rows [0, M) are computed. Its inverse `sorted` (sorted[dest[a]] = a, the
-// assignment in each row) is built with one scatter.
+// assignment in each row) is built with one scatter. Since dest is a permutation and M <= N*k,
+// every row in [0, M) is exactly one assignment's (the un-permutation's backward relies on it).
 struct RowOrder {
   torch::Tensor rows;  // (M,) assignment id of each row: sorted[:M]
   torch::Tensor tok;   // (M,) token of each row: rows / k
@@ -38,7 +41,11 @@ torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order);
 // y (N, d), y[n] = sum over the rows r of token n of w[assignment of r] * ys[r]; tokens without
 // rows get zeros. ys (M, d) compute dtype, w (N, k) fp32 combine weights (zero where dropped).
 // Differentiable in ys and w.
-torch::Tensor UnpermuteTokens(const torch::Tensor& ys, const torch::Tensor& w, const RowOrder& order);
+// ys_grad (may be null): where the backward offers ys's gradient quantised by rows for the
+// rowwise FP8 GEMM that produced ys (core/precision/fp8_rows_slot.h), on the CUDA kernel's path for
+// bf16 rows it takes (kernels::UnpermuteRowsBackwardFp8Supported); elsewhere nothing is offered.
+torch::Tensor UnpermuteTokens(const torch::Tensor& ys, const torch::Tensor& w, const RowOrder& order,
+                              const c10::intrusive_ptr<Fp8RowsSlot>& ys_grad = {});
 
 // The capacity layout (expert parallelism with a capacity C): S = E*C slots, slot e*C + c holds
 // the assignment of expert e in capacity position c, or nothing (then its row is zeros).
