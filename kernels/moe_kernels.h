@@ -21,6 +21,18 @@ namespace moe::kernels {
 // slot). x (N, d) bf16 or fp32, contiguous; src (M,) int64.
 at::Tensor PermuteRows(const at::Tensor& x, const at::Tensor& src);
 
+// PermuteRows with xs's rows quantised for the rowwise FP8 GEMM that consumes xs (the FP8 experts'
+// up projection) in the same pass: xs as PermuteRows gives it, and fp8 what
+// Fp8Quantize(xs, e4m3fn, /*rowwise=*/true, amax_eps) gives, bit for bit (data (M, d), scale and
+// inv_scale (M, 1); an empty slot's row is a zero row), without reading xs back.
+// Supported: x (N, d) bf16 on CUDA, d a multiple of 8 and at most 8192 (a row in one block).
+struct PermuteFp8 {
+  at::Tensor xs;
+  Fp8Quantized fp8;  // xs's rows quantised, see above
+};
+bool PermuteRowsFp8Supported(const at::Tensor& x);
+PermuteFp8 PermuteRowsFp8(const at::Tensor& x, const at::Tensor& src, double amax_eps);
+
 // dx (N, d), dx[n] = sum over j of dxs[inv[n*k + j]] (skipped where inv is outside [0, M)).
 // The backward of PermuteRows, as a gather: no atomics, deterministic. dxs (M, d), inv (N*k,).
 at::Tensor PermuteRowsBackward(const at::Tensor& dxs, const at::Tensor& inv, int64_t n_tokens, int64_t k);

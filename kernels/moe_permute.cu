@@ -1,11 +1,19 @@
 // MoE token permutation: gather each routed row into expert-contiguous order, and its backward
 // as a gather-sum over a token's k rows (instead of an atomic scatter-add).
 #include "kernels/common.cuh"
+#include "kernels/fp8_cast.cuh"
 #include "kernels/moe_kernels.h"
+
+#include <cstdint>
 
 #include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
+
+namespace {
+// Most 8-element vectors in a row of the FP8 form: one per thread of a block.
+constexpr int64_t kMaxFp8RowVecs = 1024;
+}  // namespace
 
 // ----------------------------------------------------------------------------
 // kernels
@@ -27,6 +35,41 @@ __global__ void permute_rows_kernel(T* __restrict__ xs, const T* __restrict__ x,
   }
   const auto* in = reinterpret_cast<const Vec<T, VEC>*>(x + s * d);
   for (int64_t c = threadIdx.x; c < d / VEC; c += blockDim.x) out[c] = in[c];
+}
+
+// permute_rows_kernel with xs's rows also quantised for the rowwise FP8 GEMM that consumes xs (the
+// FP8 experts' up projection), in the same pass: a block per output row i, one 8-element vector
+// per thread (d % 8 == 0, at most kMaxFp8RowVecs vectors), held in registers from the load to the
+// cast with the row's scale. An empty slot's row is zeros: amax 0, the eps scale, as Fp8Quantize
+// gives it. xs, x rows 16-byte aligned.
+template <typename T>
+__global__ void permute_rows_fp8_kernel(T* __restrict__ xs, const T* __restrict__ x, const int64_t* __restrict__ src,
+                                        int64_t N, int64_t d, Fp8RowsOut f8) {
+  constexpr int VEC = 8;
+  const int64_t i = blockIdx.x;
+  const int64_t c = threadIdx.x;
+  const bool on = c < d / VEC;  // the block is rounded up to whole warps
+  const int64_t s = src[i];
+  Vec<T, VEC> v;
+  unsigned m = 0u;
+  if (on) {
+    if (s >= 0 && s < N) {
+      v = reinterpret_cast<const Vec<T, VEC>*>(x + s * d)[c];
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v.v[e] = FromFloat<T>(0.f);
+    }
+    reinterpret_cast<Vec<T, VEC>*>(xs + i * d)[c] = v;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v.v[e]));
+  }
+  m = BlockMax(m);
+  const float sc = ScaleOf<__NV_E4M3>(__uint_as_float(m), f8.eps);
+  if (threadIdx.x == 0) {
+    f8.scale[i] = sc;
+    f8.inv[i] = InvOf(sc);
+  }
+  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(f8.q8 + i * d)[c] = CastVec<T, VEC, __NV_E4M3>(v, sc);
 }
 
 // One block per token n: dx[n] = sum_j dxs[inv[n*k + j]] for inv in [0, M), fp32 accumulation.
@@ -63,6 +106,15 @@ void permute_rows(T* xs, const T* x, const int64_t* src, int64_t N, int64_t M, i
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename T>
+void permute_rows_fp8(T* xs, const T* x, const int64_t* src, int64_t N, int64_t M, int64_t d, const Fp8RowsOut& f8,
+                      cudaStream_t stream) {
+  if (M == 0) return;
+  const auto threads = static_cast<unsigned>((d / 8 + 31) / 32 * 32);
+  permute_rows_fp8_kernel<T><<<static_cast<unsigned>(M), threads, 0, stream>>>(xs, x, src, N, d, f8);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T, int VEC>
 void permute_rows_backward(T* dx, const T* dxs, const int64_t* inv, int64_t N, int64_t M, int k, int64_t d,
                            cudaStream_t stream) {
@@ -88,6 +140,37 @@ at::Tensor PermuteRows(const at::Tensor& x, const at::Tensor& src) {
                          src.data_ptr<int64_t>(), N, M, d, stream);
   });
   return xs;
+}
+
+bool PermuteRowsFp8Supported(const at::Tensor& x) {
+  if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() != 2) return false;
+  const int64_t d = x.size(1);
+  return d > 0 && d % 8 == 0 && d / 8 <= kMaxFp8RowVecs;
+}
+
+PermuteFp8 PermuteRowsFp8(const at::Tensor& x_in, const at::Tensor& src, double amax_eps) {
+  TORCH_CHECK(PermuteRowsFp8Supported(x_in), "PermuteRowsFp8: x must be an (N, d) bf16 CUDA tensor with d a multiple "
+              "of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ", x_in.scalar_type());
+  TORCH_CHECK(src.is_cuda() && src.dim() == 1 && src.scalar_type() == at::kLong && src.is_contiguous(),
+              "PermuteRowsFp8: src must be a contiguous (M,) int64 CUDA tensor");
+  // Contiguous and 16-byte aligned (a fresh copy where a view is not): the vector loads need it.
+  at::Tensor x = x_in.contiguous();
+  if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) x = x.clone();
+  const int64_t N = x.size(0), M = src.size(0), d = x.size(1);
+  PermuteFp8 r;
+  r.xs = at::empty({M, d}, x.options());                                     // (M, d)
+  r.fp8.data = at::empty({M, d}, x.options().dtype(at::kFloat8_e4m3fn));     // (M, d)
+  r.fp8.scale = at::empty({M, 1}, x.options().dtype(at::kFloat));            // (M, 1)
+  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                             // (M, 1)
+  Fp8RowsOut f8;
+  f8.q8 = reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr());
+  f8.scale = r.fp8.scale.data_ptr<float>();
+  f8.inv = r.fp8.inv_scale.data_ptr<float>();
+  f8.eps = static_cast<float>(amax_eps);
+  permute_rows_fp8<__nv_bfloat16>(reinterpret_cast<__nv_bfloat16*>(r.xs.data_ptr()),
+                                  reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), src.data_ptr<int64_t>(), N, M,
+                                  d, f8, at::cuda::getCurrentCUDAStream());
+  return r;
 }
 
 at::Tensor PermuteRowsBackward(const at::Tensor& dxs, const at::Tensor& inv, int64_t n_tokens, int64_t k) {

@@ -64,6 +64,47 @@ TEST_CASE("kernels: PermuteRows writes zeros for out-of-range sources (empty cap
   }
 }
 
+TEST_CASE("kernels: PermuteRowsFp8 equals PermuteRows then the FP8 row quantisation, bit for bit",
+          "[kernels][permute][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(5);
+  constexpr double kAmaxEps = 1e-12;
+  auto cuda = at::TensorOptions().device(at::kCUDA);
+  const int64_t N = 600, k = 2;
+  // d: 8 (one warp, mostly idle), the reference's and the wide model's d_model, the most a block
+  // holds (8192); rows: some assignments not rows, and capacity slots past the tokens (zero rows).
+  for (int64_t d : {int64_t{8}, int64_t{768}, int64_t{2048}, int64_t{8192}}) {
+    for (bool empty_slots : {false, true}) {
+      DYNAMIC_SECTION("d " << d << (empty_slots ? " with empty slots" : "")) {
+        const Routing r = RandomRouting(N, k, N * k - N / 4);
+        at::Tensor src = r.tok;
+        if (empty_slots) src = at::cat({src, at::full({37}, N, src.options())}).contiguous();  // out of range: zeros
+        const at::Tensor x = at::randn({N, d}, cuda.dtype(at::kBFloat16)) * 2;
+        x[5].zero_();  // a token whose rows are zero: amax 0, the eps scale
+        REQUIRE(moe::kernels::PermuteRowsFp8Supported(x));
+        const at::Tensor want = moe::kernels::PermuteRows(x, src);
+        const moe::kernels::Fp8Quantized want8 =
+            moe::kernels::Fp8Quantize(want, at::kFloat8_e4m3fn, /*rowwise=*/true, kAmaxEps);
+        moe_test::PoisonAllocator(src.size(0) * d, at::kBFloat16);
+        const moe::kernels::PermuteFp8 got = moe::kernels::PermuteRowsFp8(x, src, kAmaxEps);
+        CHECK(at::equal(got.xs, want));
+        REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
+        REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
+        CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
+        CHECK(at::equal(got.fp8.scale, want8.scale));
+        CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+        const int64_t nonzero = want.ne(0).sum().item<int64_t>();
+        REQUIRE(nonzero > 0);
+        CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= nonzero * 9 / 10);
+      }
+    }
+  }
+  CHECK_FALSE(moe::kernels::PermuteRowsFp8Supported(at::zeros({4, 8200}, cuda.dtype(at::kBFloat16))));
+  CHECK_FALSE(moe::kernels::PermuteRowsFp8Supported(at::zeros({4, 12}, cuda.dtype(at::kBFloat16))));
+  CHECK_FALSE(moe::kernels::PermuteRowsFp8Supported(at::zeros({4, 16}, cuda.dtype(at::kFloat))));
+  CHECK_FALSE(moe::kernels::PermuteRowsFp8Supported(at::zeros({4, 16}, at::kBFloat16)));  // the CPU
+}
+
 TEST_CASE("kernels: PermuteRowsBackward sums each token's row gradients like index_add", "[kernels][permute]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(2);
