@@ -8,7 +8,8 @@
 namespace moe {
 
 torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, const ExpertWeights& w,
-                         const c10::intrusive_ptr<Fp8RowsSlot>& out_grad) {
+                         const c10::intrusive_ptr<Fp8RowsSlot>& out_grad,
+                         const c10::intrusive_ptr<Fp8RowsSlot>& xs_rows) {
   const auto dt = xs.scalar_type();
   auto gmm = [&](const torch::Tensor& x, const torch::Tensor& wt, const c10::intrusive_ptr<Fp8RowsSlot>& grad,
                  const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
@@ -21,7 +22,8 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
     up_grad = c10::make_intrusive<Fp8RowsSlot>();
     act_rows = c10::make_intrusive<Fp8RowsSlot>();
   }
-  torch::Tensor a = gmm(xs, w.w1, up_grad, {});  // (M, h)
+  // The slot is emptied by its first Take: with swiglu, w3's GEMM quantises xs itself.
+  torch::Tensor a = gmm(xs, w.w1, up_grad, xs_rows);  // (M, h)
   torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3, {}, {}) : torch::Tensor();
   return gmm(ExpertActivation(a, b, up_grad, act_rows), w.w2, out_grad, act_rows);  // (M, d)
 }
@@ -44,12 +46,14 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
     offs = in.kept.cumsum(0).to(torch::kInt32);  // (E,)
     if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
   }
-  // FP8 experts: the un-permutation's backward hands the down projection its input gradient
-  // already quantised by rows (core/precision/fp8_rows_slot.h).
-  c10::intrusive_ptr<Fp8RowsSlot> out_grad;
+  // FP8 experts: the permutation hands the up projection its input, and the un-permutation's
+  // backward the down projection its input gradient, already quantised by rows
+  // (core/precision/fp8_rows_slot.h).
+  c10::intrusive_ptr<Fp8RowsSlot> xs_rows, out_grad;
+  if (w.fp8) xs_rows = c10::make_intrusive<Fp8RowsSlot>();
   if (w.fp8 && torch::GradMode::is_enabled()) out_grad = c10::make_intrusive<Fp8RowsSlot>();
-  torch::Tensor xs = PermuteTokens(in.x, order);                  // (M, d)
-  torch::Tensor ys = GroupedFfn(xs, offs, w, out_grad);            // (M, d)
+  torch::Tensor xs = PermuteTokens(in.x, order, xs_rows);         // (M, d)
+  torch::Tensor ys = GroupedFfn(xs, offs, w, out_grad, xs_rows);   // (M, d)
   // (N, k) dropped assignments weigh 0
   const torch::Tensor wk = in.weights_masked ? in.weights : in.weights * in.keep;
   return UnpermuteTokens(ys, wk, order, out_grad);                 // (N, d)

@@ -76,10 +76,13 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w);
 // The expert FFNs over rows already grouped by expert: xs (M, d) compute dtype, expert e's rows
 // are [offs[e-1], offs[e]) (offs (E,) int32 cumulative ends, offs[E-1] = M). (M, d). For the
 // grouped backend and expert parallelism (which groups rows that arrived from other ranks).
-// out_grad (FP8 experts; may be null): where the op consuming the output offers its gradient
-// quantised by rows, for the down projection's input-gradient GEMM (core/precision/fp8_rows_slot.h).
+// FP8 experts' hand-offs (core/precision/fp8_rows_slot.h), each may be null: xs_rows, where the op
+// that produced xs offered its rows quantised, for the up projection (and the gate's, swiglu);
+// out_grad, where the op consuming the output offers its gradient quantised by rows, for the down
+// projection's input-gradient GEMM.
 torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, const ExpertWeights& w,
-                         const c10::intrusive_ptr<Fp8RowsSlot>& out_grad = {});
+                         const c10::intrusive_ptr<Fp8RowsSlot>& out_grad = {},
+                         const c10::intrusive_ptr<Fp8RowsSlot>& xs_rows = {});
 
 // The expert activation between the two projections, shared by the backends.
 // a = x @ w1 (and b = x @ w3 for swiglu, else undefined); a may have zero rows (an expert with

@@ -15,19 +15,26 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// xs_rows (may be null): as PermuteTokens says.
 struct PermuteFn : public torch::autograd::Function<PermuteFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& tok,
-                               const torch::Tensor& inv, int64_t n_tokens, int64_t k) {
+                               const torch::Tensor& inv, int64_t n_tokens, int64_t k,
+                               const c10::intrusive_ptr<Fp8RowsSlot>& xs_rows) {
     ctx->save_for_backward({inv});
     ctx->saved_data["n"] = n_tokens;
     ctx->saved_data["k"] = k;
+    if (xs_rows && kernels::PermuteRowsFp8Supported(x)) {  // xs and its FP8 rows in one pass
+      kernels::PermuteFp8 r = kernels::PermuteRowsFp8(x, tok, kAmaxEps);
+      xs_rows->Offer(r.xs, Fp8TensorOf(r.fp8));
+      return r.xs;
+    }
     return kernels::PermuteRows(x.contiguous(), tok);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const torch::Tensor inv = ctx->get_saved_variables()[0];
     torch::Tensor dx = kernels::PermuteRowsBackward(grads[0], inv, ctx->saved_data["n"].toInt(),
                                                     ctx->saved_data["k"].toInt());
-    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -83,9 +90,14 @@ torch::Tensor ExpertRowDest(const torch::Tensor& indices, const torch::Tensor& k
   return torch::where(keep_f, kept_row, drop_row);                            // (N*k,)
 }
 
-torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order) {
+torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order,
+                            const c10::intrusive_ptr<Fp8RowsSlot>& xs_rows) {
 #if defined(MOE_WITH_KERNELS)
-  if (OnKernelDevice(x) && order.inv.defined()) return PermuteFn::apply(x, order.tok, order.inv, order.n_tokens, order.k);
+  if (OnKernelDevice(x) && order.inv.defined()) {
+    return PermuteFn::apply(x, order.tok, order.inv, order.n_tokens, order.k, xs_rows);
+  }
+#else
+  (void)xs_rows;  // nothing to offer: the GEMM quantises
 #endif
   return x.index_select(0, order.tok);
 }
@@ -124,7 +136,9 @@ SlotOrder MakeSlotOrder(const torch::Tensor& indices, const torch::Tensor& keep,
 
 torch::Tensor PermuteToSlots(const torch::Tensor& x, const SlotOrder& order) {
 #if defined(MOE_WITH_KERNELS)
-  if (OnKernelDevice(x) && order.tok.defined()) return PermuteFn::apply(x, order.tok, order.slot, order.n_tokens, order.k);
+  if (OnKernelDevice(x) && order.tok.defined()) {
+    return PermuteFn::apply(x, order.tok, order.slot, order.n_tokens, order.k, c10::intrusive_ptr<Fp8RowsSlot>());
+  }
 #endif
   const int64_t S = order.slots, d = x.size(1);
   torch::Tensor token = torch::arange(order.n_tokens * order.k, order.slot.options()).div(order.k, "floor");
@@ -149,7 +163,9 @@ torch::Tensor UnpermuteFromSlots(const torch::Tensor& ys, const torch::Tensor& w
 torch::Tensor PermuteRowsExact(const torch::Tensor& x, const torch::Tensor& perm, const torch::Tensor& inv) {
 #if defined(MOE_WITH_KERNELS)
   // A permutation is a routing with k = 1: the forward gathers by perm, the backward by inv.
-  if (OnKernelDevice(x) && perm.is_cuda()) return PermuteFn::apply(x, perm, inv, x.size(0), 1);
+  if (OnKernelDevice(x) && perm.is_cuda()) {
+    return PermuteFn::apply(x, perm, inv, x.size(0), 1, c10::intrusive_ptr<Fp8RowsSlot>());
+  }
 #endif
   (void)inv;
   return x.index_select(0, perm);

@@ -36,7 +36,11 @@ torch::Tensor ExpertRowDest(const torch::Tensor& indices, const torch::Tensor& k
                             const torch::Tensor& kept);
 
 // xs (M, d) = x[tok]: every row's token features, in the compute dtype. Differentiable in x.
-torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order);
+// xs_rows (may be null): where xs is offered with its rows quantised for the rowwise FP8 GEMM that
+// reads it (core/precision/fp8_rows_slot.h), on the CUDA kernel's path for bf16 rows it takes
+// (kernels::PermuteRowsFp8Supported); elsewhere nothing is offered.
+torch::Tensor PermuteTokens(const torch::Tensor& x, const RowOrder& order,
+                            const c10::intrusive_ptr<Fp8RowsSlot>& xs_rows = {});
 
 // y (N, d), y[n] = sum over the rows r of token n of w[assignment of r] * ys[r]; tokens without
 // rows get zeros. ys (M, d) compute dtype, w (N, k) fp32 combine weights (zero where dropped).

@@ -24,6 +24,7 @@
 #include "core/model/qkv_heads.h"
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
+#include "core/moe/experts.h"
 #include "core/moe/permute.h"
 #include "core/precision/fp8.h"
 #include "core/precision/fp8_grouped.h"
@@ -834,36 +835,43 @@ TEST_CASE("fp8: relu2 hands the FP8 expert down projection its input and the up 
   CHECK(a[1].abs().sum().item<double>() > 0);
 }
 
-TEST_CASE("fp8: the un-permutation's backward hands the FP8 expert down projection its gradient quantised, and "
-          "nothing changes (skipped without a GPU)",
+TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, the un-permutation's backward "
+          "the down projection its gradient, quantised, and nothing changes (skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
   const int64_t N = 48, k = 2, H = 128, d = 64, E = 3, M = N * k;
   torch::manual_seed(12);
   const auto bf = torch::dtype(torch::kBFloat16).device(cuda);
-  // Rows grouped by expert: a permutation of the assignments, experts 0 and 2 only (1 is empty).
-  const torch::Tensor dest = torch::randperm(M, torch::dtype(torch::kLong).device(cuda));
-  const moe::RowOrder order = moe::MakeRowOrder(dest, M, k);
+  // Rows grouped by expert: a permutation of the assignments over experts 0 and 2 (1 is empty).
+  const moe::RowOrder order = moe::MakeRowOrder(torch::randperm(M, torch::dtype(torch::kLong).device(cuda)), M, k);
   const torch::Tensor offs = torch::tensor({40, 40, static_cast<int>(M)}, torch::dtype(torch::kInt32).device(cuda));
-  const torch::Tensor h0 = torch::randn({M, H}, bf);
+  const torch::Tensor x0 = torch::randn({N, d}, bf);
+  const torch::Tensor w1_0 = (torch::randn({E, d, H}) / 8).to(cuda, torch::kBFloat16);
   const torch::Tensor w2_0 = (torch::randn({E, H, d}) / 16).to(cuda, torch::kBFloat16);
   const torch::Tensor wk0 = torch::rand({N, k}, torch::dtype(torch::kFloat32).device(cuda));
   const torch::Tensor gy = torch::randn({N, d}, bf);
   auto run = [&](bool handoff, int64_t* taken) {
-    torch::Tensor h = h0.clone().requires_grad_(), w2 = w2_0.clone().requires_grad_(), wk = wk0.clone().requires_grad_();
-    auto slot = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
-    moe::Fp8GemmOptions o;
-    o.wgrad_fp8 = false;
-    const torch::Tensor ys = moe::Fp8GroupedMm(h, w2, offs, o, slot);  // (M, d)
-    const torch::Tensor y = moe::UnpermuteTokens(ys, wk, order, slot);  // (N, d)
+    torch::Tensor x = x0.clone().requires_grad_(), wk = wk0.clone().requires_grad_();
+    moe::ExpertWeights w;
+    w.w1 = w1_0.clone().requires_grad_();
+    w.w2 = w2_0.clone().requires_grad_();
+    w.fp8 = true;
+    w.fp8_gemm.wgrad_fp8 = false;
+    auto rows = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+    auto grad = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+    const torch::Tensor xs = moe::PermuteTokens(x, order, rows);        // (M, d)
+    const torch::Tensor ys = moe::GroupedFfn(xs, offs, w, grad, rows);  // (M, d)
+    const torch::Tensor y = moe::UnpermuteTokens(ys, wk, order, grad);  // (N, d)
+    if (taken) taken[0] = rows ? rows->taken() : 0;
     y.backward(gy);
-    if (taken) *taken = slot ? slot->taken() : 0;
-    return std::vector<torch::Tensor>{y.detach(), h.grad(), w2.grad(), wk.grad()};
+    if (taken) taken[1] = grad ? grad->taken() : 0;
+    return std::vector<torch::Tensor>{y.detach(), x.grad(), w.w1.grad(), w.w2.grad(), wk.grad()};
   };
-  int64_t taken = 0;
-  const auto a = run(false, nullptr), b = run(true, &taken);
-  CHECK(taken == 1);  // the down projection used the rows the un-permutation's backward offered
+  int64_t taken[2] = {0, 0};
+  const auto a = run(false, nullptr), b = run(true, taken);
+  CHECK(taken[0] == 1);  // the up projection used the rows the permutation offered
+  CHECK(taken[1] == 1);  // the down projection used the rows the un-permutation's backward offered
   for (size_t i = 0; i < a.size(); ++i) {
     INFO("output " << i);
     CHECK(torch::equal(b[i], a[i]));
