@@ -172,14 +172,10 @@ TEST_CASE("kernels: CrossEntropyBackwardFp8 equals the backward then the FP8 row
       const moe::kernels::CrossEntropyGradFp8 got =
           moe::kernels::CrossEntropyBackwardFp8(dloss, logits, targets, lse, kIgnore, 1e-12);
       CHECK(at::equal(got.dlogits, want));
-      REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
-      REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
-      CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
-      CHECK(at::equal(got.fp8.scale, want8.scale));
-      CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+      moe_test::CheckSameFp8(got.fp8, want8);
       // Not a vacuous agreement: the rows carry many distinct scales and non-zero bytes.
       CHECK(std::get<0>(at::_unique(got.fp8.scale.flatten())).numel() > std::min<int64_t>(s.N / 2, 8));
-      CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() > s.N);
+      CHECK(moe_test::NonzeroBytes(got.fp8.data) > s.N);
     }
   }
 }

@@ -101,15 +101,11 @@ TEST_CASE("kernels: UnpermuteRowsBackward skips the zero fill only where every r
               moe::kernels::UnpermuteRowsBackwardFp8(dy, ys, inv, w, mapped, kAmaxEps);
           CHECK(at::equal(got.dys, want_dys));
           CHECK(at::equal(got.dw, want_dw));
-          REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
-          REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
-          CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
-          CHECK(at::equal(got.fp8.scale, want8.scale));
-          CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+          moe_test::CheckSameFp8(got.fp8, want8);
           // Not vacuous: nearly every value of the gradient survives the cast as a nonzero byte.
           const int64_t nonzero = want_dys.ne(0).sum().item<int64_t>();
           REQUIRE(nonzero > 0);
-          CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= nonzero * 9 / 10);
+          CHECK(moe_test::NonzeroBytes(got.fp8.data) >= nonzero * 9 / 10);
         }
       }
     }

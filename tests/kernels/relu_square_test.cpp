@@ -110,25 +110,18 @@ TEST_CASE("kernels: ReluSquareForwardFp8 / BackwardFp8 equal the kernel then the
       moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
       const moe::kernels::ReluSquareGradFp8 got = moe::kernels::ReluSquareBackwardFp8(dy, x, 1e-12);
       CHECK(at::equal(got.dx, want));
-      REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
-      REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
-      CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
-      CHECK(at::equal(got.fp8.scale, want8.scale));
-      CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+      moe_test::CheckSameFp8(got.fp8, want8);
       // Not vacuous: relu passes the positive half of x, and nearly all of it survives the cast.
       const int64_t positive = x.gt(0).sum().item<int64_t>();
       REQUIRE(positive > 0);
-      CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= positive * 9 / 10 - (r.rows > 4 ? r.cols : 0));
+      CHECK(moe_test::NonzeroBytes(got.fp8.data) >= positive * 9 / 10 - (r.rows > 4 ? r.cols : 0));
 
       const at::Tensor want_y = moe::kernels::ReluSquareForward(x);
       const moe::kernels::Fp8Quantized want_y8 = moe::kernels::Fp8Quantize(want_y, at::kFloat8_e4m3fn, true, 1e-12);
       const moe::kernels::ReluSquareFp8 fwd = moe::kernels::ReluSquareForwardFp8(x, 1e-12);
       CHECK(at::equal(fwd.y, want_y));
-      REQUIRE(fwd.fp8.data.sizes() == want_y8.data.sizes());
-      CHECK(at::equal(fwd.fp8.data.view(at::kByte), want_y8.data.view(at::kByte)));
-      CHECK(at::equal(fwd.fp8.scale, want_y8.scale));
-      CHECK(at::equal(fwd.fp8.inv_scale, want_y8.inv_scale));
-      CHECK(fwd.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= positive * 9 / 10);
+      moe_test::CheckSameFp8(fwd.fp8, want_y8);
+      CHECK(moe_test::NonzeroBytes(fwd.fp8.data) >= positive * 9 / 10);
     }
   }
   const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);

@@ -211,15 +211,11 @@ TEST_CASE("kernels: AddRmsNormForwardFp8 / RmsNormBackwardFp8 equal the kernel t
         CHECK(at::equal(got.norm.rstd, want.rstd));
         CHECK(got.norm.sum.defined() == add);
         if (add) CHECK(at::equal(got.norm.sum, want.sum));
-        REQUIRE(got.fp8.data.sizes() == want8.data.sizes());
-        REQUIRE(got.fp8.scale.sizes() == want8.scale.sizes());
-        CHECK(at::equal(got.fp8.data.view(at::kByte), want8.data.view(at::kByte)));
-        CHECK(at::equal(got.fp8.scale, want8.scale));
-        CHECK(at::equal(got.fp8.inv_scale, want8.inv_scale));
+        moe_test::CheckSameFp8(got.fp8, want8);
         // Not vacuous: nearly every normalised value survives the cast as a nonzero byte.
         const int64_t nonzero = want.y.ne(0).sum().item<int64_t>();
         REQUIRE(nonzero > 0);
-        CHECK(got.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= nonzero * 9 / 10);
+        CHECK(moe_test::NonzeroBytes(got.fp8.data) >= nonzero * 9 / 10);
 
         const at::Tensor& xs = add ? want.sum : xa;  // what the norm normalised
         const at::Tensor want_dx = moe::kernels::RmsNormBackward(dy, xs, want.rstd, dres);
@@ -228,13 +224,10 @@ TEST_CASE("kernels: AddRmsNormForwardFp8 / RmsNormBackwardFp8 equal the kernel t
         moe_test::PoisonAllocator(r.rows * r.d, at::kBFloat16);
         const moe::kernels::RmsNormGradFp8 back = moe::kernels::RmsNormBackwardFp8(dy, xs, want.rstd, dres, kAmaxEps);
         CHECK(at::equal(back.dx, want_dx));
-        REQUIRE(back.fp8.data.sizes() == want_dx8.data.sizes());
-        CHECK(at::equal(back.fp8.data.view(at::kByte), want_dx8.data.view(at::kByte)));
-        CHECK(at::equal(back.fp8.scale, want_dx8.scale));
-        CHECK(at::equal(back.fp8.inv_scale, want_dx8.inv_scale));
+        moe_test::CheckSameFp8(back.fp8, want_dx8);
         const int64_t nonzero_dx = want_dx.ne(0).sum().item<int64_t>();
         REQUIRE(nonzero_dx > 0);
-        CHECK(back.fp8.data.view(at::kByte).ne(0).sum().item<int64_t>() >= nonzero_dx * 9 / 10);
+        CHECK(moe_test::NonzeroBytes(back.fp8.data) >= nonzero_dx * 9 / 10);
       }
     }
   }
