@@ -49,6 +49,16 @@ double RelErr(const torch::Tensor& got, const torch::Tensor& want) {
   return ((g - w).norm() / w.norm()).item<double>();
 }
 
+// Each tensor of b is a's, bit for bit: the outputs and gradients of a run with a hand-off
+// (fp8_rows_slot.h) against the run without it, which hand the GEMMs the same bytes.
+void CheckSameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("output " << i);
+    CHECK(torch::equal(b[i], a[i]));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("fp8: scale from amax, zero amax, saturating casts", "[fp8]") {
@@ -634,11 +644,7 @@ TEST_CASE("fp8: the norms around attention hand the qkv projection its input and
     const auto a = run(first, false, nullptr), b = run(first, true, taken);
     CHECK(taken[0] == 1);  // "qkv" used the rows the norm in front offered
     CHECK(taken[1] == 1);  // "o" used the gradient rows the norm after it offered
-    REQUIRE(a.size() == b.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      INFO("output " << i);
-      CHECK(torch::equal(b[i], a[i]));
-    }
+    CheckSameTensors(a, b);
     CHECK(a[2].abs().sum().item<double>() > 0);
   }
 }
@@ -828,10 +834,7 @@ TEST_CASE("fp8: relu2 hands the FP8 expert down projection its input and the up 
   const auto a = run(false, nullptr), b = run(true, taken);
   CHECK(taken[0] == 1);  // the down projection used the rows the activation offered
   CHECK(taken[1] == 1);  // the up projection used the rows the activation's backward offered
-  for (size_t i = 0; i < a.size(); ++i) {
-    INFO("output " << i);
-    CHECK(torch::equal(b[i], a[i]));
-  }
+  CheckSameTensors(a, b);
   CHECK(a[1].abs().sum().item<double>() > 0);
 }
 
@@ -872,9 +875,6 @@ TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, 
   const auto a = run(false, nullptr), b = run(true, taken);
   CHECK(taken[0] == 1);  // the up projection used the rows the permutation offered
   CHECK(taken[1] == 1);  // the down projection used the rows the un-permutation's backward offered
-  for (size_t i = 0; i < a.size(); ++i) {
-    INFO("output " << i);
-    CHECK(torch::equal(b[i], a[i]));
-  }
+  CheckSameTensors(a, b);
   CHECK(a[1].abs().sum().item<double>() > 0);
 }
