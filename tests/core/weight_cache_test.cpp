@@ -55,7 +55,7 @@ bool EndsWith(const std::string& s, const std::string& tail) {
 
 }  // namespace
 
-TEST_CASE("weight cache: Get gives a recorded master's copy, the tensor itself otherwise; Refresh follows the master",
+TEST_CASE("weight cache: Get gives a recorded master's copy, the tensor itself otherwise, and Refresh follows the master",
           "[weight_cache]") {
   torch::manual_seed(3);
   torch::Tensor a = torch::randn({8, 4}, torch::requires_grad()), b = torch::randn({4, 4}, torch::requires_grad());
