@@ -18,16 +18,12 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& m, Precision
   }
 }
 
-CausalSelfAttentionImpl::Fp8Handoffs CausalSelfAttentionImpl::MakeFp8Handoffs() const {
-  Fp8Handoffs h;
-  if (!fp8_handoffs_) return h;
-  if (TakesFp8Rows(qkv_p_)) h.x_rows = c10::make_intrusive<Fp8RowsSlot>();
-  if (TakesFp8Rows(o_p_) && torch::GradMode::is_enabled()) h.out_grad = c10::make_intrusive<Fp8RowsSlot>();
-  return h;
+SublayerFp8Slots CausalSelfAttentionImpl::MakeFp8Handoffs() const {
+  return fp8_handoffs_ ? MakeSublayerFp8Slots(qkv_p_, o_p_) : SublayerFp8Slots{};
 }
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                               const torch::Tensor& sin, const Fp8Handoffs& fp8) {
+                                               const torch::Tensor& sin, const SublayerFp8Slots& fp8) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
   // Under rowwise FP8 the qk-norm backward quantises the qkv gradient as it writes it and hands it
   // to the projection's input-gradient GEMM (core/precision/fp8_rows_slot.h).

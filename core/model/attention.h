@@ -20,20 +20,16 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   explicit CausalSelfAttentionImpl(const ModelConfig& m, PrecisionPlan* plan = nullptr,
                                    const std::string& name = "attn");
 
-  // The rowwise FP8 hand-offs (core/precision/fp8_rows_slot.h) attention takes from the norms
-  // around it in a block: x_rows, qkv's input rows, offered by the norm in front (its output is x);
-  // out_grad, the output projection's gradient rows, offered by the backward of the residual add
-  // and norm after it. Each is null where its projection is not rowwise FP8 (or hand-offs are off).
-  struct Fp8Handoffs {
-    c10::intrusive_ptr<Fp8RowsSlot> x_rows, out_grad;
-  };
-  Fp8Handoffs MakeFp8Handoffs() const;
+  // The hand-offs attention takes from the norms around it in a block (precision_plan.h's
+  // SublayerFp8Slots: qkv's input rows, the output projection's gradient rows); none where hand-offs
+  // are off.
+  SublayerFp8Slots MakeFp8Handoffs() const;
 
   // x: (B, T, n_embd) in the compute dtype; cos/sin: RoPE tables (see rope.h); fp8: slots from
   // MakeFp8Handoffs that the norms around this call were given, or none.
   // Returns (B, T, n_embd) in x's dtype.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const Fp8Handoffs& fp8 = {});
+                        const SublayerFp8Slots& fp8 = {});
 
   // Under rowwise FP8: whether producers hand the projections their operands already quantised:
   // the qk-norm backward the qkv gradient, and the slots of MakeFp8Handoffs (on by default; tests

@@ -20,6 +20,9 @@ struct BlockOut {
   torch::Tensor x;      // (B, T, d) compute dtype: the stream before the block's last add
   torch::Tensor delta;  // (B, T, d) compute dtype: the MLP's / MoE layer's output, still to be added
   MoEOut moe;           // all tensors undefined for a dense block
+  // Where the next norm's backward (AddRmsNorm of x + delta) offers delta's gradient quantised by
+  // rows for the FP8 GEMM that produced delta (a dense MLP's output projection); null otherwise.
+  c10::intrusive_ptr<Fp8RowsSlot> delta_grad;
 };
 
 class BlockImpl : public torch::nn::Module {
@@ -31,7 +34,12 @@ class BlockImpl : public torch::nn::Module {
             MoEParallel par = {});
 
   // The stream entering the block is x + delta (delta undefined: x alone, for the first block).
-  BlockOut forward(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& cos, const torch::Tensor& sin);
+  // delta_grad: the previous block's BlockOut::delta_grad (or null).
+  BlockOut forward(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& cos, const torch::Tensor& sin,
+                   const c10::intrusive_ptr<Fp8RowsSlot>& delta_grad = {});
+
+  // Whether the FP8 hand-offs of the block's sublayers are made (on by default; tests turn them off).
+  void set_fp8_handoffs(bool on);
 
   bool is_moe() const { return !moe_.is_empty(); }
   MoELayer& moe_layer() { return moe_; }

@@ -45,10 +45,12 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
   std::vector<torch::Tensor> loads, probs;
   std::vector<BlockImpl*> moe_blocks;
   torch::Tensor delta;  // each block's last residual add, fused into the next norm (block.h)
+  c10::intrusive_ptr<Fp8RowsSlot> delta_grad;  // where that norm's backward offers delta's gradient rows
   for (const auto& mod : *blocks_) {
-    BlockOut b = mod->as<BlockImpl>()->forward(x, delta, rope_cos_, rope_sin_);
+    BlockOut b = mod->as<BlockImpl>()->forward(x, delta, rope_cos_, rope_sin_, delta_grad);
     x = b.x;
     delta = b.delta;
+    delta_grad = b.delta_grad;
     if (b.moe.y.defined()) {
       moe_blocks.push_back(mod->as<BlockImpl>());
       loads.push_back(b.moe.load);
@@ -79,7 +81,7 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
     head_grad = c10::make_intrusive<Fp8RowsSlot>();
     if (fp8_handoffs_) head_rows = c10::make_intrusive<Fp8RowsSlot>();
   }
-  torch::Tensor logits = PlannedLinear(lm_head_precision_, AddRmsNorm(x, delta, {head_rows, {}}).normed,
+  torch::Tensor logits = PlannedLinear(lm_head_precision_, AddRmsNorm(x, delta, {head_rows, delta_grad}).normed,
                                        lm_head_->weight, head_grad, head_rows);  // (B, T, V)
   ForwardOut out;
   out.ce_loss = CrossEntropyLoss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}), head_grad);
@@ -95,9 +97,7 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
 
 void GPTImpl::set_fp8_handoffs(bool on) {
   fp8_handoffs_ = on;
-  for (auto& mod : modules(/*include_self=*/false)) {
-    if (auto* attn = mod->as<CausalSelfAttentionImpl>()) attn->set_fp8_handoffs(on);
-  }
+  for (const auto& mod : *blocks_) mod->as<BlockImpl>()->set_fp8_handoffs(on);
 }
 
 void GPTImpl::UpdateRouterBias() {

@@ -57,9 +57,9 @@ class GPTImpl : public torch::nn::Module {
   const LinearPrecision& lm_head_precision() const { return lm_head_precision_; }
 
   // Under rowwise FP8: whether the ops that produce a GEMM operand hand it over already quantised
-  // (core/precision/fp8_rows_slot.h): the final norm the LM head's input, and every attention's
-  // hand-offs (CausalSelfAttentionImpl::set_fp8_handoffs). On by default; tests turn it off to
-  // show that nothing changes.
+  // (core/precision/fp8_rows_slot.h): the final norm the LM head's input, and every block's
+  // hand-offs (BlockImpl::set_fp8_handoffs). On by default; tests turn it off to show that nothing
+  // changes.
   void set_fp8_handoffs(bool on);
 
   // The bf16 weight copies of precision.grad_dtype = "bf16" (core/precision/weight_cache.h):

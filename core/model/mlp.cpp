@@ -29,14 +29,27 @@ MLPImpl::MLPImpl(int64_t d, int64_t hidden, const std::string& activation, Preci
   }
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = PlannedLinear(in_p_, x, in_->weight);  // (..., hidden)
+SublayerFp8Slots MLPImpl::MakeFp8Handoffs() const {
+  return fp8_handoffs_ ? MakeSublayerFp8Slots(in_p_, out_p_) : SublayerFp8Slots{};
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x, const SublayerFp8Slots& fp8) {
+  // relu2 between two rowwise FP8 projections: its forward quantises the output projection's input
+  // and its backward the input projection's gradient, as they write them (fp8_rows_slot.h).
+  c10::intrusive_ptr<Fp8RowsSlot> in_grad, act_rows;
+  if (!swiglu_ && fp8_handoffs_) {
+    const SublayerFp8Slots inner = MakeSublayerFp8Slots(out_p_, in_p_);  // out's input, in's gradient
+    act_rows = inner.x_rows;
+    in_grad = inner.out_grad;
+  }
+  // The x_rows slot is emptied by its first Take: with swiglu, the up projection quantises x itself.
+  torch::Tensor h = PlannedLinear(in_p_, x, in_->weight, in_grad, fp8.x_rows);  // (..., hidden)
   if (swiglu_) {
     h = torch::silu(h) * PlannedLinear(up_p_, x, up_->weight);
   } else {
-    h = ReluSquare(h);
+    h = ReluSquare(h, in_grad, act_rows);
   }
-  return PlannedLinear(out_p_, h, out_->weight);
+  return PlannedLinear(out_p_, h, out_->weight, fp8.out_grad, act_rows);
 }
 
 int64_t MLPImpl::NumParams(int64_t d, int64_t hidden, const std::string& activation) {

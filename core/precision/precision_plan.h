@@ -55,6 +55,21 @@ torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, co
 // Whether p runs rowwise FP8, so that a producer's rows hand-off (fp8_rows_slot.h) can serve it.
 inline bool TakesFp8Rows(const LinearPrecision& p) { return p.fp8 && p.recipe == Fp8Recipe::kRowwise; }
 
+// The two hand-offs (fp8_rows_slot.h) a sublayer of a block (attention, a dense MLP) takes from the
+// norms around it: x_rows, its first projection's input rows, offered by the norm in front (whose
+// output is the sublayer's input); out_grad, its last projection's gradient rows, offered by the
+// backward of the residual add and norm after it. Each null where that projection is not rowwise
+// FP8 (out_grad also outside grad mode).
+struct SublayerFp8Slots {
+  c10::intrusive_ptr<Fp8RowsSlot> x_rows, out_grad;
+};
+inline SublayerFp8Slots MakeSublayerFp8Slots(const LinearPrecision& first, const LinearPrecision& last) {
+  SublayerFp8Slots s;
+  if (TakesFp8Rows(first)) s.x_rows = c10::make_intrusive<Fp8RowsSlot>();
+  if (TakesFp8Rows(last) && torch::GradMode::is_enabled()) s.out_grad = c10::make_intrusive<Fp8RowsSlot>();
+  return s;
+}
+
 class PrecisionPlan {
  public:
   // FP8 off: every GEMM in the compute dtype.

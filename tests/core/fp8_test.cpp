@@ -649,8 +649,8 @@ TEST_CASE("fp8: the norms around attention hand the qkv projection its input and
   }
 }
 
-TEST_CASE("fp8: a model trains identically with and without the FP8 operand hand-offs of the qk-norm, the norms "
-          "and the LM head (skipped without a GPU)",
+TEST_CASE("fp8: a dense model trains identically with and without the FP8 operand hand-offs of the qk-norm, the "
+          "norms (across blocks too), relu2 and the LM head (skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
