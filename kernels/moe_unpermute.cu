@@ -6,6 +6,7 @@
 #include "kernels/moe_kernels.h"
 
 #include <cstdint>
+#include <type_traits>
 
 #include <ATen/cuda/CUDAContext.h>
 
@@ -142,18 +143,22 @@ void unpermute_rows(T* y, const T* ys, const int64_t* inv, const float* w, int64
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// f8.q8 non-null (bf16 only): dys's rows quantised too.
+// f8.q8 non-null: dys's rows quantised too (bf16 16-byte vectors only: the one FP8 instantiation).
 template <typename T, int VEC>
 void unpermute_rows_backward(T* dys, float* dw, const T* dy, const T* ys, const int64_t* inv, const float* w,
                              int64_t N, int64_t M, int k, int64_t d, const Fp8RowsOut& f8, cudaStream_t stream) {
   if (N == 0) return;
-  if (f8.q8 != nullptr) {
-    unpermute_rows_backward_kernel<T, VEC, true>
-        <<<static_cast<unsigned>(N), kBlock, 0, stream>>>(dys, dw, dy, ys, inv, w, M, k, d, f8);
-  } else {
-    unpermute_rows_backward_kernel<T, VEC, false>
-        <<<static_cast<unsigned>(N), kBlock, 0, stream>>>(dys, dw, dy, ys, inv, w, M, k, d, f8);
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && VEC == 8) {
+    if (f8.q8 != nullptr) {
+      unpermute_rows_backward_kernel<T, VEC, true>
+          <<<static_cast<unsigned>(N), kBlock, 0, stream>>>(dys, dw, dy, ys, inv, w, M, k, d, f8);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
   }
+  TORCH_CHECK(f8.q8 == nullptr, "UnpermuteRowsBackwardFp8: FP8 rows need bf16 rows of whole 16-byte vectors");
+  unpermute_rows_backward_kernel<T, VEC, false>
+      <<<static_cast<unsigned>(N), kBlock, 0, stream>>>(dys, dw, dy, ys, inv, w, M, k, d, f8);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
