@@ -2,7 +2,7 @@
 // (optionally of x + add: the residual add in front of the norm, fused), and its backward (optionally
 // plus the residual stream's own gradient) dx = rstd * (dy - y_hat * mean(dy * y_hat)), y_hat = x * rstd: one launch each,
 // every row reduced in fp32 by the threads that then write it, from registers (the row is read from
-// memory once, up to 4096 vectors: bf16 d 32768). Short rows (attention heads, d_model up to 2048 in bf16) go to lane groups inside a
+// memory once, up to 2048 vectors: bf16 d 16384). Short rows (attention heads, d_model up to 2048 in bf16) go to lane groups inside a
 // warp, so a row costs no __syncthreads and a block holds many rows; wide rows get a whole block.
 #include "kernels/common.cuh"
 #include "kernels/fp8_cast.cuh"
@@ -21,7 +21,10 @@ namespace {
 constexpr int kGroupBlock = 256;        // threads per block when lane groups (<= a warp) take the rows
 constexpr int kSmallGroupBlock = 64;    // the same, for the register-heavy 8 vectors per lane
 constexpr int64_t kMaxGroupVecs = 256;  // rows of up to this many vectors go to lane groups (8 per lane)
-constexpr int kMaxBlock = 1024;
+// Threads per whole-row block: at 512 a thread may take 128 registers, which the FP8 forms' 4
+// vectors plus the cast need (at 1024 threads the 64-register bound spilled, and without the
+// bound a 1024-thread launch of the FP8 form failed for lack of registers).
+constexpr int kMaxBlock = 512;
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -156,10 +159,11 @@ __device__ __forceinline__ void WriteFp8Rows(const Fp8RowsOut& f, const RowVecs<
 // ITEMS > 0: nvec <= ITEMS * G (PlanRows guarantees it). ADD: the row normalised is
 // sum = x + add (rounded to T), which is also written out (sum, add: (rows, d)); else sum and add
 // are unused. FP8 (ITEMS > 0 only): y's rows also go out quantised, to f8 (WriteFp8Rows).
+// Launch bounds: the block sizes PlanRows picks (kMaxBlock for whole rows).
 template <typename T, int VEC, bool WHOLE, int ITEMS, bool ADD, bool FP8>
-__global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, T* __restrict__ sum,
-                                        const T* __restrict__ x, const T* __restrict__ add, int64_t rows, int64_t d,
-                                        int G, float eps, Fp8RowsOut f8) {
+__global__ void __launch_bounds__(WHOLE ? kMaxBlock : kGroupBlock)
+    rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, T* __restrict__ sum, const T* __restrict__ x,
+                            const T* __restrict__ add, int64_t rows, int64_t d, int G, float eps, Fp8RowsOut f8) {
   static_assert(!FP8 || ITEMS > 0, "FP8 rows are cast from registers");
   const int64_t row = RowOf<WHOLE>(G);
   const int lane = static_cast<int>(threadIdx.x % G);
@@ -238,10 +242,12 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
 // which is exact also with eps inside r (d rstd / dx = -rstd^3 * x / d). RES: dres (rows, d) is
 // added to dx after its rounding to T, and the sum rounded again (an unfused add's arithmetic).
 // FP8 (ITEMS > 0 only): dx's rows (after the add) also go out quantised, to f8 (WriteFp8Rows).
+// Launch bounds: as the forward's.
 template <typename T, int VEC, bool WHOLE, int ITEMS, bool RES, bool FP8>
-__global__ void rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
-                                         const float* __restrict__ rstd, const T* __restrict__ dres, int64_t rows,
-                                         int64_t d, int G, Fp8RowsOut f8) {
+__global__ void __launch_bounds__(WHOLE ? kMaxBlock : kGroupBlock)
+    rms_norm_backward_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                             const float* __restrict__ rstd, const T* __restrict__ dres, int64_t rows, int64_t d, int G,
+                             Fp8RowsOut f8) {
   static_assert(!FP8 || ITEMS > 0, "FP8 rows are cast from registers");
   const int64_t row = RowOf<WHOLE>(G);
   const int lane = static_cast<int>(threadIdx.x % G);
@@ -325,8 +331,8 @@ RowPlan PlanRows(int64_t rows, int64_t nvec) {
     const int rows_per_block = p.threads / p.group;
     p.blocks = (rows + rows_per_block - 1) / rows_per_block;
   } else {
-    // About 4 vectors per thread, whole warps, at most 1024 threads; rows wider than 4 * 1024
-    // vectors (bf16 d > 32768) loop instead of holding the row in registers.
+    // About 4 vectors per thread, whole warps, at most kMaxBlock threads; rows wider than
+    // 4 * kMaxBlock vectors (bf16 d > 16384) loop instead of holding the row in registers.
     const int64_t want = ((nvec + 3) / 4 + 31) / 32 * 32;
     p.whole = true;
     p.threads = static_cast<int>(want < kMaxBlock ? want : kMaxBlock);
@@ -541,7 +547,7 @@ bool RmsNormFp8Supported(const at::Tensor& x) {
   if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() < 1 || x.numel() == 0) return false;
   const int64_t d = x.size(-1);
   // Whole 16-byte vectors, every row in registers (PlanRows: lane groups, or a block of up to
-  // 1024 threads holding 4 vectors each), and a grid that one launch takes.
+  // kMaxBlock threads holding 4 vectors each), and a grid that one launch takes.
   return d % 8 == 0 && d / 8 <= 4 * static_cast<int64_t>(kMaxBlock) && x.numel() / d <= INT32_MAX;
 }
 

@@ -41,7 +41,7 @@ at::Tensor RmsNormBackward(const at::Tensor& dy, const at::Tensor& x, const at::
                            const at::Tensor& dres = at::Tensor());
 
 // Whether the FP8 forms below take x: a non-empty bf16 CUDA tensor whose last dimension d is a
-// multiple of 8 and at most 32768 (a row in registers), fewer than 2^31 rows.
+// multiple of 8 and at most 16384 (a row in registers), fewer than 2^31 rows.
 bool RmsNormFp8Supported(const at::Tensor& x);
 
 // AddRmsNormForward (add defined) or RmsNormForward (add undefined), with y's rows quantised for

@@ -29,8 +29,9 @@ struct Case {
 };
 
 // d_model 768 and the expert/MLP widths, an odd width (scalar path), 0 / 1 / 16384 rows; the
-// attention heads' 64 and 128 (lane groups narrower than a warp), wide rows (a block per row),
-// d = 1, and misaligned copies of the vector paths.
+// attention heads' 64 and 128 (lane groups narrower than a warp), wide rows (a block per row: the
+// widest held in registers, 16384, and wider ones that loop), d = 1, and misaligned copies of the
+// vector paths.
 const Case kCases[] = {
     {1, 768, 1.0, 0},     {0, 768, 1.0, 0},     {16384, 768, 1.0, 0},  {16384, 768, 1e-4, 0},
     {1, 1536, 1.0, 0},    {0, 1536, 1.0, 0},    {16384, 1536, 1.0, 0}, {1, 2048, 1.0, 0},
@@ -38,6 +39,7 @@ const Case kCases[] = {
     {16384, 100, 1.0, 0}, {16384, 100, 1e-4, 1}, {1000, 768, 1.0, 1},  {4096, 64, 1.0, 0},
     {4096, 128, 1e-4, 0}, {4096, 128, 1.0, 1},  {64, 8192, 1.0, 0},    {64, 8192, 1e-4, 0},
     {33, 4099, 1.0, 0},   {7, 20000, 1.0, 0},   {257, 1, 1.0, 0},      {300, 24, 1.0, 0},
+    {9, 16384, 1.0, 0},   {5, 32768, 1.0, 0},
 };
 
 // float64 reference of the forward and of the backward for the cotangent dy, through ATen's
@@ -184,10 +186,10 @@ TEST_CASE("kernels: AddRmsNormForwardFp8 / RmsNormBackwardFp8 equal the kernel t
   };
   // Every plan the FP8 forms run: lane groups of 1 to 32 lanes with 1 to 8 vectors each (d 8 to
   // 2048: the wide model's d_model), row counts that leave spare groups in the last block (they
-  // must still join the amax shuffles), blocks per row (2056 to 32768 columns), and a misaligned x
+  // must still join the amax shuffles), blocks per row (2056 to 16384 columns), and a misaligned x
   // (copied, then fused).
   for (const Row& r : {Row{1, 8, 0}, Row{37, 64, 0}, Row{33, 256, 0}, Row{300, 768, 0}, Row{1000, 768, 1},
-                       Row{77, 2048, 0}, Row{4096, 2048, 0}, Row{64, 2056, 0}, Row{9, 8192, 0}, Row{3, 32768, 0}}) {
+                       Row{77, 2048, 0}, Row{4096, 2048, 0}, Row{64, 2056, 0}, Row{9, 8192, 0}, Row{3, 16384, 0}}) {
     for (bool add : {false, true}) {
       DYNAMIC_SECTION("rows " << r.rows << " d " << r.d << " offset " << r.offset << " add " << add) {
         const auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
@@ -232,7 +234,7 @@ TEST_CASE("kernels: AddRmsNormForwardFp8 / RmsNormBackwardFp8 equal the kernel t
     }
   }
   const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
-  CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 32776}, bf)));  // past a block's registers
+  CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 16392}, bf)));  // past a block's registers
   CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 12}, bf)));     // not whole vectors
   CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({4, 16}, bf.dtype(at::kFloat))));
   CHECK_FALSE(moe::kernels::RmsNormFp8Supported(at::zeros({0, 16}, bf)));
