@@ -33,6 +33,8 @@ class TempDir {
     root_ = tmpl;
   }
   ~TempDir() {
+    // MOE_KEEP_TEST_DIRS set: kept, to read a failed test's run logs (as the harness tests' TempDir).
+    if (::getenv("MOE_KEEP_TEST_DIRS") != nullptr) return;
     // Depth-first, not following symlinks; best effort (a destructor must not throw).
     ::nftw(root_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); },
            16, FTW_DEPTH | FTW_PHYS);
