@@ -4,6 +4,8 @@
 # calls, so a second call rebuilds only what changed), and writes the GPUs to $out/gpu.txt.
 # `gpu_build TARGET...` configures a Release build for sm_90a and builds the targets; on failure
 # it prints the errors and exits, else it prints the warning count (0 is the standard).
+# Make .devdeps with `../shared/device/devdeps.sh libgloo-dev`: the GPU image has no Gloo headers,
+# without which core_tests' multi-process CPU tests (moe-train --nproc on the CPU) fail there.
 
 gpu_setup() {
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
