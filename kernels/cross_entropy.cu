@@ -225,6 +225,19 @@ __global__ void __launch_bounds__(BLOCK)
   }
 }
 
+// The gradient of one 16-byte vector of logits starting at column j0, rounded to bf16, as the
+// backward above computes it: (softmax - onehot(t)) * g with the softmax from the row's logsumexp
+// l; zeros for an ignored row (whose logits v need not have been loaded).
+__device__ __forceinline__ Vec<bf16, kVec> GradVec(const Vec<bf16, kVec>& v, int j0, float l, int t, float g,
+                                                   bool ignored) {
+  Vec<bf16, kVec> o;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    o.v[i] = ignored ? FromFloat<bf16>(0.f) : FromFloat<bf16>((__expf(ToFloat(v.v[i]) - l) - (j0 + i == t ? 1.f : 0.f)) * g);
+  }
+  return o;
+}
+
 // The backward above, and the gradient's rows quantised for an FP8 GEMM in the same kernel (the
 // LM head's input gradient under rowwise FP8), for rows too wide for the registers of
 // cross_entropy_backward_fp8_regs_kernel below; what
@@ -251,14 +264,7 @@ __global__ void __launch_bounds__(BLOCK)
   if (!ignored) CUDA_KERNEL_ASSERT(t64 >= 0 && t64 < V);
   const int t = ignored ? -1 : static_cast<int>(t64);
   const float l = ignored ? 0.f : lse[r], g = ignored ? 0.f : dloss[r];
-  auto grad = [&](const VecT& v, int j0) {
-    VecT o;
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) {
-      o.v[i] = ignored ? FromFloat<bf16>(0.f) : FromFloat<bf16>((__expf(ToFloat(v.v[i]) - l) - (j0 + i == t ? 1.f : 0.f)) * g);
-    }
-    return o;
-  };
+  auto grad = [&](const VecT& v, int j0) { return GradVec(v, j0, l, t, g, ignored); };
   unsigned m = 0u;
   int c = threadIdx.x;
   for (; c + (kUnroll - 1) * BLOCK < nvec; c += kUnroll * BLOCK) {
@@ -327,14 +333,10 @@ __global__ void __launch_bounds__(BLOCK)
   for (int u = 0; u < ITEMS; ++u) {
     const int c = threadIdx.x + u * BLOCK;
     if (c >= nvec) continue;
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) {
-      const int j = c * kVec + i;
-      o[u].v[i] = ignored ? FromFloat<bf16>(0.f)
-                          : FromFloat<bf16>((__expf(ToFloat(o[u].v[i]) - l) - (j == t ? 1.f : 0.f)) * g);
-      m = MaxU(m, AbsBits(o[u].v[i]));
-    }
+    o[u] = GradVec(o[u], c * kVec, l, t, g, ignored);
     dv[c] = o[u];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o[u].v[i]));
   }
   m = BlockMax(m);
   const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), amax_eps);
