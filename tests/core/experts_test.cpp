@@ -5,7 +5,6 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -13,6 +12,7 @@
 #include "core/moe/experts.h"
 #include "core/moe/permute.h"
 #include "core/moe/router.h"
+#include "tests/poison_allocator.h"
 #include "tests/require_gpu.h"
 
 namespace {
@@ -115,9 +115,7 @@ TEST_CASE("backends: on CUDA the grouped backend in bf16 (permute and un-permute
         moe::ExpertWeights w{leaf(w0.w1), torch::Tensor(), leaf(w0.w2)};
         const torch::Tensor out = moe::RunExperts(impl, in, w);
         // NaN over the freed blocks the backward's buffers come from (the (M, d) gradient among them).
-        for (int64_t numel : {N * k * d, N * k * h, N * d}) {
-          torch::full({numel}, std::numeric_limits<double>::quiet_NaN(), torch::dtype(dt).device(cuda)).reset();
-        }
+        for (int64_t numel : {N * k * d, N * k * h, N * d}) moe_test::PoisonAllocator(numel, dt);
         (out.to(torch::kFloat32) * cot).sum().backward();
         return std::vector<torch::Tensor>{out.detach(), in.x.grad(), in.weights.grad(), w.w1.grad(), w.w2.grad()};
       };

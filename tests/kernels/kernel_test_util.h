@@ -8,18 +8,11 @@
 #include <torch/cuda.h>
 
 #include "kernels/fp8_quantize.h"
+#include "tests/poison_allocator.h"
 #include "tests/require_gpu.h"
 
 namespace moe_test {
 
-
-// Fills, then frees, a block of the caching allocator with NaN, so that an output the kernel
-// allocates next (same size class) starts as NaN: an element it fails to write shows up.
-inline void PoisonAllocator(int64_t numel, at::ScalarType dtype) {
-  at::Tensor p = at::full({numel}, std::numeric_limits<double>::quiet_NaN(),
-                          at::TensorOptions().dtype(dtype).device(at::kCUDA));
-  p.reset();
-}
 
 // ||a - b|| / ||b|| computed in float64 (NaN anywhere gives NaN, which fails every bound).
 inline double RelErr(const at::Tensor& a, const at::Tensor& b) {
