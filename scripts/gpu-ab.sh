@@ -4,7 +4,7 @@
 # of `gpu-fp8.sh head` (reference config and the wide model: bf16, the best FP8 form, the same
 # with the LM head in FP8; graph mode, capacity 1.25, bf16 gradients, STEPS steps) run old, new,
 # old, new... REPS times, and each arm prints its new/old ratio of the medians (median tok/s over
-# steps 11..STEPS of each run) with the pairwise ratios.
+# steps 11..STEPS of each run) with the pairwise ratios, and the largest loss gap of the first pair.
 #   here:   git archive REV | (mkdir -p ab-old && tar -x -C ab-old)
 #   device: source .devdeps/env.sh && OLD_SRC=ab-old REPS=2 scripts/gpu-ab.sh [ARM...]   (carry .devdeps)
 # ab-old/ is untracked and not ignored, so the device tool carries it with the working tree;
@@ -59,13 +59,21 @@ done
 python3 - "${REPS:-2}" "${arms[@]}" <<'PY'
 import json, statistics, sys
 reps, arms = int(sys.argv[1]), sys.argv[2:]
+def rows(name):
+    return [json.loads(l) for l in open(f"/tmp/runs/{name}/metrics.jsonl")]
 def med(name):
-    rows = [json.loads(l) for l in open(f"/tmp/runs/{name}/metrics.jsonl")][10:]
-    return statistics.median(r["tok_per_s"] for r in rows)
-print(f"\n| arm | old tok/s | new tok/s | new/old (medians) | pairwise |\n|---|---:|---:|---:|---|")
+    return statistics.median(r["tok_per_s"] for r in rows(name)[10:])
+def loss_gap(arm):
+    # Largest |loss new - loss old| over the steps of the first pair: 0 where the change keeps the
+    # arithmetic, small where GPU kernels are not run-to-run deterministic, large where it changed.
+    o, n = rows(f"ab_1_{arm}_old"), rows(f"ab_1_{arm}_new")
+    return max(abs(a["loss"] - b["loss"]) for a, b in zip(o, n))
+print(f"\n| arm | old tok/s | new tok/s | new/old (medians) | pairwise | max loss gap (pair 1) |\n"
+      f"|---|---:|---:|---:|---|---:|")
 for arm in arms:
     o = [med(f"ab_{r}_{arm}_old") for r in range(1, reps + 1)]
     n = [med(f"ab_{r}_{arm}_new") for r in range(1, reps + 1)]
     print(f"| {arm} | {statistics.median(o):,.0f} | {statistics.median(n):,.0f} | "
-          f"{statistics.median(n) / statistics.median(o):.4f} | " + ", ".join(f"{b / a:.4f}" for a, b in zip(o, n)) + " |")
+          f"{statistics.median(n) / statistics.median(o):.4f} | " + ", ".join(f"{b / a:.4f}" for a, b in zip(o, n)) +
+          f" | {loss_gap(arm):.2e} |")
 PY
