@@ -225,15 +225,32 @@ __global__ void __launch_bounds__(BLOCK)
   }
 }
 
+// What the FP8 backwards need of row r's target: t (-1 for an ignored row), the row's logsumexp l
+// and its loss cotangent g (both 0 for an ignored row, whose lse and dloss are not read).
+struct RowTarget {
+  bool ignored;  // block-uniform
+  int t;
+  float l, g;
+};
+
+__device__ __forceinline__ RowTarget ReadRowTarget(int64_t r, const int64_t* __restrict__ targets,
+                                                   const float* __restrict__ lse, const float* __restrict__ dloss,
+                                                   int V, int64_t ignore_index) {
+  const int64_t t64 = targets[r];
+  const bool ignored = t64 == ignore_index;
+  if (!ignored) CUDA_KERNEL_ASSERT(t64 >= 0 && t64 < V);
+  return {ignored, ignored ? -1 : static_cast<int>(t64), ignored ? 0.f : lse[r], ignored ? 0.f : dloss[r]};
+}
+
 // The gradient of one 16-byte vector of logits starting at column j0, rounded to bf16, as the
 // backward above computes it: (softmax - onehot(t)) * g with the softmax from the row's logsumexp
 // l; zeros for an ignored row (whose logits v need not have been loaded).
-__device__ __forceinline__ Vec<bf16, kVec> GradVec(const Vec<bf16, kVec>& v, int j0, float l, int t, float g,
-                                                   bool ignored) {
+__device__ __forceinline__ Vec<bf16, kVec> GradVec(const Vec<bf16, kVec>& v, int j0, const RowTarget& rt) {
   Vec<bf16, kVec> o;
 #pragma unroll
   for (int i = 0; i < kVec; ++i) {
-    o.v[i] = ignored ? FromFloat<bf16>(0.f) : FromFloat<bf16>((__expf(ToFloat(v.v[i]) - l) - (j0 + i == t ? 1.f : 0.f)) * g);
+    o.v[i] = rt.ignored ? FromFloat<bf16>(0.f)
+                        : FromFloat<bf16>((__expf(ToFloat(v.v[i]) - rt.l) - (j0 + i == rt.t ? 1.f : 0.f)) * rt.g);
   }
   return o;
 }
@@ -259,23 +276,18 @@ __global__ void __launch_bounds__(BLOCK)
   auto* dv = reinterpret_cast<VecT*>(dlogits + r * V);
   auto* qv = reinterpret_cast<Vec<uint8_t, kVec>*>(q8 + r * V);
   const int nvec = V / kVec;
-  const int64_t t64 = targets[r];
-  const bool ignored = t64 == ignore_index;  // block-uniform
-  if (!ignored) CUDA_KERNEL_ASSERT(t64 >= 0 && t64 < V);
-  const int t = ignored ? -1 : static_cast<int>(t64);
-  const float l = ignored ? 0.f : lse[r], g = ignored ? 0.f : dloss[r];
-  auto grad = [&](const VecT& v, int j0) { return GradVec(v, j0, l, t, g, ignored); };
+  const RowTarget rt = ReadRowTarget(r, targets, lse, dloss, V, ignore_index);
   unsigned m = 0u;
   int c = threadIdx.x;
   for (; c + (kUnroll - 1) * BLOCK < nvec; c += kUnroll * BLOCK) {
     VecT v[kUnroll];
-    if (!ignored) {
+    if (!rt.ignored) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) v[u] = pv[c + u * BLOCK];
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const VecT o = grad(v[u], (c + u * BLOCK) * kVec);
+      const VecT o = GradVec(v[u], (c + u * BLOCK) * kVec, rt);
       dv[c + u * BLOCK] = o;
 #pragma unroll
       for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o.v[i]));
@@ -283,8 +295,8 @@ __global__ void __launch_bounds__(BLOCK)
   }
   for (; c < nvec; c += BLOCK) {
     VecT v;
-    if (!ignored) v = pv[c];
-    const VecT o = grad(v, c * kVec);
+    if (!rt.ignored) v = pv[c];
+    const VecT o = GradVec(v, c * kVec, rt);
     dv[c] = o;
 #pragma unroll
     for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o.v[i]));
@@ -317,23 +329,19 @@ __global__ void __launch_bounds__(BLOCK)
   auto* dv = reinterpret_cast<VecT*>(dlogits + r * V);
   auto* qv = reinterpret_cast<Vec<uint8_t, kVec>*>(q8 + r * V);
   const int nvec = V / kVec;  // <= ITEMS * BLOCK (the launcher's choice)
-  const int64_t t64 = targets[r];
-  const bool ignored = t64 == ignore_index;  // block-uniform
-  if (!ignored) CUDA_KERNEL_ASSERT(t64 >= 0 && t64 < V);
-  const int t = ignored ? -1 : static_cast<int>(t64);
-  const float l = ignored ? 0.f : lse[r], g = ignored ? 0.f : dloss[r];
+  const RowTarget rt = ReadRowTarget(r, targets, lse, dloss, V, ignore_index);
   VecT o[ITEMS];  // this thread's vectors c = threadIdx.x + u * BLOCK: logits, then their gradient
 #pragma unroll
   for (int u = 0; u < ITEMS; ++u) {
     const int c = threadIdx.x + u * BLOCK;
-    if (!ignored && c < nvec) o[u] = pv[c];
+    if (!rt.ignored && c < nvec) o[u] = pv[c];
   }
   unsigned m = 0u;
 #pragma unroll
   for (int u = 0; u < ITEMS; ++u) {
     const int c = threadIdx.x + u * BLOCK;
     if (c >= nvec) continue;
-    o[u] = GradVec(o[u], c * kVec, l, t, g, ignored);
+    o[u] = GradVec(o[u], c * kVec, rt);
     dv[c] = o[u];
 #pragma unroll
     for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o[u].v[i]));
