@@ -2,8 +2,8 @@
 // (optionally of x + add: the residual add in front of the norm, fused), and its backward (optionally
 // plus the residual stream's own gradient) dx = rstd * (dy - y_hat * mean(dy * y_hat)), y_hat = x * rstd: one launch each,
 // every row reduced in fp32 by the threads that then write it, from registers (the row is read from
-// memory once, up to 2048 vectors: bf16 d 16384). Short rows (attention heads, d_model up to 2048 in bf16) go to lane groups inside a
-// warp, so a row costs no __syncthreads and a block holds many rows; wide rows get a whole block.
+// memory once, up to 2048 vectors: bf16 d 16384). Short rows (attention heads, d_model up to 1024 in bf16) go to lane groups inside a
+// warp, so a row costs no __syncthreads and a block holds many rows; wider rows get a whole block.
 #include "kernels/common.cuh"
 #include "kernels/fp8_cast.cuh"
 #include "kernels/rms_norm.h"
@@ -18,9 +18,11 @@
 namespace moe::kernels {
 
 namespace {
-constexpr int kGroupBlock = 256;        // threads per block when lane groups (<= a warp) take the rows
-constexpr int kSmallGroupBlock = 64;    // the same, for the register-heavy 8 vectors per lane
-constexpr int64_t kMaxGroupVecs = 256;  // rows of up to this many vectors go to lane groups (8 per lane)
+constexpr int kGroupBlock = 256;  // threads per block when lane groups (<= a warp) take the rows
+// Rows of up to this many vectors go to lane groups (up to 4 vectors a lane). At 8 vectors a lane
+// (bf16 d 2048, the wide model) the kernels took 97-172 registers, 12-14 warps fitted on an SM and
+// the backward ran at 68% of DRAM bandwidth (ncu, H100); a block per row holds 4 vectors a thread.
+constexpr int64_t kMaxGroupVecs = 128;
 // Threads per whole-row block: at 512 a thread may take 128 registers, which the FP8 forms' 4
 // vectors plus the cast need (at 1024 threads the 64-register bound spilled, and without the
 // bound a 1024-thread launch of the FP8 form failed for lack of registers).
@@ -321,13 +323,12 @@ RowPlan PlanRows(int64_t rows, int64_t nvec) {
   RowPlan p;
   if (nvec <= kMaxGroupVecs) {
     // The smallest power-of-two group that covers the row in one step, at most a warp (then up
-    // to 8 vectors per lane): a 64-wide bf16 head row is 8 vectors and takes 8 lanes.
+    // to 4 vectors per lane): a 64-wide bf16 head row is 8 vectors and takes 8 lanes.
     p.group = 1;
     while (p.group < 32 && p.group < nvec) p.group *= 2;
     p.items = 1;
     while (p.items * p.group < nvec) p.items *= 2;
-    // 8 vectors per lane take ~100-160 registers: small blocks, so that several fit on an SM.
-    p.threads = p.items >= 8 ? kSmallGroupBlock : kGroupBlock;
+    p.threads = kGroupBlock;
     const int rows_per_block = p.threads / p.group;
     p.blocks = (rows + rows_per_block - 1) / rows_per_block;
   } else {
@@ -360,8 +361,7 @@ void WithPlan(const RowPlan& p, F&& f) {
   switch (p.items) {
     case 1: f(std::false_type{}, integral_constant<int, 1>{}); break;
     case 2: f(std::false_type{}, integral_constant<int, 2>{}); break;
-    case 4: f(std::false_type{}, integral_constant<int, 4>{}); break;
-    default: f(std::false_type{}, integral_constant<int, 8>{}); break;
+    default: f(std::false_type{}, integral_constant<int, 4>{}); break;
   }
 }
 

@@ -184,12 +184,13 @@ TEST_CASE("kernels: AddRmsNormForwardFp8 / RmsNormBackwardFp8 equal the kernel t
   struct Row {
     int64_t rows, d, offset;
   };
-  // Every plan the FP8 forms run: lane groups of 1 to 32 lanes with 1 to 8 vectors each (d 8 to
-  // 2048: the wide model's d_model), row counts that leave spare groups in the last block (they
-  // must still join the amax shuffles), blocks per row (2056 to 16384 columns), and a misaligned x
-  // (copied, then fused).
+  // Every plan the FP8 forms run: lane groups of 1 to 32 lanes with 1 to 4 vectors each (d 8 to
+  // 1024), row counts that leave spare groups in the last block (they must still join the amax
+  // shuffles), blocks per row (1032 to 16384 columns: 2048 is the wide model's d_model, two warps
+  // a row), and a misaligned x (copied, then fused).
   for (const Row& r : {Row{1, 8, 0}, Row{37, 64, 0}, Row{33, 256, 0}, Row{300, 768, 0}, Row{1000, 768, 1},
-                       Row{77, 2048, 0}, Row{4096, 2048, 0}, Row{64, 2056, 0}, Row{9, 8192, 0}, Row{3, 16384, 0}}) {
+                       Row{45, 1024, 0}, Row{21, 1032, 0}, Row{77, 2048, 0}, Row{4096, 2048, 0}, Row{64, 2056, 0},
+                       Row{9, 8192, 0}, Row{3, 16384, 0}}) {
     for (bool add : {false, true}) {
       DYNAMIC_SECTION("rows " << r.rows << " d " << r.d << " offset " << r.offset << " add " << add) {
         const auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
