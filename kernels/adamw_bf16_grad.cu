@@ -1,8 +1,8 @@
 // Fused AdamW over many tensors for fp32 masters with bf16 gradients, writing the bf16 weight
 // copies the next forward uses (kernels/adamw_bf16_grad.h). Multi-tensor: up to kMaxTensors
 // tensors per launch, their pointers passed by value in the kernel's parameters (so a CUDA graph
-// capture keeps them, as ATen's multi_tensor_apply does); each block takes one chunk of one
-// tensor, found by a binary search over the pack's block offsets.
+// capture keeps them, as ATen's multi_tensor_apply does); the tensors are cut into chunks, and
+// each block takes chunks of one tensor at a time, found by a binary search over the pack's offsets.
 #include "kernels/adamw_bf16_grad.h"
 #include "kernels/common.cuh"
 
@@ -17,7 +17,7 @@ namespace moe::kernels {
 namespace {
 constexpr int kBlock = 256;
 constexpr int kVec = 4;                            // elements per thread per iteration
-constexpr int64_t kChunk = kBlock * kVec * 4;      // elements per block: 4 iterations of the block
+constexpr int64_t kChunk = kBlock * kVec * 4;      // elements per chunk: 4 iterations of the block
 constexpr int kMaxTensors = 40;                    // keeps the pack (~2.2 KB) under the 4 KB parameter limit
 
 struct TensorPack {
@@ -27,7 +27,7 @@ struct TensorPack {
   float* v[kMaxTensors];
   __nv_bfloat16* c[kMaxTensors];
   int64_t n[kMaxTensors];
-  int64_t first_block[kMaxTensors + 1];  // blocks [first_block[t], first_block[t+1]) take tensor t
+  int64_t first_chunk[kMaxTensors + 1];  // chunks [first_chunk[t], first_chunk[t+1]) are tensor t's
   bool aligned[kMaxTensors];             // every pointer of tensor t allows kVec-wide accesses
   int count;
 };
@@ -57,26 +57,9 @@ __device__ __forceinline__ void AdamWElement(float& p, float& m, float& v, float
   p -= step_size * m / denom;
 }
 
-__global__ void adamw_bf16_grad_kernel(TensorPack pack, Hyper h) {
-  // The block's tensor: the last t with first_block[t] <= blockIdx.x.
-  const int64_t b = blockIdx.x;
-  int lo = 0, hi = pack.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (pack.first_block[mid] <= b) lo = mid; else hi = mid - 1;
-  }
-  const int t = lo;
-  const int64_t n = pack.n[t];
-  const int64_t begin = (b - pack.first_block[t]) * kChunk;
-  const int64_t end = begin + kChunk < n ? begin + kChunk : n;
-
-  const double lr = *h.lr;
-  const float step = *h.step;
-  const float coef = *h.coef;
-  const double bc1 = 1 - pow(h.beta1, static_cast<double>(step));
-  const double bc2_sqrt = sqrt(1 - pow(h.beta2, static_cast<double>(step)));
-  const float step_size = lr / bc1;
-
+// Updates elements [begin, end) of tensor t of the pack.
+__device__ __forceinline__ void UpdateChunk(const TensorPack& pack, int t, int64_t begin, int64_t end, const Hyper& h,
+                                            double lr, float coef, float step_size, double bc2_sqrt) {
   float* __restrict__ P = pack.p[t];
   const __nv_bfloat16* __restrict__ G = pack.g[t];
   float* __restrict__ M = pack.m[t];
@@ -116,6 +99,30 @@ __global__ void adamw_bf16_grad_kernel(TensorPack pack, Hyper h) {
   }
 }
 
+// Chunk b of the pack (kChunk elements of one tensor) for b = blockIdx.x, blockIdx.x + gridDim.x,
+// ...: the grid is sized to what the GPU holds at once (GridFor), so each thread computes the
+// step's bias corrections (two double pow) once per launch rather than once per 16 elements.
+__global__ void __launch_bounds__(kBlock) adamw_bf16_grad_kernel(TensorPack pack, Hyper h) {
+  const double lr = *h.lr;
+  const float step = *h.step;
+  const float coef = *h.coef;
+  const double bc1 = 1 - pow(h.beta1, static_cast<double>(step));
+  const double bc2_sqrt = sqrt(1 - pow(h.beta2, static_cast<double>(step)));
+  const float step_size = lr / bc1;
+  const int64_t chunks = pack.first_chunk[pack.count];
+  for (int64_t b = blockIdx.x; b < chunks; b += gridDim.x) {
+    // The chunk's tensor: the last t with first_chunk[t] <= b.
+    int lo = 0, hi = pack.count - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (pack.first_chunk[mid] <= b) lo = mid; else hi = mid - 1;
+    }
+    const int64_t n = pack.n[lo];
+    const int64_t begin = (b - pack.first_chunk[lo]) * kChunk;
+    UpdateChunk(pack, lo, begin, begin + kChunk < n ? begin + kChunk : n, h, lr, coef, step_size, bc2_sqrt);
+  }
+}
+
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -125,11 +132,19 @@ namespace {
 
 bool Aligned(const void* ptr, size_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; }
 
+// Blocks for `chunks` chunks: no more than the current device runs at once (the kernel loops).
+unsigned GridFor(int64_t chunks) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_bf16_grad_kernel, kBlock, 0));
+  const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) *
+                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return static_cast<unsigned>(chunks < resident ? chunks : resident);
+}
+
 void LaunchPack(const TensorPack& pack, const Hyper& h, cudaStream_t stream) {
-  const int64_t blocks = pack.first_block[pack.count];
-  if (blocks == 0) return;
-  TORCH_CHECK(blocks < (int64_t{1} << 31), "FusedAdamWBf16Grad: too many blocks in one launch");
-  adamw_bf16_grad_kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(pack, h);
+  const int64_t chunks = pack.first_chunk[pack.count];
+  if (chunks == 0) return;
+  adamw_bf16_grad_kernel<<<GridFor(chunks), kBlock, 0, stream>>>(pack, h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -184,7 +199,7 @@ void FusedAdamWBf16Grad(at::TensorList params, at::TensorList grads, at::TensorL
     pack.n[k] = n;
     pack.aligned[k] = Aligned(pack.p[k], 16) && Aligned(pack.m[k], 16) && Aligned(pack.v[k], 16) &&
                       Aligned(pack.g[k], 8) && Aligned(pack.c[k], 8);
-    pack.first_block[k + 1] = pack.first_block[k] + (n + kChunk - 1) / kChunk;
+    pack.first_chunk[k + 1] = pack.first_chunk[k] + (n + kChunk - 1) / kChunk;
     pack.count = k + 1;
     if (pack.count == kMaxTensors) flush();
   }
