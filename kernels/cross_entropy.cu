@@ -301,13 +301,8 @@ __global__ void __launch_bounds__(BLOCK)
 #pragma unroll
     for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o.v[i]));
   }
-  // BlockMax syncs the block: its writes of the row above are visible to every thread after it.
-  m = BlockMax(m);
-  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), amax_eps);
-  if (threadIdx.x == 0) {
-    scale[r] = s;
-    inv[r] = InvOf(s);
-  }
+  // A block-wide sync: the writes of the row above are visible to every thread after it.
+  const float s = BlockRowScale<__NV_E4M3>(m, amax_eps, scale, inv, r);
   for (c = threadIdx.x; c < nvec; c += BLOCK) qv[c] = CastVec<bf16, kVec, __NV_E4M3>(dv[c], s);
 }
 
@@ -346,12 +341,7 @@ __global__ void __launch_bounds__(BLOCK)
 #pragma unroll
     for (int i = 0; i < kVec; ++i) m = MaxU(m, AbsBits(o[u].v[i]));
   }
-  m = BlockMax(m);
-  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), amax_eps);
-  if (threadIdx.x == 0) {
-    scale[r] = s;
-    inv[r] = InvOf(s);
-  }
+  const float s = BlockRowScale<__NV_E4M3>(m, amax_eps, scale, inv, r);
 #pragma unroll
   for (int u = 0; u < ITEMS; ++u) {
     const int c = threadIdx.x + u * BLOCK;

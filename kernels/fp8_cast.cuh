@@ -1,7 +1,8 @@
 // Device helpers of FP8 quantisation shared by the kernels that write FP8 operands
 // (kernels/fp8_quantize.cu, and the producers that quantise what they write: qk_rope_norm.cu,
-// cross_entropy.cu, relu_square.cu, rms_norm.cu, moe_unpermute.cu): the scale from an amax, its reciprocal, ordered-bits maxima and the scaled,
-// saturating cast. One definition, so every producer writes the bytes moe::Quantize would.
+// cross_entropy.cu, relu_square.cu, rms_norm.cu, moe_permute.cu, moe_unpermute.cu): the scale
+// from an amax, its reciprocal, ordered-bits maxima, a block's row scale and the scaled, saturating
+// cast. One definition, so every producer writes the bytes moe::Quantize would.
 #pragma once
 
 #include <cuda_fp8.h>
@@ -58,6 +59,19 @@ __device__ __forceinline__ unsigned BlockMax(unsigned v) {
   }
   __syncthreads();
   return total;
+}
+
+// The scale of a row that a whole block quantises, from each thread's amax bits m: returned to
+// every thread; thread 0 writes scale[row] and its reciprocal inv[row]. BlockMax syncs the block,
+// so what its threads wrote before the call is visible to all of them after it.
+template <__nv_fp8_interpretation_t F>
+__device__ __forceinline__ float BlockRowScale(unsigned m, float eps, float* scale, float* inv, int64_t row) {
+  const float s = ScaleOf<F>(__uint_as_float(BlockMax(m)), eps);
+  if (threadIdx.x == 0) {
+    scale[row] = s;
+    inv[row] = InvOf(s);
+  }
+  return s;
 }
 
 // fp32 product, then one round-to-nearest-even cast. __NV_SATFINITE clamps to +-fp8_max (inf

@@ -110,12 +110,7 @@ __global__ void fp8_quantize_rows_block_kernel(uint8_t* __restrict__ out, float*
 #pragma unroll
     for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v.v[e]));
   }
-  m = BlockMax(m);
-  const float s = ScaleOf<F>(__uint_as_float(m), eps);
-  if (tid == 0) {
-    scale[row] = s;
-    inv[row] = InvOf(s);
-  }
+  const float s = BlockRowScale<F>(m, eps, scale, inv, row);
   auto* orow = reinterpret_cast<Vec<uint8_t, VEC>*>(out + row * K);  // (K,) fp8
 #pragma unroll 4
   for (int64_t c = tid; c < nvec; c += G) orow[c] = CastVec<T, VEC, F>(xr[c], s);

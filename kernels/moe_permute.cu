@@ -63,12 +63,7 @@ __global__ void permute_rows_fp8_kernel(T* __restrict__ xs, const T* __restrict_
 #pragma unroll
     for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v.v[e]));
   }
-  m = BlockMax(m);
-  const float sc = ScaleOf<__NV_E4M3>(__uint_as_float(m), f8.eps);
-  if (threadIdx.x == 0) {
-    f8.scale[i] = sc;
-    f8.inv[i] = InvOf(sc);
-  }
+  const float sc = BlockRowScale<__NV_E4M3>(m, f8.eps, f8.scale, f8.inv, i);
   if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(f8.q8 + i * d)[c] = CastVec<T, VEC, __NV_E4M3>(v, sc);
 }
 

@@ -214,12 +214,7 @@ __global__ void qk_rope_norm_backward_fp8_kernel(T* __restrict__ dqkv, uint8_t* 
     *reinterpret_cast<Vec<T, VEC>*>(out + col) = o1;
     *reinterpret_cast<Vec<T, VEC>*>(out + half + col) = o2;
   }
-  m = BlockMax(m);
-  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), amax_eps);
-  if (j == 0) {
-    scale[row] = s;
-    inv[row] = InvOf(s);
-  }
+  const float s = BlockRowScale<__NV_E4M3>(m, amax_eps, scale, inv, row);
   if (active) {
     uint8_t* out = q8 + (static_cast<int64_t>(row) * heads + h) * sh.hd;
     *reinterpret_cast<Vec<uint8_t, VEC>*>(out + col) = CastVec<T, VEC, __NV_E4M3>(o1, s);

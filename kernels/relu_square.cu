@@ -112,12 +112,7 @@ __global__ void relu_square_fp8_kernel(T* __restrict__ out, uint8_t* __restrict_
     reinterpret_cast<Vec<T, VEC>*>(out + row * C)[c] = o;
   }
   // The row's scale from the block's amax (written with its reciprocal by thread 0), then the cast.
-  m = BlockMax(m);
-  const float s = ScaleOf<__NV_E4M3>(__uint_as_float(m), eps);
-  if (threadIdx.x == 0) {
-    scale[row] = s;
-    inv[row] = InvOf(s);
-  }
+  const float s = BlockRowScale<__NV_E4M3>(m, eps, scale, inv, row);
   if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(o, s);
 }
 
