@@ -34,6 +34,9 @@ std::vector<PlanCase> PlanCases() {
     }
   }
   cases.push_back({8192, 8, 2, 1.0, false, false, true});  // the reference config's shape per layer
+  // More than 32 blocks of tokens: the scan's warps take their columns in several 32-cell chunks.
+  cases.push_back({20000, 8, 2, 1.25, false, true, false});
+  cases.push_back({70001, 16, 4, 0.5, true, true, true});
   return cases;
 }
 
