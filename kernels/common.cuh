@@ -27,6 +27,16 @@ inline int VecWidth(int64_t d, size_t elem_size) {
   return d % w == 0 ? static_cast<int>(w) : 1;
 }
 
+// Two row-gather kernels of the MoE layer (the permutation in moe_permute.cu, the un-permutation's
+// backward in moe_unpermute.cu) give a warp to each row and kRowsPerBlock rows to a block, and a
+// lane loads up to kRowUnroll vectors of a row before it uses any, so that many independent loads
+// are in flight per multiprocessor.
+constexpr int kRowsPerBlock = 8;
+constexpr int kRowUnroll = 4;
+inline unsigned WarpRowBlocks(int64_t rows) {
+  return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+}
+
 }  // namespace moe::kernels
 
 // Dispatches T over the row dtypes the MoE kernels take (bf16, fp32) and VEC over {16 bytes, 1}.
