@@ -8,6 +8,8 @@
 #include <limits>
 
 #include "core/train/optimizer.h"
+#include "core/precision/weight_cache.h"
+#include "tests/require_gpu.h"
 
 namespace {
 
@@ -88,5 +90,47 @@ TEST_CASE("clip grad norm: the sharded variant without a group clips both lists 
       REQUIRE(got[i].grad().defined() == all[i].grad().defined());
       if (got[i].grad().defined()) CHECK(torch::allclose(got[i].grad(), all[i].grad(), 1e-6, 1e-7));
     }
+  }
+}
+
+TEST_CASE("clip grad norm: on a GPU, fp32 gradients and bf16 cached ones clip as the float64 rule says",
+          "[clip][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  // Sizes past the norm kernel's 65536-element chunk; the first three keep fp32 gradients, the
+  // last two have bf16 copies whose bf16 gradients are counted instead (precision.grad_dtype = "bf16").
+  torch::manual_seed(21);
+  const std::vector<int64_t> sizes = {70000, 3, 4097, 131073, 9};
+  auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  torch::nn::Module mod;
+  std::vector<torch::Tensor> ps;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    ps.push_back(mod.register_parameter("p" + std::to_string(i), torch::zeros({sizes[i]}, cuda)));
+  }
+  moe::WeightCache cache;
+  cache.Record(ps[3]);
+  cache.Record(ps[4]);
+  cache.Enable(torch::kBFloat16);
+  double sq = 0;
+  std::vector<torch::Tensor> grads;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const torch::Tensor copy = cache.CopyOf(ps[i]);
+    torch::Tensor g = torch::randn({sizes[i]}, cuda) * static_cast<double>(i + 1);
+    if (copy.defined()) {
+      g = g.to(torch::kBFloat16);
+      copy.mutable_grad() = g;
+    } else {
+      ps[i].mutable_grad() = g;
+    }
+    grads.push_back(g.clone());
+    sq += g.to(torch::kFloat64).square().sum().item<double>();
+  }
+  const double norm = std::sqrt(sq), max_norm = 0.5 * norm;
+  const moe::GradClip got = moe::ClipGradNorm(ps, max_norm, &cache);
+  CHECK(got.norm.item<double>() == Approx(norm).epsilon(1e-6));
+  const double coef = max_norm / (norm + 1e-6);
+  CHECK(got.coef.item<double>() == Approx(coef).epsilon(1e-6));
+  for (size_t i = 0; i < 3; ++i) {  // the fp32 gradients are scaled in place; the cached ones in the step
+    INFO("param " << i);
+    CHECK(torch::allclose(ps[i].grad(), grads[i] * coef, 1e-6, 1e-7));
   }
 }
