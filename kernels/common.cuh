@@ -37,6 +37,17 @@ inline unsigned WarpRowBlocks(int64_t rows) {
   return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
 }
 
+// A lane's share of a row in those kernels: vectors c0 + 32 u of `row` (u < kRowUnroll) that lie
+// below nvec, loaded into v[u] all at once (the others are left as they are).
+template <typename T, int VEC>
+__device__ __forceinline__ void LoadLaneVecs(Vec<T, VEC> (&v)[kRowUnroll], const Vec<T, VEC>* row, int64_t c0,
+                                             int64_t nvec) {
+#pragma unroll
+  for (int u = 0; u < kRowUnroll; ++u) {
+    if (c0 + 32 * u < nvec) v[u] = row[c0 + 32 * u];
+  }
+}
+
 }  // namespace moe::kernels
 
 // Dispatches T over the row dtypes the MoE kernels take (bf16, fp32) and VEC over {16 bytes, 1}.

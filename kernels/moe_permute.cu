@@ -43,10 +43,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
   const auto* in = reinterpret_cast<const Vec<T, VEC>*>(x + s * d);  // (d,)
   for (int64_t c0 = lane; c0 < nvec; c0 += 32 * kRowUnroll) {
     Vec<T, VEC> v[kRowUnroll];
-#pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u) {
-      if (c0 + 32 * u < nvec) v[u] = in[c0 + 32 * u];
-    }
+    LoadLaneVecs(v, in, c0, nvec);
 #pragma unroll
     for (int u = 0; u < kRowUnroll; ++u) {
       if (c0 + 32 * u < nvec) out[c0 + 32 * u] = v[u];

@@ -73,10 +73,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
   }
   for (int64_t c0 = lane; c0 < nvec; c0 += 32 * kRowUnroll) {
     Vec<T, VEC> g[kRowUnroll];
-#pragma unroll
-    for (int u = 0; u < kRowUnroll; ++u) {
-      if (c0 + 32 * u < nvec) g[u] = gr[c0 + 32 * u];
-    }
+    LoadLaneVecs(g, gr, c0, nvec);
 #pragma unroll
     for (int j = 0; j < kMaxK; ++j) {
       if (j >= k) break;
@@ -86,10 +83,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
       const auto* ar = reinterpret_cast<const Vec<T, VEC>*>(ys + r * d);  // (d,)
       auto* outr = reinterpret_cast<Vec<T, VEC>*>(dys + r * d);           // (d,)
       Vec<T, VEC> a[kRowUnroll];
-#pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) {
-        if (c0 + 32 * u < nvec) a[u] = ar[c0 + 32 * u];
-      }
+      LoadLaneVecs(a, ar, c0, nvec);
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) {
         if (c0 + 32 * u >= nvec) continue;
