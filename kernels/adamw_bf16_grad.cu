@@ -100,7 +100,7 @@ __device__ __forceinline__ void UpdateChunk(const TensorPack& pack, int t, int64
 }
 
 // Chunk b of the pack (kChunk elements of one tensor) for b = blockIdx.x, blockIdx.x + gridDim.x,
-// ...: the grid is sized to what the GPU holds at once (GridFor), so each thread computes the
+// ...: the grid is sized to what the GPU holds at once (ResidentGrid), so each thread computes the
 // step's bias corrections (two double pow) once per launch rather than once per 16 elements.
 __global__ void __launch_bounds__(kBlock) adamw_bf16_grad_kernel(TensorPack pack, Hyper h) {
   const double lr = *h.lr;
@@ -111,15 +111,10 @@ __global__ void __launch_bounds__(kBlock) adamw_bf16_grad_kernel(TensorPack pack
   const float step_size = lr / bc1;
   const int64_t chunks = pack.first_chunk[pack.count];
   for (int64_t b = blockIdx.x; b < chunks; b += gridDim.x) {
-    // The chunk's tensor: the last t with first_chunk[t] <= b.
-    int lo = 0, hi = pack.count - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (pack.first_chunk[mid] <= b) lo = mid; else hi = mid - 1;
-    }
-    const int64_t n = pack.n[lo];
-    const int64_t begin = (b - pack.first_chunk[lo]) * kChunk;
-    UpdateChunk(pack, lo, begin, begin + kChunk < n ? begin + kChunk : n, h, lr, coef, step_size, bc2_sqrt);
+    const int t = ChunkTensor(pack.first_chunk, pack.count, b);
+    const int64_t n = pack.n[t];
+    const int64_t begin = (b - pack.first_chunk[t]) * kChunk;
+    UpdateChunk(pack, t, begin, begin + kChunk < n ? begin + kChunk : n, h, lr, coef, step_size, bc2_sqrt);
   }
 }
 
@@ -132,19 +127,10 @@ namespace {
 
 bool Aligned(const void* ptr, size_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; }
 
-// Blocks for `chunks` chunks: no more than the current device runs at once (the kernel loops).
-unsigned GridFor(int64_t chunks) {
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_bf16_grad_kernel, kBlock, 0));
-  const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) *
-                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return static_cast<unsigned>(chunks < resident ? chunks : resident);
-}
-
 void LaunchPack(const TensorPack& pack, const Hyper& h, cudaStream_t stream) {
   const int64_t chunks = pack.first_chunk[pack.count];
   if (chunks == 0) return;
-  adamw_bf16_grad_kernel<<<GridFor(chunks), kBlock, 0, stream>>>(pack, h);
+  adamw_bf16_grad_kernel<<<ResidentGrid(adamw_bf16_grad_kernel, kBlock, chunks), kBlock, 0, stream>>>(pack, h);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
 namespace moe::kernels {
@@ -20,6 +21,37 @@ template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Vec {
   T v[VEC];
 };
+
+// Sum over the 32 lanes of a warp (all of them call it), returned to each; a fixed shuffle tree,
+// so the same inputs give the same bits.
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Multi-tensor kernels (adamw_bf16_grad.cu, grad_norm.cu) cut a pack of tensors into chunks, tensor
+// t owning chunks [first_chunk[t], first_chunk[t+1]), and loop a grid that the GPU holds at once
+// over them. The tensor of chunk b: the last t < count with first_chunk[t] <= b (binary search).
+__device__ __forceinline__ int ChunkTensor(const int64_t* first_chunk, int count, int64_t b) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_chunk[mid] <= b) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Blocks of `block` threads for `chunks` chunks of `kernel`: no more than the current device runs
+// at once (the kernel loops over the rest).
+template <typename Kernel>
+unsigned ResidentGrid(Kernel kernel, int block, int64_t chunks) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, 0));
+  const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) *
+                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return static_cast<unsigned>(chunks < resident ? chunks : resident);
+}
 
 // The widest vector that divides the row and keeps every row 16-byte aligned.
 inline int VecWidth(int64_t d, size_t elem_size) {

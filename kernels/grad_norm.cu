@@ -33,22 +33,16 @@ struct NormPack {
 
 namespace {
 
-__device__ __forceinline__ float WarpSumF(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Sum over the block (kBlock threads), valid in thread 0. `partial` is reused by the next call
 // only after a __syncthreads, which the caller's loop provides.
 __device__ __forceinline__ float BlockSumF(float v, float* partial) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  v = WarpSumF(v);
+  v = WarpSum(v);
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   float s = 0.f;
   if (warp == 0) {
-    s = WarpSumF(lane < kBlock / 32 ? partial[lane] : 0.f);
+    s = WarpSum(lane < kBlock / 32 ? partial[lane] : 0.f);
   }
   __syncthreads();
   return s;
@@ -98,14 +92,10 @@ __global__ void __launch_bounds__(kBlock) chunk_squares_kernel(float* __restrict
   __shared__ float warp_sums[kBlock / 32];
   const int64_t chunks = pack.first_chunk[pack.count];
   for (int64_t b = blockIdx.x; b < chunks; b += gridDim.x) {
-    int lo = 0, hi = pack.count - 1;  // the chunk's tensor: the last i with first_chunk[i] <= b
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (pack.first_chunk[mid] <= b) lo = mid; else hi = mid - 1;
-    }
-    const int64_t begin = (b - pack.first_chunk[lo]) * kChunk;
-    const int64_t end = begin + kChunk < pack.n[lo] ? begin + kChunk : pack.n[lo];
-    const float s = BlockSumF(ChunkSquares<T>(pack, lo, begin, end), warp_sums);
+    const int t = ChunkTensor(pack.first_chunk, pack.count, b);
+    const int64_t begin = (b - pack.first_chunk[t]) * kChunk;
+    const int64_t end = begin + kChunk < pack.n[t] ? begin + kChunk : pack.n[t];
+    const float s = BlockSumF(ChunkSquares<T>(pack, t, begin, end), warp_sums);
     if (threadIdx.x == 0) partial[b] = s;
   }
 }
@@ -128,22 +118,12 @@ __global__ void __launch_bounds__(kBlock) tensor_norms_kernel(float* __restrict_
 
 namespace {
 
-// Blocks for `chunks` chunks: no more than the current device runs at once (the kernel loops).
-template <typename T>
-unsigned GridFor(int64_t chunks) {
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chunk_squares_kernel<T>, kBlock, 0));
-  const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) *
-                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return static_cast<unsigned>(chunks < resident ? chunks : resident);
-}
-
 // norms: (pack.count,) fp32; partial: at least first_chunk[count] floats.
 template <typename T>
 void LaunchPack(float* norms, float* partial, const NormPack& pack, cudaStream_t stream) {
   const int64_t chunks = pack.first_chunk[pack.count];
   if (chunks > 0) {
-    chunk_squares_kernel<T><<<GridFor<T>(chunks), kBlock, 0, stream>>>(partial, pack);
+    chunk_squares_kernel<T><<<ResidentGrid(chunk_squares_kernel<T>, kBlock, chunks), kBlock, 0, stream>>>(partial, pack);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   tensor_norms_kernel<<<static_cast<unsigned>(pack.count), kBlock, 0, stream>>>(norms, partial, pack);

@@ -28,12 +28,6 @@ constexpr int kThreads = 256;  // tokens per block in select / place / backward
 constexpr int kWarps = kThreads / 32;
 constexpr int kScanThreads = 512;
 
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // The normalised score of the balance loss (router.h's probs): softmax scores themselves, or
 // sigmoid scores over their row sum.
 __device__ __forceinline__ float RouterProb(const float* row, int e, bool sigmoid, RowSoftmax s, float sig_sum) {

@@ -103,8 +103,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
 #pragma unroll
   for (int j = 0; j < kMaxK; ++j) {
     if (j >= k) break;
-    float s = dot[j];
-    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+    const float s = WarpSum(dot[j]);
     const int64_t r = inv[n * k + j];
     const bool row = r >= 0 && r < M;
     if (lane == 0) dw[n * k + j] = row ? s : 0.f;
