@@ -104,13 +104,15 @@ __device__ __forceinline__ int HeadElems(const bf16* row, int V) {
 }
 
 // One block per row r:
-//   lse[r]  = log(sum_j exp(logits[r, j]))                         logits (N, V) bf16
-//   loss[r] = lse[r] - logits[r, t]  (0 where t = targets[r] is ignore_index)
+//   lse[r]    = log(sum_j exp(logits[r, j]))                         logits (N, V) bf16
+//   loss[r]   = lse[r] - logits[r, t]  (0 where t = targets[r] is ignore_index)
+//   rowmax[r] = max_j logits[r, j]
 // The row is split into a scalar head (up to the first 16-byte boundary), 16-byte vectors, and a
 // scalar tail, so any V and any row alignment read the body with vector loads.
 template <int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
-    cross_entropy_forward_kernel(float* __restrict__ loss, float* __restrict__ lse, const bf16* __restrict__ logits,
+    cross_entropy_forward_kernel(float* __restrict__ loss, float* __restrict__ lse, float* __restrict__ rowmax,
+                                 const bf16* __restrict__ logits,
                                  const int64_t* __restrict__ targets, int V, int64_t ignore_index) {
   const int64_t r = blockIdx.x;
   const bf16* row = logits + r * V;  // int64: N*V exceeds 2^31 at the trainer's shapes
@@ -153,6 +155,7 @@ __global__ void __launch_bounds__(BLOCK)
   if (threadIdx.x == 0) {
     const float l = a.m + logf(a.s);  // all -inf: -inf + log(0) = -inf, and the loss NaN, as in ATen
     lse[r] = l;
+    rowmax[r] = a.m;
     const int64_t t = targets[r];
     if (t == ignore_index) {
       loss[r] = 0.f;
@@ -352,14 +355,14 @@ __global__ void __launch_bounds__(BLOCK)
 // ----------------------------------------------------------------------------
 // launchers
 
-void cross_entropy_forward(float* loss, float* lse, const bf16* logits, const int64_t* targets, int64_t N, int V,
-                           int64_t ignore_index, cudaStream_t stream) {
+void cross_entropy_forward(float* loss, float* lse, float* rowmax, const bf16* logits, const int64_t* targets,
+                           int64_t N, int V, int64_t ignore_index, cudaStream_t stream) {
   if (N == 0) return;
   const auto grid = static_cast<unsigned>(N);
   if (V >= kSmallV) {
-    cross_entropy_forward_kernel<256><<<grid, 256, 0, stream>>>(loss, lse, logits, targets, V, ignore_index);
+    cross_entropy_forward_kernel<256><<<grid, 256, 0, stream>>>(loss, lse, rowmax, logits, targets, V, ignore_index);
   } else {
-    cross_entropy_forward_kernel<64><<<grid, 64, 0, stream>>>(loss, lse, logits, targets, V, ignore_index);
+    cross_entropy_forward_kernel<64><<<grid, 64, 0, stream>>>(loss, lse, rowmax, logits, targets, V, ignore_index);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -416,8 +419,8 @@ void CheckLogitsTargets(const at::Tensor& logits, const at::Tensor& targets, con
 }
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits, const at::Tensor& targets,
-                                                       int64_t ignore_index) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits, const at::Tensor& targets,
+                                                                   int64_t ignore_index) {
   CheckLogitsTargets(logits, targets, "CrossEntropyForward");
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t N = logits.size(0);
@@ -425,10 +428,11 @@ std::tuple<at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits,
   auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor loss = at::empty({N}, f32);  // (N,)
   at::Tensor lse = at::empty({N}, f32);   // (N,)
-  cross_entropy_forward(loss.data_ptr<float>(), lse.data_ptr<float>(),
+  at::Tensor rowmax = at::empty({N}, f32);  // (N,)
+  cross_entropy_forward(loss.data_ptr<float>(), lse.data_ptr<float>(), rowmax.data_ptr<float>(),
                         reinterpret_cast<const bf16*>(logits.data_ptr()), targets.data_ptr<int64_t>(), N, V,
                         ignore_index, at::cuda::getCurrentCUDAStream());
-  return {loss, lse};
+  return {loss, lse, rowmax};
 }
 
 namespace {

@@ -23,12 +23,13 @@
 namespace moe::kernels {
 
 // Forward. logits (N, V) bf16 contiguous, 1 <= V <= 2^30, N < 2^31; targets (N,) int64 contiguous.
-// Returns {loss, lse}, both newly allocated (N,) fp32:
-//   lse[r]  = log(sum_j exp(logits[r, j]))
-//   loss[r] = lse[r] - logits[r, targets[r]]   (0 where targets[r] == ignore_index)
+// Returns {loss, lse, rowmax}, all newly allocated (N,) fp32:
+//   lse[r]    = log(sum_j exp(logits[r, j]))
+//   loss[r]   = lse[r] - logits[r, targets[r]]   (0 where targets[r] == ignore_index)
+//   rowmax[r] = max_j logits[r, j]               (what CrossEntropyBackwardFp8Cols needs)
 // N == 0 gives empty outputs and launches nothing.
-std::tuple<at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits, const at::Tensor& targets,
-                                                       int64_t ignore_index = -100);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> CrossEntropyForward(const at::Tensor& logits, const at::Tensor& targets,
+                                                                   int64_t ignore_index = -100);
 
 // Backward for the cotangent dloss (N,) fp32 of the per-row loss (any strides; it is made
 // contiguous). logits, targets as in the forward, lse (N,) fp32 its output. Returns a newly
@@ -52,5 +53,30 @@ struct CrossEntropyGradFp8 {
 CrossEntropyGradFp8 CrossEntropyBackwardFp8(const at::Tensor& dloss, const at::Tensor& logits,
                                             const at::Tensor& targets, const at::Tensor& lse, int64_t ignore_index,
                                             double amax_eps);
+
+// The backward for an LM head whose weight-gradient GEMM runs in FP8 too
+// (kernels/cross_entropy_fp8_tiles.cu): dlogits exactly as CrossEntropyBackward's (the same fp32
+// expression per element), and that expression's value d (fp32, before its bf16 rounding)
+// quantised two ways:
+//   rows: data (N, V) e4m3, scale and inv_scale (N, 1): one scale per row from the row's amax,
+//         the input-gradient GEMM's left operand (as CrossEntropyBackwardFp8's fp8, but cast from
+//         d rather than from bf16(d));
+//   cols: data (V, N) e4m3, d transposed, scale and inv_scale (V, 1), every entry the same: one
+//         scale for the whole tensor from the largest row amax, the weight-gradient GEMM's left
+//         operand. (A scale per column would need a pass over all of d before the first byte.)
+// The row amaxes come from the forward's rowmax rather than a reduction: the largest |d| of a row
+// is at its target or at its max (see the kernel), so no tile waits for a whole row.
+// An ignored row is zeros in all three, its row scale 448 / amax_eps. Supported
+// (CrossEntropyBackwardFp8ColsSupported): as CrossEntropyBackwardFp8Supported, and N % 16 == 0.
+// lse and rowmax: the forward's outputs for these logits.
+bool CrossEntropyBackwardFp8ColsSupported(const at::Tensor& logits);
+struct CrossEntropyGradFp8Cols {
+  at::Tensor dlogits;  // (N, V) bf16
+  Fp8Quantized rows;   // (N, V), per-row scales
+  Fp8Quantized cols;   // (V, N), one scale
+};
+CrossEntropyGradFp8Cols CrossEntropyBackwardFp8Cols(const at::Tensor& dloss, const at::Tensor& logits,
+                                                    const at::Tensor& targets, const at::Tensor& lse,
+                                                    const at::Tensor& rowmax, int64_t ignore_index, double amax_eps);
 
 }  // namespace moe::kernels

@@ -21,8 +21,12 @@
 # REPS times (default 3), then the ratios of the medians of the runs' medians; head = the fastest
 # FP8 form of the reference (experts bf16) and the wide model (experts FP8, fg) with and without
 # precision.fp8_lm_head, against bf16, alternated REPS times (default 2); losshead = lossfg's FP8
-# form with the LM head in FP8 too (the bf16 runs are lossfg's, made when missing). FP8_TESTS=0 skips building and running the [fp8] tests. Figures: median tok/s
-# over steps 11..N (1..10 warm-up).
+# form with the LM head in FP8 too (the bf16 runs are lossfg's, made when missing); headwg = `head`'s
+# FP8-head forms against the same with precision.fp8_lm_head_wgrad (the head's weight gradient in
+# FP8 too; on the reference config also with fp8_fast_accum_grads, which the wide form has), and
+# bf16, alternated REPS times (default 2); losshwg = losshead's form with
+# fp8_lm_head_wgrad, same seeds (bf16 runs made when missing). FP8_TESTS=0 skips building and
+# running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
 gpu_setup /tmp/moe-fp8
@@ -125,6 +129,35 @@ for what in ${@:-ref}; do
       done
       ratios hr bf16 fp8best fp8head
       ratios hw bf16 fp8best fp8head ;;
+    headwg)  # precision.fp8_lm_head_wgrad: head's FP8-head forms with the head's weight gradient in FP8
+      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true)
+      HW=(--set precision.fp8_lm_head_wgrad=true)
+      for rep in $(seq 1 "${REPS:-2}"); do
+        train "gr${rep}_bf16" "${G[@]}"
+        train "gr${rep}_fp8head" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false
+        train "gr${rep}_fp8headwg" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false "${HW[@]}"
+        train "gr${rep}_fp8headwgfg" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false "${HW[@]}" \
+          --set precision.fp8_fast_accum_grads=true
+        train "gw${rep}_bf16" "${G[@]}" "${W[@]}"
+        train "gw${rep}_fp8head" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_fast_accum_grads=true
+        train "gw${rep}_fp8headwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_fast_accum_grads=true "${HW[@]}"
+      done
+      ratios gr bf16 fp8head fp8headwg fp8headwgfg
+      ratios gw bf16 fp8head fp8headwg ;;
+    losshwg)  # losshead's FP8 form with the head's weight gradient in FP8 too, same three seeds
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true)
+      for seed in 1 2 3; do
+        [ -f "/tmp/runs/lfg_seed${seed}_bf16/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
+        [ -f "/tmp/runs/lfg_seed${seed}_fp8head/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_fp8head" "${L[@]}" "${F[@]}" --set train.seed=$seed
+        steps=200 train "lfg_seed${seed}_fp8headwg" "${L[@]}" "${F[@]}" --set precision.fp8_lm_head_wgrad=true \
+          --set train.seed=$seed
+      done ;;
     losshead)  # lossfg's FP8 form with the LM head in FP8 too, same three seeds (bf16 runs: lossfg's)
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)

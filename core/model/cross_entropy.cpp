@@ -25,19 +25,27 @@ bool UseKernels(const torch::Tensor& logits, const torch::Tensor& targets) {
 struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets,
                                const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
-    auto [loss, lse] = kernels::CrossEntropyForward(logits, targets, kIgnoreIndex);
+    auto [loss, lse, rowmax] = kernels::CrossEntropyForward(logits, targets, kIgnoreIndex);
     if (fp8_grad && kernels::CrossEntropyBackwardFp8Supported(logits)) {
       ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
     }
-    // The bf16 logits (which nothing else keeps) and lse (N,): half the memory of the fp32
+    // The bf16 logits (which nothing else keeps), lse and rowmax (N,): half the memory of the fp32
     // log-softmax that ATen's path saves.
-    ctx->save_for_backward({logits, targets, lse});
+    ctx->save_for_backward({logits, targets, lse, rowmax});
     return loss;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
     const auto saved = ctx->get_saved_variables();
-    if (const auto slot = SavedSlot(ctx, "fp8_grad")) {  // the gradient and its FP8 rows in one kernel, for the LM head
+    const auto slot = SavedSlot(ctx, "fp8_grad");
+    if (slot && slot->cols_requested() && kernels::CrossEntropyBackwardFp8ColsSupported(saved[0])) {
+      // rows and transposed columns, for a head whose weight gradient is FP8 too
+      kernels::CrossEntropyGradFp8Cols r = kernels::CrossEntropyBackwardFp8Cols(
+          grads[0], saved[0], saved[1], saved[2], saved[3], kIgnoreIndex, kAmaxEps);
+      slot->Offer(r.dlogits, Fp8TensorOf(r.rows), Fp8TensorOf(r.cols));
+      return {r.dlogits, torch::Tensor(), torch::Tensor()};
+    }
+    if (slot) {  // the gradient and its FP8 rows in one kernel, for the LM head
       kernels::CrossEntropyGradFp8 r =
           kernels::CrossEntropyBackwardFp8(grads[0], saved[0], saved[1], saved[2], kIgnoreIndex, kAmaxEps);
       slot->Offer(r.dlogits, Fp8TensorOf(r.fp8));

@@ -23,6 +23,9 @@ namespace moe {
 // fused backward also quantises the logits' gradient by rows and Offers it there
 // (core/precision/fp8_rows_slot.h); the gradient itself is the same. Ignored off the fused path
 // (and where kernels::CrossEntropyBackwardFp8Supported fails): the head then quantises it itself.
+// Where the head asked for columns too (Fp8RowsSlot::cols_requested: its weight gradient is FP8)
+// and kernels::CrossEntropyBackwardFp8ColsSupported holds, the offer includes the gradient's
+// transposed columns, and its rows are cast from the fp32 gradient (kernels/cross_entropy.h).
 torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets,
                                const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {});
 

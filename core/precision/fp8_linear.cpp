@@ -36,7 +36,10 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     if (rowwise) {
       ctx->save_for_backward({x, w});
-      if (grad_slot) ctx->saved_data["fp8_grad"] = SlotToIValue(grad_slot);
+      if (grad_slot) {
+        ctx->saved_data["fp8_grad"] = SlotToIValue(grad_slot);
+        if (wgrad_fp8) grad_slot->RequestCols();  // the weight gradient takes dy's columns too
+      }
       if (pre) {
         ctx->saved_data["w_cols"] = pre->cols.data;
         ctx->saved_data["w_cols_inv"] = pre->cols.inv_scale();
@@ -61,9 +64,13 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       auto saved = ctx->get_saved_variables();
       const torch::Tensor& x = saved[0];  // (M, K)
       const torch::Tensor& w = saved[1];  // (N, K)
+      // dy (M, N) quantised per row over N, as the op that produced it quantised it, where it did
+      // (fp8_rows_slot.h); with an FP8 weight gradient, also its columns (N, M), where it made them.
+      Fp8Tensor dyq, dyt;
+      if (ctx->needs_input_grad(0) || (ctx->needs_input_grad(1) && wgrad_fp8)) {
+        dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy, &dyt);
+      }
       if (ctx->needs_input_grad(0)) {
-        // (M, N), per row over N: as the op that produced dy quantised it, where it did (fp8_rows_slot.h)
-        const Fp8Tensor dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy);
         // (K, N), per k over N
         Fp8Tensor wt = ctx->saved_data.count("w_cols") != 0
                            ? Fp8Tensor{ctx->saved_data["w_cols"].toTensor(), torch::Tensor(),
@@ -74,8 +81,8 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {
         dw = torch::mm(dy.t(), x.to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1)) {
-        Fp8Tensor dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
-        Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);    // (K, M), per k over M
+        if (!dyt.data.defined()) dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
+        Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);  // (K, M), per k over M
         dw = ScaledMm(dyt.data, dyt.inv_scale(), xt.data.t(), xt.inv_scale().t(), dt, fast).to(w_dtype);  // (N, K)
       }
     } else {

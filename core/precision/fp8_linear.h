@@ -37,6 +37,9 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
 // grad_slot (rowwise; may be null): where the op consuming the output may offer the output's
 // gradient already quantised by rows (core/precision/fp8_rows_slot.h); the input-gradient GEMM
 // takes it from there when it is the gradient that arrives, and quantises it itself otherwise.
+// With opts.wgrad_fp8 the layer asks the slot for the gradient's transposed columns too
+// (Fp8RowsSlot::RequestCols); the weight-gradient GEMM uses them where the producer made them
+// (the loss, for the LM head: one scale for the whole gradient), else quantises per column.
 // x_rows (rowwise; may be null): likewise where the op that produced x may have offered x's rows,
 // for the output GEMM.
 torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recipe recipe,

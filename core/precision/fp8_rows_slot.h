@@ -33,24 +33,35 @@ class Fp8RowsSlot : public torch::CustomClassHolder {
  public:
   // t: the tensor as the producer returns it; q: its rows quantised (data (R, C) with
   // R * C == t.numel(), scale and inv (R, 1)), what Quantize(t.view({R, C}), e4m3, kRow) gives.
-  void Offer(const torch::Tensor& t, Fp8Tensor q) {
+  // cols (optional, only where cols_requested()): the same values transposed and quantised for the
+  // weight-gradient GEMM, data (C, R) with inv (C, 1) (the loss's tensor-wide scale, see
+  // kernels/cross_entropy.h).
+  void Offer(const torch::Tensor& t, Fp8Tensor q, Fp8Tensor cols = {}) {
     offered_ = t;
     q_ = std::move(q);
+    cols_ = std::move(cols);
   }
 
-  // The offered rows if t is the offered tensor (or a view of all of it), else nothing; the slot
-  // is emptied either way.
-  bool Take(const torch::Tensor& t, Fp8Tensor* out) {
+  // The offered rows (and columns, where offered; else cols is left empty) if t is the offered
+  // tensor (or a view of all of it), else nothing; the slot is emptied either way.
+  bool Take(const torch::Tensor& t, Fp8Tensor* out, Fp8Tensor* cols = nullptr) {
     const bool match = offered_.defined() && t.defined() && t.data_ptr() == offered_.data_ptr() &&
                        t.numel() == offered_.numel() && t.scalar_type() == offered_.scalar_type();
     if (match) {
       *out = std::move(q_);
+      if (cols) *cols = std::move(cols_);
       ++taken_;
     }
     offered_ = torch::Tensor();
     q_ = Fp8Tensor{};
+    cols_ = Fp8Tensor{};
     return match;
   }
+
+  // Set by a consumer that would use transposed columns too (an FP8 weight-gradient GEMM), before
+  // the producer runs; a producer that cannot make them offers rows only.
+  void RequestCols() { cols_requested_ = true; }
+  bool cols_requested() const { return cols_requested_; }
 
   // Whether a tensor is on offer now, and how many offers a Take has used so far.
   bool offered() const { return offered_.defined(); }
@@ -59,7 +70,9 @@ class Fp8RowsSlot : public torch::CustomClassHolder {
  private:
   torch::Tensor offered_;
   Fp8Tensor q_;
+  Fp8Tensor cols_;
   int64_t taken_ = 0;
+  bool cols_requested_ = false;
 };
 
 // Stores a slot in an autograd context's saved data, and reads it back (null if none was stored).
@@ -82,6 +95,20 @@ inline c10::intrusive_ptr<Fp8RowsSlot> SavedSlot(const torch::autograd::Autograd
 inline Fp8Tensor TakeRowsOrQuantize(const c10::intrusive_ptr<Fp8RowsSlot>& slot, const torch::Tensor& t) {
   Fp8Tensor q;
   if (slot && slot->Take(t, &q) && q.data.sizes() == t.sizes()) return q;
+  return Quantize(t, torch::kFloat8_e4m3fn, Fp8Granularity::kRow);
+}
+
+// The same for a consumer that also wants t's transposed columns (M, C) -> (C, M) with inv (C, 1):
+// the offered ones when the producer made them, else left empty for the caller to quantise (only
+// if it needs them, so the cost stays where it is used).
+inline Fp8Tensor TakeRowsOrQuantize(const c10::intrusive_ptr<Fp8RowsSlot>& slot, const torch::Tensor& t,
+                                    Fp8Tensor* cols) {
+  Fp8Tensor q;
+  if (slot && slot->Take(t, &q, cols) && q.data.sizes() == t.sizes()) {
+    if (cols->data.defined() && cols->data.sizes() != t.t().sizes()) *cols = Fp8Tensor{};
+    return q;
+  }
+  *cols = Fp8Tensor{};
   return Quantize(t, torch::kFloat8_e4m3fn, Fp8Granularity::kRow);
 }
 

@@ -27,6 +27,7 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
   p.gemm_.fast_accum_grads = cfg.precision.fp8_fast_accum_grads;
   p.min_dim_ = cfg.precision.fp8_min_dim;
   p.lm_head_ = cfg.precision.fp8_lm_head;
+  p.lm_head_wgrad_ = cfg.precision.fp8_lm_head_wgrad;
   Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
   TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
   p.rows_ = cfg.train.batch_size * cfg.model.seq_len;
@@ -62,7 +63,11 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tens
 }
 
 LinearPrecision PrecisionPlan::LmHead(const std::string& name, const torch::Tensor& weight) {
-  if (lm_head_) return Linear(name, weight);
+  if (lm_head_) {
+    LinearPrecision lp = Linear(name, weight);
+    if (lm_head_wgrad_) lp.gemm.wgrad_fp8 = true;
+    return lp;
+  }
   LinearPrecision lp;
   weights_->Record(weight);
   lp.cache = weights_;

@@ -75,15 +75,17 @@ class PrecisionPlan {
   // FP8 off: every GEMM in the compute dtype.
   PrecisionPlan() = default;
 
-  // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum(_grads), fp8_min_dim, fp8_lm_head}; the training micro-batch has
-  // train.batch_size * model.seq_len rows; `device` decides whether the expert kernel exists.
+  // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum(_grads), fp8_min_dim,
+  // fp8_lm_head(_wgrad)}; the training micro-batch has train.batch_size * model.seq_len rows;
+  // `device` decides whether the expert kernel exists.
   static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
 
   // The decision for linear layer `name` with weight (out, in); records a fallback when FP8 is on
   // and the shape cannot run. Records the weight in weights().
   LinearPrecision Linear(const std::string& name, const torch::Tensor& weight);
 
-  // The LM head's decision: Linear(name, weight) under precision.fp8_lm_head, else the compute
+  // The LM head's decision: Linear(name, weight) under precision.fp8_lm_head (with its weight
+  // gradient in FP8 under precision.fp8_lm_head_wgrad, whatever fp8_wgrad says), else the compute
   // dtype (the weight recorded in weights() all the same, no fallback listed).
   LinearPrecision LmHead(const std::string& name, const torch::Tensor& weight);
 
@@ -114,6 +116,7 @@ class PrecisionPlan {
   int64_t rows_ = 0;  // rows of a training micro-batch
   int64_t min_dim_ = 0;  // precision.fp8_min_dim
   bool lm_head_ = false;  // precision.fp8_lm_head
+  bool lm_head_wgrad_ = false;  // precision.fp8_lm_head_wgrad
   torch::Device device_ = torch::kCPU;
   std::vector<std::string> fallbacks_;
   std::shared_ptr<WeightCache> weights_ = std::make_shared<WeightCache>();

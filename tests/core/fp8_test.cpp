@@ -740,6 +740,18 @@ TEST_CASE("fp8: fp8_lm_head puts the LM head in FP8 only when asked, and the mod
     // A vocabulary that is not a multiple of 16 leaves the head in the compute dtype, named.
     if (r.fallbacks == 1) CHECK(m->precision_plan().fallbacks()[0].rfind("lm_head: (64 x 32) @ (32 x 72)", 0) == 0);
   }
+  // precision.fp8_lm_head_wgrad: the head's weight gradient in FP8 under fp8_wgrad = compute,
+  // every other layer's left in the compute dtype.
+  for (bool head_wgrad : {false, true}) {
+    moe::Config rc = c;
+    rc.precision.fp8 = true;
+    rc.precision.fp8_lm_head = true;
+    rc.precision.fp8_wgrad = "compute";
+    rc.precision.fp8_lm_head_wgrad = head_wgrad;
+    moe::GPT m(rc, torch::kFloat32);
+    CHECK(m->lm_head_precision().gemm.wgrad_fp8 == head_wgrad);
+    CHECK_FALSE(m->precision_plan().gemm_options().wgrad_fp8);
+  }
   // The same init and batch: FP8 in the head changes the loss and the head's gradient, within FP8's
   // tolerance of the run with the head in the compute dtype; without precision.fp8 the option
   // changes nothing at all.
@@ -803,6 +815,100 @@ TEST_CASE("fp8: the loss's backward hands a rowwise FP8 LM head its gradient qua
   CHECK(torch::equal(b.dx, a.dx));
   CHECK(torch::equal(b.dw, a.dw));
   CHECK(a.dx.abs().sum().item<double>() > 0);
+}
+
+TEST_CASE("fp8: a slot hands over transposed columns only with the offered tensor's rows, and an FP8 weight "
+          "gradient asks for them",
+          "[fp8]") {
+  torch::manual_seed(14);
+  const torch::Tensor dy = torch::randn({32, 16});
+  const moe::Fp8Tensor rows = moe::Quantize(dy, kE4M3, moe::Fp8Granularity::kRow);
+  const moe::Fp8Tensor cols = moe::Quantize(dy.t(), kE4M3, moe::Fp8Granularity::kRow);  // (16, 32)
+  auto slot = c10::make_intrusive<moe::Fp8RowsSlot>();
+  moe::Fp8Tensor got_cols;
+  slot->Offer(dy, rows, cols);
+  moe::TakeRowsOrQuantize(slot, dy, &got_cols);
+  REQUIRE(got_cols.data.defined());
+  CHECK(torch::equal(got_cols.data.view(torch::kUInt8), cols.data.view(torch::kUInt8)));
+  // Columns of the wrong shape are dropped (the caller quantises), and so are those of another tensor.
+  slot->Offer(dy, rows, rows);
+  moe::TakeRowsOrQuantize(slot, dy, &got_cols);
+  CHECK_FALSE(got_cols.data.defined());
+  slot->Offer(dy, rows, cols);
+  moe::TakeRowsOrQuantize(slot, dy.clone(), &got_cols);
+  CHECK_FALSE(got_cols.data.defined());
+  CHECK(slot->taken() == 2);
+
+  // A rowwise Fp8Linear asks its gradient slot for columns only when its weight gradient is FP8.
+  for (bool wgrad_fp8 : {false, true}) {
+    auto s2 = c10::make_intrusive<moe::Fp8RowsSlot>();
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = wgrad_fp8;
+    moe::Fp8Linear(torch::randn({32, 48}), torch::randn({16, 48}), moe::Fp8Recipe::kRowwise, o, nullptr, s2);
+    CHECK(s2->cols_requested() == wgrad_fp8);
+  }
+
+  // The weight-gradient GEMM uses offered columns: offering those of 2 dy doubles the weight
+  // gradient and leaves the input gradient (from the rows) as it is.
+  const torch::Tensor x0 = torch::randn({32, 48}), w0 = torch::randn({16, 48}) / 7;
+  auto grads = [&](bool offer_twice) {
+    torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+    auto s3 = c10::make_intrusive<moe::Fp8RowsSlot>();
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = true;
+    const torch::Tensor y = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, o, nullptr, s3);
+    const torch::Tensor g = dy.clone();
+    if (offer_twice) s3->Offer(g, moe::Quantize(g, kE4M3, moe::Fp8Granularity::kRow),
+                                moe::Quantize((g * 2).t(), kE4M3, moe::Fp8Granularity::kRow));
+    y.backward(g);
+    return std::make_pair(x.grad(), w.grad());
+  };
+  const auto [dx_own, dw_own] = grads(false);
+  const auto [dx_off, dw_off] = grads(true);
+  CHECK(torch::equal(dx_off, dx_own));
+  CHECK(torch::allclose(dw_off, dw_own * 2, 1e-5, 1e-6));
+}
+
+TEST_CASE("fp8: the loss's backward hands an FP8 LM head with an FP8 weight gradient its gradient's rows and "
+          "transposed columns (skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t B = 2, T = 64, d = 128, V = 1024;
+  torch::manual_seed(18);
+  const torch::Tensor x0 = torch::randn({B, T, d}, torch::dtype(torch::kBFloat16).device(cuda));
+  const torch::Tensor w0 = (torch::randn({V, d}) / 10).to(cuda, torch::kBFloat16);
+  torch::Tensor tgt = torch::randint(0, V, {B * T}, torch::dtype(torch::kLong).device(cuda));
+  tgt.index_put_({torch::indexing::Slice(0, 5)}, -100);  // ignored rows too
+  struct Out {
+    double loss;
+    torch::Tensor dx, dw;
+  };
+  // fp8: the head in rowwise FP8 with its weight gradient in FP8, with or without the slot;
+  // otherwise the same head in bf16 as the reference.
+  auto run = [&](bool fp8, bool handoff, int64_t* taken) {
+    torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+    auto slot = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = true;
+    const torch::Tensor logits = fp8 ? moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, o, nullptr, slot)
+                                     : torch::matmul(x, w.t());  // (B, T, V)
+    const torch::Tensor loss = moe::CrossEntropyLoss(logits.view({-1, V}), tgt, slot);
+    loss.backward();
+    if (taken) *taken = slot ? slot->taken() : 0;
+    return Out{loss.item<double>(), x.grad().to(torch::kFloat), w.grad().to(torch::kFloat)};
+  };
+  int64_t taken = 0;
+  const Out ref = run(false, false, nullptr), own = run(true, false, nullptr), handed = run(true, true, &taken);
+  CHECK(taken == 1);
+  CHECK(handed.loss == own.loss);
+  // Both FP8 forms are within FP8's tolerance of bf16, and the hand-off's columns (one scale for
+  // the whole gradient) stay as close as the head's own per-column quantisation.
+  INFO("dw: per-column " << RelErr(own.dw, ref.dw) << ", handed over " << RelErr(handed.dw, ref.dw));
+  CHECK(RelErr(handed.dx, ref.dx) < 0.05);
+  CHECK(RelErr(handed.dw, ref.dw) < 0.05);
+  CHECK(RelErr(handed.dw, ref.dw) < 2 * RelErr(own.dw, ref.dw));
+  CHECK(RelErr(handed.dw, own.dw) > 1e-4);  // the columns came from the loss, not the head
 }
 
 TEST_CASE("fp8: relu2 hands the FP8 expert down projection its input and the up projection its gradient "

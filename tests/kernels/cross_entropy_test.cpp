@@ -128,7 +128,7 @@ TEST_CASE("kernels: CrossEntropyForward/Backward match float64 ATen per row", "[
       Ref ref = Reference(logits, targets, dloss);
 
       moe_test::PoisonAllocator(s.N, at::kFloat);
-      auto [loss, lse] = moe::kernels::CrossEntropyForward(logits, targets);
+      auto [loss, lse, rowmax] = moe::kernels::CrossEntropyForward(logits, targets);
       REQUIRE(loss.sizes() == at::IntArrayRef({s.N}));
       REQUIRE(lse.sizes() == at::IntArrayRef({s.N}));
       REQUIRE(loss.scalar_type() == at::kFloat);
@@ -139,6 +139,7 @@ TEST_CASE("kernels: CrossEntropyForward/Backward match float64 ATen per row", "[
       CHECK(CountOutside(loss, ref.loss, 1e-5, tiny) == 0);
       CHECK(moe_test::RelErr(loss, ref.loss) < 1e-5);
       CHECK(loss.masked_select(ignored).abs().sum().item<double>() == 0);  // exactly 0, not NaN
+      CHECK(at::equal(rowmax, logits.to(at::kFloat).amax(1)));  // a max of bf16 values: exact
 
       moe_test::PoisonAllocator(s.N * s.V, at::kBFloat16);
       at::Tensor dlogits = moe::kernels::CrossEntropyBackward(dloss, logits, targets, lse);
@@ -167,7 +168,7 @@ TEST_CASE("kernels: CrossEntropyBackwardFp8 equals the backward then the FP8 row
       if (!supported) continue;  // the caller quantises separately there
       at::Tensor targets = RandomTargets(s.N, s.V);  // ignored rows included: zeros, the eps scale
       at::Tensor dloss = at::randn({s.N}, logits.options().dtype(at::kFloat)) / s.N;
-      auto [loss, lse] = moe::kernels::CrossEntropyForward(logits, targets);
+      auto [loss, lse, rowmax] = moe::kernels::CrossEntropyForward(logits, targets);
       const at::Tensor want = moe::kernels::CrossEntropyBackward(dloss, logits, targets, lse);
       const moe::kernels::Fp8Quantized want8 = moe::kernels::Fp8Quantize(want, at::kFloat8_e4m3fn, true, 1e-12);
       moe_test::PoisonAllocator(s.N * s.V, at::kBFloat16);
@@ -178,6 +179,67 @@ TEST_CASE("kernels: CrossEntropyBackwardFp8 equals the backward then the FP8 row
       // Not a vacuous agreement: the rows carry many distinct scales and non-zero bytes.
       CHECK(std::get<0>(at::_unique(got.fp8.scale.flatten())).numel() > std::min<int64_t>(s.N / 2, 8));
       CHECK(moe_test::NonzeroBytes(got.fp8.data) > s.N);
+    }
+  }
+}
+
+TEST_CASE("kernels: CrossEntropyBackwardFp8Cols writes the gradient, its rows and its transposed columns in FP8",
+          "[kernels][cross_entropy][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(9);
+  // Unsupported: N not a multiple of 16, V not a multiple of 8, a misaligned start.
+  CHECK_FALSE(moe::kernels::CrossEntropyBackwardFp8ColsSupported(RandomLogits(20, 64)));
+  CHECK_FALSE(moe::kernels::CrossEntropyBackwardFp8ColsSupported(RandomLogits(16, 13)));
+  CHECK_FALSE(moe::kernels::CrossEntropyBackwardFp8ColsSupported(RandomLogits(16, 64, true)));
+  // The trainer's V; partial tiles in both dimensions (80 = 64 + 16 rows, 136 = 128 + 8 columns);
+  // a single vector per row; many row tiles; rows past 65536 columns.
+  const Shape shapes[] = {{64, 32768, false}, {80, 136, false}, {16, 8, false}, {1040, 1024, false},
+                          {32, 131072, false}};
+  for (const Shape& s : shapes) {
+    DYNAMIC_SECTION("N " << s.N << " V " << s.V) {
+      at::Tensor logits = RandomLogits(s.N, s.V);
+      REQUIRE(moe::kernels::CrossEntropyBackwardFp8ColsSupported(logits));
+      at::Tensor targets = RandomTargets(s.N, s.V);  // ignored rows included
+      at::Tensor keep = targets.ne(kIgnore);
+      // Row weights of both signs and different sizes, so that rows have different scales.
+      at::Tensor dloss = at::randn({s.N}, logits.options().dtype(at::kFloat)) / s.N;
+      auto [loss, lse, rowmax] = moe::kernels::CrossEntropyForward(logits, targets);
+      const at::Tensor want = moe::kernels::CrossEntropyBackward(dloss, logits, targets, lse);
+      moe_test::PoisonAllocator(s.N * s.V, at::kBFloat16);
+      const moe::kernels::CrossEntropyGradFp8Cols got =
+          moe::kernels::CrossEntropyBackwardFp8Cols(dloss, logits, targets, lse, rowmax, kIgnore, 1e-12);
+      CHECK(at::equal(got.dlogits, want));  // the same expression per element
+      REQUIRE(got.rows.data.sizes() == at::IntArrayRef({s.N, s.V}));
+      REQUIRE(got.cols.data.sizes() == at::IntArrayRef({s.V, s.N}));
+      REQUIRE(got.rows.inv_scale.sizes() == at::IntArrayRef({s.N, 1}));
+      REQUIRE(got.cols.inv_scale.sizes() == at::IntArrayRef({s.V, 1}));
+
+      // The scales against the amaxes of the kernel's own gradient (its bf16 rounding: 2^-9): each
+      // row's, and the largest for the columns. (Against float64 they can differ by more where the
+      // target's p is near 1: 1 - p cancels, and a few ulp of __expf become ~1e-3 of it.)
+      const at::Tensor amax = got.dlogits.abs().amax(1).to(at::kDouble);  // (N,)
+      const at::Tensor want_row_scale = 448.0 / amax.clamp_min(1e-12);
+      CHECK(CountOutside(got.rows.scale.squeeze(1), want_row_scale, 4e-3, at::zeros({}, amax.options())) == 0);
+      const double want_col_scale = 448.0 / amax.max().item<double>();
+      CHECK(got.cols.scale.min().item<double>() == got.cols.scale.max().item<double>());
+      CHECK(std::abs(got.cols.scale[0][0].item<double>() / want_col_scale - 1) < 4e-3);
+      CHECK(at::equal(got.rows.inv_scale, got.rows.scale.reciprocal()));
+      CHECK(at::equal(got.cols.inv_scale, got.cols.scale.reciprocal()));
+
+      // Each byte within one e4m3 rounding of the float64 gradient: 2^-4 relative, or one
+      // subnormal step (2^-9 of the scale's unit) near zero.
+      const Ref ref = Reference(logits, targets, dloss);  // ref.grad (N, V) float64
+      const at::Tensor rows_deq = got.rows.data.to(at::kDouble) * got.rows.inv_scale.to(at::kDouble);
+      CHECK(CountOutside(rows_deq, ref.grad, 0.0625, got.rows.inv_scale.to(at::kDouble) / 512) == 0);
+      const at::Tensor cols_deq = got.cols.data.to(at::kDouble) * got.cols.inv_scale.to(at::kDouble);  // (V, N)
+      CHECK(CountOutside(cols_deq, ref.grad.t(), 0.0625, got.cols.inv_scale.to(at::kDouble) / 512) == 0);
+      // Ignored rows are zeros in both forms; the others carry many distinct scales and bytes.
+      const at::Tensor ignored = keep.logical_not();
+      CHECK(rows_deq.index({ignored}).abs().sum().item<double>() == 0);
+      CHECK(cols_deq.t().index({ignored}).abs().sum().item<double>() == 0);
+      CHECK(std::get<0>(at::_unique(got.rows.scale.flatten())).numel() > std::min<int64_t>(s.N / 2, 8));
+      CHECK(moe_test::NonzeroBytes(got.rows.data) > s.N);
+      CHECK(moe_test::NonzeroBytes(got.cols.data) > s.N);
     }
   }
 }
@@ -246,7 +308,7 @@ TEST_CASE("kernels: CrossEntropy rows past 2^31 elements (int64 row offsets)", "
   targets[N - 1].fill_(V - 1);
   logits[N - 1][V - 1].fill_(12);  // the very last element of the buffer decides the last row
   at::Tensor dloss = at::randn({N}, logits.options().dtype(at::kFloat));
-  auto [loss, lse] = moe::kernels::CrossEntropyForward(logits, targets);
+  auto [loss, lse, rowmax] = moe::kernels::CrossEntropyForward(logits, targets);
   at::Tensor dlogits = moe::kernels::CrossEntropyBackward(dloss, logits, targets, lse);
   for (int64_t first : {int64_t{65530}, N - 8}) {  // straddling 2^31 / V = 65536, and the end
     at::Tensor sl = logits.narrow(0, first, 8), st = targets.narrow(0, first, 8), sd = dloss.narrow(0, first, 8);
