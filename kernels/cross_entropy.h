@@ -67,16 +67,21 @@ CrossEntropyGradFp8 CrossEntropyBackwardFp8(const at::Tensor& dloss, const at::T
 // The row amaxes come from the forward's rowmax rather than a reduction: the largest |d| of a row
 // is at its target or at its max (see the kernel), so no tile waits for a whole row.
 // An ignored row is zeros in all three, its row scale 448 / amax_eps. Supported
-// (CrossEntropyBackwardFp8ColsSupported): as CrossEntropyBackwardFp8Supported, and N % 16 == 0.
-// lse and rowmax: the forward's outputs for these logits.
+// (CrossEntropyBackwardFp8ColsSupported): as CrossEntropyBackwardFp8Supported, and N % 16 == 0;
+// CrossEntropyBackwardFp8ColsShape is the shape part alone, for a caller whose logits are not made
+// yet (a fresh contiguous allocation meets the rest). lse and rowmax: the forward's outputs for
+// these logits. with_dlogits = false: dlogits is not written (left undefined), for a caller that
+// consumes only the two FP8 forms (core/model/lm_head_loss.h): 2 of the 6 bytes per element moved.
+bool CrossEntropyBackwardFp8ColsShape(int64_t N, int64_t V);
 bool CrossEntropyBackwardFp8ColsSupported(const at::Tensor& logits);
 struct CrossEntropyGradFp8Cols {
-  at::Tensor dlogits;  // (N, V) bf16
+  at::Tensor dlogits;  // (N, V) bf16, or undefined (with_dlogits = false)
   Fp8Quantized rows;   // (N, V), per-row scales
   Fp8Quantized cols;   // (V, N), one scale
 };
 CrossEntropyGradFp8Cols CrossEntropyBackwardFp8Cols(const at::Tensor& dloss, const at::Tensor& logits,
                                                     const at::Tensor& targets, const at::Tensor& lse,
-                                                    const at::Tensor& rowmax, int64_t ignore_index, double amax_eps);
+                                                    const at::Tensor& rowmax, int64_t ignore_index, double amax_eps,
+                                                    bool with_dlogits = true);
 
 }  // namespace moe::kernels

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kScaleThreads)
 // Tile (blockIdx.y: 64 rows, blockIdx.x: 128 columns). Thread (g = tid / 16, v = tid % 16) reads
 // rows 4g..4g+3 at columns 8v..8v+7 (four 16-byte loads in flight), computes
 //   d[r, j] = (exp(logits[r, j] - lse[r]) - [j == t_r]) * dloss[r]   (fp32; 0 for an ignored row)
-// and writes dlogits (bf16) and rows8 = cast(d * row_scale[r]) in place; the column bytes
+// and writes dlogits (bf16; not where it is null) and rows8 = cast(d * row_scale[r]) in place; the column bytes
 // cast(d * col_scale) go through shared memory as one 32-bit word per column (the thread's four
 // rows), and leave as 16-byte stores of cols8 (V, N): 64 contiguous bytes per column.
 // V % 8 == 0, N % 16 == 0, 16-byte aligned bases (the caller checks).
@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kTileThreads)
       q.v[k] = CastFp8<__NV_E4M3>(d, rs);
       packed[k] |= static_cast<uint32_t>(CastFp8<__NV_E4M3>(d, cs)) << (8 * i);
     }
-    *reinterpret_cast<VecT*>(dlogits + r * V + j0) = o;
+    if (dlogits) *reinterpret_cast<VecT*>(dlogits + r * V + j0) = o;
     *reinterpret_cast<Vec<uint8_t, kColVec>*>(rows8 + r * V + j0) = q;
   }
 #pragma unroll
@@ -154,22 +154,24 @@ void cross_entropy_backward_fp8_tiles(bf16* dlogits, uint8_t* rows8, float* row_
 // ----------------------------------------------------------------------------
 // ATen entry points
 
+bool CrossEntropyBackwardFp8ColsShape(int64_t N, int64_t V) {
+  return N % 16 == 0 && V % 8 == 0 && V >= 1 && V <= (int64_t{1} << 30) && (N + kTileRows - 1) / kTileRows <= 65535;
+}
+
 bool CrossEntropyBackwardFp8ColsSupported(const at::Tensor& logits) {
-  return CrossEntropyBackwardFp8Supported(logits) && logits.size(0) % 16 == 0 &&
-         (logits.size(0) + kTileRows - 1) / kTileRows <= 65535;
+  return CrossEntropyBackwardFp8Supported(logits) && CrossEntropyBackwardFp8ColsShape(logits.size(0), logits.size(1));
 }
 
 CrossEntropyGradFp8Cols CrossEntropyBackwardFp8Cols(const at::Tensor& dloss_in, const at::Tensor& logits,
                                                     const at::Tensor& targets, const at::Tensor& lse,
                                                     const at::Tensor& rowmax, int64_t ignore_index,
-                                                    double amax_eps) {
+                                                    double amax_eps, bool with_dlogits) {
   const char* what = "CrossEntropyBackwardFp8Cols";
   TORCH_CHECK(logits.is_cuda() && logits.dim() == 2 && logits.scalar_type() == at::kBFloat16 && logits.is_contiguous(),
               what, ": logits must be a contiguous (N, V) bf16 CUDA tensor");
   TORCH_CHECK(CrossEntropyBackwardFp8ColsSupported(logits), what, ": logits (N, V) need V % 8 == 0, N % 16 == 0 and "
               "a 16-byte aligned start, got (", logits.size(0), ", ", logits.size(1), ")");
   const int64_t N = logits.size(0);
-  TORCH_CHECK(logits.size(1) <= (int64_t{1} << 30), what, ": V = ", logits.size(1), " above 2^30");
   const int V = static_cast<int>(logits.size(1));
   for (const at::Tensor* s : {&lse, &rowmax}) {
     TORCH_CHECK(s->device() == logits.device() && s->dim() == 1 && s->size(0) == N && s->scalar_type() == at::kFloat &&
@@ -187,7 +189,7 @@ CrossEntropyGradFp8Cols CrossEntropyBackwardFp8Cols(const at::Tensor& dloss_in, 
   const auto f32 = logits.options().dtype(at::kFloat);
   const auto e4m3 = logits.options().dtype(at::kFloat8_e4m3fn);
   CrossEntropyGradFp8Cols r;
-  r.dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);  // (N, V) bf16
+  if (with_dlogits) r.dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);  // (N, V) bf16
   r.rows.data = at::empty({N, V}, e4m3);                              // (N, V)
   r.rows.scale = at::empty({N, 1}, f32);                              // (N, 1)
   r.rows.inv_scale = at::empty({N, 1}, f32);
@@ -195,7 +197,8 @@ CrossEntropyGradFp8Cols CrossEntropyBackwardFp8Cols(const at::Tensor& dloss_in, 
   r.cols.scale = at::empty({V, 1}, f32);                              // (V, 1), one value
   r.cols.inv_scale = at::empty({V, 1}, f32);
   cross_entropy_backward_fp8_tiles(
-      reinterpret_cast<bf16*>(r.dlogits.data_ptr()), reinterpret_cast<uint8_t*>(r.rows.data.data_ptr()),
+      with_dlogits ? reinterpret_cast<bf16*>(r.dlogits.data_ptr()) : nullptr,
+      reinterpret_cast<uint8_t*>(r.rows.data.data_ptr()),
       r.rows.scale.data_ptr<float>(), r.rows.inv_scale.data_ptr<float>(),
       reinterpret_cast<uint8_t*>(r.cols.data.data_ptr()), r.cols.scale.data_ptr<float>(),
       r.cols.inv_scale.data_ptr<float>(), reinterpret_cast<const bf16*>(logits.data_ptr()),

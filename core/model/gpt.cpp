@@ -1,7 +1,7 @@
 #include "core/model/gpt.h"
 
 #include "core/model/cast.h"
-#include "core/model/cross_entropy.h"
+#include "core/model/lm_head_loss.h"
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
 #include "core/moe/aux_losses.h"
@@ -71,20 +71,14 @@ ForwardOut GPTImpl::forward(const torch::Tensor& idx, const torch::Tensor& targe
       for (int64_t l = 0; l < n_moe; ++l) moe_blocks[l]->moe_layer()->AddPendingLoad(layer_load[l]);
     }
   }
-  // Logits stay in the compute dtype (FP8 GEMMs write it too): CrossEntropyLoss reads bf16 directly
-  // on CUDA (fused kernel) and makes the fp32 copy itself elsewhere.
-  // Under a rowwise FP8 head, the loss's backward hands the head its gradient already quantised
-  // (core/precision/fp8_rows_slot.h).
-  // The final norm hands it its input quantised the same way.
-  c10::intrusive_ptr<Fp8RowsSlot> head_grad, head_rows;
-  if (TakesFp8Rows(lm_head_precision_)) {
-    head_grad = c10::make_intrusive<Fp8RowsSlot>();
-    if (fp8_handoffs_) head_rows = c10::make_intrusive<Fp8RowsSlot>();
-  }
-  torch::Tensor logits = PlannedLinear(lm_head_precision_, AddRmsNorm(x, delta, {head_rows, delta_grad}).normed,
-                                       lm_head_->weight, head_grad, head_rows);  // (B, T, V)
+  // Logits stay in the compute dtype (FP8 GEMMs write it too): the loss reads bf16 directly on CUDA
+  // (fused kernels). Under a rowwise FP8 head the final norm hands the head its input quantised
+  // (core/precision/fp8_rows_slot.h); lm_head_loss.h says how the loss hands back its gradient.
+  c10::intrusive_ptr<Fp8RowsSlot> head_rows;
+  if (TakesFp8Rows(lm_head_precision_) && fp8_handoffs_) head_rows = c10::make_intrusive<Fp8RowsSlot>();
   ForwardOut out;
-  out.ce_loss = CrossEntropyLoss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}), head_grad);
+  out.ce_loss = LmHeadLoss(lm_head_precision_, AddRmsNorm(x, delta, {head_rows, delta_grad}).normed, lm_head_->weight,
+                           targets, head_rows);
   const double layers = static_cast<double>(std::max<int64_t>(1, n_moe));
   out.balance_loss = balance;
   out.z_loss = z / layers;

@@ -21,6 +21,7 @@
 #include "core/model/attention.h"
 #include "core/model/cross_entropy.h"
 #include "core/model/gpt.h"
+#include "core/model/lm_head_loss.h"
 #include "core/model/qkv_heads.h"
 #include "core/model/rms_norm.h"
 #include "core/model/rope.h"
@@ -57,6 +58,19 @@ void CheckSameTensors(const std::vector<torch::Tensor>& a, const std::vector<tor
     INFO("output " << i);
     CHECK(torch::equal(b[i], a[i]));
   }
+}
+
+// Whether an autograd node whose name contains `name` is reachable from t's grad_fn.
+bool GraphHasNode(const torch::Tensor& t, const std::string& name) {
+  std::vector<torch::autograd::Node*> todo;
+  if (t.grad_fn()) todo.push_back(t.grad_fn().get());
+  for (size_t i = 0; i < todo.size() && i < 10000; ++i) {
+    if (todo[i]->name().find(name) != std::string::npos) return true;
+    for (const auto& e : todo[i]->next_edges()) {
+      if (e.function) todo.push_back(e.function.get());
+    }
+  }
+  return false;
 }
 
 }  // namespace
@@ -909,6 +923,26 @@ TEST_CASE("fp8: the loss's backward hands an FP8 LM head with an FP8 weight grad
   CHECK(RelErr(handed.dw, ref.dw) < 0.05);
   CHECK(RelErr(handed.dw, ref.dw) < 2 * RelErr(own.dw, ref.dw));
   CHECK(RelErr(handed.dw, own.dw) > 1e-4);  // the columns came from the loss, not the head
+
+  // LmHeadLoss makes the head and the loss one node here, whose backward writes no bf16 gradient
+  // of the logits: the same loss and gradients as the two nodes with the slot, bit for bit.
+  moe::LinearPrecision p;
+  p.fp8 = true;
+  p.recipe = moe::Fp8Recipe::kRowwise;
+  p.gemm.wgrad_fp8 = true;
+  torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+  REQUIRE(moe::LmHeadLossFused(p, x, w));
+  const torch::Tensor loss = moe::LmHeadLoss(p, x, w, tgt.view({B, T}));
+  CHECK(GraphHasNode(loss, "Fp8HeadLossFn"));
+  loss.backward();
+  CHECK(loss.item<double>() == handed.loss);
+  CHECK(torch::equal(x.grad().to(torch::kFloat), handed.dx));
+  CHECK(torch::equal(w.grad().to(torch::kFloat), handed.dw));
+  // Not fused: a bf16 weight gradient, or a vocabulary the tiles cannot take.
+  p.gemm.wgrad_fp8 = false;
+  CHECK_FALSE(moe::LmHeadLossFused(p, x, w));
+  p.gemm.wgrad_fp8 = true;
+  CHECK_FALSE(moe::LmHeadLossFused(p, x.detach().cpu(), w.detach().cpu()));  // the loss kernels are CUDA's
 }
 
 TEST_CASE("fp8: relu2 hands the FP8 expert down projection its input and the up projection its gradient "
