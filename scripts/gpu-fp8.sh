@@ -23,9 +23,10 @@
 # precision.fp8_lm_head, against bf16, alternated REPS times (default 2); losshead = lossfg's FP8
 # form with the LM head in FP8 too (the bf16 runs are lossfg's, made when missing); headwg = `head`'s
 # FP8-head forms against the same with precision.fp8_lm_head_wgrad (the head's weight gradient in
-# FP8 too; on the reference config also with fp8_fast_accum_grads, which the wide form has), and
-# bf16, alternated REPS times (default 2); losshwg = losshead's form with
-# fp8_lm_head_wgrad, same seeds (bf16 runs made when missing). FP8_TESTS=0 skips building and
+# FP8 too; on the reference config also with fp8_fast_accum_grads, which the wide form has; allwg:
+# the experts in FP8 with fp8_experts_wgrad as well), and bf16, alternated REPS times (default 2); losshwg = losshead's form with
+# fp8_lm_head_wgrad, same seeds (bf16 runs made when missing); lossxwg = losshwg's form with
+# fp8_experts_wgrad too (the runs it compares with made when missing). FP8_TESTS=0 skips building and
 # running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -135,18 +136,22 @@ for what in ${@:-ref}; do
       B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
          --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true)
       HW=(--set precision.fp8_lm_head_wgrad=true)
+      XW=(--set precision.fp8_experts_wgrad=true)
       for rep in $(seq 1 "${REPS:-2}"); do
         train "gr${rep}_bf16" "${G[@]}"
         train "gr${rep}_fp8head" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false
         train "gr${rep}_fp8headwg" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false "${HW[@]}"
         train "gr${rep}_fp8headwgfg" "${G[@]}" "${B[@]}" --set precision.fp8_experts=false "${HW[@]}" \
           --set precision.fp8_fast_accum_grads=true
+        train "gr${rep}_fp8allwg" "${G[@]}" "${B[@]}" "${HW[@]}" "${XW[@]}" --set precision.fp8_fast_accum_grads=true
         train "gw${rep}_bf16" "${G[@]}" "${W[@]}"
         train "gw${rep}_fp8head" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_fast_accum_grads=true
         train "gw${rep}_fp8headwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_fast_accum_grads=true "${HW[@]}"
+        train "gw${rep}_fp8allwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_fast_accum_grads=true "${HW[@]}" \
+          "${XW[@]}"
       done
-      ratios gr bf16 fp8head fp8headwg fp8headwgfg
-      ratios gw bf16 fp8head fp8headwg ;;
+      ratios gr bf16 fp8head fp8headwg fp8headwgfg fp8allwg
+      ratios gw bf16 fp8head fp8headwg fp8allwg ;;
     losshwg)  # losshead's FP8 form with the head's weight gradient in FP8 too, same three seeds
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
@@ -156,6 +161,18 @@ for what in ${@:-ref}; do
         [ -f "/tmp/runs/lfg_seed${seed}_bf16/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
         [ -f "/tmp/runs/lfg_seed${seed}_fp8head/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_fp8head" "${L[@]}" "${F[@]}" --set train.seed=$seed
         steps=200 train "lfg_seed${seed}_fp8headwg" "${L[@]}" "${F[@]}" --set precision.fp8_lm_head_wgrad=true \
+          --set train.seed=$seed
+      done ;;
+    lossxwg)  # losshwg's form with the experts' weight gradients in FP8 too (fp8_experts_wgrad)
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true
+         --set precision.fp8_lm_head_wgrad=true)
+      for seed in 1 2 3; do
+        [ -f "/tmp/runs/lfg_seed${seed}_bf16/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
+        [ -f "/tmp/runs/lfg_seed${seed}_fp8headwg/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_fp8headwg" "${L[@]}" "${F[@]}" --set train.seed=$seed
+        steps=200 train "lfg_seed${seed}_fp8allwg" "${L[@]}" "${F[@]}" --set precision.fp8_experts_wgrad=true \
           --set train.seed=$seed
       done ;;
     losshead)  # lossfg's FP8 form with the LM head in FP8 too, same three seeds (bf16 runs: lossfg's)

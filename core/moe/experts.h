@@ -32,7 +32,7 @@ struct ExpertWeights {
   torch::Tensor w3;  // (E, d, h): swiglu "up" projection; undefined for relu2
   torch::Tensor w2;  // (E, h, d): output projection
   bool fp8 = false;  // grouped backend only: the GEMMs through Fp8GroupedMm (precision_plan.h decides)
-  Fp8GemmOptions fp8_gemm{};  // with fp8: precision.fp8_wgrad and fp8_fast_accum
+  Fp8GemmOptions fp8_gemm{};  // with fp8: PrecisionPlan::expert_gemm_options()
 };
 
 // One routed batch. x in the compute dtype; the rest from the router and capacity steps.

@@ -36,7 +36,7 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
     if (w3_.defined()) experts.push_back(w3_);
     experts.push_back(w2_);
     fp8_experts_ = plan->Experts(name, experts, impl_ == ExpertImpl::kGrouped);
-    fp8_gemm_ = plan->gemm_options();
+    fp8_gemm_ = plan->expert_gemm_options();
     weights_ = plan->weights();
   }
   pending_load_ = torch::zeros({E});

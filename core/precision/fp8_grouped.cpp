@@ -5,6 +5,7 @@
 #include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/fp8_quantize.h"
+#include "kernels/fp8_rows_to_cols.h"
 #include "kernels/moe_kernels.h"
 #endif
 
@@ -111,10 +112,21 @@ std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Te
   return {q.data, q.inv_scale().view({-1}).repeat({E})};
 }
 
+// Whether the weight gradient's operands are re-cast from FP8 rows (Fp8GemmOptions::wgrad_from_rows)
+// for an input x (M, K) padded to Mp slots: the kernel's device and shape conditions.
+bool WgradFromRows(bool wgrad_fp8, bool from_rows, const torch::Tensor& x) {
+#if defined(MOE_WITH_KERNELS)
+  return wgrad_fp8 && from_rows && OnKernelDevice(x) && x.size(1) % 16 == 0;
+#else
+  (void)wgrad_fp8, (void)from_rows, (void)x;
+  return false;
+#endif
+}
+
 struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                const torch::Tensor& offs, bool wgrad_fp8, bool fast_accum, bool fast_grads,
-                               const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
+                               bool wgrad_from_rows, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
                                const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
     ctx->save_for_backward({x, w, offs});
     if (grad_slot) ctx->saved_data["fp8_grad"] = SlotToIValue(grad_slot);
@@ -122,6 +134,10 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     ctx->saved_data["fast_grads"] = fast_grads;
     // (M, K), (M, 1): as the op before this one quantised it, where it did (fp8_rows_slot.h)
     const Fp8Tensor xq = TakeRowsOrQuantize(x_rows, x);
+    if (WgradFromRows(wgrad_fp8, wgrad_from_rows, x)) {  // kept for the weight gradient's re-cast
+      ctx->saved_data["x_q"] = xq.data;
+      ctx->saved_data["x_inv"] = xq.inv_scale();
+    }
     Fp8Tensor wq = Quantize(w.transpose(1, 2), kE4M3, Fp8Granularity::kRow);   // (E, N, K), (E, N, 1)
     return ScaledGroupedMm(xq.data, xq.inv_scale().view({-1}), wq.data.transpose(1, 2),
                            wq.inv_scale().squeeze(-1), offs, x.scalar_type(), fast_accum);  // (M, N)
@@ -133,10 +149,13 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     const torch::Tensor dy = grads[0].contiguous();  // (M, N)
     const int64_t M = x.size(0), E = w.size(0);
     const bool fast = ctx->saved_data["fast_grads"].toBool();
+    const bool from_rows = ctx->saved_data.count("x_q") != 0;
     torch::Tensor dx, dw;
+    Fp8Tensor dyq;  // (M, N), (M, 1): as the op after this one quantised it, where it did (fp8_rows_slot.h)
+    if (ctx->needs_input_grad(0) || (ctx->needs_input_grad(1) && from_rows && M > 0)) {
+      dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy);
+    }
     if (ctx->needs_input_grad(0)) {
-      // (M, N), (M, 1): as the op after this one quantised it, where it did (fp8_rows_slot.h)
-      const Fp8Tensor dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy);
       Fp8Tensor wq = Quantize(w, kE4M3, Fp8Granularity::kRow);    // (E, K, N), (E, K, 1): per (e, k) over N
       dx = ScaledGroupedMm(dyq.data, dyq.inv_scale().view({-1}), wq.data.transpose(1, 2), wq.inv_scale().squeeze(-1),
                            offs, x.scalar_type(), fast);  // (M, K)
@@ -146,6 +165,18 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
         dw = torch::zeros_like(w);
       } else if (!ctx->saved_data["wgrad_fp8"].toBool()) {
         dw = at::_grouped_mm(x.t(), dy, offs).to(w.scalar_type());  // (E, K, N)
+      } else if (from_rows) {
+#if defined(MOE_WITH_KERNELS)
+        // Both operands re-cast from their FP8 rows, one scale per expert (kernels/fp8_rows_to_cols.h).
+        PaddedGroups p = PadGroups(offs, M);
+        const torch::Tensor offs32 = offs.to(torch::kInt32);
+        const kernels::Fp8Quantized xt = kernels::Fp8RowsToPaddedCols(  // (K, Mp), (E*K,)
+            ctx->saved_data["x_q"].toTensor(), ctx->saved_data["x_inv"].toTensor(), offs32, p.src, p.pad_end);
+        const kernels::Fp8Quantized dyt =  // (N, Mp), (E*N,)
+            kernels::Fp8RowsToPaddedCols(dyq.data, dyq.inv_scale(), offs32, p.src, p.pad_end);
+        dw = ScaledGroupedMm(xt.data, xt.inv_scale, dyt.data.t(), dyt.inv_scale, p.pad_end, x.scalar_type(), fast)
+                 .to(w.scalar_type());  // (E, K, N)
+#endif
       } else {
         PaddedGroups p = PadGroups(offs, M);
         auto [xt, inv_x] = QuantizePaddedTransposed(x, p, E);     // (K, Mp), (E*K,)
@@ -154,7 +185,10 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
                  .to(w.scalar_type());  // (E, K, N)
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    variable_list out(9);  // one per forward input; only x and w have gradients
+    out[0] = dx;
+    out[1] = dw;
+    return out;
   }
 };
 
@@ -196,8 +230,8 @@ torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const
     // Nothing routed here: an empty result that still connects to both inputs' graphs.
     return (x.sum() + w.sum()).to(x.scalar_type()) * torch::zeros({0, w.size(2)}, x.options());
   }
-  return Fp8GroupedFn::apply(x, w, offs, opts.wgrad_fp8, opts.fast_accum, opts.fast_accum_grads, grad_slot,
-                             x_rows);
+  return Fp8GroupedFn::apply(x, w, offs, opts.wgrad_fp8, opts.fast_accum, opts.fast_accum_grads,
+                             opts.wgrad_from_rows, grad_slot, x_rows);
 }
 
 }  // namespace moe

@@ -28,6 +28,11 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
   p.min_dim_ = cfg.precision.fp8_min_dim;
   p.lm_head_ = cfg.precision.fp8_lm_head;
   p.lm_head_wgrad_ = cfg.precision.fp8_lm_head_wgrad;
+  p.expert_gemm_ = p.gemm_;
+  if (cfg.precision.fp8_experts_wgrad) {
+    p.expert_gemm_.wgrad_fp8 = true;
+    p.expert_gemm_.wgrad_from_rows = true;
+  }
   Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
   TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
   p.rows_ = cfg.train.batch_size * cfg.model.seq_len;

@@ -235,6 +235,42 @@ TEST_CASE("fp8: grouped expert GEMM with an empty expert matches per-expert fp32
   CHECK(we.grad().abs().sum().item<double>() == 0.0);
 }
 
+TEST_CASE("fp8: the experts' FP8 weight gradient re-cast from the rows matches fp32 within FP8 tolerance "
+          "(skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  torch::manual_seed(24);
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t K = 128, N = 256, E = 4;
+  // Expert 1 has no rows, expert 3 fewer than the 16-row padding.
+  const std::vector<int64_t> counts = {200, 0, 250, 5};
+  const int64_t M = 455;
+  const torch::Tensor offs = torch::tensor({200, 200, 450, 455}, torch::dtype(torch::kInt32).device(cuda));
+  const torch::Tensor x0 = torch::randn({M, K}, cuda), w0 = torch::randn({E, K, N}, cuda) / 6;
+  const torch::Tensor g = torch::randn({M, N}, cuda);
+  auto run = [&](bool from_rows) {
+    torch::Tensor x = Leaf(x0, torch::kBFloat16), w = Leaf(w0, torch::kFloat32);
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = true;
+    o.wgrad_from_rows = from_rows;
+    moe::Fp8GroupedMm(x, w, offs, o).backward(g.to(torch::kBFloat16));
+    return std::make_pair(x.grad().to(torch::kFloat), w.grad());
+  };
+  const auto [dx_cols, dw_cols] = run(false);
+  const auto [dx_rows, dw_rows] = run(true);
+  torch::Tensor xr = x0.clone().requires_grad_(), wr = w0.clone().requires_grad_();
+  std::vector<torch::Tensor> parts;
+  for (int64_t e = 0, start = 0; e < E; start += counts[e], ++e) parts.push_back(torch::mm(xr.narrow(0, start, counts[e]), wr[e]));
+  torch::cat(parts).backward(g);
+  INFO("dw rel err: per column " << RelErr(dw_cols, wr.grad()) << ", from the rows " << RelErr(dw_rows, wr.grad()));
+  CHECK(torch::equal(dx_rows, dx_cols));  // the input gradient is not touched
+  CHECK(RelErr(dw_rows, wr.grad()) < 0.06);
+  CHECK(RelErr(dw_rows, wr.grad()) > 1e-3);
+  CHECK(RelErr(dw_rows, dw_cols) > 1e-4);  // really the other path
+  CHECK(dw_rows[1].abs().max().item<double>() == 0.0);
+  for (int64_t e : {0, 2, 3}) CHECK(RelErr(dw_rows[e], wr.grad()[e]) < 0.06);
+}
+
 TEST_CASE("fp8: ScaledGroupedMm 2D x 2D contracts each group with its own scales", "[fp8]") {
   // The weight-gradient layout: a (K, Mt), b (Mt, N) column-major, groups over Mt.
   torch::manual_seed(5);
@@ -765,6 +801,18 @@ TEST_CASE("fp8: fp8_lm_head puts the LM head in FP8 only when asked, and the mod
     moe::GPT m(rc, torch::kFloat32);
     CHECK(m->lm_head_precision().gemm.wgrad_fp8 == head_wgrad);
     CHECK_FALSE(m->precision_plan().gemm_options().wgrad_fp8);
+  }
+  // precision.fp8_experts_wgrad: the experts' options alone, FP8 from the rows.
+  for (bool experts_wgrad : {false, true}) {
+    moe::Config rc = c;
+    rc.precision.fp8 = true;
+    rc.precision.fp8_wgrad = "compute";
+    rc.precision.fp8_experts_wgrad = experts_wgrad;
+    const moe::PrecisionPlan plan = moe::PrecisionPlan::FromConfig(rc, torch::kCPU);
+    CHECK(plan.expert_gemm_options().wgrad_fp8 == experts_wgrad);
+    CHECK(plan.expert_gemm_options().wgrad_from_rows == experts_wgrad);
+    CHECK_FALSE(plan.gemm_options().wgrad_fp8);
+    CHECK_FALSE(plan.gemm_options().wgrad_from_rows);
   }
   // The same init and batch: FP8 in the head changes the loss and the head's gradient, within FP8's
   // tolerance of the run with the head in the compute dtype; without precision.fp8 the option
