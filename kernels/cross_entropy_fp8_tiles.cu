@@ -7,6 +7,7 @@
 // tiles never wait for a whole row.
 #include "kernels/common.cuh"
 #include "kernels/fp8_cast.cuh"
+#include "kernels/fp8_transpose_tile.cuh"
 #include "kernels/cross_entropy.h"
 
 #include <cstdint>
@@ -23,7 +24,7 @@ constexpr int kTileRows = 64;    // tokens per tile: 64 bytes of each transposed
 constexpr int kTileCols = 128;   // vocabulary entries per tile: 16 threads x 8
 constexpr int kTileThreads = 256;
 constexpr int kColVec = 8;       // bf16 per 16-byte load
-constexpr int kRowGroup = 4;     // rows per thread: 4 bytes of a transposed row, one 32-bit word
+constexpr int kRowGroup = kRowsPerWord;  // rows per thread: 4 bytes of a transposed row, one word
 constexpr int kScaleThreads = 1024;
 static_assert(kTileThreads == (kTileRows / kRowGroup) * (kTileCols / kColVec), "one item per thread");
 }  // namespace
@@ -82,7 +83,7 @@ __global__ void __launch_bounds__(kTileThreads)
                                             const int64_t* __restrict__ targets, const float* __restrict__ lse,
                                             const float* __restrict__ dloss, int64_t N, int V,
                                             int64_t ignore_index) {
-  __shared__ uint32_t tile[kTileCols][kTileRows / kRowGroup + 1];  // +1: fewer bank conflicts
+  __shared__ Fp8TransposeTile<kTileCols, kTileRows> tile;
   const int v = threadIdx.x % (kTileCols / kColVec), g = threadIdx.x / (kTileCols / kColVec);
   const int j0 = blockIdx.x * kTileCols + v * kColVec;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTileRows + g * kRowGroup;
@@ -120,16 +121,8 @@ __global__ void __launch_bounds__(kTileThreads)
   for (int k = 0; k < kColVec; ++k) tile[v * kColVec + k][g] = packed[k];
   __syncthreads();
 
-  constexpr int kWordsPerStore = 4;  // 16 bytes: 16 rows of one column
-  constexpr int kStoresPerCol = kTileRows / kRowGroup / kWordsPerStore;
-  for (int idx = threadIdx.x; idx < kTileCols * kStoresPerCol; idx += kTileThreads) {
-    const int jj = idx / kStoresPerCol, p = idx % kStoresPerCol;
-    const int j = blockIdx.x * kTileCols + jj;
-    const int64_t r = static_cast<int64_t>(blockIdx.y) * kTileRows + p * kWordsPerStore * kRowGroup;
-    if (j >= V || r >= N) continue;  // N % 16 == 0: a store is all in or all out
-    const uint32_t* w = &tile[jj][p * kWordsPerStore];
-    *reinterpret_cast<uint4*>(cols8 + static_cast<int64_t>(j) * N + r) = make_uint4(w[0], w[1], w[2], w[3]);
-  }
+  StoreTransposedTile<kTileCols, kTileRows, kTileThreads>(cols8, tile, static_cast<int64_t>(blockIdx.x) * kTileCols,
+                                                         static_cast<int64_t>(blockIdx.y) * kTileRows, V, N);
 }
 
 // ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 // shared memory, as the FP8 loss backward's columns (cross_entropy_fp8_tiles.cu).
 #include "kernels/common.cuh"
 #include "kernels/fp8_cast.cuh"
+#include "kernels/fp8_transpose_tile.cuh"
 #include "kernels/fp8_rows_to_cols.h"
 
 #include <cuda_fp16.h>
@@ -19,7 +20,7 @@ namespace {
 constexpr int kTileSlots = 64;   // padded slots per tile: 64 bytes of each output row
 constexpr int kTileCols = 128;   // columns per tile: 16 threads x 8
 constexpr int kColVec = 8;       // bytes per load
-constexpr int kSlotGroup = 4;    // slots per thread: one 32-bit word of an output row
+constexpr int kSlotGroup = kRowsPerWord;  // slots per thread: one 32-bit word of an output row
 constexpr int kTileThreads = 256;
 constexpr int kGroupThreads = 256;
 static_assert(kTileThreads == (kTileSlots / kSlotGroup) * (kTileCols / kColVec), "one item per thread");
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(kTileThreads)
     rows_to_padded_cols_kernel(uint8_t* __restrict__ out, const uint8_t* __restrict__ q, const float* __restrict__ inv,
                                const float* __restrict__ gmax, const int64_t* __restrict__ src,
                                const int* __restrict__ pad_end, int64_t M, int64_t Mp, int C, int E) {
-  __shared__ uint32_t tile[kTileCols][kTileSlots / kSlotGroup + 1];
+  __shared__ Fp8TransposeTile<kTileCols, kTileSlots> tile;
   const int v = threadIdx.x % (kTileCols / kColVec), g = threadIdx.x / (kTileCols / kColVec);
   const int c0 = blockIdx.x * kTileCols + v * kColVec;
   const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kTileSlots + g * kSlotGroup;
@@ -81,16 +82,8 @@ __global__ void __launch_bounds__(kTileThreads)
   for (int k = 0; k < kColVec; ++k) tile[v * kColVec + k][g] = packed[k];
   __syncthreads();
 
-  constexpr int kWordsPerStore = 4;  // 16 bytes: 16 slots of one column
-  constexpr int kStoresPerCol = kTileSlots / kSlotGroup / kWordsPerStore;
-  for (int idx = threadIdx.x; idx < kTileCols * kStoresPerCol; idx += kTileThreads) {
-    const int cc = idx / kStoresPerCol, p = idx % kStoresPerCol;
-    const int c = blockIdx.x * kTileCols + cc;
-    const int64_t i = static_cast<int64_t>(blockIdx.y) * kTileSlots + p * kWordsPerStore * kSlotGroup;
-    if (c >= C || i >= Mp) continue;  // Mp % 16 == 0: a store is all in or all out
-    const uint32_t* w = &tile[cc][p * kWordsPerStore];
-    *reinterpret_cast<uint4*>(out + static_cast<int64_t>(c) * Mp + i) = make_uint4(w[0], w[1], w[2], w[3]);
-  }
+  StoreTransposedTile<kTileCols, kTileSlots, kTileThreads>(out, tile, static_cast<int64_t>(blockIdx.x) * kTileCols,
+                                                          static_cast<int64_t>(blockIdx.y) * kTileSlots, C, Mp);
 }
 
 // ----------------------------------------------------------------------------

@@ -152,28 +152,21 @@ for what in ${@:-ref}; do
       done
       ratios gr bf16 fp8head fp8headwg fp8headwgfg fp8allwg
       ratios gw bf16 fp8head fp8headwg fp8allwg ;;
-    losshwg)  # losshead's FP8 form with the head's weight gradient in FP8 too, same three seeds
+    losshwg|lossxwg)  # losshead's FP8 form with the head's weight gradient in FP8 too (fp8_lm_head_wgrad),
+      # same three seeds; lossxwg adds the experts' (fp8_experts_wgrad). Runs to compare with are made when missing.
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
       F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
          --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true)
+      HW=(--set precision.fp8_lm_head_wgrad=true)
       for seed in 1 2 3; do
-        [ -f "/tmp/runs/lfg_seed${seed}_bf16/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
-        [ -f "/tmp/runs/lfg_seed${seed}_fp8head/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_fp8head" "${L[@]}" "${F[@]}" --set train.seed=$seed
-        steps=200 train "lfg_seed${seed}_fp8headwg" "${L[@]}" "${F[@]}" --set precision.fp8_lm_head_wgrad=true \
-          --set train.seed=$seed
-      done ;;
-    lossxwg)  # losshwg's form with the experts' weight gradients in FP8 too (fp8_experts_wgrad)
-      corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
-      F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
-         --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true
-         --set precision.fp8_lm_head_wgrad=true)
-      for seed in 1 2 3; do
-        [ -f "/tmp/runs/lfg_seed${seed}_bf16/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
-        [ -f "/tmp/runs/lfg_seed${seed}_fp8headwg/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_fp8headwg" "${L[@]}" "${F[@]}" --set train.seed=$seed
-        steps=200 train "lfg_seed${seed}_fp8allwg" "${L[@]}" "${F[@]}" --set precision.fp8_experts_wgrad=true \
-          --set train.seed=$seed
+        S=(--set train.seed=$seed)
+        [ -f "/tmp/runs/lfg_seed${seed}_bf16/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_bf16" "${L[@]}" "${S[@]}"
+        [ -f "/tmp/runs/lfg_seed${seed}_fp8head/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_fp8head" "${L[@]}" "${F[@]}" "${S[@]}"
+        [ -f "/tmp/runs/lfg_seed${seed}_fp8headwg/metrics.jsonl" ] ||
+          steps=200 train "lfg_seed${seed}_fp8headwg" "${L[@]}" "${F[@]}" "${HW[@]}" "${S[@]}"
+        [ "$what" = lossxwg ] &&
+          steps=200 train "lfg_seed${seed}_fp8allwg" "${L[@]}" "${F[@]}" "${HW[@]}" --set precision.fp8_experts_wgrad=true "${S[@]}"
       done ;;
     losshead)  # lossfg's FP8 form with the LM head in FP8 too, same three seeds (bf16 runs: lossfg's)
       corpus

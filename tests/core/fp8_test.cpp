@@ -60,6 +60,28 @@ void CheckSameTensors(const std::vector<torch::Tensor>& a, const std::vector<tor
   }
 }
 
+// An LM head on the GPU for the loss hand-off tests: x (B, T, d) and w (V, d) bf16, targets (B*T,)
+// with the first 5 rows ignored.
+struct HeadCase {
+  static constexpr int64_t B = 2, T = 64, d = 128, V = 1024;
+  torch::Tensor x, w, targets;
+};
+HeadCase MakeHeadCase(uint64_t seed) {
+  const torch::Device cuda(torch::kCUDA, 0);
+  torch::manual_seed(seed);
+  HeadCase c;
+  c.x = torch::randn({HeadCase::B, HeadCase::T, HeadCase::d}, torch::dtype(torch::kBFloat16).device(cuda));
+  c.w = (torch::randn({HeadCase::V, HeadCase::d}) / 10).to(cuda, torch::kBFloat16);
+  c.targets = torch::randint(0, HeadCase::V, {HeadCase::B * HeadCase::T}, torch::dtype(torch::kLong).device(cuda));
+  c.targets.index_put_({torch::indexing::Slice(0, 5)}, -100);
+  return c;
+}
+// What one run of a head case gives: the loss and the two gradients.
+struct HeadOut {
+  double loss;
+  torch::Tensor dx, dw;
+};
+
 // Whether an autograd node whose name contains `name` is reachable from t's grad_fn.
 bool GraphHasNode(const torch::Tensor& t, const std::string& name) {
   std::vector<torch::autograd::Node*> todo;
@@ -848,17 +870,10 @@ TEST_CASE("fp8: the loss's backward hands a rowwise FP8 LM head its gradient qua
           "(skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
-  const torch::Device cuda(torch::kCUDA, 0);
-  const int64_t B = 2, T = 64, d = 128, V = 1024;
-  torch::manual_seed(8);
-  const torch::Tensor x0 = torch::randn({B, T, d}, torch::dtype(torch::kBFloat16).device(cuda));
-  const torch::Tensor w0 = (torch::randn({V, d}) / 10).to(cuda, torch::kBFloat16);
-  torch::Tensor tgt = torch::randint(0, V, {B * T}, torch::dtype(torch::kLong).device(cuda));
-  tgt.index_put_({torch::indexing::Slice(0, 5)}, -100);  // ignored rows too
-  struct Out {
-    double loss;
-    torch::Tensor dx, dw;
-  };
+  const HeadCase hc = MakeHeadCase(8);
+  constexpr int64_t V = HeadCase::V;
+  const torch::Tensor &x0 = hc.x, &w0 = hc.w, &tgt = hc.targets;
+  using Out = HeadOut;
   auto run = [&](bool handoff, int64_t* taken) {
     torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
     auto slot = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
@@ -935,17 +950,10 @@ TEST_CASE("fp8: the loss's backward hands an FP8 LM head with an FP8 weight grad
           "transposed columns (skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
-  const torch::Device cuda(torch::kCUDA, 0);
-  const int64_t B = 2, T = 64, d = 128, V = 1024;
-  torch::manual_seed(18);
-  const torch::Tensor x0 = torch::randn({B, T, d}, torch::dtype(torch::kBFloat16).device(cuda));
-  const torch::Tensor w0 = (torch::randn({V, d}) / 10).to(cuda, torch::kBFloat16);
-  torch::Tensor tgt = torch::randint(0, V, {B * T}, torch::dtype(torch::kLong).device(cuda));
-  tgt.index_put_({torch::indexing::Slice(0, 5)}, -100);  // ignored rows too
-  struct Out {
-    double loss;
-    torch::Tensor dx, dw;
-  };
+  const HeadCase hc = MakeHeadCase(18);
+  constexpr int64_t B = HeadCase::B, T = HeadCase::T, V = HeadCase::V;
+  const torch::Tensor &x0 = hc.x, &w0 = hc.w, &tgt = hc.targets;
+  using Out = HeadOut;
   // fp8: the head in rowwise FP8 with its weight gradient in FP8, with or without the slot;
   // otherwise the same head in bf16 as the reference.
   auto run = [&](bool fp8, bool handoff, int64_t* taken) {
