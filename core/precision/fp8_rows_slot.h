@@ -32,7 +32,8 @@ namespace moe {
 class Fp8RowsSlot : public torch::CustomClassHolder {
  public:
   // t: the tensor as the producer returns it; q: its rows quantised (data (R, C) with
-  // R * C == t.numel(), scale and inv (R, 1)), what Quantize(t.view({R, C}), e4m3, kRow) gives.
+  // R * C == t.numel(), scale and inv (R, 1)), what Quantize(t.view({R, C}), e4m3, kRow) gives, or
+  // the same cast from the values before their rounding to t's dtype (the loss with columns).
   // cols (optional, only where cols_requested()): the same values transposed and quantised for the
   // weight-gradient GEMM, data (C, R) with inv (C, 1) (the loss's tensor-wide scale, see
   // kernels/cross_entropy.h).
