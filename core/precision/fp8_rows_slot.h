@@ -93,23 +93,17 @@ inline c10::intrusive_ptr<Fp8RowsSlot> SavedSlot(const torch::autograd::Autograd
 
 // What a rowwise FP8 GEMM uses for its row operand t (M, C): the rows the slot holds when t is the
 // offered tensor in t's shape, else Quantize(t, e4m3fn, kRow). slot may be null.
-inline Fp8Tensor TakeRowsOrQuantize(const c10::intrusive_ptr<Fp8RowsSlot>& slot, const torch::Tensor& t) {
-  Fp8Tensor q;
-  if (slot && slot->Take(t, &q) && q.data.sizes() == t.sizes()) return q;
-  return Quantize(t, torch::kFloat8_e4m3fn, Fp8Granularity::kRow);
-}
-
-// The same for a consumer that also wants t's transposed columns (M, C) -> (C, M) with inv (C, 1):
-// the offered ones when the producer made them, else left empty for the caller to quantise (only
-// if it needs them, so the cost stays where it is used).
+// cols (may be null): for a consumer that also wants t's transposed columns (M, C) -> (C, M) with
+// inv (C, 1): the offered ones when the producer made them, else left empty for the caller to
+// quantise (only if it needs them, so the cost stays where it is used).
 inline Fp8Tensor TakeRowsOrQuantize(const c10::intrusive_ptr<Fp8RowsSlot>& slot, const torch::Tensor& t,
-                                    Fp8Tensor* cols) {
+                                    Fp8Tensor* cols = nullptr) {
   Fp8Tensor q;
   if (slot && slot->Take(t, &q, cols) && q.data.sizes() == t.sizes()) {
-    if (cols->data.defined() && cols->data.sizes() != t.t().sizes()) *cols = Fp8Tensor{};
+    if (cols && cols->data.defined() && cols->data.sizes() != t.t().sizes()) *cols = Fp8Tensor{};
     return q;
   }
-  *cols = Fp8Tensor{};
+  if (cols) *cols = Fp8Tensor{};
   return Quantize(t, torch::kFloat8_e4m3fn, Fp8Granularity::kRow);
 }
 
