@@ -8,7 +8,7 @@ namespace moe {
 
 namespace {
 
-constexpr int64_t kIgnoreIndex = -100;  // ATen's default, the one cross_entropy uses
+constexpr int64_t kIgnoreIndex = kCrossEntropyIgnoreIndex;
 
 #if defined(MOE_WITH_KERNELS)
 using torch::autograd::AutogradContext;
@@ -59,14 +59,18 @@ struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
 
 }  // namespace
 
+torch::Tensor MeanOverKeptRows(const torch::Tensor& row_loss, const torch::Tensor& targets) {
+  const torch::Tensor count = targets.ne(kIgnoreIndex).sum().to(torch::kFloat32);  // () on the device: no sync
+  return row_loss.sum() / count;
+}
+
 torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets,
                                const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
 #if defined(MOE_WITH_KERNELS)
   if (UseKernels(logits, targets)) {
     const torch::Tensor t = targets.contiguous();
     torch::Tensor loss = CrossEntropyFn::apply(logits.contiguous(), t, fp8_grad);  // (N,) fp32
-    torch::Tensor count = t.ne(kIgnoreIndex).sum().to(torch::kFloat32);    // () on the device: no sync
-    return loss.sum() / count;
+    return MeanOverKeptRows(loss, t);
   }
 #else
   (void)fp8_grad;  // no fused backward to quantise in

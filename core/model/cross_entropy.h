@@ -12,6 +12,14 @@
 
 namespace moe {
 
+// The target that contributes nothing (ATen's default ignore_index, the one cross_entropy uses).
+constexpr int64_t kCrossEntropyIgnoreIndex = -100;
+
+// The mean of per-row losses row_loss (N,) fp32 over the rows whose target (N,) is not
+// kCrossEntropyIgnoreIndex: a () tensor on their device, the count kept there (no host sync).
+// NaN when every row is ignored, as ATen's mean cross-entropy.
+torch::Tensor MeanOverKeptRows(const torch::Tensor& row_loss, const torch::Tensor& targets);
+
 // Mean over the rows r whose target is not -100 (ATen's default ignore_index) of
 // logsumexp(logits[r]) - logits[r, targets[r]], in fp32: the value of
 // torch::nn::functional::cross_entropy(logits.to(kFloat32), targets) with default options

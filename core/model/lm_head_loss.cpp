@@ -10,7 +10,7 @@ namespace moe {
 
 namespace {
 
-constexpr int64_t kIgnoreIndex = -100;  // as CrossEntropyLoss
+constexpr int64_t kIgnoreIndex = kCrossEntropyIgnoreIndex;
 
 #if defined(MOE_WITH_KERNELS)
 using torch::autograd::AutogradContext;
@@ -32,10 +32,7 @@ struct Fp8HeadLossFn : public torch::autograd::Function<Fp8HeadLossFn> {
     ctx->save_for_backward({x, w, logits, targets, lse, rowmax});
     ctx->saved_data["fast_grads"] = fast_grads;
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
-    if (pre) {
-      ctx->saved_data["w_cols"] = pre->cols.data;
-      ctx->saved_data["w_cols_inv"] = pre->cols.inv_scale();
-    }
+    SaveWeightCols(ctx, pre);
     return loss;
   }
 
@@ -51,10 +48,7 @@ struct Fp8HeadLossFn : public torch::autograd::Function<Fp8HeadLossFn> {
         grads[0], logits, saved[3], saved[4], saved[5], kIgnoreIndex, kAmaxEps, /*with_dlogits=*/false);
     torch::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
-      const Fp8Tensor wt = ctx->saved_data.count("w_cols") != 0
-                               ? Fp8Tensor{ctx->saved_data["w_cols"].toTensor(), torch::Tensor(),
-                                           ctx->saved_data["w_cols_inv"].toTensor()}
-                               : Quantize(w.t(), kE4M3, Fp8Granularity::kRow);  // (K, V), per k over V
+      const Fp8Tensor wt = SavedWeightColsOrQuantize(ctx, w);  // (K, V), per k over V
       dx = ScaledMm(g.rows.data, g.rows.inv_scale, wt.data.t(), wt.inv_scale().t(), dt, fast);  // (M, K)
     }
     if (ctx->needs_input_grad(1)) {
@@ -87,10 +81,10 @@ torch::Tensor LmHeadLoss(const LinearPrecision& p, const torch::Tensor& x, const
   if (LmHeadLossFused(p, x, w)) {
     const torch::Tensor wu = p.cache ? p.cache->Get(w) : w;  // the bf16 copy when the cache is enabled
     const torch::Tensor t = targets.reshape({-1}).contiguous();
-    torch::Tensor loss = Fp8HeadLossFn::apply(x.reshape({-1, K}), wu, t, p.gemm.fast_accum, p.gemm.fast_accum_grads,
-                                              p.fp8_weights ? p.fp8_weights->Find(wu) : nullptr, x_rows);  // (M,)
-    torch::Tensor count = t.ne(kIgnoreIndex).sum().to(torch::kFloat32);  // () on the device: no sync
-    return loss.sum() / count;
+    const torch::Tensor loss = Fp8HeadLossFn::apply(x.reshape({-1, K}), wu, t, p.gemm.fast_accum,
+                                                    p.gemm.fast_accum_grads,
+                                                    p.fp8_weights ? p.fp8_weights->Find(wu) : nullptr, x_rows);  // (M,)
+    return MeanOverKeptRows(loss, t);
   }
 #endif
   // Under a rowwise FP8 head, the loss's backward hands the head its gradient already quantised.

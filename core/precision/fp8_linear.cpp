@@ -1,5 +1,7 @@
 #include "core/precision/fp8_linear.h"
 
+#include "core/precision/fp8_weights.h"
+
 #include <vector>
 
 namespace moe {
@@ -40,10 +42,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
         ctx->saved_data["fp8_grad"] = SlotToIValue(grad_slot);
         if (wgrad_fp8) grad_slot->RequestCols();  // the weight gradient takes dy's columns too
       }
-      if (pre) {
-        ctx->saved_data["w_cols"] = pre->cols.data;
-        ctx->saved_data["w_cols_inv"] = pre->cols.inv_scale();
-      }
+      SaveWeightCols(ctx, pre);
     } else {
       ctx->saved_data["xq"] = xq.data;
       ctx->saved_data["x_inv"] = xq.inv_scale();
@@ -71,11 +70,7 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
         dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy, &dyt);
       }
       if (ctx->needs_input_grad(0)) {
-        // (K, N), per k over N
-        Fp8Tensor wt = ctx->saved_data.count("w_cols") != 0
-                           ? Fp8Tensor{ctx->saved_data["w_cols"].toTensor(), torch::Tensor(),
-                                       ctx->saved_data["w_cols_inv"].toTensor()}
-                           : Quantize(w.t(), kE4M3, Fp8Granularity::kRow);
+        const Fp8Tensor wt = SavedWeightColsOrQuantize(ctx, w);  // (K, N), per k over N
         dx = ScaledMm(dyq.data, dyq.inv_scale(), wt.data.t(), wt.inv_scale().t(), dt, fast);  // (M, K)
       }
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {

@@ -41,4 +41,17 @@ const Fp8WeightOperands* Fp8Weights::Find(const torch::Tensor& w) const {
   return it == pairs_.end() ? nullptr : &it->second;
 }
 
+void SaveWeightCols(torch::autograd::AutogradContext* ctx, const Fp8WeightOperands* pre) {
+  if (!pre) return;
+  ctx->saved_data["w_cols"] = pre->cols.data;
+  ctx->saved_data["w_cols_inv"] = pre->cols.inv_scale();
+}
+
+Fp8Tensor SavedWeightColsOrQuantize(torch::autograd::AutogradContext* ctx, const torch::Tensor& w) {
+  if (ctx->saved_data.count("w_cols") != 0) {
+    return Fp8Tensor{ctx->saved_data["w_cols"].toTensor(), torch::Tensor(), ctx->saved_data["w_cols_inv"].toTensor()};
+  }
+  return Quantize(w.t(), torch::kFloat8_e4m3fn, Fp8Granularity::kRow);
+}
+
 }  // namespace moe

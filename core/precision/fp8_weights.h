@@ -58,4 +58,10 @@ class Fp8Weights {
   bool enabled_ = true;
 };
 
+// An FP8 GEMM's autograd node keeps its weight's transposed operand for the input gradient when
+// the forward found it made ahead (pre, may be null: then nothing is kept) ...
+void SaveWeightCols(torch::autograd::AutogradContext* ctx, const Fp8WeightOperands* pre);
+// ... and its backward takes that one, or quantises w (N, K) transposed itself: (K, N), per k over N.
+Fp8Tensor SavedWeightColsOrQuantize(torch::autograd::AutogradContext* ctx, const torch::Tensor& w);
+
 }  // namespace moe
