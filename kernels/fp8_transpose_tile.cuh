@@ -14,11 +14,24 @@ constexpr int kRowsPerWord = 4;
 template <int COLS, int ROWS>
 using Fp8TransposeTile = uint32_t[COLS][ROWS / kRowsPerWord + 1];
 
+// Where a column's word w sits in its tile row: w itself, or (ColGroupXorWords) w XOR'd with the
+// column's group of 16, for a writer whose threads hold 16 consecutive columns each: a half-warp
+// then writes column k of 16 groups at once, 16 tile rows apart, and the XOR spreads those writes
+// over 16 banks (without it, 16 rows apart with a 17-word stride is 2 banks: 8-way conflicts).
+// Needs 16 words a row (ROWS == 64).
+struct PlainWords {
+  __device__ __forceinline__ static int Of(int /*col*/, int w) { return w; }
+};
+struct ColGroupXorWords {
+  __device__ __forceinline__ static int Of(int col, int w) { return w ^ ((col / 16) % 16); }
+};
+
 // Stores tile (columns col0.., rows row0..) into out (n_cols, ld) row-major: out[c][r], 16-byte
 // stores of 16 rows of one column. Columns at or past n_cols and rows at or past ld are skipped a
 // whole store at a time, so ld % 16 == 0 (the callers check). Call after a __syncthreads that
-// follows the last write to tile.
-template <int COLS, int ROWS, int THREADS>
+// follows the last write to tile. Words: where the writer put each word (PlainWords or
+// ColGroupXorWords above).
+template <int COLS, int ROWS, int THREADS, typename Words = PlainWords>
 __device__ __forceinline__ void StoreTransposedTile(uint8_t* __restrict__ out, const Fp8TransposeTile<COLS, ROWS>& tile,
                                                     int64_t col0, int64_t row0, int64_t n_cols, int64_t ld) {
   constexpr int kWordsPerStore = 4;  // 16 bytes
@@ -28,8 +41,10 @@ __device__ __forceinline__ void StoreTransposedTile(uint8_t* __restrict__ out, c
     const int cc = idx / kStoresPerCol, p = idx % kStoresPerCol;
     const int64_t c = col0 + cc, r = row0 + p * kWordsPerStore * kRowsPerWord;
     if (c >= n_cols || r >= ld) continue;
-    const uint32_t* w = &tile[cc][p * kWordsPerStore];
-    *reinterpret_cast<uint4*>(out + c * ld + r) = make_uint4(w[0], w[1], w[2], w[3]);
+    const uint32_t* w = tile[cc];
+    const int w0 = p * kWordsPerStore;
+    *reinterpret_cast<uint4*>(out + c * ld + r) = make_uint4(w[Words::Of(cc, w0)], w[Words::Of(cc, w0 + 1)],
+                                                             w[Words::Of(cc, w0 + 2)], w[Words::Of(cc, w0 + 3)]);
   }
 }
 

@@ -26,12 +26,14 @@ at::Tensor PermuteRows(const at::Tensor& x, const at::Tensor& src);
 // Fp8Quantize(xs, e4m3fn, /*rowwise=*/true, amax_eps) gives, bit for bit (data (M, d), scale and
 // inv_scale (M, 1); an empty slot's row is a zero row), without reading xs back.
 // Supported: x (N, d) bf16 on CUDA, d a multiple of 8 and at most 8192 (a row in one block).
+// write_xs false: the FP8 rows alone, xs left undefined (for a consumer that reads nothing else:
+// core/precision/fp8_rows_slot.h's rows-only hand-off), the same fp8 bytes.
 struct PermuteFp8 {
   at::Tensor xs;
   Fp8Quantized fp8;  // xs's rows quantised, see above
 };
 bool PermuteRowsFp8Supported(const at::Tensor& x);
-PermuteFp8 PermuteRowsFp8(const at::Tensor& x, const at::Tensor& src, double amax_eps);
+PermuteFp8 PermuteRowsFp8(const at::Tensor& x, const at::Tensor& src, double amax_eps, bool write_xs = true);
 
 // dx (N, d), dx[n] = sum over j of dxs[inv[n*k + j]] (skipped where inv is outside [0, M)).
 // The backward of PermuteRows, as a gather: no atomics, deterministic. dxs (M, d), inv (N*k,).
@@ -56,14 +58,16 @@ std::tuple<at::Tensor, at::Tensor> UnpermuteRowsBackward(const at::Tensor& dy, c
 // down projection's input gradient), in the same launch: dys and dw as UnpermuteRowsBackward's,
 // and fp8 what Fp8Quantize(dys, e4m3fn, /*rowwise=*/true, amax_eps) gives, bit for bit (data
 // (M, d), scale and inv_scale (M, 1); an unmapped row is a zero row), without reading dys back.
-// Supported: ys (M, d) bf16 on CUDA, d a multiple of 8.
+// Supported: ys (M, d) bf16 on CUDA, d a multiple of 8. write_dys false: dw and the FP8 rows
+// alone, dys left undefined (the rows-only hand-off, as PermuteRowsFp8's write_xs), the same bytes.
 struct UnpermuteGradFp8 {
   at::Tensor dys, dw;
   Fp8Quantized fp8;  // dys's rows quantised, see above
 };
 bool UnpermuteRowsBackwardFp8Supported(const at::Tensor& ys);
 UnpermuteGradFp8 UnpermuteRowsBackwardFp8(const at::Tensor& dy, const at::Tensor& ys, const at::Tensor& inv,
-                                          const at::Tensor& w, bool all_rows_mapped, double amax_eps);
+                                          const at::Tensor& w, bool all_rows_mapped, double amax_eps,
+                                          bool write_dys = true);
 
 // The router's selection. logits (N, E) fp32; bias (E,) fp32 or undefined (added to the scores
 // for selection only); score = softmax(logits) or sigmoid(logits). Returns the k experts of

@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
 // FP8 experts' up projection), in the same pass: a block per output row i, one 8-element vector
 // per thread (d % 8 == 0, at most kMaxFp8RowVecs vectors), held in registers from the load to the
 // cast with the row's scale. An empty slot's row is zeros: amax 0, the eps scale, as Fp8Quantize
-// gives it. xs, x rows 16-byte aligned.
+// gives it. xs, x rows 16-byte aligned; xs null: the FP8 rows alone are written.
 template <typename T>
 __global__ void permute_rows_fp8_kernel(T* __restrict__ xs, const T* __restrict__ x, const int64_t* __restrict__ src,
                                         int64_t N, int64_t d, Fp8RowsOut f8) {
@@ -73,7 +73,7 @@ __global__ void permute_rows_fp8_kernel(T* __restrict__ xs, const T* __restrict_
 #pragma unroll
       for (int e = 0; e < VEC; ++e) v.v[e] = FromFloat<T>(0.f);
     }
-    reinterpret_cast<Vec<T, VEC>*>(xs + i * d)[c] = v;
+    if (xs != nullptr) reinterpret_cast<Vec<T, VEC>*>(xs + i * d)[c] = v;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) m = MaxU(m, AbsBits(v.v[e]));
   }
@@ -157,7 +157,7 @@ bool PermuteRowsFp8Supported(const at::Tensor& x) {
   return d > 0 && d % 8 == 0 && d / 8 <= kMaxFp8RowVecs;
 }
 
-PermuteFp8 PermuteRowsFp8(const at::Tensor& x_in, const at::Tensor& src, double amax_eps) {
+PermuteFp8 PermuteRowsFp8(const at::Tensor& x_in, const at::Tensor& src, double amax_eps, bool write_xs) {
   TORCH_CHECK(PermuteRowsFp8Supported(x_in), "PermuteRowsFp8: x must be an (N, d) bf16 CUDA tensor with d a multiple "
               "of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ", x_in.scalar_type());
   TORCH_CHECK(src.is_cuda() && src.dim() == 1 && src.scalar_type() == at::kLong && src.is_contiguous(),
@@ -167,7 +167,7 @@ PermuteFp8 PermuteRowsFp8(const at::Tensor& x_in, const at::Tensor& src, double 
   if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) x = x.clone();
   const int64_t N = x.size(0), M = src.size(0), d = x.size(1);
   PermuteFp8 r;
-  r.xs = at::empty({M, d}, x.options());                                     // (M, d)
+  if (write_xs) r.xs = at::empty({M, d}, x.options());                       // (M, d)
   r.fp8.data = at::empty({M, d}, x.options().dtype(at::kFloat8_e4m3fn));     // (M, d)
   r.fp8.scale = at::empty({M, 1}, x.options().dtype(at::kFloat));            // (M, 1)
   r.fp8.inv_scale = at::empty_like(r.fp8.scale);                             // (M, 1)
@@ -176,7 +176,7 @@ PermuteFp8 PermuteRowsFp8(const at::Tensor& x_in, const at::Tensor& src, double 
   f8.scale = r.fp8.scale.data_ptr<float>();
   f8.inv = r.fp8.inv_scale.data_ptr<float>();
   f8.eps = static_cast<float>(amax_eps);
-  permute_rows_fp8<__nv_bfloat16>(reinterpret_cast<__nv_bfloat16*>(r.xs.data_ptr()),
+  permute_rows_fp8<__nv_bfloat16>(write_xs ? reinterpret_cast<__nv_bfloat16*>(r.xs.data_ptr()) : nullptr,
                                   reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), src.data_ptr<int64_t>(), N, M,
                                   d, f8, at::cuda::getCurrentCUDAStream());
   return r;

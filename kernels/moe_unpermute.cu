@@ -52,7 +52,7 @@ __global__ void unpermute_rows_kernel(T* __restrict__ y, const T* __restrict__ y
 // expert down projection's input gradient) into f8: its amax is reduced beside the dots, and a
 // second pass over dy[n] (just read: from L1/L2) recomputes the row's values, the same bf16
 // products, and casts them with the row's scale. Both forms share the arithmetic, so their dys and
-// dw agree bit for bit.
+// dw agree bit for bit. dys null (FP8 only): dw and the FP8 rows alone.
 template <typename T, int VEC, bool FP8>
 __global__ void __launch_bounds__(kRowsPerBlock * 32)
     unpermute_rows_backward_kernel(T* __restrict__ dys, float* __restrict__ dw, const T* __restrict__ dy,
@@ -81,7 +81,6 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
       if (r < 0 || r >= M) continue;
       const float wj = w[n * k + j];
       const auto* ar = reinterpret_cast<const Vec<T, VEC>*>(ys + r * d);  // (d,)
-      auto* outr = reinterpret_cast<Vec<T, VEC>*>(dys + r * d);           // (d,)
       Vec<T, VEC> a[kRowUnroll];
       LoadLaneVecs(a, ar, c0, nvec);
 #pragma unroll
@@ -95,7 +94,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32)
           o.v[v] = FromFloat<T>(wj * gv);
           if constexpr (FP8) amax[j] = MaxU(amax[j], AbsBits(o.v[v]));
         }
-        outr[c0 + 32 * u] = o;
+        if (dys != nullptr) reinterpret_cast<Vec<T, VEC>*>(dys + r * d)[c0 + 32 * u] = o;
       }
     }
   }
@@ -201,9 +200,11 @@ namespace {
 
 // The backward for the cotangent dy; fp8 non-null: dys's rows quantised into it too (bf16 rows of
 // whole 16-byte vectors only; UnpermuteRowsBackwardFp8 checks).
+// write_dys false (FP8 only): dys is left undefined, dw and the FP8 rows alone are written.
 std::tuple<at::Tensor, at::Tensor> Backward(const at::Tensor& dy_in, const at::Tensor& ys_in, const at::Tensor& inv,
                                             const at::Tensor& w, bool all_rows_mapped, const char* what,
-                                            Fp8Quantized* fp8 = nullptr, double amax_eps = 0.0) {
+                                            Fp8Quantized* fp8 = nullptr, double amax_eps = 0.0,
+                                            bool write_dys = true) {
   CheckInvW(inv, w, what);
   TORCH_CHECK(ys_in.is_cuda() && ys_in.dim() == 2, what, ": ys must be an (M, d) CUDA tensor");
   at::Tensor dy = Aligned(dy_in.contiguous().to(ys_in.scalar_type())), ys = Aligned(ys_in.contiguous());
@@ -211,7 +212,9 @@ std::tuple<at::Tensor, at::Tensor> Backward(const at::Tensor& dy_in, const at::T
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == N && dy.size(1) == d, what, ": dy must be (N, d)");
   // Rows that no assignment maps to must read as zero gradient (and, in FP8, as the zero row's
   // quantisation); where every row is mapped, every row is written and nothing is filled first.
-  at::Tensor dys = all_rows_mapped ? at::empty({M, d}, ys.options()) : at::zeros({M, d}, ys.options());  // (M, d)
+  TORCH_CHECK(write_dys || fp8 != nullptr, what, ": dys can be left out only beside its FP8 rows");
+  at::Tensor dys;  // (M, d)
+  if (write_dys) dys = all_rows_mapped ? at::empty({M, d}, ys.options()) : at::zeros({M, d}, ys.options());
   at::Tensor dw = at::empty({N, k}, w.options());  // (N, k)
   Fp8RowsOut f8;
   if (fp8 != nullptr) {
@@ -231,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> Backward(const at::Tensor& dy_in, const at::T
   const int vec = VecWidth(d, ys.element_size());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(ys.scalar_type(), vec, [&] {
-    unpermute_rows_backward<T, VEC>(reinterpret_cast<T*>(dys.data_ptr()), dw.data_ptr<float>(),
+    unpermute_rows_backward<T, VEC>(write_dys ? reinterpret_cast<T*>(dys.data_ptr()) : nullptr, dw.data_ptr<float>(),
                                     reinterpret_cast<const T*>(dy.data_ptr()), reinterpret_cast<const T*>(ys.data_ptr()),
                                     inv.data_ptr<int64_t>(), w.data_ptr<float>(), N, M, static_cast<int>(k), d, f8,
                                     stream);
@@ -252,11 +255,13 @@ bool UnpermuteRowsBackwardFp8Supported(const at::Tensor& ys) {
 }
 
 UnpermuteGradFp8 UnpermuteRowsBackwardFp8(const at::Tensor& dy, const at::Tensor& ys, const at::Tensor& inv,
-                                          const at::Tensor& w, bool all_rows_mapped, double amax_eps) {
+                                          const at::Tensor& w, bool all_rows_mapped, double amax_eps,
+                                          bool write_dys) {
   TORCH_CHECK(UnpermuteRowsBackwardFp8Supported(ys), "UnpermuteRowsBackwardFp8: ys must be an (M, d) bf16 CUDA "
               "tensor with d a multiple of 8; got ", ys.sizes(), " ", ys.scalar_type());
   UnpermuteGradFp8 r;
-  std::tie(r.dys, r.dw) = Backward(dy, ys, inv, w, all_rows_mapped, "UnpermuteRowsBackwardFp8", &r.fp8, amax_eps);
+  std::tie(r.dys, r.dw) =
+      Backward(dy, ys, inv, w, all_rows_mapped, "UnpermuteRowsBackwardFp8", &r.fp8, amax_eps, write_dys);
   return r;
 }
 

@@ -87,8 +87,8 @@ __global__ void relu_square_backward_kernel(T* __restrict__ dx, const T* __restr
 // computation to the cast with the row's scale: what Fp8Quantize(out, e4m3fn, rowwise) writes,
 // without reading out back. (A warp per row holding 16 vectors per lane ran at half the bandwidth:
 // too many registers for the loads to be in flight together.)
-// out, x, dy (rows, C) contiguous and 16-byte aligned (dy unused forward); q8 (rows, C) e4m3
-// bytes; scale, inv (rows,).
+// out, x, dy (rows, C) contiguous and 16-byte aligned (dy unused forward; out null: the FP8 rows
+// alone); q8 (rows, C) e4m3 bytes; scale, inv (rows,).
 template <typename T, bool BACKWARD>
 __global__ void relu_square_fp8_kernel(T* __restrict__ out, uint8_t* __restrict__ q8, float* __restrict__ scale,
                                        float* __restrict__ inv, const T* __restrict__ x, const T* __restrict__ dy,
@@ -109,7 +109,7 @@ __global__ void relu_square_fp8_kernel(T* __restrict__ out, uint8_t* __restrict_
       o.v[v] = FromFloat<T>(BACKWARD ? 2.f * r * ToFloat(g.v[v]) : r * r);
       m = MaxU(m, AbsBits(o.v[v]));
     }
-    reinterpret_cast<Vec<T, VEC>*>(out + row * C)[c] = o;
+    if (out != nullptr) reinterpret_cast<Vec<T, VEC>*>(out + row * C)[c] = o;
   }
   // The row's scale from the block's amax (written with its reciprocal by thread 0), then the cast.
   const float s = BlockRowScale<__NV_E4M3>(m, eps, scale, inv, row);
@@ -218,7 +218,8 @@ bool ReluSquareFp8Supported(const at::Tensor& x) {
   return C % 8 == 0 && C / 8 <= kMaxFp8RowVecs && x.numel() / C <= std::numeric_limits<int32_t>::max();
 }
 
-ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tensor& x_in, double amax_eps) {
+ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tensor& x_in, double amax_eps,
+                                        bool write_dx) {
   TORCH_CHECK(ReluSquareFp8Supported(x_in), "ReluSquareBackwardFp8: x must be a non-empty bf16 CUDA tensor "
               "whose last dimension is a multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ",
               x_in.scalar_type());
@@ -229,19 +230,20 @@ ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tenso
   const at::Tensor dy = Aligned(dy_in.to(x.scalar_type()));
   const int64_t C = x.size(-1), rows = x.numel() / C;
   ReluSquareGradFp8 r;
-  r.dx = at::empty(x.sizes(), x.options());                                              // x's shape
+  if (write_dx) r.dx = at::empty(x.sizes(), x.options());                                // x's shape
   r.fp8.data = at::empty({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
   r.fp8.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
   r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                         // (rows, 1)
   relu_square_fp8<__nv_bfloat16>(
-      reinterpret_cast<__nv_bfloat16*>(r.dx.data_ptr()), reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
+      write_dx ? reinterpret_cast<__nv_bfloat16*>(r.dx.data_ptr()) : nullptr,
+      reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
       r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(),
       reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
       rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
   return r;
 }
 
-ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x_in, double amax_eps) {
+ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x_in, double amax_eps, bool write_y) {
   TORCH_CHECK(ReluSquareFp8Supported(x_in), "ReluSquareForwardFp8: x must be a non-empty bf16 CUDA tensor whose last "
               "dimension is a multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ",
               x_in.scalar_type());
@@ -249,11 +251,11 @@ ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x_in, double amax_eps) {
   const at::Tensor x = Aligned(x_in);
   const int64_t C = x.size(-1), rows = x.numel() / C;
   ReluSquareFp8 r;
-  r.y = at::empty(x.sizes(), x.options());                                               // x's shape
+  if (write_y) r.y = at::empty(x.sizes(), x.options());                                  // x's shape
   r.fp8.data = at::empty({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
   r.fp8.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
   r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                         // (rows, 1)
-  relu_square_fp8<__nv_bfloat16>(reinterpret_cast<__nv_bfloat16*>(r.y.data_ptr()),
+  relu_square_fp8<__nv_bfloat16>(write_y ? reinterpret_cast<__nv_bfloat16*>(r.y.data_ptr()) : nullptr,
                                  reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()), r.fp8.scale.data_ptr<float>(),
                                  r.fp8.inv_scale.data_ptr<float>(), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
                                  nullptr, rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());

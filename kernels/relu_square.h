@@ -34,7 +34,9 @@ struct ReluSquareFp8 {
   at::Tensor y;      // x's shape and dtype
   Fp8Quantized fp8;  // its rows quantised, see above
 };
-ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x, double amax_eps);
+// write_y false: the FP8 rows alone, y left undefined (for a consumer that reads nothing else:
+// core/precision/fp8_rows_slot.h's rows-only hand-off), the same fp8 bytes.
+ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x, double amax_eps, bool write_y = true);
 
 // The backward with dx's rows quantised for the rowwise FP8 GEMM that consumes dx (the FP8 expert
 // up projection's input gradient), in the same pass: dx as ReluSquareBackward's, and fp8 what
@@ -44,6 +46,8 @@ struct ReluSquareGradFp8 {
   at::Tensor dx;     // x's shape and dtype
   Fp8Quantized fp8;  // its rows quantised, see above
 };
-ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy, const at::Tensor& x, double amax_eps);
+// write_dx false: the FP8 rows alone, dx left undefined, as ReluSquareForwardFp8's write_y.
+ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy, const at::Tensor& x, double amax_eps,
+                                        bool write_dx = true);
 
 }  // namespace moe::kernels

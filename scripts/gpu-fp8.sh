@@ -26,7 +26,8 @@
 # FP8 too; on the reference config also with fp8_fast_accum_grads, which the wide form has; allwg:
 # the experts in FP8 with fp8_experts_wgrad as well), and bf16, alternated REPS times (default 2); losshwg = losshead's form with
 # fp8_lm_head_wgrad, same seeds (bf16 runs made when missing); lossxwg = losshwg's form with
-# fp8_experts_wgrad too (the runs it compares with made when missing). FP8_TESTS=0 skips building and
+# fp8_experts_wgrad too (the runs it compares with made when missing); wideallwg = headwg's wide
+# arms bf16, headwg and allwg alone, REPS times (default 2). FP8_TESTS=0 skips building and
 # running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -152,6 +153,19 @@ for what in ${@:-ref}; do
       done
       ratios gr bf16 fp8head fp8headwg fp8headwgfg fp8allwg
       ratios gw bf16 fp8head fp8headwg fp8allwg ;;
+    wideallwg)  # the wide model alone: bf16, headwg's form, and allwg's (the experts' weight gradients
+      # re-cast from their FP8 rows, which their producers then write alone), alternated REPS times
+      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true --set precision.fp8_fast_accum_grads=true
+         --set precision.fp8_lm_head_wgrad=true)
+      for rep in $(seq 1 "${REPS:-2}"); do
+        train "xw${rep}_bf16" "${G[@]}" "${W[@]}"
+        train "xw${rep}_fp8headwg" "${G[@]}" "${W[@]}" "${B[@]}"
+        train "xw${rep}_fp8allwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_experts_wgrad=true
+      done
+      ratios xw bf16 fp8headwg fp8allwg ;;
     losshwg|lossxwg)  # losshead's FP8 form with the head's weight gradient in FP8 too (fp8_lm_head_wgrad),
       # same three seeds; lossxwg adds the experts' (fp8_experts_wgrad). Runs to compare with are made when missing.
       corpus

@@ -23,19 +23,19 @@ struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
     ctx->save_for_backward({xc});
     const bool fused = kernels::ReluSquareFp8Supported(xc);
     if (fp8_grad && fused) ctx->saved_data["fp8_grad"] = SlotToIValue(fp8_grad);
-    if (fp8_out && fused) {  // y and its FP8 rows in one pass, for the GEMM after
-      kernels::ReluSquareFp8 r = kernels::ReluSquareForwardFp8(xc, kAmaxEps);
-      fp8_out->Offer(r.y, Fp8TensorOf(r.fp8));
-      return r.y;
+    if (fp8_out && fused) {  // y and its FP8 rows in one pass (or the rows alone), for the GEMM after
+      kernels::ReluSquareFp8 r = kernels::ReluSquareForwardFp8(xc, kAmaxEps, !fp8_out->rows_only_requested());
+      return OfferValuesOrRowsOnly(*fp8_out, r.y, Fp8TensorOf(r.fp8), xc.sizes(), xc.options());
     }
     return kernels::ReluSquareForward(xc);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const torch::Tensor x = ctx->get_saved_variables()[0];  // a copy: the vector is a temporary
-    if (const auto slot = SavedSlot(ctx, "fp8_grad")) {  // dx and its FP8 rows in one pass, for the GEMM before
-      kernels::ReluSquareGradFp8 r = kernels::ReluSquareBackwardFp8(grads[0], x, kAmaxEps);
-      slot->Offer(r.dx, Fp8TensorOf(r.fp8));
-      return {r.dx, torch::Tensor(), torch::Tensor()};
+    if (const auto slot = SavedSlot(ctx, "fp8_grad")) {  // dx and its FP8 rows (or the rows alone), for the GEMM before
+      kernels::ReluSquareGradFp8 r =
+          kernels::ReluSquareBackwardFp8(grads[0], x, kAmaxEps, !slot->rows_only_requested());
+      return {OfferValuesOrRowsOnly(*slot, r.dx, Fp8TensorOf(r.fp8), x.sizes(), x.options()), torch::Tensor(),
+              torch::Tensor()};
     }
     return {kernels::ReluSquareBackward(grads[0], x), torch::Tensor(), torch::Tensor()};
   }

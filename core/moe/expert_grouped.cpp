@@ -16,11 +16,15 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
     return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_gemm, grad, x_rows) : at::_grouped_mm(x, wt.to(dt), offs);
   };
   // FP8 relu2 experts: the activation hands the down projection its input, and its backward the
-  // up projection its input gradient, already quantised by rows (core/precision/fp8_rows_slot.h).
+  // up projection its input gradient, already quantised by rows (core/precision/fp8_rows_slot.h);
+  // the rows alone where those GEMMs' weight gradients are re-cast from them (each is the tensor's
+  // only consumer).
   c10::intrusive_ptr<Fp8RowsSlot> up_grad, act_rows;
   if (w.fp8 && !w.w3.defined()) {
     up_grad = c10::make_intrusive<Fp8RowsSlot>();
     act_rows = c10::make_intrusive<Fp8RowsSlot>();
+    if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1)) up_grad->RequestRowsOnly();
+    if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w2)) act_rows->RequestRowsOnly();
   }
   // The slot is emptied by its first Take: with swiglu, w3's GEMM quantises xs itself.
   torch::Tensor a = gmm(xs, w.w1, up_grad, xs_rows);  // (M, h)
@@ -48,10 +52,18 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
   }
   // FP8 experts: the permutation hands the up projection its input, and the un-permutation's
   // backward the down projection its input gradient, already quantised by rows
-  // (core/precision/fp8_rows_slot.h).
+  // (core/precision/fp8_rows_slot.h); the rows alone where those GEMMs' weight gradients are
+  // re-cast from them and they are the tensors' only consumers (not xs under swiglu: w3's GEMM
+  // reads it too).
   c10::intrusive_ptr<Fp8RowsSlot> xs_rows, out_grad;
-  if (w.fp8) xs_rows = c10::make_intrusive<Fp8RowsSlot>();
-  if (w.fp8 && torch::GradMode::is_enabled()) out_grad = c10::make_intrusive<Fp8RowsSlot>();
+  if (w.fp8) {
+    xs_rows = c10::make_intrusive<Fp8RowsSlot>();
+    if (!w.w3.defined() && Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1)) xs_rows->RequestRowsOnly();
+  }
+  if (w.fp8 && torch::GradMode::is_enabled()) {
+    out_grad = c10::make_intrusive<Fp8RowsSlot>();
+    if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w2)) out_grad->RequestRowsOnly();
+  }
   torch::Tensor xs = PermuteTokens(in.x, order, xs_rows);         // (M, d)
   torch::Tensor ys = GroupedFfn(xs, offs, w, out_grad, xs_rows);   // (M, d)
   // (N, k) dropped assignments weigh 0

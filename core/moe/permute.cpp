@@ -23,10 +23,9 @@ struct PermuteFn : public torch::autograd::Function<PermuteFn> {
     ctx->save_for_backward({inv});
     ctx->saved_data["n"] = n_tokens;
     ctx->saved_data["k"] = k;
-    if (xs_rows && kernels::PermuteRowsFp8Supported(x)) {  // xs and its FP8 rows in one pass
-      kernels::PermuteFp8 r = kernels::PermuteRowsFp8(x, tok, kAmaxEps);
-      xs_rows->Offer(r.xs, Fp8TensorOf(r.fp8));
-      return r.xs;
+    if (xs_rows && kernels::PermuteRowsFp8Supported(x)) {  // xs and its FP8 rows in one pass (or the rows alone)
+      kernels::PermuteFp8 r = kernels::PermuteRowsFp8(x, tok, kAmaxEps, !xs_rows->rows_only_requested());
+      return OfferValuesOrRowsOnly(*xs_rows, r.xs, Fp8TensorOf(r.fp8), {tok.size(0), x.size(1)}, x.options());
     }
     return kernels::PermuteRows(x.contiguous(), tok);
   }
@@ -53,11 +52,11 @@ struct UnpermuteFn : public torch::autograd::Function<UnpermuteFn> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const bool mapped = ctx->saved_data["all_rows_mapped"].toBool();
-    if (const auto slot = SavedSlot(ctx, "ys_grad")) {  // dys and its FP8 rows in one launch
-      kernels::UnpermuteGradFp8 r =
-          kernels::UnpermuteRowsBackwardFp8(grads[0], saved[0], saved[2], saved[1], mapped, kAmaxEps);
-      slot->Offer(r.dys, Fp8TensorOf(r.fp8));
-      return {r.dys, r.dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    if (const auto slot = SavedSlot(ctx, "ys_grad")) {  // dys and its FP8 rows in one launch (or the rows alone)
+      kernels::UnpermuteGradFp8 r = kernels::UnpermuteRowsBackwardFp8(grads[0], saved[0], saved[2], saved[1], mapped,
+                                                                      kAmaxEps, !slot->rows_only_requested());
+      torch::Tensor dys = OfferValuesOrRowsOnly(*slot, r.dys, Fp8TensorOf(r.fp8), saved[0].sizes(), saved[0].options());
+      return {dys, r.dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};
     }
     auto [dys, dw] = kernels::UnpermuteRowsBackward(grads[0], saved[0], saved[2], saved[1], mapped);
     return {dys, dw, torch::Tensor(), torch::Tensor(), torch::Tensor()};

@@ -112,17 +112,6 @@ std::pair<torch::Tensor, torch::Tensor> QuantizePaddedTransposed(const torch::Te
   return {q.data, q.inv_scale().view({-1}).repeat({E})};
 }
 
-// Whether the weight gradient's operands are re-cast from FP8 rows (Fp8GemmOptions::wgrad_from_rows)
-// for an input x (M, K) padded to Mp slots: the kernel's device and shape conditions.
-bool WgradFromRows(bool wgrad_fp8, bool from_rows, const torch::Tensor& x) {
-#if defined(MOE_WITH_KERNELS)
-  return wgrad_fp8 && from_rows && OnKernelDevice(x) && x.size(1) % 16 == 0;
-#else
-  (void)wgrad_fp8, (void)from_rows, (void)x;
-  return false;
-#endif
-}
-
 struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                const torch::Tensor& offs, bool wgrad_fp8, bool fast_accum, bool fast_grads,
@@ -134,7 +123,10 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
     ctx->saved_data["fast_grads"] = fast_grads;
     // (M, K), (M, 1): as the op before this one quantised it, where it did (fp8_rows_slot.h)
     const Fp8Tensor xq = TakeRowsOrQuantize(x_rows, x);
-    if (WgradFromRows(wgrad_fp8, wgrad_from_rows, x)) {  // kept for the weight gradient's re-cast
+    Fp8GemmOptions o;
+    o.wgrad_fp8 = wgrad_fp8;
+    o.wgrad_from_rows = wgrad_from_rows;
+    if (Fp8GroupedWgradFromRows(o, w)) {  // kept for the weight gradient's re-cast
       ctx->saved_data["x_q"] = xq.data;
       ctx->saved_data["x_inv"] = xq.inv_scale();
     }
@@ -146,7 +138,9 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const torch::Tensor &x = saved[0], &w = saved[1], &offs = saved[2];
-    const torch::Tensor dy = grads[0].contiguous();  // (M, N)
+    // (M, N); where the op after this one offered the FP8 rows alone (fp8_rows_slot.h), a
+    // placeholder that only the slot's Take below may see: nothing reads its values then.
+    const torch::Tensor& dy = grads[0];
     const int64_t M = x.size(0), E = w.size(0);
     const bool fast = ctx->saved_data["fast_grads"].toBool();
     const bool from_rows = ctx->saved_data.count("x_q") != 0;
@@ -164,23 +158,23 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
       if (M == 0) {
         dw = torch::zeros_like(w);
       } else if (!ctx->saved_data["wgrad_fp8"].toBool()) {
-        dw = at::_grouped_mm(x.t(), dy, offs).to(w.scalar_type());  // (E, K, N)
+        dw = at::_grouped_mm(x.t(), dy.contiguous(), offs).to(w.scalar_type());  // (E, K, N)
       } else if (from_rows) {
 #if defined(MOE_WITH_KERNELS)
-        // Both operands re-cast from their FP8 rows, one scale per expert (kernels/fp8_rows_to_cols.h).
-        PaddedGroups p = PadGroups(offs, M);
+        // Both operands re-cast from their FP8 rows, one scale per expert, in the padded layout
+        // the re-cast computes from offs (kernels/fp8_rows_to_cols.h): no gather index.
         const torch::Tensor offs32 = offs.to(torch::kInt32);
-        const kernels::Fp8Quantized xt = kernels::Fp8RowsToPaddedCols(  // (K, Mp), (E*K,)
-            ctx->saved_data["x_q"].toTensor(), ctx->saved_data["x_inv"].toTensor(), offs32, p.src, p.pad_end);
-        const kernels::Fp8Quantized dyt =  // (N, Mp), (E*N,)
-            kernels::Fp8RowsToPaddedCols(dyq.data, dyq.inv_scale(), offs32, p.src, p.pad_end);
-        dw = ScaledGroupedMm(xt.data, xt.inv_scale, dyt.data.t(), dyt.inv_scale, p.pad_end, x.scalar_type(), fast)
+        const kernels::Fp8PaddedCols xt = kernels::Fp8RowsToPaddedCols(  // (K, Mp), (E*K,)
+            ctx->saved_data["x_q"].toTensor(), ctx->saved_data["x_inv"].toTensor(), offs32);
+        const kernels::Fp8PaddedCols dyt =  // (N, Mp), (E*N,)
+            kernels::Fp8RowsToPaddedCols(dyq.data, dyq.inv_scale(), offs32);
+        dw = ScaledGroupedMm(xt.data, xt.inv_scale, dyt.data.t(), dyt.inv_scale, xt.pad_end, x.scalar_type(), fast)
                  .to(w.scalar_type());  // (E, K, N)
 #endif
       } else {
         PaddedGroups p = PadGroups(offs, M);
         auto [xt, inv_x] = QuantizePaddedTransposed(x, p, E);     // (K, Mp), (E*K,)
-        auto [dyt, inv_dy] = QuantizePaddedTransposed(dy, p, E);  // (N, Mp), (E*N,)
+        auto [dyt, inv_dy] = QuantizePaddedTransposed(dy.contiguous(), p, E);  // (N, Mp), (E*N,)
         dw = ScaledGroupedMm(xt, inv_x, dyt.t(), inv_dy, p.pad_end, x.scalar_type(), fast)
                  .to(w.scalar_type());  // (E, K, N)
       }
@@ -193,6 +187,16 @@ struct Fp8GroupedFn : public torch::autograd::Function<Fp8GroupedFn> {
 };
 
 }  // namespace
+
+bool Fp8GroupedWgradFromRows(const Fp8GemmOptions& opts, const torch::Tensor& w) {
+#if defined(MOE_WITH_KERNELS)
+  return opts.wgrad_fp8 && opts.wgrad_from_rows && OnKernelDevice(w) && w.dim() == 3 && w.size(1) % 16 == 0 &&
+         w.size(2) % 16 == 0;
+#else
+  (void)opts, (void)w;
+  return false;
+#endif
+}
 
 bool Fp8GroupedSupported(int64_t d, int64_t h, const torch::Device& device, std::string* why) {
   if (d % 16 != 0 || h % 16 != 0) {

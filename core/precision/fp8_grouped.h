@@ -46,6 +46,13 @@ torch::Tensor Fp8GroupedMm(const torch::Tensor& x, const torch::Tensor& w, const
                            const Fp8GemmOptions& opts = {}, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot = {},
                            const c10::intrusive_ptr<Fp8RowsSlot>& x_rows = {});
 
+// Whether Fp8GroupedMm with opts re-casts its weight gradient's operands from their FP8 rows for
+// the weight w (E, K, N): opts.wgrad_fp8 and opts.wgrad_from_rows, w on the kernels' device, K and
+// N multiples of 16 (kernels/fp8_rows_to_cols.h). Then it reads nothing of x or of its output's
+// gradient but their FP8 rows, and where it is a tensor's only consumer, the tensor's producer may
+// hand it those alone (Fp8RowsSlot::RequestRowsOnly). False on a build without the kernels.
+bool Fp8GroupedWgradFromRows(const Fp8GemmOptions& opts, const torch::Tensor& w);
+
 // The scaled grouped GEMM itself (exposed for tests), in the at::_scaled_grouped_mm layouts:
 //   2D x 3D: a (M, K) row-major, inv_a (M,); b (E, K, N) column-major per expert, inv_b (E, N)
 //            -> (M, N); rows of group e use b[e].

@@ -1002,7 +1002,8 @@ TEST_CASE("fp8: the loss's backward hands an FP8 LM head with an FP8 weight grad
 }
 
 TEST_CASE("fp8: relu2 hands the FP8 expert down projection its input and the up projection its gradient "
-          "quantised, and nothing changes (skipped without a GPU)",
+          "quantised, the rows alone where the weight gradients are re-cast from them, and nothing changes "
+          "(skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
@@ -1013,29 +1014,52 @@ TEST_CASE("fp8: relu2 hands the FP8 expert down projection its input and the up 
   const torch::Tensor w2_0 = (torch::randn({E, H, K}) / 16).to(cuda, torch::kBFloat16);
   const torch::Tensor gy = torch::randn({M, K}, torch::dtype(torch::kBFloat16).device(cuda));
   const torch::Tensor offs = torch::tensor({40, 40, 96}, torch::dtype(torch::kInt32).device(cuda));  // expert 1 empty
-  auto run = [&](bool handoff, int64_t* taken) {
-    torch::Tensor x = x0.clone().requires_grad_(), w1 = w1_0.clone().requires_grad_(), w2 = w2_0.clone().requires_grad_();
-    auto grad = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
-    auto act = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
-    moe::Fp8GemmOptions o;
-    o.wgrad_fp8 = false;
-    const torch::Tensor a = moe::Fp8GroupedMm(x, w1, offs, o, grad);                                 // (M, H)
-    const torch::Tensor y = moe::Fp8GroupedMm(moe::ReluSquare(a, grad, act), w2, offs, o, {}, act);  // (M, K)
-    if (taken) taken[0] = act ? act->taken() : 0;
-    y.backward(gy);
-    if (taken) taken[1] = grad ? grad->taken() : 0;
-    return std::vector<torch::Tensor>{y.detach(), x.grad(), w1.grad(), w2.grad()};
-  };
-  int64_t taken[2] = {0, 0};
-  const auto a = run(false, nullptr), b = run(true, taken);
-  CHECK(taken[0] == 1);  // the down projection used the rows the activation offered
-  CHECK(taken[1] == 1);  // the up projection used the rows the activation's backward offered
-  CheckSameTensors(a, b);
-  CHECK(a[1].abs().sum().item<double>() > 0);
+  // from_rows: the weight gradients in FP8 re-cast from the rows; then the slots ask for the rows
+  // alone, and the activation and its gradient are placeholders that hold no values.
+  for (bool from_rows : {false, true}) {
+    DYNAMIC_SECTION((from_rows ? "weight gradients from the rows" : "bf16 weight gradients")) {
+      moe::Fp8GemmOptions o;
+      o.wgrad_fp8 = from_rows;
+      o.wgrad_from_rows = from_rows;
+      struct Seen {
+        int64_t taken[2] = {0, 0};
+        bool act_placeholder = false, grad_placeholder = false;
+      };
+      auto run = [&](bool handoff, Seen* seen) {
+        torch::Tensor x = x0.clone().requires_grad_(), w1 = w1_0.clone().requires_grad_(),
+                      w2 = w2_0.clone().requires_grad_();
+        auto grad = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+        auto act = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+        if (handoff && moe::Fp8GroupedWgradFromRows(o, w1)) grad->RequestRowsOnly();
+        if (handoff && moe::Fp8GroupedWgradFromRows(o, w2)) act->RequestRowsOnly();
+        torch::Tensor a = moe::Fp8GroupedMm(x, w1, offs, o, grad);  // (M, H)
+        if (seen) a.register_hook([seen](torch::Tensor g) { seen->grad_placeholder = g.stride(0) == 0; });
+        const torch::Tensor h = moe::ReluSquare(a, grad, act);               // (M, H)
+        const torch::Tensor y = moe::Fp8GroupedMm(h, w2, offs, o, {}, act);  // (M, K)
+        if (seen) {
+          seen->taken[0] = act ? act->taken() : 0;
+          seen->act_placeholder = h.stride(0) == 0;
+        }
+        y.backward(gy);
+        if (seen) seen->taken[1] = grad ? grad->taken() : 0;
+        return std::vector<torch::Tensor>{y.detach(), x.grad(), w1.grad(), w2.grad()};
+      };
+      Seen seen;
+      const auto a = run(false, nullptr), b = run(true, &seen);
+      CHECK(seen.taken[0] == 1);  // the down projection used the rows the activation offered
+      CHECK(seen.taken[1] == 1);  // the up projection used the rows the activation's backward offered
+      CHECK(seen.act_placeholder == from_rows);
+      CHECK(seen.grad_placeholder == from_rows);
+      CheckSameTensors(a, b);
+      CHECK(a[1].abs().sum().item<double>() > 0);
+      CHECK(b[2].isfinite().all().item<bool>());  // no placeholder's NaN reached a weight gradient
+    }
+  }
 }
 
 TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, the un-permutation's backward "
-          "the down projection its gradient, quantised, and nothing changes (skipped without a GPU)",
+          "the down projection its gradient, quantised, the rows alone where the weight gradients are re-cast "
+          "from them, and nothing changes (skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
@@ -1050,27 +1074,72 @@ TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, 
   const torch::Tensor w2_0 = (torch::randn({E, H, d}) / 16).to(cuda, torch::kBFloat16);
   const torch::Tensor wk0 = torch::rand({N, k}, torch::dtype(torch::kFloat32).device(cuda));
   const torch::Tensor gy = torch::randn({N, d}, bf);
-  auto run = [&](bool handoff, int64_t* taken) {
-    torch::Tensor x = x0.clone().requires_grad_(), wk = wk0.clone().requires_grad_();
-    moe::ExpertWeights w;
-    w.w1 = w1_0.clone().requires_grad_();
-    w.w2 = w2_0.clone().requires_grad_();
-    w.fp8 = true;
-    w.fp8_gemm.wgrad_fp8 = false;
-    auto rows = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
-    auto grad = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
-    const torch::Tensor xs = moe::PermuteTokens(x, order, rows);        // (M, d)
-    const torch::Tensor ys = moe::GroupedFfn(xs, offs, w, grad, rows);  // (M, d)
-    const torch::Tensor y = moe::UnpermuteTokens(ys, wk, order, grad);  // (N, d)
-    if (taken) taken[0] = rows ? rows->taken() : 0;
-    y.backward(gy);
-    if (taken) taken[1] = grad ? grad->taken() : 0;
-    return std::vector<torch::Tensor>{y.detach(), x.grad(), w.w1.grad(), w.w2.grad(), wk.grad()};
-  };
-  int64_t taken[2] = {0, 0};
-  const auto a = run(false, nullptr), b = run(true, taken);
-  CHECK(taken[0] == 1);  // the up projection used the rows the permutation offered
-  CHECK(taken[1] == 1);  // the down projection used the rows the un-permutation's backward offered
-  CheckSameTensors(a, b);
-  CHECK(a[1].abs().sum().item<double>() > 0);
+  // from_rows: as GroupedExperts asks when the weight gradients are re-cast from the rows
+  // (precision.fp8_experts_wgrad); GroupedFfn's own slots (relu2) ask the same in both runs.
+  for (bool from_rows : {false, true}) {
+    DYNAMIC_SECTION((from_rows ? "weight gradients from the rows" : "bf16 weight gradients")) {
+      struct Seen {
+        int64_t taken[2] = {0, 0};
+        bool xs_placeholder = false, grad_placeholder = false;
+      };
+      auto run = [&](bool handoff, Seen* seen) {
+        torch::Tensor x = x0.clone().requires_grad_(), wk = wk0.clone().requires_grad_();
+        moe::ExpertWeights w;
+        w.w1 = w1_0.clone().requires_grad_();
+        w.w2 = w2_0.clone().requires_grad_();
+        w.fp8 = true;
+        w.fp8_gemm.wgrad_fp8 = from_rows;
+        w.fp8_gemm.wgrad_from_rows = from_rows;
+        auto rows = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+        auto grad = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
+        if (handoff && moe::Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1)) rows->RequestRowsOnly();
+        if (handoff && moe::Fp8GroupedWgradFromRows(w.fp8_gemm, w.w2)) grad->RequestRowsOnly();
+        const torch::Tensor xs = moe::PermuteTokens(x, order, rows);        // (M, d)
+        torch::Tensor ys = moe::GroupedFfn(xs, offs, w, grad, rows);        // (M, d)
+        if (seen) ys.register_hook([seen](torch::Tensor g) { seen->grad_placeholder = g.stride(0) == 0; });
+        const torch::Tensor y = moe::UnpermuteTokens(ys, wk, order, grad);  // (N, d)
+        if (seen) {
+          seen->taken[0] = rows ? rows->taken() : 0;
+          seen->xs_placeholder = xs.stride(0) == 0;
+        }
+        y.backward(gy);
+        if (seen) seen->taken[1] = grad ? grad->taken() : 0;
+        return std::vector<torch::Tensor>{y.detach(), x.grad(), w.w1.grad(), w.w2.grad(), wk.grad()};
+      };
+      Seen seen;
+      const auto a = run(false, nullptr), b = run(true, &seen);
+      CHECK(seen.taken[0] == 1);  // the up projection used the rows the permutation offered
+      CHECK(seen.taken[1] == 1);  // the down projection used the rows the un-permutation's backward offered
+      CHECK(seen.xs_placeholder == from_rows);
+      CHECK(seen.grad_placeholder == from_rows);
+      CheckSameTensors(a, b);
+      CHECK(a[1].abs().sum().item<double>() > 0);
+      for (const torch::Tensor& t : b) CHECK(t.isfinite().all().item<bool>());  // no placeholder's NaN got out
+    }
+  }
+}
+
+TEST_CASE("fp8: a rows-only offer that its consumer does not take is an error, not a silent read of the "
+          "placeholder",
+          "[fp8]") {
+  const auto opts = torch::dtype(torch::kBFloat16);
+  const auto slot = c10::make_intrusive<moe::Fp8RowsSlot>();
+  slot->RequestRowsOnly();
+  REQUIRE(slot->rows_only_requested());
+  const moe::Fp8Tensor q = moe::Quantize(torch::randn({4, 16}).to(torch::kBFloat16), torch::kFloat8_e4m3fn,
+                                         moe::Fp8Granularity::kRow);
+  const torch::Tensor p = moe::OfferValuesOrRowsOnly(*slot, torch::Tensor(), q, {4, 16}, opts);
+  CHECK(p.sizes() == torch::IntArrayRef({4, 16}));
+  CHECK(p.scalar_type() == torch::kBFloat16);
+  CHECK(p.isnan().all().item<bool>());  // a read by mistake shows
+  CHECK_THROWS_WITH(moe::TakeRowsOrQuantize(slot, torch::zeros({4, 16}, opts)), Catch::Contains("offered FP8 rows alone"));
+  CHECK_FALSE(slot->offered());  // emptied all the same
+  // The same placeholder is taken, and a values offer is still free to miss.
+  const torch::Tensor p2 = moe::OfferValuesOrRowsOnly(*slot, torch::Tensor(), q, {4, 16}, opts);
+  moe::Fp8Tensor got;
+  CHECK(slot->Take(p2, &got));
+  CHECK(torch::equal(got.data.view(torch::kByte), q.data.view(torch::kByte)));
+  const torch::Tensor v = torch::ones({4, 16}, opts);
+  CHECK(moe::OfferValuesOrRowsOnly(*slot, v, q, {4, 16}, opts).data_ptr() == v.data_ptr());
+  CHECK_FALSE(slot->Take(torch::zeros({4, 16}, opts), &got));
 }

@@ -1,6 +1,7 @@
 // kernels/fp8_rows_to_cols.cu against the same arithmetic in ATen, bit for bit, on random rows:
 // groups that are empty, shorter than the 16-slot padding, and spanning several 64-slot tiles;
-// column counts with a partial 128-column tile.
+// column counts with a partial 256-column tile. The padded layout is the kernel's own (computed
+// from the offsets on the GPU), checked against the host's.
 #include "tests/kernels/kernel_test_util.h"
 
 #include <vector>
@@ -10,7 +11,7 @@
 
 namespace {
 
-// The padded layout of core/precision/fp8_grouped.cpp's PadGroups, on the host: each group's rows
+// The padded layout of kernels/fp8_rows_to_cols.h, on the host: each group's rows
 // in slots padded to a multiple of 16 (at least 16), the rest of Mp = ceil16(M) + 16 E padding.
 struct Padded {
   std::vector<int64_t> src;  // (Mp,) row, or M for padding
@@ -48,10 +49,11 @@ TEST_CASE("kernels: Fp8RowsToPaddedCols re-casts FP8 rows into padded columns wi
     int64_t C;
   };
   const Case cases[] = {
-      {{37, 0, 100, 3, 60}, 136},          // an empty group, one of 3 rows, a partial column tile
+      {{37, 0, 100, 3, 60}, 144},          // an empty group, one of 3 rows, a partial column tile
       {{300, 1, 250}, 2048},               // groups over several 64-slot tiles
-      {{0, 0, 16}, 8},                     // one 8-byte vector per row
-      {{4096, 4096, 100, 5000}, 256},      // large groups
+      {{0, 0, 16}, 16},                    // one 16-byte vector per row
+      {{4096, 4096, 100, 5000}, 272},      // large groups, a tile and 16 columns
+      {{17, 0, 0, 0, 0, 0, 0, 33}, 4096},  // the wide model's hidden, mostly empty groups
   };
   for (const Case& c : cases) {
     int64_t M = 0;
@@ -67,12 +69,12 @@ TEST_CASE("kernels: Fp8RowsToPaddedCols re-casts FP8 rows into padded columns wi
       const Padded p = Pad(c.counts, M);
       const at::Tensor offs = at::tensor(ends, at::kInt).to(at::kCUDA);
       const at::Tensor src = at::tensor(p.src, at::kLong).to(at::kCUDA);
-      const at::Tensor pad_end = at::tensor(p.pad_end, at::kInt).to(at::kCUDA);
-      REQUIRE(moe::kernels::Fp8RowsToPaddedColsSupported(rows.data, src));
+      REQUIRE(moe::kernels::Fp8PaddedSlots(M, static_cast<int64_t>(c.counts.size())) == src.size(0));
+      REQUIRE(moe::kernels::Fp8RowsToPaddedColsSupported(rows.data));
 
       moe_test::PoisonAllocator(c.C * src.size(0) / 4 + 1, at::kFloat);
-      const moe::kernels::Fp8Quantized got =
-          moe::kernels::Fp8RowsToPaddedCols(rows.data, rows.inv_scale, offs, src, pad_end);
+      const moe::kernels::Fp8PaddedCols got = moe::kernels::Fp8RowsToPaddedCols(rows.data, rows.inv_scale, offs);
+      CHECK(at::equal(got.pad_end.cpu(), at::tensor(p.pad_end, at::kInt)));
 
       // Reference: g_e = max of the group's inverse row scales; each row times inv / g_e in fp32,
       // one cast; rows gathered into their slots (zeros for padding) and transposed.
@@ -92,7 +94,6 @@ TEST_CASE("kernels: Fp8RowsToPaddedCols re-casts FP8 rows into padded columns wi
       REQUIRE(got.data.sizes() == at::IntArrayRef({c.C, src.size(0)}));
       CHECK(at::equal(got.data.view(at::kByte), padded.t().contiguous()));
       CHECK(at::equal(got.inv_scale, g_t.repeat_interleave(c.C)));
-      CHECK_FALSE(got.scale.defined());
       // Not vacuous: most bytes are nonzero, and the re-cast changed many of them (factors < 1).
       CHECK(moe_test::NonzeroBytes(got.data) > M * c.C / 2);
       CHECK(recast.view(at::kByte).ne(rows.data.view(at::kByte)).sum().item<int64_t>() > M * c.C / 4);
@@ -107,4 +108,14 @@ TEST_CASE("kernels: Fp8RowsToPaddedCols re-casts FP8 rows into padded columns wi
       CHECK((deq - orig).abs().le(orig.abs() * 0.13 + g_slot / 512).all().item<bool>());
     }
   }
+}
+
+TEST_CASE("kernels: Fp8RowsToPaddedCols takes whole 16-byte rows only", "[kernels][fp8_rows_to_cols]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const auto e4m3 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat8_e4m3fn);
+  CHECK(moe::kernels::Fp8RowsToPaddedColsSupported(at::empty({32, 16}, e4m3)));
+  CHECK_FALSE(moe::kernels::Fp8RowsToPaddedColsSupported(at::empty({32, 24}, e4m3)));           // C % 16 != 0
+  CHECK_FALSE(moe::kernels::Fp8RowsToPaddedColsSupported(at::empty({32, 32}, e4m3).narrow(1, 0, 16)));  // strided
+  CHECK_FALSE(moe::kernels::Fp8RowsToPaddedColsSupported(at::empty({32, 16}, e4m3.device(at::kCPU))));
+  CHECK_FALSE(moe::kernels::Fp8RowsToPaddedColsSupported(at::empty({32, 16}, e4m3.dtype(at::kFloat))));
 }

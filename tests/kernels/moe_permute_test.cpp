@@ -64,7 +64,8 @@ TEST_CASE("kernels: PermuteRows writes zeros for out-of-range sources (empty cap
   }
 }
 
-TEST_CASE("kernels: PermuteRowsFp8 equals PermuteRows then the FP8 row quantisation, bit for bit",
+TEST_CASE("kernels: PermuteRowsFp8 equals PermuteRows then the FP8 row quantisation, bit for bit, with and without "
+          "the bf16 rows",
           "[kernels][permute][fp8_quantize]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(5);
@@ -92,6 +93,11 @@ TEST_CASE("kernels: PermuteRowsFp8 equals PermuteRows then the FP8 row quantisat
         const int64_t nonzero = want.ne(0).sum().item<int64_t>();
         REQUIRE(nonzero > 0);
         CHECK(moe_test::NonzeroBytes(got.fp8.data) >= nonzero * 9 / 10);
+        // The rows alone (the rows-only hand-off): the same bytes and scales, no bf16 xs.
+        moe_test::PoisonAllocator(src.size(0) * d, at::kBFloat16);
+        const moe::kernels::PermuteFp8 rows = moe::kernels::PermuteRowsFp8(x, src, kAmaxEps, /*write_xs=*/false);
+        CHECK_FALSE(rows.xs.defined());
+        moe_test::CheckSameFp8(rows.fp8, want8);
       }
     }
   }

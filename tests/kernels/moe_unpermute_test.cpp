@@ -106,6 +106,13 @@ TEST_CASE("kernels: UnpermuteRowsBackward skips the zero fill only where every r
           const int64_t nonzero = want_dys.ne(0).sum().item<int64_t>();
           REQUIRE(nonzero > 0);
           CHECK(moe_test::NonzeroBytes(got.fp8.data) >= nonzero * 9 / 10);
+          // The rows alone (the rows-only hand-off): dw and the same FP8 bytes, no bf16 dys.
+          moe_test::PoisonAllocator(M * d, at::kBFloat16);
+          const moe::kernels::UnpermuteGradFp8 rows =
+              moe::kernels::UnpermuteRowsBackwardFp8(dy, ys, inv, w, mapped, kAmaxEps, /*write_dys=*/false);
+          CHECK_FALSE(rows.dys.defined());
+          CHECK(at::equal(rows.dw, want_dw));
+          moe_test::CheckSameFp8(rows.fp8, want8);
         }
       }
     }

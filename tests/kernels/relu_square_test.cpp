@@ -88,7 +88,8 @@ TEST_CASE("kernels: ReluSquare forward and backward match ATen on random data", 
   }
 }
 
-TEST_CASE("kernels: ReluSquareForwardFp8 / BackwardFp8 equal the kernel then the FP8 row quantisation, bit for bit",
+TEST_CASE("kernels: ReluSquareForwardFp8 / BackwardFp8 equal the kernel then the FP8 row quantisation, bit for bit, "
+          "with and without the bf16 tensor",
           "[kernels][relu_square][fp8_quantize]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(9);
@@ -122,6 +123,16 @@ TEST_CASE("kernels: ReluSquareForwardFp8 / BackwardFp8 equal the kernel then the
       CHECK(at::equal(fwd.y, want_y));
       moe_test::CheckSameFp8(fwd.fp8, want_y8);
       CHECK(moe_test::NonzeroBytes(fwd.fp8.data) >= positive * 9 / 10);
+
+      // The rows alone (the rows-only hand-off): the same bytes and scales, no bf16 tensor.
+      moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
+      const moe::kernels::ReluSquareGradFp8 got_rows = moe::kernels::ReluSquareBackwardFp8(dy, x, 1e-12, false);
+      CHECK_FALSE(got_rows.dx.defined());
+      moe_test::CheckSameFp8(got_rows.fp8, want8);
+      moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
+      const moe::kernels::ReluSquareFp8 fwd_rows = moe::kernels::ReluSquareForwardFp8(x, 1e-12, false);
+      CHECK_FALSE(fwd_rows.y.defined());
+      moe_test::CheckSameFp8(fwd_rows.fp8, want_y8);
     }
   }
   const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
