@@ -2,9 +2,9 @@
 // per-group max of the rows' inverse scales and the padded layout, then (64 slots x 256 columns)
 // tiles transposed through shared memory, as the FP8 loss backward's columns
 // (cross_entropy_fp8_tiles.cu). Each slot's row follows from the layout by arithmetic, so no
-// per-slot index is read before the row. Alone on an H100 this runs at 2.53 TB/s for 4096 columns,
-// 90% of a cudaMemcpy of the same bytes. A warp that transposed 16 slots in registers and wrote 16
-// bytes per column (no shared memory) ran at 0.8 TB/s: each store instruction hit 32 rows.
+// per-slot index is read before the row. In the wide model's step (ncu, H100) it takes 97 us for
+// 4096 columns, 77% of DRAM bandwidth. A warp that transposed 16 slots in registers and wrote 16
+// bytes per column (no shared memory) took 343 us: each store instruction hit 32 rows.
 #include "kernels/common.cuh"
 #include "kernels/fp8_cast.cuh"
 #include "kernels/fp8_transpose_tile.cuh"
