@@ -27,7 +27,10 @@
 # the experts in FP8 with fp8_experts_wgrad as well), and bf16, alternated REPS times (default 2); losshwg = losshead's form with
 # fp8_lm_head_wgrad, same seeds (bf16 runs made when missing); lossxwg = losshwg's form with
 # fp8_experts_wgrad too (the runs it compares with made when missing); wideallwg = headwg's wide
-# arms bf16, headwg and allwg alone, REPS times (default 2). FP8_TESTS=0 skips building and
+# arms bf16, headwg and allwg alone, REPS times (default 2); widelwg = the wide model's bf16, allwg and
+# allwg with fp8_linear_wgrad (the attention projections' weight gradients re-cast from the FP8 rows
+# too), REPS times (default 2); losslwg = lossxwg's form with fp8_linear_wgrad too, same seeds (the
+# runs it compares with made when missing). FP8_TESTS=0 skips building and
 # running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -166,7 +169,20 @@ for what in ${@:-ref}; do
         train "xw${rep}_fp8allwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_experts_wgrad=true
       done
       ratios xw bf16 fp8headwg fp8allwg ;;
-    losshwg|lossxwg)  # losshead's FP8 form with the head's weight gradient in FP8 too (fp8_lm_head_wgrad),
+    widelwg)  # the wide model: bf16, allwg, and allwg with the linear layers' weight gradients re-cast
+      # from their FP8 rows too (fp8_linear_wgrad), alternated REPS times
+      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
+         --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true --set precision.fp8_fast_accum_grads=true
+         --set precision.fp8_lm_head_wgrad=true --set precision.fp8_experts_wgrad=true)
+      for rep in $(seq 1 "${REPS:-2}"); do
+        train "lw${rep}_bf16" "${G[@]}" "${W[@]}"
+        train "lw${rep}_fp8allwg" "${G[@]}" "${W[@]}" "${B[@]}"
+        train "lw${rep}_fp8alllwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_linear_wgrad=true
+      done
+      ratios lw bf16 fp8allwg fp8alllwg ;;
+    losshwg|lossxwg|losslwg)  # losshead's FP8 form with the head's weight gradient in FP8 too (fp8_lm_head_wgrad),
       # same three seeds; lossxwg adds the experts' (fp8_experts_wgrad). Runs to compare with are made when missing.
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
@@ -179,8 +195,11 @@ for what in ${@:-ref}; do
         [ -f "/tmp/runs/lfg_seed${seed}_fp8head/metrics.jsonl" ] || steps=200 train "lfg_seed${seed}_fp8head" "${L[@]}" "${F[@]}" "${S[@]}"
         [ -f "/tmp/runs/lfg_seed${seed}_fp8headwg/metrics.jsonl" ] ||
           steps=200 train "lfg_seed${seed}_fp8headwg" "${L[@]}" "${F[@]}" "${HW[@]}" "${S[@]}"
-        [ "$what" = lossxwg ] &&
+        [ "$what" = lossxwg ] || { [ "$what" = losslwg ] && [ ! -f "/tmp/runs/lfg_seed${seed}_fp8allwg/metrics.jsonl" ]; } &&
           steps=200 train "lfg_seed${seed}_fp8allwg" "${L[@]}" "${F[@]}" "${HW[@]}" --set precision.fp8_experts_wgrad=true "${S[@]}"
+        [ "$what" = losslwg ] &&
+          steps=200 train "lfg_seed${seed}_fp8alllwg" "${L[@]}" "${F[@]}" "${HW[@]}" --set precision.fp8_experts_wgrad=true \
+            --set precision.fp8_linear_wgrad=true "${S[@]}"
       done ;;
     losshead)  # lossfg's FP8 form with the LM head in FP8 too, same three seeds (bf16 runs: lossfg's)
       corpus

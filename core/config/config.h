@@ -173,6 +173,7 @@ struct PrecisionConfig {
   bool fp8_lm_head = false;
   bool fp8_lm_head_wgrad = false;
   bool fp8_experts_wgrad = false;
+  bool fp8_linear_wgrad = false;
   std::string reduce_dtype = "fp32";
   std::string grad_dtype = "fp32";
 
@@ -188,6 +189,7 @@ struct PrecisionConfig {
     MOE_FIELD(v, fp8_lm_head, "with fp8: the LM head in FP8 too (the recipe and options above). Off by default, as torchao, Transformer Engine and DeepSeek-V3 keep it: its logits feed the loss directly. Its (V x d) GEMM is the largest single GEMM of a small model: an ablation axis for the accuracy/speed trade");
     MOE_FIELD(v, fp8_lm_head_wgrad, "with fp8 and fp8_lm_head: the LM head's weight-gradient GEMM in FP8 even where fp8_wgrad = compute keeps the others in the compute dtype. The loss's backward writes that GEMM's transposed operand in the pass that makes the input gradient's, with one scale for the whole logits gradient (every entry is bounded by its row's loss weight), so it costs no transposed cast; the other layers' would");
     MOE_FIELD(v, fp8_experts_wgrad, "with fp8 and fp8_experts: the experts' weight-gradient GEMMs in FP8 even where fp8_wgrad = compute keeps the others in the compute dtype. Their transposed operands are re-cast from the FP8 rows that the forward and the input gradient already made, with one scale per expert (the largest of its rows'), rather than quantised per column from the bf16 tensors in two passes (what fp8_wgrad = fp8 does): half the bytes, a second rounding, and tensorwise-like precision within an expert. The permutation, relu2 and the un-permutation's backward then write those FP8 rows alone, not their bf16 tensors (relu2 experts; the fastest FP8 form measured, 1.22x bf16 at d_model 2048 on an H100)");
+    MOE_FIELD(v, fp8_linear_wgrad, "with fp8: the FP8 linear layers' weight-gradient GEMMs (attention, dense MLP; the LM head follows fp8_lm_head_wgrad) in FP8 even where fp8_wgrad = compute keeps them in the compute dtype. rowwise: their transposed operands re-cast from the FP8 rows of the layer's input (kept for the backward instead of the input) and of its output gradient, one scale per tensor, as fp8_experts_wgrad does per expert; tensorwise: from the tensorwise operands that recipe keeps anyway");
     MOE_FIELD(v, reduce_dtype, "data-parallel gradient all-reduce in fp32 (the master gradients) | bf16 (half the bytes; each rank's gradient rounded to bf16 once)");
     MOE_FIELD(v, grad_dtype, "matmul weight gradients in fp32 (autograd casts the bf16 GEMM's gradient to the fp32 master) | bf16 (bf16 weight copies made once per step by the optimizer, gradients kept as the GEMM gives them: the same values with one micro-batch on one rank, fewer passes; needs bf16 compute)");
   }

@@ -40,10 +40,11 @@ struct Fp8GemmOptions {
   // (torchao's MoE grouped GEMM does so for all three; at the reference model's expert shapes the
   // promoted sm90 grouped kernel is ~3x slower than the fast one). CUDA only, as fast_accum.
   bool fast_accum_grads = false;
-  // precision.fp8_experts_wgrad, for the expert GEMMs (fp8_grouped.h) with wgrad_fp8: the weight
-  // gradient's transposed operands re-cast from the FP8 rows that the forward and the input
-  // gradient already made, one scale per expert (kernels/fp8_rows_to_cols.h), instead of quantised
-  // per column from the compute-dtype tensors in two passes. CUDA only; elsewhere, per column.
+  // precision.fp8_experts_wgrad for the expert GEMMs (fp8_grouped.h), fp8_linear_wgrad for the
+  // rowwise linear layers (fp8_linear.h), with wgrad_fp8: the weight gradient's transposed operands
+  // re-cast from the FP8 rows that the forward and the input gradient already made, one scale per
+  // expert or per tensor (kernels/fp8_rows_to_cols.h), instead of quantised per column from the
+  // compute-dtype tensors in two passes. CUDA only; elsewhere, per column.
   bool wgrad_from_rows = false;
 };
 

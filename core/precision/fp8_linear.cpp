@@ -4,6 +4,11 @@
 
 #include <vector>
 
+#include "kernels/dispatch.h"
+#if defined(MOE_WITH_KERNELS)
+#include "kernels/fp8_rows_to_cols.h"
+#endif
+
 namespace moe {
 
 namespace {
@@ -16,13 +21,42 @@ constexpr auto kE5M2 = torch::kFloat8_e5m2;
 // An (R, C) FP8 matrix re-laid out column-major: same logical shape, C-major bytes. A byte copy.
 torch::Tensor ColumnMajor(const torch::Tensor& q) { return q.t().contiguous().t(); }
 
+// Whether the re-cast below takes these rows (contiguous, aligned e4m3 on a CUDA device).
+bool RowsRecastable(const Fp8Tensor& q) {
+#if defined(MOE_WITH_KERNELS)
+  return kernels::Fp8RowsToPaddedColsSupported(q.data);
+#else
+  (void)q;
+  return false;
+#endif
+}
+
+// dw = dy^T @ x (N, K) from the FP8 rows of dy (M, N) and x (M, K): both re-cast as transposed
+// columns with one scale per tensor (kernels/fp8_rows_to_cols.h with a single group), which the
+// rowwise GEMM takes as equal per-row and per-column scales. The 16 zero slots that the re-cast
+// pads after the rows add nothing to the sums.
+torch::Tensor WgradFromRows(const Fp8Tensor& dyq, const torch::Tensor& x_q, const torch::Tensor& x_inv,
+                            torch::ScalarType out_dtype, bool fast) {
+#if defined(MOE_WITH_KERNELS)
+  const int64_t M = x_q.size(0), K = x_q.size(1), N = dyq.data.size(1);
+  const torch::Tensor offs = torch::full({1}, M, x_q.options().dtype(torch::kInt32));  // one group: all rows
+  const kernels::Fp8PaddedCols xt = kernels::Fp8RowsToPaddedCols(x_q, x_inv, offs);     // (K, Mp), (K,)
+  const kernels::Fp8PaddedCols dyt =                                                    // (N, Mp), (N,)
+      kernels::Fp8RowsToPaddedCols(dyq.data.contiguous(), dyq.inv_scale().contiguous(), offs);
+  return ScaledMm(dyt.data, dyt.inv_scale.view({N, 1}), xt.data.t(), xt.inv_scale.view({1, K}), out_dtype, fast);
+#else
+  (void)dyq, (void)x_q, (void)x_inv, (void)out_dtype, (void)fast;
+  TORCH_CHECK(false, "Fp8Linear: the weight gradient from the rows needs the CUDA kernels");
+#endif
+}
+
 struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
   // x: (M, K) compute dtype; w: (N, K). Returns (M, N) in x's dtype. pre (rowwise only; may be
   // null): w's two operands already quantised (Fp8Weights). A pointer, not tensor arguments:
   // autograd takes no undefined tensors as inputs, and these need no gradient.
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, int64_t recipe,
-                               bool wgrad_fp8, bool fast_accum, bool fast_grads, const Fp8WeightOperands* pre,
-                               const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
+                               bool wgrad_fp8, bool fast_accum, bool fast_grads, bool wgrad_from_rows,
+                               const Fp8WeightOperands* pre, const c10::intrusive_ptr<Fp8RowsSlot>& grad_slot,
                                const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
     const bool rowwise = recipe == static_cast<int64_t>(Fp8Recipe::kRowwise);
     const Fp8Granularity g = rowwise ? Fp8Granularity::kRow : Fp8Granularity::kTensor;
@@ -37,10 +71,17 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     if (!wgrad_fp8 && !rowwise) ctx->saved_data["x"] = x;
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     if (rowwise) {
-      ctx->save_for_backward({x, w});
+      // With the weight gradient re-cast from the rows, x's FP8 rows are kept instead of x.
+      const bool from_rows = wgrad_fp8 && wgrad_from_rows && OnKernelDevice(x) && RowsRecastable(xq);
+      ctx->save_for_backward({from_rows ? torch::Tensor() : x, w});
+      if (from_rows) {
+        ctx->saved_data["x_q"] = xq.data;
+        ctx->saved_data["x_inv"] = xq.inv_scale().contiguous();
+      }
       if (grad_slot) {
         ctx->saved_data["fp8_grad"] = SlotToIValue(grad_slot);
-        if (wgrad_fp8) grad_slot->RequestCols();  // the weight gradient takes dy's columns too
+        // the per-column weight gradient takes dy's columns too; the re-cast, its rows alone
+        if (wgrad_fp8 && !from_rows) grad_slot->RequestCols();
       }
       SaveWeightCols(ctx, pre);
     } else {
@@ -61,8 +102,9 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     torch::Tensor dx, dw;
     if (ctx->saved_data["rowwise"].toBool()) {
       auto saved = ctx->get_saved_variables();
-      const torch::Tensor& x = saved[0];  // (M, K)
+      const torch::Tensor& x = saved[0];  // (M, K); undefined where x's FP8 rows were kept instead
       const torch::Tensor& w = saved[1];  // (N, K)
+      const bool from_rows = ctx->saved_data.count("x_q") != 0;
       // dy (M, N) quantised per row over N, as the op that produced it quantised it, where it did
       // (fp8_rows_slot.h); with an FP8 weight gradient, also its columns (N, M), where it made them.
       Fp8Tensor dyq, dyt;
@@ -75,6 +117,9 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       }
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {
         dw = torch::mm(dy.t(), x.to(dt)).to(w_dtype);
+      } else if (ctx->needs_input_grad(1) && from_rows) {
+        dw = WgradFromRows(dyq, ctx->saved_data["x_q"].toTensor(), ctx->saved_data["x_inv"].toTensor(), dt, fast)
+                 .to(w_dtype);  // (N, K)
       } else if (ctx->needs_input_grad(1)) {
         if (!dyt.data.defined()) dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
         Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);  // (K, M), per k over M
@@ -94,12 +139,18 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
                       dt, fast).to(w_dtype);
       }
     }
-    return {dx, dw, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor(), torch::Tensor()};
+    variable_list out(10);  // one per forward input; only x and w have gradients
+    out[0] = dx;
+    out[1] = dw;
+    return out;
   }
 };
 
 }  // namespace
+
+bool Fp8LinearWgradFromRows(Fp8Recipe recipe, const Fp8GemmOptions& opts, const torch::Tensor& x) {
+  return recipe == Fp8Recipe::kRowwise && opts.wgrad_fp8 && opts.wgrad_from_rows && OnKernelDevice(x);
+}
 
 bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N) {
   return M > 0 && K > 0 && N > 0 && M % 16 == 0 && K % 16 == 0 && N % 16 == 0;
@@ -118,7 +169,7 @@ torch::Tensor Fp8Linear(const torch::Tensor& x, const torch::Tensor& w, Fp8Recip
   TORCH_CHECK(!pre || (w_operands->rows.data.sizes() == w.sizes() && w_operands->cols.data.size(0) == K),
               "Fp8Linear: w_operands do not belong to a weight of shape ", w.sizes());
   torch::Tensor y = Fp8LinearFn::apply(x.reshape({-1, K}), w, static_cast<int64_t>(recipe), opts.wgrad_fp8,
-                                       opts.fast_accum, opts.fast_accum_grads,
+                                       opts.fast_accum, opts.fast_accum_grads, opts.wgrad_from_rows,
                                        pre ? w_operands : nullptr, grad_slot, x_rows);  // (M, N)
   return y.view(out_shape);
 }

@@ -24,6 +24,11 @@ namespace moe {
 // over K, N and M in turn. Shapes that fail stay in the compute dtype.
 bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
 
+// Whether Fp8Linear with this recipe and opts re-casts its weight gradient's operands from their
+// FP8 rows for an input like x: the rowwise recipe, opts.wgrad_fp8 and opts.wgrad_from_rows, x on
+// the kernels' device. False on a build without the kernels.
+bool Fp8LinearWgradFromRows(Fp8Recipe recipe, const Fp8GemmOptions& opts, const torch::Tensor& x);
+
 // x: (..., K) in the compute dtype (bf16 or fp32); w: (N, K) parameter, usually the fp32 master.
 // Returns (..., N) in x's dtype; the gradient reaches w in w's dtype. Requires
 // Fp8LinearSupported(x.numel() / K, K, N).
@@ -34,6 +39,11 @@ bool Fp8LinearSupported(int64_t M, int64_t K, int64_t N);
 // w_operands (rowwise recipe; ignored under tensorwise): w's two quantised operands made ahead
 // (core/precision/fp8_weights.h), used instead of quantising w here; they must be those of w's
 // current values. Null: quantise w here.
+// opts.wgrad_from_rows with opts.wgrad_fp8 (rowwise; precision.fp8_linear_wgrad): where
+// Fp8LinearWgradFromRows holds, the weight-gradient GEMM's transposed operands are re-cast from the
+// FP8 rows of x (made for the output GEMM, kept instead of x) and of dy (made for the input
+// gradient), one scale per tensor (kernels/fp8_rows_to_cols.h), rather than quantised per column
+// from x and dy in two passes each. Elsewhere, per column.
 // grad_slot (rowwise; may be null): where the op consuming the output may offer the output's
 // gradient already quantised by rows (core/precision/fp8_rows_slot.h); the input-gradient GEMM
 // takes it from there when it is the gradient that arrives, and quantises it itself otherwise.

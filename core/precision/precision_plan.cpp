@@ -33,6 +33,11 @@ PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& 
     p.expert_gemm_.wgrad_fp8 = true;
     p.expert_gemm_.wgrad_from_rows = true;
   }
+  p.linear_gemm_ = p.gemm_;
+  if (cfg.precision.fp8_linear_wgrad) {
+    p.linear_gemm_.wgrad_fp8 = true;
+    p.linear_gemm_.wgrad_from_rows = true;  // rowwise only; tensorwise keeps its FP8 operands anyway
+  }
   Status st = ParseFp8Recipe(cfg.precision.fp8_recipe, &p.recipe_);
   TORCH_CHECK(st.ok(), st.ToString());  // validated with the config; a throw here is a bug
   p.rows_ = cfg.train.batch_size * cfg.model.seq_len;
@@ -59,7 +64,7 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tens
   }
   lp.fp8 = true;
   lp.recipe = recipe_;
-  lp.gemm = gemm_;
+  lp.gemm = linear_gemm_;
   if (recipe_ == Fp8Recipe::kRowwise) {
     fp8_weights_->Record(weight);
     lp.fp8_weights = fp8_weights_;
@@ -70,6 +75,7 @@ LinearPrecision PrecisionPlan::Linear(const std::string& name, const torch::Tens
 LinearPrecision PrecisionPlan::LmHead(const std::string& name, const torch::Tensor& weight) {
   if (lm_head_) {
     LinearPrecision lp = Linear(name, weight);
+    lp.gemm = gemm_;  // not fp8_linear_wgrad's form: the head's FP8 weight gradient is fp8_lm_head_wgrad's
     if (lm_head_wgrad_) lp.gemm.wgrad_fp8 = true;
     return lp;
   }

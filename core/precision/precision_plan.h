@@ -76,7 +76,7 @@ class PrecisionPlan {
   PrecisionPlan() = default;
 
   // From precision.{fp8, fp8_recipe, fp8_experts, fp8_wgrad, fp8_fast_accum(_grads), fp8_min_dim,
-  // fp8_lm_head(_wgrad), fp8_experts_wgrad}; the training micro-batch has train.batch_size * model.seq_len rows;
+  // fp8_lm_head(_wgrad), fp8_experts_wgrad, fp8_linear_wgrad}; the training micro-batch has train.batch_size * model.seq_len rows;
   // `device` decides whether the expert kernel exists.
   static PrecisionPlan FromConfig(const Config& cfg, const torch::Device& device);
 
@@ -103,8 +103,11 @@ class PrecisionPlan {
   const std::shared_ptr<Fp8Weights>& fp8_weights() const { return fp8_weights_; }
 
   bool fp8() const { return fp8_; }
-  // precision.fp8_wgrad and fp8_fast_accum(_grads), for every FP8 linear GEMM.
+  // precision.fp8_wgrad and fp8_fast_accum(_grads), for every FP8 linear GEMM; with
+  // precision.fp8_linear_wgrad, the weight gradient in FP8 from the rows for all but the LM head's.
   const Fp8GemmOptions& gemm_options() const { return gemm_; }
+  // What Linear() hands out: gemm_options(), with precision.fp8_linear_wgrad's weight gradient.
+  const Fp8GemmOptions& linear_gemm_options() const { return linear_gemm_; }
   // The same for the expert GEMMs, with precision.fp8_experts_wgrad's weight gradient (FP8, from the
   // rows) where it is set.
   const Fp8GemmOptions& expert_gemm_options() const { return expert_gemm_; }
@@ -117,6 +120,7 @@ class PrecisionPlan {
   Fp8Recipe recipe_ = Fp8Recipe::kTensorwise;
   Fp8GemmOptions gemm_;
   Fp8GemmOptions expert_gemm_;  // gemm_, with precision.fp8_experts_wgrad
+  Fp8GemmOptions linear_gemm_;  // gemm_, with precision.fp8_linear_wgrad
   int64_t rows_ = 0;  // rows of a training micro-batch
   int64_t min_dim_ = 0;  // precision.fp8_min_dim
   bool lm_head_ = false;  // precision.fp8_lm_head

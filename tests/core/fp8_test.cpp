@@ -293,6 +293,47 @@ TEST_CASE("fp8: the experts' FP8 weight gradient re-cast from the rows matches f
   for (int64_t e : {0, 2, 3}) CHECK(RelErr(dw_rows[e], wr.grad()[e]) < 0.06);
 }
 
+TEST_CASE("fp8: a rowwise linear's FP8 weight gradient re-cast from the rows is the product of the re-cast "
+          "operands, within FP8 tolerance of fp32 (skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  torch::manual_seed(31);
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t M = 208, K = 128, N = 96;  // M not a multiple of the re-cast's 64-slot tiles
+  // Rows of very different sizes, so that one scale per tensor differs from one per column.
+  const torch::Tensor x0 = torch::randn({M, K}, cuda) * torch::linspace(0.05, 3.0, M, cuda).unsqueeze(1);
+  const torch::Tensor w0 = torch::randn({N, K}, cuda) / 11, g = torch::randn({M, N}, cuda);
+  auto run = [&](bool from_rows) {
+    torch::Tensor x = Leaf(x0, torch::kBFloat16), w = Leaf(w0, torch::kFloat32);
+    moe::Fp8GemmOptions o;
+    o.wgrad_fp8 = true;
+    o.wgrad_from_rows = from_rows;
+    CHECK(moe::Fp8LinearWgradFromRows(moe::Fp8Recipe::kRowwise, o, x) == from_rows);
+    const torch::Tensor y = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, o);
+    y.backward(g.to(torch::kBFloat16));
+    return std::vector<torch::Tensor>{y.detach(), x.grad(), w.grad()};
+  };
+  const auto cols = run(false), rows = run(true);
+  CHECK(torch::equal(rows[0], cols[0]));  // the output and the input gradient are not touched
+  CHECK(torch::equal(rows[1], cols[1]));
+  // The re-cast in ATen: each operand's FP8 rows (as the layer quantises them) re-scaled to the
+  // largest of their rows' inverse scales, one rounding to e4m3, then the product in fp32.
+  auto recast = [](const torch::Tensor& t) {  // (M, C) bf16 -> (M, C) fp32 values of the re-cast
+    const moe::Fp8Tensor q = moe::Quantize(t, torch::kFloat8_e4m3fn, moe::Fp8Granularity::kRow);
+    const torch::Tensor inv = q.inv_scale().view({-1, 1}), gmax = inv.max();
+    return (q.data.to(torch::kFloat32) * (inv / gmax)).to(torch::kFloat8_e4m3fn).to(torch::kFloat32) * gmax;
+  };
+  const torch::Tensor want = torch::mm(recast(g.to(torch::kBFloat16)).t(), recast(x0.to(torch::kBFloat16)));
+  torch::Tensor xr = x0.clone().requires_grad_(), wr = w0.clone().requires_grad_();
+  torch::mm(xr, wr.t()).backward(g);
+  INFO("dw rel err: re-cast in ATen " << RelErr(rows[2], want) << ", fp32 " << RelErr(rows[2], wr.grad())
+                                      << ", per column against fp32 " << RelErr(cols[2], wr.grad()));
+  CHECK(RelErr(rows[2], want) < 5e-3);        // the GEMM's bf16 output rounding, nothing more
+  CHECK(RelErr(cols[2], want) > 2e-2);        // the per-column path is measurably another
+  CHECK(RelErr(rows[2], wr.grad()) < 0.08);   // tensorwise-like precision over rows 60x apart
+  CHECK(RelErr(rows[2], wr.grad()) > 1e-3);
+}
+
 TEST_CASE("fp8: ScaledGroupedMm 2D x 2D contracts each group with its own scales", "[fp8]") {
   // The weight-gradient layout: a (K, Mt), b (Mt, N) column-major, groups over Mt.
   torch::manual_seed(5);
@@ -692,13 +733,16 @@ TEST_CASE("fp8: the norms around attention hand the qkv projection its input and
   const torch::Tensor g_normed = torch::randn({B, T, C}, bf), g_sum = torch::randn({B, T, C}, bf);
   // A block's attention half: norm -> "qkv" -> "o" -> residual add and norm, with or without the
   // two slots; `first`: the first block's norm, which has no residual add in front.
-  auto run = [&](bool first, bool handoff, int64_t* taken) {
+  // `from_rows`: the weight gradients re-cast from the FP8 rows (precision.fp8_linear_wgrad), so the
+  // offered rows reach them too.
+  auto run = [&](bool first, bool from_rows, bool handoff, int64_t* taken) {
     torch::Tensor x = x0.clone().requires_grad_(), d = d0.clone().requires_grad_();
     torch::Tensor wq = wq0.clone().requires_grad_(), wo = wo0.clone().requires_grad_();
     auto rows = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
     auto ograd = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
     moe::Fp8GemmOptions o;
-    o.wgrad_fp8 = false;
+    o.wgrad_fp8 = from_rows;
+    o.wgrad_from_rows = from_rows;
     const moe::ResidualNorm in = moe::AddRmsNorm(x, first ? torch::Tensor() : d, {rows, {}});
     const torch::Tensor h = moe::Fp8Linear(in.normed, wq, moe::Fp8Recipe::kRowwise, o, nullptr, {}, rows);  // (B, T, N)
     const torch::Tensor a = moe::Fp8Linear(h, wo, moe::Fp8Recipe::kRowwise, o, nullptr, ograd);            // (B, T, C)
@@ -710,14 +754,16 @@ TEST_CASE("fp8: the norms around attention hand the qkv projection its input and
     if (!first) out.push_back(d.grad());
     return out;
   };
-  for (bool first : {false, true}) {
-    INFO((first ? "first block: RmsNorm" : "AddRmsNorm"));
-    int64_t taken[2] = {0, 0};
-    const auto a = run(first, false, nullptr), b = run(first, true, taken);
-    CHECK(taken[0] == 1);  // "qkv" used the rows the norm in front offered
-    CHECK(taken[1] == 1);  // "o" used the gradient rows the norm after it offered
-    CheckSameTensors(a, b);
-    CHECK(a[2].abs().sum().item<double>() > 0);
+  for (bool from_rows : {false, true}) {
+    for (bool first : {false, true}) {
+      INFO((first ? "first block: RmsNorm" : "AddRmsNorm") << (from_rows ? ", weight gradients from the rows" : ""));
+      int64_t taken[2] = {0, 0};
+      const auto a = run(first, from_rows, false, nullptr), b = run(first, from_rows, true, taken);
+      CHECK(taken[0] == 1);  // "qkv" used the rows the norm in front offered
+      CHECK(taken[1] == 1);  // "o" used the gradient rows the norm after it offered
+      CheckSameTensors(a, b);
+      CHECK(a[2].abs().sum().item<double>() > 0);
+    }
   }
 }
 
@@ -732,27 +778,34 @@ TEST_CASE("fp8: a dense model trains identically with and without the FP8 operan
   c.precision.fp8 = true;
   c.precision.fp8_recipe = "rowwise";
   c.precision.fp8_lm_head = true;  // the final norm's hand-off too
-  double loss[2] = {0, 0};
-  std::vector<torch::Tensor> grads[2];
-  for (int handoff : {0, 1}) {
-    torch::manual_seed(5);
-    moe::GPT m(c, torch::kBFloat16, cuda);
-    m->to(cuda);
-    m->set_fp8_handoffs(handoff == 1);
-    torch::manual_seed(6);
-    const torch::Tensor idx = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
-    const torch::Tensor tgt = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
-    moe::ForwardOut out = m->forward(idx, tgt);
-    out.loss.backward();
-    loss[handoff] = out.loss.item<double>();
-    for (const auto& p : m->parameters()) grads[handoff].push_back(p.grad().defined() ? p.grad().cpu() : torch::Tensor());
-  }
-  CHECK(loss[1] == loss[0]);
-  REQUIRE(grads[1].size() == grads[0].size());
-  for (size_t i = 0; i < grads[0].size(); ++i) {
-    INFO("parameter " << i);
-    REQUIRE(grads[1][i].defined() == grads[0][i].defined());
-    if (grads[0][i].defined()) CHECK(torch::equal(grads[1][i], grads[0][i]));
+  // Both with the weight gradients in the compute dtype and re-cast from the FP8 rows
+  // (precision.fp8_linear_wgrad), which then take the offered rows too.
+  for (bool linear_wgrad : {false, true}) {
+    INFO("fp8_linear_wgrad " << linear_wgrad);
+    c.precision.fp8_wgrad = linear_wgrad ? "compute" : "fp8";
+    c.precision.fp8_linear_wgrad = linear_wgrad;
+    double loss[2] = {0, 0};
+    std::vector<torch::Tensor> grads[2];
+    for (int handoff : {0, 1}) {
+      torch::manual_seed(5);
+      moe::GPT m(c, torch::kBFloat16, cuda);
+      m->to(cuda);
+      m->set_fp8_handoffs(handoff == 1);
+      torch::manual_seed(6);
+      const torch::Tensor idx = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
+      const torch::Tensor tgt = torch::randint(0, c.model.vocab_size, {2, c.model.seq_len}, torch::kLong).to(cuda);
+      moe::ForwardOut out = m->forward(idx, tgt);
+      out.loss.backward();
+      loss[handoff] = out.loss.item<double>();
+      for (const auto& p : m->parameters()) grads[handoff].push_back(p.grad().defined() ? p.grad().cpu() : torch::Tensor());
+    }
+    CHECK(loss[1] == loss[0]);
+    REQUIRE(grads[1].size() == grads[0].size());
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      INFO("parameter " << i);
+      REQUIRE(grads[1][i].defined() == grads[0][i].defined());
+      if (grads[0][i].defined()) CHECK(torch::equal(grads[1][i], grads[0][i]));
+    }
   }
 }
 
@@ -835,6 +888,24 @@ TEST_CASE("fp8: fp8_lm_head puts the LM head in FP8 only when asked, and the mod
     CHECK(plan.expert_gemm_options().wgrad_from_rows == experts_wgrad);
     CHECK_FALSE(plan.gemm_options().wgrad_fp8);
     CHECK_FALSE(plan.gemm_options().wgrad_from_rows);
+  }
+  // precision.fp8_linear_wgrad: the linear layers' options, FP8 from the rows; not the LM head's,
+  // whose FP8 weight gradient is fp8_lm_head_wgrad's.
+  for (bool linear_wgrad : {false, true}) {
+    moe::Config rc = c;
+    rc.precision.fp8 = true;
+    rc.precision.fp8_recipe = "rowwise";
+    rc.precision.fp8_lm_head = true;
+    rc.precision.fp8_wgrad = "compute";
+    rc.precision.fp8_linear_wgrad = linear_wgrad;
+    moe::GPT m(rc, torch::kFloat32);
+    const moe::PrecisionPlan& plan = m->precision_plan();
+    CHECK(plan.linear_gemm_options().wgrad_fp8 == linear_wgrad);
+    CHECK(plan.linear_gemm_options().wgrad_from_rows == linear_wgrad);
+    CHECK_FALSE(plan.gemm_options().wgrad_fp8);
+    CHECK_FALSE(plan.expert_gemm_options().wgrad_from_rows);
+    CHECK_FALSE(m->lm_head_precision().gemm.wgrad_fp8);
+    CHECK_FALSE(m->lm_head_precision().gemm.wgrad_from_rows);
   }
   // The same init and batch: FP8 in the head changes the loss and the head's gradient, within FP8's
   // tolerance of the run with the head in the compute dtype; without precision.fp8 the option
