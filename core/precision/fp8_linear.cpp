@@ -32,18 +32,19 @@ bool RowsRecastable(const Fp8Tensor& q) {
 }
 
 // dw = dy^T @ x (N, K) from the FP8 rows of dy (M, N) and x (M, K): both re-cast as transposed
-// columns with one scale per tensor (kernels/fp8_rows_to_cols.h with a single group), which the
-// rowwise GEMM takes as equal per-row and per-column scales. The 16 zero slots that the re-cast
-// pads after the rows add nothing to the sums.
+// columns with one scale per tensor (kernels/fp8_rows_to_cols.h with a single group). The 16 zero
+// slots that the re-cast pads after the rows add nothing to the sums.
 torch::Tensor WgradFromRows(const Fp8Tensor& dyq, const torch::Tensor& x_q, const torch::Tensor& x_inv,
                             torch::ScalarType out_dtype, bool fast) {
 #if defined(MOE_WITH_KERNELS)
-  const int64_t M = x_q.size(0), K = x_q.size(1), N = dyq.data.size(1);
+  const int64_t M = x_q.size(0);
   const torch::Tensor offs = torch::full({1}, M, x_q.options().dtype(torch::kInt32));  // one group: all rows
   const kernels::Fp8PaddedCols xt = kernels::Fp8RowsToPaddedCols(x_q, x_inv, offs);     // (K, Mp), (K,)
   const kernels::Fp8PaddedCols dyt =                                                    // (N, Mp), (N,)
       kernels::Fp8RowsToPaddedCols(dyq.data.contiguous(), dyq.inv_scale().contiguous(), offs);
-  return ScaledMm(dyt.data, dyt.inv_scale.view({N, 1}), xt.data.t(), xt.inv_scale.view({1, K}), out_dtype, fast);
+  // Every column of an operand has the same scale: the tensorwise GEMM, with one scalar each.
+  return ScaledMm(dyt.data, dyt.inv_scale.narrow(0, 0, 1).squeeze(), xt.data.t(), xt.inv_scale.narrow(0, 0, 1).squeeze(),
+                  out_dtype, fast);
 #else
   (void)dyq, (void)x_q, (void)x_inv, (void)out_dtype, (void)fast;
   TORCH_CHECK(false, "Fp8Linear: the weight gradient from the rows needs the CUDA kernels");
@@ -118,8 +119,8 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {
         dw = torch::mm(dy.t(), x.to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1) && from_rows) {
-        dw = WgradFromRows(dyq, ctx->saved_data["x_q"].toTensor(), ctx->saved_data["x_inv"].toTensor(), dt, fast)
-                 .to(w_dtype);  // (N, K)
+        dw = WgradFromRows(dyq, ctx->saved_data["x_q"].toTensor(), ctx->saved_data["x_inv"].toTensor(), w_dtype,
+                           fast);  // (N, K)
       } else if (ctx->needs_input_grad(1)) {
         if (!dyt.data.defined()) dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
         Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);  // (K, M), per k over M
