@@ -189,6 +189,7 @@ __global__ void qk_rope_norm_backward_kernel(T* __restrict__ dqkv, const T* __re
 // pass: the block's amax of the stored (dtype-rounded) values gives the row's scale, and the
 // values still in registers are cast, as Fp8Quantize's row kernel casts what it reads back, so
 // q8 (rows, heads * hd) e4m3, scale and inv (rows,) are its bytes without reading dqkv again.
+// dqkv null: the FP8 rows alone (their consumer reads nothing else).
 template <typename T, int VEC, int LANES>
 __global__ void qk_rope_norm_backward_fp8_kernel(T* __restrict__ dqkv, uint8_t* __restrict__ q8,
                                                  float* __restrict__ scale, float* __restrict__ inv,
@@ -210,9 +211,11 @@ __global__ void qk_rope_norm_backward_fp8_kernel(T* __restrict__ dqkv, uint8_t* 
       o2.v[e] = FromFloat<T>(d2[e]);
       m = MaxU(m, MaxU(AbsBits(o1.v[e]), AbsBits(o2.v[e])));
     }
-    T* out = dqkv + (static_cast<int64_t>(row) * heads + h) * sh.hd;
-    *reinterpret_cast<Vec<T, VEC>*>(out + col) = o1;
-    *reinterpret_cast<Vec<T, VEC>*>(out + half + col) = o2;
+    if (dqkv != nullptr) {
+      T* out = dqkv + (static_cast<int64_t>(row) * heads + h) * sh.hd;
+      *reinterpret_cast<Vec<T, VEC>*>(out + col) = o1;
+      *reinterpret_cast<Vec<T, VEC>*>(out + half + col) = o2;
+    }
   }
   const float s = BlockRowScale<__NV_E4M3>(m, amax_eps, scale, inv, row);
   if (active) {
@@ -386,7 +389,7 @@ bool QkRopeNormBackwardFp8Supported(int64_t heads, int64_t head_dim, at::ScalarT
 
 QkvGradFp8 QkRopeNormBackwardFp8(const at::Tensor& qkv, const at::Tensor& dq, const at::Tensor& dk,
                                  const at::Tensor& dv, int64_t Hq, int64_t Hkv, const at::Tensor& cos,
-                                 const at::Tensor& sin, double eps, double amax_eps) {
+                                 const at::Tensor& sin, double eps, double amax_eps, bool write_dqkv) {
   QkvGradFp8 r;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   WithBackwardArgs(
@@ -396,12 +399,12 @@ QkvGradFp8 QkRopeNormBackwardFp8(const at::Tensor& qkv, const at::Tensor& dq, co
         const int64_t heads = Hq + 2 * Hkv, hd = qkv.size(3);
         TORCH_CHECK(QkRopeNormBackwardFp8Supported(heads, hd, qkv.scalar_type()), "QkRopeNormBackwardFp8: ", heads,
                     " heads of ", hd, " in ", qkv.scalar_type(), " do not fit one block per row");
-        r.dqkv = at::empty_like(qkv);
+        if (write_dqkv) r.dqkv = at::empty_like(qkv);  // (B, T, Hq + 2*Hkv, hd)
         r.fp8.data = at::empty({sh.rows, heads * hd}, qkv.options().dtype(at::kFloat8_e4m3fn));
         r.fp8.scale = at::empty({sh.rows, 1}, qkv.options().dtype(at::kFloat));
         r.fp8.inv_scale = at::empty_like(r.fp8.scale);
         qk_rope_norm_backward_fp8<T_, decltype(vec)::value, decltype(lanes)::value>(
-            static_cast<T_*>(r.dqkv.data_ptr()), reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
+            write_dqkv ? static_cast<T_*>(r.dqkv.data_ptr()) : nullptr, reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
             r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(), static_cast<const T_*>(qkv.data_ptr()),
             gq, gk, gv, cos.data_ptr<float>(), sin.data_ptr<float>(), sh, static_cast<float>(amax_eps), stream);
       });

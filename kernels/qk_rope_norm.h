@@ -42,13 +42,15 @@ at::Tensor QkRopeNormBackward(const at::Tensor& qkv, const at::Tensor& dq, const
 // gives (data (B*T, (Hq + 2*Hkv) * hd), scale and inv_scale (B*T, 1)), bit for bit, without
 // reading dqkv back (at the reference model's 2304-wide rows that read was 0.49 ms per step on an
 // H100). One block per token row: supported where the row's lanes fit a block.
+// write_dqkv = false: the FP8 rows alone, dqkv left undefined (for a consumer that reads nothing
+// else: core/precision/fp8_rows_slot.h's rows-only hand-off).
 bool QkRopeNormBackwardFp8Supported(int64_t heads, int64_t head_dim, at::ScalarType dtype);
 struct QkvGradFp8 {
-  at::Tensor dqkv;   // (B, T, Hq + 2*Hkv, hd), as QkRopeNormBackward returns it
+  at::Tensor dqkv;   // (B, T, Hq + 2*Hkv, hd), as QkRopeNormBackward returns it; undefined if not written
   Fp8Quantized fp8;  // its rows quantised, see above
 };
 QkvGradFp8 QkRopeNormBackwardFp8(const at::Tensor& qkv, const at::Tensor& dq, const at::Tensor& dk,
                                  const at::Tensor& dv, int64_t Hq, int64_t Hkv, const at::Tensor& cos,
-                                 const at::Tensor& sin, double eps, double amax_eps);
+                                 const at::Tensor& sin, double eps, double amax_eps, bool write_dqkv = true);
 
 }  // namespace moe::kernels

@@ -27,9 +27,12 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const tor
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
   // Under rowwise FP8 the qk-norm backward quantises the qkv gradient as it writes it and hands it
   // to the projection's input-gradient GEMM (core/precision/fp8_rows_slot.h).
+  // Where the projection's weight gradient is re-cast from the rows too, the projection reads
+  // nothing else of that gradient (its only consumer): the rows alone.
   c10::intrusive_ptr<Fp8RowsSlot> grad_slot;
   if (fp8_handoffs_ && TakesFp8Rows(qkv_p_) && torch::GradMode::is_enabled()) {
     grad_slot = c10::make_intrusive<Fp8RowsSlot>();
+    if (PlannedLinearReadsGradRowsOnly(qkv_p_, x, qkv_->weight)) grad_slot->RequestRowsOnly();
   }
   // (B, T, H + 2*Hkv, hd) -> q (B, T, H, hd), k and v (B, T, Hkv, hd)
   torch::Tensor qkv = PlannedLinear(qkv_p_, x, qkv_->weight, grad_slot, fp8.x_rows)

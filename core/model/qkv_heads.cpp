@@ -45,11 +45,10 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
     const int64_t Hq = ctx->saved_data["Hq"].toInt(), Hkv = ctx->saved_data["Hkv"].toInt();
     const auto slot = SavedSlot(ctx, "fp8_grad");
     torch::Tensor dqkv;
-    if (slot) {  // the gradient and its FP8 rows in one pass, for the qkv projection's backward
+    if (slot) {  // the gradient and its FP8 rows in one pass (or the rows alone), for the qkv projection's backward
       kernels::QkvGradFp8 r = kernels::QkRopeNormBackwardFp8(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1],
-                                                             saved[2], kRmsNormEps, kAmaxEps);
-      dqkv = r.dqkv;
-      slot->Offer(dqkv, Fp8TensorOf(r.fp8));
+                                                             saved[2], kRmsNormEps, kAmaxEps, !slot->rows_only_requested());
+      dqkv = OfferValuesOrRowsOnly(*slot, r.dqkv, Fp8TensorOf(r.fp8), saved[0].sizes(), saved[0].options());
     } else {
       dqkv = kernels::QkRopeNormBackward(saved[0], grads[0], grads[1], grads[2], Hq, Hkv, saved[1], saved[2],
                                          kRmsNormEps);

@@ -64,6 +64,10 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     if (!rowwise) pre = nullptr;
     // (M, K), scale () or (M, 1); rowwise: as the op that produced x quantised it, where it did
     Fp8Tensor xq = rowwise ? TakeRowsOrQuantize(x_rows, x) : Quantize(x, kE4M3, g);
+    // With the weight gradient re-cast from the rows, x's FP8 rows are kept instead of x (exactly
+    // where Fp8LinearWgradFromRows says, which the op making dy relies on: see backward).
+    const bool from_rows = rowwise && wgrad_fp8 && wgrad_from_rows && OnKernelDevice(x);
+    if (from_rows && !RowsRecastable(xq)) xq.data = xq.data.contiguous();
     Fp8Tensor wq = pre ? pre->rows : Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
     torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type(), fast_accum);
     ctx->saved_data["rowwise"] = rowwise;
@@ -72,8 +76,6 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     if (!wgrad_fp8 && !rowwise) ctx->saved_data["x"] = x;
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     if (rowwise) {
-      // With the weight gradient re-cast from the rows, x's FP8 rows are kept instead of x.
-      const bool from_rows = wgrad_fp8 && wgrad_from_rows && OnKernelDevice(x) && RowsRecastable(xq);
       ctx->save_for_backward({from_rows ? torch::Tensor() : x, w});
       if (from_rows) {
         ctx->saved_data["x_q"] = xq.data;
@@ -95,8 +97,11 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const torch::Tensor dy = grads[0].contiguous();  // (M, N)
-    const auto dt = dy.scalar_type();
+    // (M, N); where the op that made it offered its FP8 rows alone (fp8_rows_slot.h: only with the
+    // weight gradient from the rows), a placeholder that only the slot's Take may see.
+    const torch::Tensor& g = grads[0];
+    const auto dy = [&] { return g.contiguous(); };  // its values, for the GEMMs that read them
+    const auto dt = g.scalar_type();
     const auto w_dtype = static_cast<torch::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const bool wgrad_fp8 = ctx->saved_data["wgrad_fp8"].toBool();
     const bool fast = ctx->saved_data["fast_grads"].toBool();
@@ -110,30 +115,30 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
       // (fp8_rows_slot.h); with an FP8 weight gradient, also its columns (N, M), where it made them.
       Fp8Tensor dyq, dyt;
       if (ctx->needs_input_grad(0) || (ctx->needs_input_grad(1) && wgrad_fp8)) {
-        dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), dy, &dyt);
+        dyq = TakeRowsOrQuantize(SavedSlot(ctx, "fp8_grad"), g, &dyt);
       }
       if (ctx->needs_input_grad(0)) {
         const Fp8Tensor wt = SavedWeightColsOrQuantize(ctx, w);  // (K, N), per k over N
         dx = ScaledMm(dyq.data, dyq.inv_scale(), wt.data.t(), wt.inv_scale().t(), dt, fast);  // (M, K)
       }
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {
-        dw = torch::mm(dy.t(), x.to(dt)).to(w_dtype);
+        dw = torch::mm(dy().t(), x.to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1) && from_rows) {
         dw = WgradFromRows(dyq, ctx->saved_data["x_q"].toTensor(), ctx->saved_data["x_inv"].toTensor(), w_dtype,
                            fast);  // (N, K)
       } else if (ctx->needs_input_grad(1)) {
-        if (!dyt.data.defined()) dyt = Quantize(dy.t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
+        if (!dyt.data.defined()) dyt = Quantize(dy().t(), kE4M3, Fp8Granularity::kRow);  // (N, M), per n over M
         Fp8Tensor xt = Quantize(x.t(), kE4M3, Fp8Granularity::kRow);  // (K, M), per k over M
         dw = ScaledMm(dyt.data, dyt.inv_scale(), xt.data.t(), xt.inv_scale().t(), dt, fast).to(w_dtype);  // (N, K)
       }
     } else {
-      Fp8Tensor dyq = Quantize(dy, kE5M2, Fp8Granularity::kTensor);  // (M, N)
+      Fp8Tensor dyq = Quantize(dy(), kE5M2, Fp8Granularity::kTensor);  // (M, N)
       if (ctx->needs_input_grad(0)) {
         const torch::Tensor wq = ctx->saved_data["wq"].toTensor();  // (N, K)
         dx = ScaledMm(dyq.data, dyq.inv_scale(), ColumnMajor(wq), ctx->saved_data["w_inv"].toTensor(), dt, fast);
       }
       if (ctx->needs_input_grad(1) && !wgrad_fp8) {
-        dw = torch::mm(dy.t(), ctx->saved_data["x"].toTensor().to(dt)).to(w_dtype);
+        dw = torch::mm(dy().t(), ctx->saved_data["x"].toTensor().to(dt)).to(w_dtype);
       } else if (ctx->needs_input_grad(1)) {
         const torch::Tensor xq = ctx->saved_data["xq"].toTensor();  // (M, K)
         dw = ScaledMm(dyq.data.t().contiguous(), dyq.inv_scale(), ColumnMajor(xq), ctx->saved_data["x_inv"].toTensor(),

@@ -18,6 +18,11 @@ torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, co
   return CastLinear(x, wu);
 }
 
+bool PlannedLinearReadsGradRowsOnly(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w) {
+  const int64_t K = x.size(-1);
+  return p.fp8 && Fp8LinearSupported(x.numel() / K, K, w.size(0)) && Fp8LinearWgradFromRows(p.recipe, p.gemm, x);
+}
+
 PrecisionPlan PrecisionPlan::FromConfig(const Config& cfg, const torch::Device& device) {
   PrecisionPlan p;
   p.fp8_ = cfg.precision.fp8;

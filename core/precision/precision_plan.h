@@ -55,6 +55,12 @@ torch::Tensor PlannedLinear(const LinearPrecision& p, const torch::Tensor& x, co
 // Whether p runs rowwise FP8, so that a producer's rows hand-off (fp8_rows_slot.h) can serve it.
 inline bool TakesFp8Rows(const LinearPrecision& p) { return p.fp8 && p.recipe == Fp8Recipe::kRowwise; }
 
+// Whether PlannedLinear(p, x, w) reads nothing of its output's gradient but the FP8 rows: its FP8
+// path for this x, with the weight gradient re-cast from the rows (Fp8LinearWgradFromRows). Where
+// the layer is also that gradient's only consumer, its producer may hand over the rows alone
+// (Fp8RowsSlot::RequestRowsOnly).
+bool PlannedLinearReadsGradRowsOnly(const LinearPrecision& p, const torch::Tensor& x, const torch::Tensor& w);
+
 // The two hand-offs (fp8_rows_slot.h) a sublayer of a block (attention, a dense MLP) takes from the
 // norms around it: x_rows, its first projection's input rows, offered by the norm in front (whose
 // output is the sublayer's input); out_grad, its last projection's gradient rows, offered by the

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -657,23 +658,50 @@ TEST_CASE("fp8: the qk-norm backward hands the qkv projection its gradient quant
   const torch::Tensor gq = torch::randn({B, T, Hq, hd}).to(cuda, torch::kBFloat16);
   const torch::Tensor gk = torch::randn({B, T, Hkv, hd}).to(cuda, torch::kBFloat16);
   const torch::Tensor gv = torch::randn({B, T, Hkv, hd}).to(cuda, torch::kBFloat16);
-  // The projection and the heads as attention chains them, with or without a slot between them.
-  auto run = [&](const c10::intrusive_ptr<moe::Fp8RowsSlot>& slot) {
+  // The projection and the heads as attention chains them, with or without a slot between them;
+  // also returns the gradient that reached the projection's output.
+  auto run = [&](const c10::intrusive_ptr<moe::Fp8RowsSlot>& slot, const moe::Fp8GemmOptions& o) {
     torch::Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
-    torch::Tensor qkv = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, {}, nullptr, slot).view({B, T, Hq + 2 * Hkv, hd});
+    torch::Tensor qkv = moe::Fp8Linear(x, w, moe::Fp8Recipe::kRowwise, o, nullptr, slot).view({B, T, Hq + 2 * Hkv, hd});
+    torch::Tensor seen;
+    qkv.register_hook([&seen](const torch::Tensor& grad) { seen = grad; });
     const moe::QkvHeads h = moe::SplitRotateNorm(qkv, Hq, Hkv, cos, sin, slot);
     ((h.q.to(torch::kFloat32) * gq).sum() + (h.k.to(torch::kFloat32) * gk).sum() +
      (h.v.to(torch::kFloat32) * gv).sum())
         .backward();
-    return std::make_pair(x.grad(), w.grad());
+    return std::make_tuple(x.grad(), w.grad(), seen);
   };
   const auto slot = c10::make_intrusive<moe::Fp8RowsSlot>();
-  const auto [dx1, dw1] = run(slot);
+  const auto [dx1, dw1, g1] = run(slot, {});
   CHECK(slot->taken() == 1);  // the projection's backward used the offered gradient
   CHECK_FALSE(slot->offered());
-  const auto [dx0, dw0] = run({});
+  const auto [dx0, dw0, g0] = run({}, {});
   CHECK(torch::equal(dx1, dx0));  // the same FP8 bytes and scales reach the same GEMM
   CHECK(torch::equal(dw1, dw0));
+  CHECK(torch::equal(g1, g0));
+
+  // With the weight gradient re-cast from the rows (precision.fp8_linear_wgrad) the projection reads
+  // nothing of its gradient but the rows, so it may ask for them alone: the heads' backward then
+  // writes no dqkv, a placeholder reaches the projection, and both gradients are the full
+  // hand-off's, bit for bit.
+  moe::Fp8GemmOptions from_rows;
+  from_rows.wgrad_fp8 = true;
+  from_rows.wgrad_from_rows = true;
+  const auto full = c10::make_intrusive<moe::Fp8RowsSlot>();
+  const auto [dx2, dw2, g2] = run(full, from_rows);
+  const auto alone = c10::make_intrusive<moe::Fp8RowsSlot>();
+  alone->RequestRowsOnly();
+  const auto [dx3, dw3, g3] = run(alone, from_rows);
+  CHECK(full->taken() == 1);
+  CHECK(alone->taken() == 1);
+  CHECK(torch::equal(g2, g0));  // the full hand-off: the real gradient
+  CHECK(g3.sizes() == g2.sizes());
+  CHECK(g3.isnan().all().item<bool>());  // the placeholder, not the values
+  CHECK(torch::equal(dx3, dx2));
+  CHECK(torch::equal(dw3, dw2));
+  CHECK(torch::equal(dx2, dx0));  // the input gradient's GEMM is the same; the weight's is the re-cast
+  CHECK_FALSE(torch::equal(dw2, dw0));
+  CHECK_FALSE(dw3.isnan().any().item<bool>());
 
   // What the heads' backward offers is the rowwise quantisation of the gradient it returns.
   torch::Tensor qkv = x0.new_empty({B, T, Hq + 2 * Hkv, hd}).normal_().requires_grad_();

@@ -97,7 +97,8 @@ TEST_CASE("kernels: QkRopeNorm forward and backward match the float64 RoPE + RMS
   }
 }
 
-TEST_CASE("kernels: QkRopeNormBackwardFp8 equals the backward then the FP8 row quantisation, bit for bit",
+TEST_CASE("kernels: QkRopeNormBackwardFp8 equals the backward then the FP8 row quantisation, bit for bit, "
+          "with or without writing the backward",
           "[kernels][qk_rope_norm]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(32);
@@ -120,6 +121,11 @@ TEST_CASE("kernels: QkRopeNormBackwardFp8 equals the backward then the FP8 row q
               moe::kernels::QkRopeNormBackwardFp8(qkv, gq, gk, gv, c.Hq, c.Hkv, cos, sin, kEps, 1e-12);
           CHECK(at::equal(got.dqkv, want));
           moe_test::CheckSameFp8(got.fp8, want8);
+          // The rows alone (the rows-only hand-off): the same bytes and scales, no dqkv.
+          const moe::kernels::QkvGradFp8 rows = moe::kernels::QkRopeNormBackwardFp8(
+              qkv, gq, gk, gv, c.Hq, c.Hkv, cos, sin, kEps, 1e-12, /*write_dqkv=*/false);
+          CHECK_FALSE(rows.dqkv.defined());
+          moe_test::CheckSameFp8(rows.fp8, want8);
           if (layout == 3) CHECK(got.fp8.data.view(at::kByte).eq(0).all().item<bool>());
         }
       }
