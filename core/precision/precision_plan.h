@@ -109,10 +109,11 @@ class PrecisionPlan {
   const std::shared_ptr<Fp8Weights>& fp8_weights() const { return fp8_weights_; }
 
   bool fp8() const { return fp8_; }
-  // precision.fp8_wgrad and fp8_fast_accum(_grads), for every FP8 linear GEMM; with
-  // precision.fp8_linear_wgrad, the weight gradient in FP8 from the rows for all but the LM head's.
+  // precision.fp8_wgrad and fp8_fast_accum(_grads): the LM head's options (LmHead()), and the
+  // base of the two below.
   const Fp8GemmOptions& gemm_options() const { return gemm_; }
-  // What Linear() hands out: gemm_options(), with precision.fp8_linear_wgrad's weight gradient.
+  // What Linear() hands out: gemm_options(), with precision.fp8_linear_wgrad's weight gradient
+  // (FP8, from the rows) where it is set.
   const Fp8GemmOptions& linear_gemm_options() const { return linear_gemm_; }
   // The same for the expert GEMMs, with precision.fp8_experts_wgrad's weight gradient (FP8, from the
   // rows) where it is set.
