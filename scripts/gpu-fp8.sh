@@ -156,32 +156,25 @@ for what in ${@:-ref}; do
       done
       ratios gr bf16 fp8head fp8headwg fp8headwgfg fp8allwg
       ratios gw bf16 fp8head fp8headwg fp8allwg ;;
-    wideallwg)  # the wide model alone: bf16, headwg's form, and allwg's (the experts' weight gradients
-      # re-cast from their FP8 rows, which their producers then write alone), alternated REPS times
+    wideallwg|widelwg)  # the wide model alone, alternated REPS times. wideallwg: bf16, headwg's form, and
+      # allwg's (the experts' weight gradients re-cast from their FP8 rows, which their producers then
+      # write alone); widelwg: bf16, allwg, and allwg with the linear layers' weight gradients re-cast
+      # from their FP8 rows too (fp8_linear_wgrad)
       G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
       W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
       B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
          --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true --set precision.fp8_fast_accum_grads=true
          --set precision.fp8_lm_head_wgrad=true)
+      XW=(--set precision.fp8_experts_wgrad=true)
+      p=xw; [ "$what" = widelwg ] && p=lw
       for rep in $(seq 1 "${REPS:-2}"); do
-        train "xw${rep}_bf16" "${G[@]}" "${W[@]}"
-        train "xw${rep}_fp8headwg" "${G[@]}" "${W[@]}" "${B[@]}"
-        train "xw${rep}_fp8allwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_experts_wgrad=true
+        train "${p}${rep}_bf16" "${G[@]}" "${W[@]}"
+        [ "$what" = wideallwg ] && train "${p}${rep}_fp8headwg" "${G[@]}" "${W[@]}" "${B[@]}"
+        train "${p}${rep}_fp8allwg" "${G[@]}" "${W[@]}" "${B[@]}" "${XW[@]}"
+        [ "$what" = widelwg ] &&
+          train "${p}${rep}_fp8alllwg" "${G[@]}" "${W[@]}" "${B[@]}" "${XW[@]}" --set precision.fp8_linear_wgrad=true
       done
-      ratios xw bf16 fp8headwg fp8allwg ;;
-    widelwg)  # the wide model: bf16, allwg, and allwg with the linear layers' weight gradients re-cast
-      # from their FP8 rows too (fp8_linear_wgrad), alternated REPS times
-      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
-      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
-      B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
-         --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true --set precision.fp8_fast_accum_grads=true
-         --set precision.fp8_lm_head_wgrad=true --set precision.fp8_experts_wgrad=true)
-      for rep in $(seq 1 "${REPS:-2}"); do
-        train "lw${rep}_bf16" "${G[@]}" "${W[@]}"
-        train "lw${rep}_fp8allwg" "${G[@]}" "${W[@]}" "${B[@]}"
-        train "lw${rep}_fp8alllwg" "${G[@]}" "${W[@]}" "${B[@]}" --set precision.fp8_linear_wgrad=true
-      done
-      ratios lw bf16 fp8allwg fp8alllwg ;;
+      if [ "$what" = wideallwg ]; then ratios xw bf16 fp8headwg fp8allwg; else ratios lw bf16 fp8allwg fp8alllwg; fi ;;
     losshwg|lossxwg|losslwg)  # losshead's FP8 form with the head's weight gradient in FP8 too (fp8_lm_head_wgrad),
       # same three seeds; lossxwg adds the experts' (fp8_experts_wgrad). Runs to compare with are made when missing.
       corpus
