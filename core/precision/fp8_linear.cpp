@@ -66,7 +66,10 @@ struct Fp8LinearFn : public torch::autograd::Function<Fp8LinearFn> {
     Fp8Tensor xq = rowwise ? TakeRowsOrQuantize(x_rows, x) : Quantize(x, kE4M3, g);
     // With the weight gradient re-cast from the rows, x's FP8 rows are kept instead of x (exactly
     // where Fp8LinearWgradFromRows says, which the op making dy relies on: see backward).
-    const bool from_rows = rowwise && wgrad_fp8 && wgrad_from_rows && OnKernelDevice(x);
+    Fp8GemmOptions o;
+    o.wgrad_fp8 = wgrad_fp8;
+    o.wgrad_from_rows = wgrad_from_rows;
+    const bool from_rows = Fp8LinearWgradFromRows(static_cast<Fp8Recipe>(recipe), o, x);
     if (from_rows && !RowsRecastable(xq)) xq.data = xq.data.contiguous();
     Fp8Tensor wq = pre ? pre->rows : Quantize(w, kE4M3, g);  // (N, K), scale () or (N, 1): per output column of y
     torch::Tensor y = ScaledMm(xq.data, xq.inv_scale(), wq.data.t(), wq.inv_scale().t(), x.scalar_type(), fast_accum);
