@@ -9,8 +9,6 @@
 #include <cstdint>
 #include <vector>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 

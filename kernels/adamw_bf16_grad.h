@@ -9,7 +9,7 @@
 // (it is captured in the training step's CUDA graph).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace moe::kernels {
 

@@ -2,7 +2,6 @@
 #include "kernels/bf16_split.h"
 #include "kernels/common.cuh"
 
-#include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
 
@@ -66,7 +65,7 @@ at::Tensor SplitBf16(const at::Tensor& t_in) {
   TORCH_CHECK(t_in.is_cuda() && t_in.dim() == 2 && t_in.scalar_type() == at::kFloat,
               "SplitBf16: t must be an (R, C) fp32 CUDA tensor");
   const at::Tensor t = t_in.contiguous();
-  at::Tensor out = at::empty({2 * t.size(0), t.size(1)}, t.options().dtype(at::kBFloat16));  // (2R, C)
+  at::Tensor out = EmptyCuda({2 * t.size(0), t.size(1)}, t.options().dtype(at::kBFloat16));  // (2R, C)
   split_bf16(reinterpret_cast<__nv_bfloat16*>(out.data_ptr<at::BFloat16>()), t.data_ptr<float>(), t.numel(),
              at::cuda::getCurrentCUDAStream());
   return out;
@@ -78,8 +77,8 @@ std::tuple<at::Tensor, at::Tensor> SplitBf16Transposed(const at::Tensor& g_in) {
   const at::Tensor g = g_in.contiguous();
   const int64_t N = g.size(0), E = g.size(1);
   const auto bf16 = g.options().dtype(at::kBFloat16);
-  at::Tensor g_bf16 = at::empty({N, E}, bf16);     // (N, E)
-  at::Tensor split = at::empty({2 * E, N}, bf16);  // (2E, N)
+  at::Tensor g_bf16 = EmptyCuda({N, E}, bf16);     // (N, E)
+  at::Tensor split = EmptyCuda({2 * E, N}, bf16);  // (2E, N)
   split_bf16_transposed(reinterpret_cast<__nv_bfloat16*>(g_bf16.data_ptr<at::BFloat16>()),
                         reinterpret_cast<__nv_bfloat16*>(split.data_ptr<at::BFloat16>()), g.data_ptr<float>(), N,
                         static_cast<int>(E), at::cuda::getCurrentCUDAStream());

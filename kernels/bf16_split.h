@@ -6,7 +6,7 @@
 // the current stream, allocated outputs, checked launches, no host sync.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace moe::kernels {
 

@@ -4,11 +4,32 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+// Light ATen headers only: the tensor type, the CUDA allocator's empty_cuda, streams and device
+// properties. <ATen/ATen.h> and <ATen/cuda/CUDAContext.h> (every operator's declaration) tripled
+// each .cu file's compile time, most of it parsed three times over by nvcc (cudafe++, cicc, gcc).
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContextLight.h>
+#include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 namespace moe::kernels {
+
+// Outputs of the launchers, allocated from the CUDA caching allocator (as at::empty does, without
+// the dispatcher or its headers). `options` must name a CUDA device: the launchers pass an input's
+// options. Contiguous, uninitialised.
+inline at::Tensor EmptyCuda(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  TORCH_CHECK(options.device().is_cuda(), "kernels: an output on ", options.device(), ", not a CUDA device");
+  return at::Tensor(at::detail::empty_cuda(sizes, options));
+}
+// The same, every element zero / `value`.
+inline at::Tensor ZerosCuda(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return EmptyCuda(sizes, options).zero_();
+}
+inline at::Tensor FullCuda(at::IntArrayRef sizes, float value, const at::TensorOptions& options) {
+  return EmptyCuda(sizes, options).fill_(value);
+}
 
 __device__ __forceinline__ float ToFloat(float v) { return v; }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }

@@ -11,8 +11,6 @@
 #include <limits>
 #include <type_traits>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -426,9 +424,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> CrossEntropyForward(const at::Ten
   const int64_t N = logits.size(0);
   const int V = static_cast<int>(logits.size(1));
   auto f32 = logits.options().dtype(at::kFloat);
-  at::Tensor loss = at::empty({N}, f32);  // (N,)
-  at::Tensor lse = at::empty({N}, f32);   // (N,)
-  at::Tensor rowmax = at::empty({N}, f32);  // (N,)
+  at::Tensor loss = EmptyCuda({N}, f32);  // (N,)
+  at::Tensor lse = EmptyCuda({N}, f32);   // (N,)
+  at::Tensor rowmax = EmptyCuda({N}, f32);  // (N,)
   cross_entropy_forward(loss.data_ptr<float>(), lse.data_ptr<float>(), rowmax.data_ptr<float>(),
                         reinterpret_cast<const bf16*>(logits.data_ptr()), targets.data_ptr<int64_t>(), N, V,
                         ignore_index, at::cuda::getCurrentCUDAStream());
@@ -457,7 +455,7 @@ at::Tensor CrossEntropyBackward(const at::Tensor& dloss_in, const at::Tensor& lo
   const at::Tensor dloss = dloss_in.to(at::kFloat).contiguous();
   const int64_t N = logits.size(0);
   const int V = static_cast<int>(logits.size(1));
-  at::Tensor dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);  // (N, V) bf16
+  at::Tensor dlogits = EmptyCuda(logits.sizes(), logits.options());  // (N, V) bf16
   const auto in = reinterpret_cast<uintptr_t>(logits.data_ptr()), out = reinterpret_cast<uintptr_t>(dlogits.data_ptr());
   auto run = [&](auto vec) {
     cross_entropy_backward<decltype(vec)::value>(
@@ -492,10 +490,10 @@ CrossEntropyGradFp8 CrossEntropyBackwardFp8(const at::Tensor& dloss_in, const at
   const int64_t N = logits.size(0);
   const int V = static_cast<int>(logits.size(1));
   CrossEntropyGradFp8 r;
-  r.dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);                        // (N, V) bf16
-  r.fp8.data = at::empty({N, V}, logits.options().dtype(at::kFloat8_e4m3fn));              // (N, V)
-  r.fp8.scale = at::empty({N, 1}, logits.options().dtype(at::kFloat));                     // (N, 1)
-  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                           // (N, 1)
+  r.dlogits = EmptyCuda(logits.sizes(), logits.options());                        // (N, V) bf16
+  r.fp8.data = EmptyCuda({N, V}, logits.options().dtype(at::kFloat8_e4m3fn));              // (N, V)
+  r.fp8.scale = EmptyCuda({N, 1}, logits.options().dtype(at::kFloat));                     // (N, 1)
+  r.fp8.inv_scale = EmptyCuda(r.fp8.scale.sizes(), r.fp8.scale.options());                                           // (N, 1)
   cross_entropy_backward_fp8(reinterpret_cast<bf16*>(r.dlogits.data_ptr()),
                              reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()), r.fp8.scale.data_ptr<float>(),
                              r.fp8.inv_scale.data_ptr<float>(), reinterpret_cast<const bf16*>(logits.data_ptr()),

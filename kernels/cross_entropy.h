@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <tuple>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "kernels/fp8_quantize.h"
 

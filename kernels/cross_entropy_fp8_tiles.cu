@@ -13,8 +13,6 @@
 #include <cstdint>
 #include <limits>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -182,13 +180,13 @@ CrossEntropyGradFp8Cols CrossEntropyBackwardFp8Cols(const at::Tensor& dloss_in, 
   const auto f32 = logits.options().dtype(at::kFloat);
   const auto e4m3 = logits.options().dtype(at::kFloat8_e4m3fn);
   CrossEntropyGradFp8Cols r;
-  if (with_dlogits) r.dlogits = at::empty_like(logits, at::MemoryFormat::Contiguous);  // (N, V) bf16
-  r.rows.data = at::empty({N, V}, e4m3);                              // (N, V)
-  r.rows.scale = at::empty({N, 1}, f32);                              // (N, 1)
-  r.rows.inv_scale = at::empty({N, 1}, f32);
-  r.cols.data = at::empty({V, N}, e4m3);                              // (V, N)
-  r.cols.scale = at::empty({V, 1}, f32);                              // (V, 1), one value
-  r.cols.inv_scale = at::empty({V, 1}, f32);
+  if (with_dlogits) r.dlogits = EmptyCuda(logits.sizes(), logits.options());  // (N, V) bf16
+  r.rows.data = EmptyCuda({N, V}, e4m3);                              // (N, V)
+  r.rows.scale = EmptyCuda({N, 1}, f32);                              // (N, 1)
+  r.rows.inv_scale = EmptyCuda({N, 1}, f32);
+  r.cols.data = EmptyCuda({V, N}, e4m3);                              // (V, N)
+  r.cols.scale = EmptyCuda({V, 1}, f32);                              // (V, 1), one value
+  r.cols.inv_scale = EmptyCuda({V, 1}, f32);
   cross_entropy_backward_fp8_tiles(
       with_dlogits ? reinterpret_cast<bf16*>(r.dlogits.data_ptr()) : nullptr,
       reinterpret_cast<uint8_t*>(r.rows.data.data_ptr()),

@@ -24,8 +24,6 @@
 #include <type_traits>
 #include <vector>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -410,7 +408,7 @@ int FlatBlocks(int64_t nvec) {
 
 // A zeroed buffer of n floats for the amax atomics (a memset node in a captured graph).
 at::Tensor ZeroAmax(int64_t n, const at::Tensor& like, cudaStream_t stream) {
-  at::Tensor a = at::empty({n}, like.options().dtype(at::kFloat));
+  at::Tensor a = EmptyCuda({n}, like.options().dtype(at::kFloat));
   C10_CUDA_CHECK(cudaMemsetAsync(a.data_ptr(), 0, n * sizeof(float), stream));
   return a;
 }
@@ -569,15 +567,15 @@ Fp8Quantized Fp8Quantize(const at::Tensor& x, at::ScalarType fp8, bool rowwise, 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const float eps = static_cast<float>(amax_eps);  // as ATen's clamp_min converts its scalar
   Fp8Quantized q;
-  q.data = at::empty(x.sizes(), x.options().dtype(fp8));  // contiguous in x's logical shape
+  q.data = EmptyCuda(x.sizes(), x.options().dtype(fp8));  // contiguous in x's logical shape
   if (rowwise) {
     std::vector<int64_t> ss(x.sizes().begin(), x.sizes().end());
     ss.back() = 1;
-    q.scale = at::empty(ss, x.options().dtype(at::kFloat));  // (..., 1)
+    q.scale = EmptyCuda(ss, x.options().dtype(at::kFloat));  // (..., 1)
   } else {
-    q.scale = at::empty({}, x.options().dtype(at::kFloat));
+    q.scale = EmptyCuda({}, x.options().dtype(at::kFloat));
   }
-  q.inv_scale = at::empty_like(q.scale);
+  q.inv_scale = EmptyCuda(q.scale.sizes(), q.scale.options());
   auto* out = reinterpret_cast<uint8_t*>(q.data.data_ptr());
   float* scale = q.scale.data_ptr<float>();
   float* inv = q.inv_scale.data_ptr<float>();
@@ -632,9 +630,9 @@ Fp8Quantized Fp8QuantizeGatheredTransposed(const at::Tensor& t, const at::Tensor
   const float eps = static_cast<float>(amax_eps);
   const int64_t M = t.size(0), R = t.size(1), C = src.numel();  // base (C, R): row c = t[src[c]]
   Fp8Quantized q;
-  q.data = at::empty({R, C}, t.options().dtype(fp8));     // (R, C) = gathered^T
-  q.scale = at::empty({R, 1}, t.options().dtype(at::kFloat));
-  q.inv_scale = at::empty_like(q.scale);
+  q.data = EmptyCuda({R, C}, t.options().dtype(fp8));     // (R, C) = gathered^T
+  q.scale = EmptyCuda({R, 1}, t.options().dtype(at::kFloat));
+  q.inv_scale = EmptyCuda(q.scale.sizes(), q.scale.options());
   auto* out = reinterpret_cast<uint8_t*>(q.data.data_ptr());
   float* scale = q.scale.data_ptr<float>();
   float* inv = q.inv_scale.data_ptr<float>();
@@ -694,12 +692,12 @@ std::vector<Fp8BothWays> Fp8QuantizeBothWays(const std::vector<at::Tensor>& ws, 
       const at::Tensor& w = ws[c0 + j];
       const int64_t N = w.size(0), K = w.size(1);
       Fp8BothWays& o = q[c0 + j];
-      o.rows.data = at::empty({N, K}, w.options().dtype(fp8));
-      o.rows.scale = at::empty({N, 1}, w.options().dtype(at::kFloat));
-      o.rows.inv_scale = at::empty_like(o.rows.scale);
-      o.cols.data = at::empty({K, N}, w.options().dtype(fp8));
-      o.cols.scale = at::empty({K, 1}, w.options().dtype(at::kFloat));
-      o.cols.inv_scale = at::empty_like(o.cols.scale);
+      o.rows.data = EmptyCuda({N, K}, w.options().dtype(fp8));
+      o.rows.scale = EmptyCuda({N, 1}, w.options().dtype(at::kFloat));
+      o.rows.inv_scale = EmptyCuda(o.rows.scale.sizes(), o.rows.scale.options());
+      o.cols.data = EmptyCuda({K, N}, w.options().dtype(fp8));
+      o.cols.scale = EmptyCuda({K, 1}, w.options().dtype(at::kFloat));
+      o.cols.inv_scale = EmptyCuda(o.cols.scale.sizes(), o.cols.scale.options());
       MultiWeight& e = m.w[j];
       e.w = w.data_ptr();
       e.rows_out = reinterpret_cast<uint8_t*>(o.rows.data.data_ptr());

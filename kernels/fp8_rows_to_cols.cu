@@ -15,8 +15,6 @@
 
 #include <cstdint>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -185,10 +183,10 @@ Fp8PaddedCols Fp8RowsToPaddedCols(const at::Tensor& q, const at::Tensor& inv, co
               "column of 64-slot tiles holds");
   const c10::cuda::CUDAGuard guard(q.device());
   Fp8PaddedCols r;
-  r.data = at::empty({C, Mp}, q.options());                                   // (C, Mp) e4m3
-  r.inv_scale = at::empty({E * C}, q.options().dtype(at::kFloat));            // (E*C,)
-  r.pad_end = at::empty({E}, q.options().dtype(at::kInt));                    // (E,)
-  at::Tensor gmax = at::empty({E}, q.options().dtype(at::kFloat));            // (E,) scratch
+  r.data = EmptyCuda({C, Mp}, q.options());                                   // (C, Mp) e4m3
+  r.inv_scale = EmptyCuda({E * C}, q.options().dtype(at::kFloat));            // (E*C,)
+  r.pad_end = EmptyCuda({E}, q.options().dtype(at::kInt));                    // (E,)
+  at::Tensor gmax = EmptyCuda({E}, q.options().dtype(at::kFloat));            // (E,) scratch
   fp8_rows_to_padded_cols(reinterpret_cast<uint8_t*>(r.data.data_ptr()), r.inv_scale.data_ptr<float>(),
                           r.pad_end.data_ptr<int>(), gmax.data_ptr<float>(),
                           reinterpret_cast<const uint8_t*>(q.data_ptr()), inv.data_ptr<float>(), offs.data_ptr<int>(),

@@ -12,7 +12,7 @@
 // row far below its expert's largest, fewer significant bits (as a tensorwise recipe has).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "kernels/fp8_quantize.h"
 

@@ -8,8 +8,6 @@
 
 #include <cstdint>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -137,7 +135,7 @@ void LaunchPack(float* norms, float* partial, const NormPack& pack, cudaStream_t
 
 at::Tensor GradNorms(at::TensorList tensors) {
   const int64_t count = static_cast<int64_t>(tensors.size());
-  if (count == 0) return at::empty({0}, at::kFloat);
+  if (count == 0) return EmptyCuda({0}, at::kFloat);
   const at::Tensor& first = tensors[0];
   const at::Device dev = first.device();
   const at::ScalarType dt = first.scalar_type();
@@ -152,8 +150,8 @@ at::Tensor GradNorms(at::TensorList tensors) {
   }
   const c10::cuda::CUDAGuard guard(dev);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor norms = at::empty({count}, first.options().dtype(at::kFloat));             // (count,)
-  at::Tensor partial = at::empty({total_chunks > 0 ? total_chunks : 1}, norms.options());  // (chunks,)
+  at::Tensor norms = EmptyCuda({count}, first.options().dtype(at::kFloat));             // (count,)
+  at::Tensor partial = EmptyCuda({total_chunks > 0 ? total_chunks : 1}, norms.options());  // (chunks,)
   float* chunk_base = partial.data_ptr<float>();
   NormPack pack{};
   int64_t first_norm = 0;

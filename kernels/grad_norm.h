@@ -6,7 +6,7 @@
 // checks its launches and never syncs the host (it is captured in the training step's CUDA graph).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace moe::kernels {
 

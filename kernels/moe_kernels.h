@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "kernels/fp8_quantize.h"
 

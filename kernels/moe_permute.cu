@@ -6,7 +6,6 @@
 
 #include <cstdint>
 
-#include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
 
@@ -141,7 +140,7 @@ at::Tensor PermuteRows(const at::Tensor& x, const at::Tensor& src) {
   TORCH_CHECK(src.is_cuda() && src.dim() == 1 && src.scalar_type() == at::kLong && src.is_contiguous(),
               "PermuteRows: src must be a contiguous (M,) int64 CUDA tensor");
   const int64_t N = x.size(0), M = src.size(0), d = x.size(1);
-  at::Tensor xs = at::empty({M, d}, x.options());  // (M, d)
+  at::Tensor xs = EmptyCuda({M, d}, x.options());  // (M, d)
   const int vec = VecWidth(d, x.element_size());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(x.scalar_type(), vec, [&] {
@@ -167,10 +166,10 @@ PermuteFp8 PermuteRowsFp8(const at::Tensor& x_in, const at::Tensor& src, double 
   if (reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 != 0) x = x.clone();
   const int64_t N = x.size(0), M = src.size(0), d = x.size(1);
   PermuteFp8 r;
-  if (write_xs) r.xs = at::empty({M, d}, x.options());                       // (M, d)
-  r.fp8.data = at::empty({M, d}, x.options().dtype(at::kFloat8_e4m3fn));     // (M, d)
-  r.fp8.scale = at::empty({M, 1}, x.options().dtype(at::kFloat));            // (M, 1)
-  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                             // (M, 1)
+  if (write_xs) r.xs = EmptyCuda({M, d}, x.options());                       // (M, d)
+  r.fp8.data = EmptyCuda({M, d}, x.options().dtype(at::kFloat8_e4m3fn));     // (M, d)
+  r.fp8.scale = EmptyCuda({M, 1}, x.options().dtype(at::kFloat));            // (M, 1)
+  r.fp8.inv_scale = EmptyCuda(r.fp8.scale.sizes(), r.fp8.scale.options());                             // (M, 1)
   Fp8RowsOut f8;
   f8.q8 = reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr());
   f8.scale = r.fp8.scale.data_ptr<float>();
@@ -188,7 +187,7 @@ at::Tensor PermuteRowsBackward(const at::Tensor& dxs, const at::Tensor& inv, int
               "PermuteRowsBackward: inv must be a contiguous (N*k,) int64 CUDA tensor");
   at::Tensor g = dxs.contiguous();
   const int64_t M = g.size(0), d = g.size(1);
-  at::Tensor dx = at::empty({n_tokens, d}, g.options());  // (N, d)
+  at::Tensor dx = EmptyCuda({n_tokens, d}, g.options());  // (N, d)
   const int vec = VecWidth(d, g.element_size());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(g.scalar_type(), vec, [&] {

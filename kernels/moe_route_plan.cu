@@ -18,7 +18,6 @@
 #include "kernels/moe_kernels.h"
 #include "kernels/router_select.cuh"
 
-#include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
 
@@ -356,23 +355,23 @@ RoutePlanOut RoutePlan(const at::Tensor& logits_in, const at::Tensor& bias, bool
   const auto f32 = logits.options(), i64 = f32.dtype(at::kLong), i32 = f32.dtype(at::kInt);
   const int64_t G = (N + kThreads - 1) / kThreads;
   RoutePlanOut o;
-  o.indices = at::empty({N, k}, i64);
-  o.weights = at::empty({N, k}, f32);
-  o.keep = at::empty({N, k}, f32.dtype(at::kBool));
-  o.position = at::empty({N, k}, i64);
-  o.load = at::empty({E}, i64);
-  o.kept = at::empty({E}, i64);
-  o.load_f = at::empty({E}, f32);
-  o.dropped = at::empty({}, f32);
-  o.probs_mean = at::empty({E}, f32);
-  o.z_loss = at::empty({}, f32);
-  o.dest = at::empty({N * k}, i64);
-  o.rows = at::empty({M}, i64);
-  o.tok = at::empty({M}, i64);
-  o.offs = at::empty({E}, i32);
-  at::Tensor block_counts = at::empty({std::max<int64_t>(G, 1), k * E}, i32);  // (G, k*E)
-  at::Tensor block_f = at::empty({std::max<int64_t>(G, 1), E + 1}, f32);        // (G, E) probs | (G,) z
-  at::Tensor row_base = at::empty({2 * E + 1}, i64);
+  o.indices = EmptyCuda({N, k}, i64);
+  o.weights = EmptyCuda({N, k}, f32);
+  o.keep = EmptyCuda({N, k}, f32.dtype(at::kBool));
+  o.position = EmptyCuda({N, k}, i64);
+  o.load = EmptyCuda({E}, i64);
+  o.kept = EmptyCuda({E}, i64);
+  o.load_f = EmptyCuda({E}, f32);
+  o.dropped = EmptyCuda({}, f32);
+  o.probs_mean = EmptyCuda({E}, f32);
+  o.z_loss = EmptyCuda({}, f32);
+  o.dest = EmptyCuda({N * k}, i64);
+  o.rows = EmptyCuda({M}, i64);
+  o.tok = EmptyCuda({M}, i64);
+  o.offs = EmptyCuda({E}, i32);
+  at::Tensor block_counts = EmptyCuda({std::max<int64_t>(G, 1), k * E}, i32);  // (G, k*E)
+  at::Tensor block_f = EmptyCuda({std::max<int64_t>(G, 1), E + 1}, f32);        // (G, E) probs | (G,) z
+  at::Tensor row_base = EmptyCuda({2 * E + 1}, i64);
   route_plan(o.indices.data_ptr<int64_t>(), o.weights.data_ptr<float>(), o.keep.data_ptr<bool>(),
              o.position.data_ptr<int64_t>(), o.load.data_ptr<int64_t>(), o.kept.data_ptr<int64_t>(),
              o.load_f.data_ptr<float>(), o.dropped.data_ptr<float>(), o.probs_mean.data_ptr<float>(),
@@ -397,7 +396,7 @@ at::Tensor RoutePlanBackward(const at::Tensor& logits_in, const at::Tensor& indi
   const float* dw_p = OptionalF32(d_weights, dw, N * k, "d_weights");
   const float* dp_p = OptionalF32(d_probs_mean, dp, E, "d_probs_mean");
   const float* dz_p = OptionalF32(d_z_loss, dz, 1, "d_z_loss");
-  at::Tensor dlogits = at::empty({N, E}, logits.options());  // (N, E)
+  at::Tensor dlogits = EmptyCuda({N, E}, logits.options());  // (N, E)
   route_plan_backward(dlogits.data_ptr<float>(), logits.data_ptr<float>(), indices.data_ptr<int64_t>(),
                       keep.data_ptr<bool>(), dw_p, dp_p, dz_p, N, static_cast<int>(E), static_cast<int>(k), sigmoid,
                       renormalize, at::cuda::getCurrentCUDAStream());

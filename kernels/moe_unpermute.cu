@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
 
@@ -186,7 +185,7 @@ at::Tensor UnpermuteRows(const at::Tensor& ys_in, const at::Tensor& inv, const a
   TORCH_CHECK(ys_in.is_cuda() && ys_in.dim() == 2, "UnpermuteRows: ys must be an (M, d) CUDA tensor");
   at::Tensor ys = ys_in.contiguous();
   const int64_t N = w.size(0), k = w.size(1), M = ys.size(0), d = ys.size(1);
-  at::Tensor y = at::empty({N, d}, ys.options());  // (N, d)
+  at::Tensor y = EmptyCuda({N, d}, ys.options());  // (N, d)
   const int vec = VecWidth(d, ys.element_size());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   MOE_DISPATCH_ROWS(ys.scalar_type(), vec, [&] {
@@ -214,18 +213,18 @@ std::tuple<at::Tensor, at::Tensor> Backward(const at::Tensor& dy_in, const at::T
   // quantisation); where every row is mapped, every row is written and nothing is filled first.
   TORCH_CHECK(write_dys || fp8 != nullptr, what, ": dys can be left out only beside its FP8 rows");
   at::Tensor dys;  // (M, d)
-  if (write_dys) dys = all_rows_mapped ? at::empty({M, d}, ys.options()) : at::zeros({M, d}, ys.options());
-  at::Tensor dw = at::empty({N, k}, w.options());  // (N, k)
+  if (write_dys) dys = all_rows_mapped ? EmptyCuda({M, d}, ys.options()) : ZerosCuda({M, d}, ys.options());
+  at::Tensor dw = EmptyCuda({N, k}, w.options());  // (N, k)
   Fp8RowsOut f8;
   if (fp8 != nullptr) {
     const auto o = ys.options();
     const float eps = static_cast<float>(amax_eps);
-    fp8->data = all_rows_mapped ? at::empty({M, d}, o.dtype(at::kFloat8_e4m3fn))
-                                : at::zeros({M, d}, o.dtype(at::kFloat8_e4m3fn));  // (M, d)
+    fp8->data = all_rows_mapped ? EmptyCuda({M, d}, o.dtype(at::kFloat8_e4m3fn))
+                                : ZerosCuda({M, d}, o.dtype(at::kFloat8_e4m3fn));  // (M, d)
     // A zero row's scale: fp8_max / eps and its reciprocal, in IEEE fp32 as the kernels compute them.
     const float zero_scale = 448.f / eps;
-    fp8->scale = all_rows_mapped ? at::empty({M, 1}, o.dtype(at::kFloat)) : at::full({M, 1}, zero_scale, o.dtype(at::kFloat));
-    fp8->inv_scale = all_rows_mapped ? at::empty_like(fp8->scale) : at::full({M, 1}, 1.f / zero_scale, o.dtype(at::kFloat));
+    fp8->scale = all_rows_mapped ? EmptyCuda({M, 1}, o.dtype(at::kFloat)) : FullCuda({M, 1}, zero_scale, o.dtype(at::kFloat));
+    fp8->inv_scale = all_rows_mapped ? EmptyCuda(fp8->scale.sizes(), fp8->scale.options()) : FullCuda({M, 1}, 1.f / zero_scale, o.dtype(at::kFloat));
     f8.q8 = reinterpret_cast<uint8_t*>(fp8->data.data_ptr());
     f8.scale = fp8->scale.data_ptr<float>();
     f8.inv = fp8->inv_scale.data_ptr<float>();

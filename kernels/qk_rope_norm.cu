@@ -8,7 +8,6 @@
 #include "kernels/qk_rope_norm.h"
 #include "kernels/fp8_cast.cuh"
 
-#include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
 
@@ -353,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor> QkRopeNormForward(const at::Tensor& qkv, int6
               "QkRopeNormForward: qkv must be a contiguous CUDA (B, T, Hq + 2*Hkv, hd) tensor");
   const int64_t B = qkv.size(0), T = qkv.size(1), hd = qkv.size(3);
   CheckTables(cos, sin, T, hd);
-  at::Tensor q = at::empty({B, T, Hq, hd}, qkv.options()), k = at::empty({B, T, Hkv, hd}, qkv.options());
+  at::Tensor q = EmptyCuda({B, T, Hq, hd}, qkv.options()), k = EmptyCuda({B, T, Hkv, hd}, qkv.options());
   const Shape sh{B * T, static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(hd),
                  static_cast<float>(eps)};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -373,7 +372,7 @@ at::Tensor QkRopeNormBackward(const at::Tensor& qkv, const at::Tensor& dq, const
   WithBackwardArgs("QkRopeNormBackward", qkv, dq, dk, dv, Hq, Hkv, cos, sin, eps,
                    [&](auto tag, auto vec, auto lanes, const auto& gq, const auto& gk, const auto& gv, const Shape& sh) {
                      using T_ = decltype(tag);
-                     dqkv = at::empty_like(qkv);
+                     dqkv = EmptyCuda(qkv.sizes(), qkv.options());
                      qk_rope_norm_backward<T_, decltype(vec)::value, decltype(lanes)::value>(
                          static_cast<T_*>(dqkv.data_ptr()), static_cast<const T_*>(qkv.data_ptr()), gq, gk, gv,
                          cos.data_ptr<float>(), sin.data_ptr<float>(), sh, stream);
@@ -399,10 +398,10 @@ QkvGradFp8 QkRopeNormBackwardFp8(const at::Tensor& qkv, const at::Tensor& dq, co
         const int64_t heads = Hq + 2 * Hkv, hd = qkv.size(3);
         TORCH_CHECK(QkRopeNormBackwardFp8Supported(heads, hd, qkv.scalar_type()), "QkRopeNormBackwardFp8: ", heads,
                     " heads of ", hd, " in ", qkv.scalar_type(), " do not fit one block per row");
-        if (write_dqkv) r.dqkv = at::empty_like(qkv);  // (B, T, Hq + 2*Hkv, hd)
-        r.fp8.data = at::empty({sh.rows, heads * hd}, qkv.options().dtype(at::kFloat8_e4m3fn));
-        r.fp8.scale = at::empty({sh.rows, 1}, qkv.options().dtype(at::kFloat));
-        r.fp8.inv_scale = at::empty_like(r.fp8.scale);
+        if (write_dqkv) r.dqkv = EmptyCuda(qkv.sizes(), qkv.options());  // (B, T, Hq + 2*Hkv, hd)
+        r.fp8.data = EmptyCuda({sh.rows, heads * hd}, qkv.options().dtype(at::kFloat8_e4m3fn));
+        r.fp8.scale = EmptyCuda({sh.rows, 1}, qkv.options().dtype(at::kFloat));
+        r.fp8.inv_scale = EmptyCuda(r.fp8.scale.sizes(), r.fp8.scale.options());
         qk_rope_norm_backward_fp8<T_, decltype(vec)::value, decltype(lanes)::value>(
             write_dqkv ? static_cast<T_*>(r.dqkv.data_ptr()) : nullptr, reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
             r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(), static_cast<const T_*>(qkv.data_ptr()),

@@ -15,7 +15,7 @@
 // The unfused path rounds r to the dtype before the norm; the fused one does not.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "kernels/fp8_quantize.h"
 

@@ -9,8 +9,6 @@
 #include <initializer_list>
 #include <limits>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -176,7 +174,7 @@ at::Tensor ReluSquareForward(const at::Tensor& x_in) {
   TORCH_CHECK(x_in.is_cuda(), "ReluSquareForward: x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x = x_in.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options());  // x's shape
+  at::Tensor y = EmptyCuda(x.sizes(), x.options());  // x's shape
   const int64_t n = x.numel();
   const int vec = FlatVecWidth(x.element_size(), {x.data_ptr(), y.data_ptr()});
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -192,7 +190,7 @@ at::Tensor ReluSquareBackward(const at::Tensor& dy_in, const at::Tensor& x_in) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x = x_in.contiguous();
   at::Tensor dy = dy_in.to(x.scalar_type()).contiguous();
-  at::Tensor dx = at::empty(x.sizes(), x.options());  // x's shape
+  at::Tensor dx = EmptyCuda(x.sizes(), x.options());  // x's shape
   const int64_t n = x.numel();
   const int vec = FlatVecWidth(x.element_size(), {x.data_ptr(), dy.data_ptr(), dx.data_ptr()});
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -230,10 +228,10 @@ ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tenso
   const at::Tensor dy = Aligned(dy_in.to(x.scalar_type()));
   const int64_t C = x.size(-1), rows = x.numel() / C;
   ReluSquareGradFp8 r;
-  if (write_dx) r.dx = at::empty(x.sizes(), x.options());                                // x's shape
-  r.fp8.data = at::empty({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
-  r.fp8.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
-  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                         // (rows, 1)
+  if (write_dx) r.dx = EmptyCuda(x.sizes(), x.options());                                // x's shape
+  r.fp8.data = EmptyCuda({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
+  r.fp8.scale = EmptyCuda({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
+  r.fp8.inv_scale = EmptyCuda(r.fp8.scale.sizes(), r.fp8.scale.options());                                         // (rows, 1)
   relu_square_fp8<__nv_bfloat16>(
       write_dx ? reinterpret_cast<__nv_bfloat16*>(r.dx.data_ptr()) : nullptr,
       reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
@@ -251,10 +249,10 @@ ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x_in, double amax_eps, bool
   const at::Tensor x = Aligned(x_in);
   const int64_t C = x.size(-1), rows = x.numel() / C;
   ReluSquareFp8 r;
-  if (write_y) r.y = at::empty(x.sizes(), x.options());                                  // x's shape
-  r.fp8.data = at::empty({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
-  r.fp8.scale = at::empty({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
-  r.fp8.inv_scale = at::empty_like(r.fp8.scale);                                         // (rows, 1)
+  if (write_y) r.y = EmptyCuda(x.sizes(), x.options());                                  // x's shape
+  r.fp8.data = EmptyCuda({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
+  r.fp8.scale = EmptyCuda({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
+  r.fp8.inv_scale = EmptyCuda(r.fp8.scale.sizes(), r.fp8.scale.options());                                         // (rows, 1)
   relu_square_fp8<__nv_bfloat16>(write_y ? reinterpret_cast<__nv_bfloat16*>(r.y.data_ptr()) : nullptr,
                                  reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()), r.fp8.scale.data_ptr<float>(),
                                  r.fp8.inv_scale.data_ptr<float>(), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),

@@ -6,7 +6,7 @@
 // autograd wrapper is in core/model/activations.cpp.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "kernels/fp8_quantize.h"
 

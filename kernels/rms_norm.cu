@@ -12,8 +12,6 @@
 #include <initializer_list>
 #include <type_traits>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -453,9 +451,9 @@ at::Tensor Contiguous(const at::Tensor& t, bool aligned) {
 // Empty FP8 rows of a (rows, d) output, and the kernels' pointers into them.
 Fp8Quantized EmptyFp8Rows(int64_t rows, int64_t d, const at::TensorOptions& o) {
   Fp8Quantized q;
-  q.data = at::empty({rows, d}, o.dtype(at::kFloat8_e4m3fn));  // (rows, d)
-  q.scale = at::empty({rows, 1}, o.dtype(at::kFloat));         // (rows, 1)
-  q.inv_scale = at::empty_like(q.scale);                       // (rows, 1)
+  q.data = EmptyCuda({rows, d}, o.dtype(at::kFloat8_e4m3fn));  // (rows, d)
+  q.scale = EmptyCuda({rows, 1}, o.dtype(at::kFloat));         // (rows, 1)
+  q.inv_scale = EmptyCuda(q.scale.sizes(), q.scale.options());                       // (rows, 1)
   return q;
 }
 Fp8RowsOut PointersOf(const Fp8Quantized* q, double amax_eps) {
@@ -482,9 +480,9 @@ RmsNormOut Forward(const at::Tensor& x_in, const at::Tensor& add_in, double eps,
   }
   const int64_t d = x.size(-1), rows = x.numel() / d;
   RmsNormOut out;
-  out.y = at::empty(x.sizes(), x.options());                    // (..., d)
-  out.rstd = at::empty({rows}, x.options().dtype(at::kFloat));  // (rows,)
-  if (add.defined()) out.sum = at::empty(x.sizes(), x.options());  // (..., d)
+  out.y = EmptyCuda(x.sizes(), x.options());                    // (..., d)
+  out.rstd = EmptyCuda({rows}, x.options().dtype(at::kFloat));  // (rows,)
+  if (add.defined()) out.sum = EmptyCuda(x.sizes(), x.options());  // (..., d)
   if (fp8 != nullptr) *fp8 = EmptyFp8Rows(rows, d, x.options());
   const int vec = RowVecWidth(d, x.element_size(),
                               {x.data_ptr(), out.y.data_ptr(), add.defined() ? add.data_ptr() : nullptr,
@@ -518,7 +516,7 @@ at::Tensor Backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::T
   const int64_t d = x.size(-1), rows = x.numel() / d;
   TORCH_CHECK(rstd.is_cuda() && rstd.scalar_type() == at::kFloat && rstd.is_contiguous() && rstd.numel() == rows,
               what, ": rstd must be the contiguous (rows,) fp32 tensor of RmsNormForward");
-  at::Tensor dx = at::empty(x.sizes(), x.options());  // (..., d)
+  at::Tensor dx = EmptyCuda(x.sizes(), x.options());  // (..., d)
   if (fp8 != nullptr) *fp8 = EmptyFp8Rows(rows, d, x.options());
   const int vec = RowVecWidth(d, x.element_size(),
                               {x.data_ptr(), dy.data_ptr(), dx.data_ptr(), dres.defined() ? dres.data_ptr() : nullptr});

@@ -15,9 +15,7 @@
 #include <initializer_list>
 #include <type_traits>
 
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/detail/IntegerDivider.cuh>
-#include <c10/cuda/CUDAGuard.h>
 
 namespace moe::kernels {
 
@@ -164,7 +162,7 @@ at::Tensor Rope(const at::Tensor& x_in, const at::Tensor& cos_in, const at::Tens
   const c10::cuda::CUDAGuard guard(x_in.device());
   // The kernel reads rows through (B, T, H) strides but wants each head vector contiguous.
   at::Tensor x = x_in.stride(3) == 1 ? x_in : x_in.contiguous();
-  at::Tensor y = at::empty({B, seq, H, hd}, x.options());  // (B, T, H, hd) contiguous
+  at::Tensor y = EmptyCuda({B, seq, H, hd}, x.options());  // (B, T, H, hd) contiguous
   if (y.numel() == 0) return y;
   // Rows 0..T-1, row-major (a slice of a contiguous table is a view, no copy).
   at::Tensor c = cos_in.narrow(0, 0, seq).contiguous();  // (T, hd/2)

@@ -17,7 +17,7 @@
 // For fp32 inputs the rounding of the tables is the identity.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace moe::kernels {
 

@@ -5,7 +5,6 @@
 #include "kernels/moe_kernels.h"
 #include "kernels/router_select.cuh"
 
-#include <ATen/cuda/CUDAContext.h>
 
 namespace moe::kernels {
 
@@ -60,9 +59,9 @@ RouterTopKOut RouterTopK(const at::Tensor& logits_in, const at::Tensor& bias, bo
     b = bias.to(logits.device(), at::kFloat).contiguous();
   }
   RouterTopKOut out;
-  out.indices = at::empty({N, k}, logits.options().dtype(at::kLong));  // (N, k)
-  out.weights = at::empty({N, k}, logits.options());                   // (N, k)
-  out.counts = at::zeros({E}, logits.options().dtype(at::kLong));      // (E,)
+  out.indices = EmptyCuda({N, k}, logits.options().dtype(at::kLong));  // (N, k)
+  out.weights = EmptyCuda({N, k}, logits.options());                   // (N, k)
+  out.counts = ZerosCuda({E}, logits.options().dtype(at::kLong));      // (E,)
   router_topk(out.indices.data_ptr<int64_t>(), out.weights.data_ptr<float>(),
               reinterpret_cast<unsigned long long*>(out.counts.data_ptr<int64_t>()), logits.data_ptr<float>(),
               b.defined() ? b.data_ptr<float>() : nullptr, N, static_cast<int>(E), static_cast<int>(k), sigmoid,
