@@ -33,7 +33,7 @@ std::vector<Axis> FindAxes(const std::vector<nlohmann::json>& params) {
 
 namespace {
 
-double Ratio(double a, double b) { return (a > 0 && b > 0) ? b / a : kNaN; }
+double PositiveRatio(double a, double b) { return (a > 0 && b > 0) ? b / a : kNaN; }
 double Delta(double a, double b) { return (std::isfinite(a) && std::isfinite(b)) ? b - a : kNaN; }
 
 size_t ValueIndex(const Axis& axis, const nlohmann::json& v) {
@@ -80,8 +80,8 @@ std::vector<AxisEffects> ComputeAblation(const std::vector<nlohmann::json>& para
           p.other = other;
           p.value = v;
           p.fixed = fixed;
-          p.tok_ratio = Ratio(stats[ref].tail.tok_per_s, stats[other].tail.tok_per_s);
-          p.mfu_ratio = Ratio(stats[ref].tail.mfu, stats[other].tail.mfu);
+          p.tok_ratio = PositiveRatio(stats[ref].tail.tok_per_s, stats[other].tail.tok_per_s);
+          p.mfu_ratio = PositiveRatio(stats[ref].tail.mfu, stats[other].tail.mfu);
           p.loss_delta = Delta(stats[ref].final_loss, stats[other].final_loss);
           p.mem_delta = Delta(stats[ref].peak_mem_mib, stats[other].peak_mem_mib);
           fx.pairs.push_back(p);

@@ -14,7 +14,7 @@ constexpr int64_t kIgnoreIndex = kCrossEntropyIgnoreIndex;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool UseKernels(const torch::Tensor& logits, const torch::Tensor& targets) {
+bool UseCrossEntropyKernels(const torch::Tensor& logits, const torch::Tensor& targets) {
   return logits.is_cuda() && logits.scalar_type() == torch::kBFloat16 && logits.dim() == 2 &&
          logits.size(1) >= 1 && logits.size(1) <= (int64_t{1} << 30) && targets.dim() == 1 &&
          targets.scalar_type() == torch::kLong;
@@ -67,7 +67,7 @@ torch::Tensor MeanOverKeptRows(const torch::Tensor& row_loss, const torch::Tenso
 torch::Tensor CrossEntropyLoss(const torch::Tensor& logits, const torch::Tensor& targets,
                                const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(logits, targets)) {
+  if (UseCrossEntropyKernels(logits, targets)) {
     const torch::Tensor t = targets.contiguous();
     torch::Tensor loss = CrossEntropyFn::apply(logits.contiguous(), t, fp8_grad);  // (N,) fp32
     return MeanOverKeptRows(loss, t);

@@ -15,7 +15,6 @@ constexpr int64_t kIgnoreIndex = kCrossEntropyIgnoreIndex;
 #if defined(MOE_WITH_KERNELS)
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-constexpr auto kE4M3 = torch::kFloat8_e4m3fn;
 
 // x (M, K) bf16, w (V, K), targets (M,) -> per-row losses (M,) fp32. The forward is Fp8LinearFn's
 // rowwise forward, then the loss kernel; the backward is the loss kernel's two FP8 forms, then

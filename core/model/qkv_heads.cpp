@@ -16,7 +16,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool UseKernels(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin) {
+bool UseQkRopeNormKernels(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin) {
   return OnKernelDevice(qkv) && qkv.dim() == 4 && qkv.is_contiguous() &&
          kernels::QkRopeNormSupported(qkv.size(3)) && cos.device() == qkv.device() && sin.device() == qkv.device() &&
          cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 && cos.is_contiguous() &&
@@ -64,7 +64,7 @@ QkvHeads SplitRotateNorm(const torch::Tensor& qkv, int64_t Hq, int64_t Hkv, cons
                          const torch::Tensor& sin, const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad) {
   static_cast<void>(fp8_grad);  // only the kernel path quantises the gradient
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(qkv, cos, sin)) {
+  if (UseQkRopeNormKernels(qkv, cos, sin)) {
     const variable_list out = QkvHeadsFn::apply(qkv, cos, sin, Hq, Hkv, fp8_grad);
     return {out[0], out[1], out[2]};
   }

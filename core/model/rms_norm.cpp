@@ -12,7 +12,7 @@ namespace moe {
 namespace {
 
 #if defined(MOE_WITH_KERNELS)
-bool UseKernels(const torch::Tensor& x) { return OnKernelDevice(x) && x.dim() >= 1 && x.size(-1) > 0; }
+bool UseRmsNormKernels(const torch::Tensor& x) { return OnKernelDevice(x) && x.dim() >= 1 && x.size(-1) > 0; }
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -78,7 +78,7 @@ struct AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
 ResidualNorm AddRmsNorm(const torch::Tensor& x, const torch::Tensor& delta, const NormFp8Handoff& fp8) {
   if (!delta.defined()) return {x, RmsNorm(x, fp8.normed_rows)};
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(x) && delta.device() == x.device() && delta.scalar_type() == x.scalar_type() &&
+  if (UseRmsNormKernels(x) && delta.device() == x.device() && delta.scalar_type() == x.scalar_type() &&
       delta.sizes() == x.sizes()) {
     variable_list out = AddRmsNormFn::apply(x, delta, fp8.normed_rows, fp8.delta_grad);
     return {out[0], out[1]};
@@ -90,7 +90,7 @@ ResidualNorm AddRmsNorm(const torch::Tensor& x, const torch::Tensor& delta, cons
 
 torch::Tensor RmsNorm(const torch::Tensor& x, const c10::intrusive_ptr<Fp8RowsSlot>& normed_rows) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(x)) return RmsNormFn::apply(x, normed_rows);
+  if (UseRmsNormKernels(x)) return RmsNormFn::apply(x, normed_rows);
 #else
   (void)normed_rows;  // nothing to offer: the GEMM quantises
 #endif

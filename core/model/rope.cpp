@@ -13,7 +13,7 @@ namespace {
 
 #if defined(MOE_WITH_KERNELS)
 // The kernels' domain; shapes are checked by them (the ATen path would reject the same shapes).
-bool UseKernels(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+bool UseRopeKernels(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   return OnKernelDevice(x) && x.dim() == 4 && cos.device() == x.device() && sin.device() == x.device() &&
          cos.is_floating_point() && sin.is_floating_point();
 }
@@ -54,7 +54,7 @@ RopeTables MakeRopeTables(int64_t seq_len, int64_t head_dim, double base) {
 
 torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
 #if defined(MOE_WITH_KERNELS)
-  if (UseKernels(x, cos, sin)) return RopeFn::apply(x, cos, sin);
+  if (UseRopeKernels(x, cos, sin)) return RopeFn::apply(x, cos, sin);
 #endif
   const int64_t T = x.size(1);
   const int64_t half = x.size(-1) / 2;

@@ -56,6 +56,10 @@ const char* Fp8RecipeName(Fp8Recipe r);
 // quantises to zeros instead of dividing by zero.
 constexpr double kAmaxEps = 1e-12;
 
+// The forward operands' FP8 format, and every rowwise operand's (CUDA's rowwise kernels take
+// e4m3 only): the weight and activation casts of the linear, grouped and LM-head GEMMs.
+constexpr auto kE4M3 = torch::kFloat8_e4m3fn;
+
 // Largest finite value of an FP8 dtype: 448 (e4m3fn) or 57344 (e5m2). Throws for other dtypes.
 double Fp8Max(torch::ScalarType fp8);
 

@@ -18,7 +18,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-constexpr auto kE4M3 = torch::kFloat8_e4m3fn;
 constexpr int64_t kAlign = 16;  // rows per weight-gradient group: a multiple of 16 fp8 bytes
 
 torch::Tensor CpuScaledGroupedMm(const torch::Tensor& a, const torch::Tensor& inv_a, const torch::Tensor& b,

@@ -15,7 +15,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-constexpr auto kE4M3 = torch::kFloat8_e4m3fn;
 constexpr auto kE5M2 = torch::kFloat8_e5m2;
 
 // An (R, C) FP8 matrix re-laid out column-major: same logical shape, C-major bytes. A byte copy.
