@@ -6,6 +6,8 @@
 #include "kernels/grad_norm.h"
 #include "kernels/common.cuh"
 
+#include <ATen/EmptyTensor.h>
+
 #include <cstdint>
 
 
@@ -135,7 +137,7 @@ void LaunchPack(float* norms, float* partial, const NormPack& pack, cudaStream_t
 
 at::Tensor GradNorms(at::TensorList tensors) {
   const int64_t count = static_cast<int64_t>(tensors.size());
-  if (count == 0) return EmptyCuda({0}, at::kFloat);
+  if (count == 0) return at::Tensor(at::detail::empty_cpu({0}, at::TensorOptions(at::kFloat)));
   const at::Tensor& first = tensors[0];
   const at::Device dev = first.device();
   const at::ScalarType dt = first.scalar_type();

@@ -67,7 +67,9 @@ TEST_CASE("kernels: GradNorms gives each tensor's 2-norm", "[kernels][grad_norm]
       }
     }
   }
-  CHECK(moe::kernels::GradNorms({}).numel() == 0);
+  const at::Tensor none = moe::kernels::GradNorms({});  // the header's contract: empty, on the CPU
+  CHECK(none.numel() == 0);
+  CHECK(none.device().is_cpu());
 }
 
 TEST_CASE("kernels: GradNorms replays in a CUDA graph with the tensors' current values", "[kernels][grad_norm][graph]") {
