@@ -8,6 +8,8 @@
 #include "core/model/gpt.h"
 #include "tiny_model_config.h"
 
+namespace accounting_test {
+
 TEST_CASE("accounting: reference config matches ref_moe.py's active_flops_per_token", "[accounting]") {
   moe::Config c;  // the defaults are the reference config: 32768 vocab, 12 x 768, 8 experts top-2
   // ref: attn 4d^2 = 2,359,296; ff = top_k*2*d*(2d) + d*E = 4,718,592 + 6,144 = 4,724,736;
@@ -69,3 +71,5 @@ TEST_CASE("accounting: peak table, override and MFU", "[accounting]") {
   REQUIRE(mfu.has_value());
   CHECK(*mfu == Approx(0.139).margin(0.001));
 }
+
+}  // namespace accounting_test

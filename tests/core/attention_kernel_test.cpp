@@ -12,6 +12,8 @@
 #include "tests/core/tiny_model_config.h"
 #include "tests/require_gpu.h"
 
+namespace attention_kernel_test {
+
 namespace {
 
 // Puts the default back when a case ends: the flags are process-wide.
@@ -151,3 +153,5 @@ TEST_CASE("attention inputs: on CUDA the fused split/rotate/norm gives the CPU c
     CHECK(torch::allclose(got[i], ref[i], 1e-4, 1e-5));
   }
 }
+
+}  // namespace attention_kernel_test

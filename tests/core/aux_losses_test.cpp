@@ -5,6 +5,8 @@
 
 #include "core/moe/aux_losses.h"
 
+namespace aux_losses_test {
+
 TEST_CASE("aux: Switch balance loss n_experts * sum f_i P_i", "[aux]") {
   // P = mean of rows = [0.55, 0.45].
   torch::Tensor probs = torch::tensor({0.7f, 0.3f, 0.4f, 0.6f}).view({2, 2});
@@ -53,3 +55,5 @@ TEST_CASE("aux losses: the multi-layer form from counts equals the per-layer los
   torch::Tensor g2 = torch::autograd::grad({from_load}, {logits})[0];
   CHECK(torch::allclose(g1, g2, 1e-6, 1e-7));
 }
+
+}  // namespace aux_losses_test

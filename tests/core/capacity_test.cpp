@@ -3,6 +3,8 @@
 
 #include "core/moe/capacity.h"
 
+namespace capacity_test {
+
 TEST_CASE("capacity: C = ceil(tokens*top_k/n_experts*factor), 0 = dropless", "[capacity]") {
   struct Case { int64_t tokens, k, E; double cf; int64_t want; };
   for (Case c : {Case{8, 2, 4, 1.0, 4}, Case{10, 2, 4, 1.25, 7}, Case{3, 1, 8, 1.0, 1},
@@ -50,3 +52,5 @@ TEST_CASE("capacity: zero tokens", "[capacity]") {
   CHECK(c.keep.size(0) == 0);
   CHECK(torch::equal(c.load, torch::zeros({4}, torch::kInt64)));
 }
+
+}  // namespace capacity_test

@@ -11,6 +11,8 @@
 #include "core/precision/weight_cache.h"
 #include "tests/require_gpu.h"
 
+namespace clip_grad_norm_test {
+
 namespace {
 
 // Parameters with random gradients of the given sizes; size 0 means "no gradient this step".
@@ -134,3 +136,5 @@ TEST_CASE("clip grad norm: on a GPU, fp32 gradients and bf16 cached ones clip as
     CHECK(torch::allclose(ps[i].grad(), grads[i] * coef, 1e-6, 1e-7));
   }
 }
+
+}  // namespace clip_grad_norm_test

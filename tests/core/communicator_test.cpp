@@ -16,6 +16,8 @@
 #include "core/dist/communicator.h"
 #include "core/dist/grad_sync.h"
 
+namespace communicator_test {
+
 namespace {
 
 int FreePort() {
@@ -405,3 +407,5 @@ TEST_CASE("all-to-all rows: forward exchange and its backward against one proces
     Expect(torch::equal(x.grad(), torch::cat(g)), "backward rows", err);
   });
 }
+
+}  // namespace communicator_test

@@ -7,6 +7,8 @@
 
 #include "core/config/config.h"
 
+namespace config_test {
+
 using moe::Config;
 
 namespace {
@@ -107,3 +109,5 @@ TEST_CASE("config: TOML and JSON round trips give the same config", "[config]") 
   bad["moe"]["bogus"] = 1;
   CHECK(moe::ConfigFromJson(bad, &back2).IsInvalidArgument());
 }
+
+}  // namespace config_test

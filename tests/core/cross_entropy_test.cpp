@@ -7,6 +7,8 @@
 
 #include "core/model/cross_entropy.h"
 
+namespace cross_entropy_test {
+
 TEST_CASE("model: CrossEntropyLoss on the CPU equals ATen's cross_entropy exactly, ignore_index rows too",
           "[model][cross_entropy]") {
   torch::manual_seed(11);
@@ -41,3 +43,5 @@ TEST_CASE("model: CrossEntropyLoss on the CPU equals ATen's cross_entropy exactl
     CHECK(torch::equal(a.grad(), b.grad()));
   }
 }
+
+}  // namespace cross_entropy_test

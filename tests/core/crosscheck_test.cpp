@@ -16,6 +16,8 @@
 #include "core/model/gpt.h"
 #include "tiny_model_config.h"
 
+namespace crosscheck_test {
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -161,3 +163,5 @@ TEST_CASE("crosscheck: loss and gradients match an independent PyTorch model", "
   for (Case& c : cases) Compare(c);
   RemoveTree(root);
 }
+
+}  // namespace crosscheck_test

@@ -17,6 +17,8 @@
 #include "core/data/token_file.h"
 #include "temp_dir.h"
 
+namespace data_test {
+
 using Catch::Matchers::Contains;
 using moe::Batch;
 using moe::Config;
@@ -368,3 +370,5 @@ TEST_CASE("data: small files are copied, so truncating one during a run cannot f
   std::ofstream(path, std::ios::trunc) << "x";  // an editor saving a shorter file mid-sweep
   CHECK(std::string(reinterpret_cast<const char*>(copied->data()), 4096) == bytes);
 }
+
+}  // namespace data_test

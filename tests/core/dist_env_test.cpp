@@ -6,6 +6,8 @@
 
 #include "core/dist/dist_env.h"
 
+namespace dist_env_test {
+
 namespace {
 
 struct Case {
@@ -58,3 +60,5 @@ TEST_CASE("dist env: torchrun variables, defaults and errors that name the varia
     }
   }
 }
+
+}  // namespace dist_env_test

@@ -16,6 +16,8 @@
 #include "tests/core/temp_dir.h"
 #include "tests/core/tiny_model_config.h"
 
+namespace distributed_test {
+
 using moe_test::ReadJsonLines;
 
 namespace {
@@ -352,3 +354,5 @@ TEST_CASE("moe-train: expert parallelism that does not fit the ranks is a config
     CHECK_FALSE(std::filesystem::exists(dir.Path("bad/metrics.jsonl")));
   }
 }
+
+}  // namespace distributed_test

@@ -15,6 +15,8 @@
 #include "tests/poison_allocator.h"
 #include "tests/require_gpu.h"
 
+namespace experts_test {
+
 namespace {
 
 struct Grads {
@@ -252,3 +254,5 @@ TEST_CASE("grouped row order: kept assignments expert by expert from the capacit
     CHECK(torch::equal(order.tok, full.tok.narrow(0, 0, M)));
   }
 }
+
+}  // namespace experts_test

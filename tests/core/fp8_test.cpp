@@ -38,6 +38,8 @@
 #include "tests/require_gpu.h"
 #include "tiny_model_config.h"
 
+namespace fp8_test {
+
 namespace {
 
 constexpr auto kE4M3 = torch::kFloat8_e4m3fn;
@@ -1285,3 +1287,5 @@ TEST_CASE("fp8: a rows-only offer that its consumer does not take is an error, n
   CHECK(moe::OfferValuesOrRowsOnly(*slot, v, q, {4, 16}, opts).data_ptr() == v.data_ptr());
   CHECK_FALSE(slot->Take(torch::zeros({4, 16}, opts), &got));
 }
+
+}  // namespace fp8_test

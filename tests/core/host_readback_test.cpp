@@ -8,6 +8,8 @@
 #include "core/train/device.h"
 #include "tests/require_gpu.h"
 
+namespace host_readback_test {
+
 TEST_CASE("host readback: on the CPU, Wait returns the values at Start and when they were ready", "[device]") {
   torch::Tensor t = torch::arange(6, torch::kFloat32);
   moe::HostReadback r;
@@ -68,3 +70,5 @@ TEST_CASE("step timer: on CUDA, the device time of the work between Start and St
   // make both figures similar if they were counted.
   CHECK(four / one == Approx(4.0).epsilon(0.3));
 }
+
+}  // namespace host_readback_test

@@ -27,6 +27,8 @@
 #include "tests/core/process_util.h"
 #include "tests/core/temp_dir.h"
 
+namespace launch_test {
+
 namespace {
 
 const std::string kFakeRank = MOE_FAKE_RANK;
@@ -364,3 +366,5 @@ TEST_CASE("moe-train: --nproc below 1 or with an invalid config exits 2 and star
   CHECK(log.find("rank") == std::string::npos);
   CHECK(::access(dir.Path("r1").c_str(), F_OK) != 0);
 }
+
+}  // namespace launch_test

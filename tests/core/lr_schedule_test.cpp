@@ -9,6 +9,8 @@
 #include "core/config/config.h"
 #include "core/train/lr_schedule.h"
 
+namespace lr_schedule_test {
+
 using moe::LearningRate;
 using moe::OptimConfig;
 
@@ -94,3 +96,5 @@ TEST_CASE("lr: an unknown schedule throws naming optim.schedule", "[lr]") {
   CHECK_THROWS_AS(LearningRate(Optim("linear", 0), 0, 10), std::invalid_argument);
   CHECK_THROWS_WITH(LearningRate(Optim("linear", 0), 0, 10), Catch::Matchers::Contains("optim.schedule"));
 }
+
+}  // namespace lr_schedule_test

@@ -11,6 +11,8 @@
 #include "tests/require_gpu.h"
 #include "tiny_model_config.h"
 
+namespace model_test {
+
 namespace {
 
 struct Batch {
@@ -225,3 +227,5 @@ TEST_CASE("model: on CUDA the fused routing kernels give the ATen routing's loss
     }
   }
 }
+
+}  // namespace model_test

@@ -10,6 +10,8 @@
 #include "core/model/rms_norm.h"
 #include "core/moe/experts.h"
 
+namespace norm_activation_test {
+
 namespace {
 
 // Random values of the given shape in dtype dt (never zeros).
@@ -69,3 +71,5 @@ TEST_CASE("norm/activation: ReluSquare and the relu2 expert activation on the CP
     }
   }
 }
+
+}  // namespace norm_activation_test

@@ -22,6 +22,8 @@
 #include "core/data/prefetch.h"
 #include "temp_dir.h"
 
+namespace prefetch_test {
+
 using moe::Batch;
 using moe::BatchPrefetcher;
 using moe::Config;
@@ -200,3 +202,5 @@ TEST_CASE("prefetch: nothing at or past end_step is made, and destruction joins 
   }
   CHECK(slow.steps() == std::set<int64_t>{0, 1});
 }
+
+}  // namespace prefetch_test

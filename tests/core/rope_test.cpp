@@ -9,6 +9,8 @@
 
 #include "core/model/rope.h"
 
+namespace rope_test {
+
 namespace {
 
 // The expression core/model/rope.cpp had before the kernels.
@@ -83,3 +85,5 @@ TEST_CASE("rope: ApplyRope rotates each pair and its gradient rotates back", "[m
   y.backward(y.detach());
   CHECK(torch::allclose(x.grad(), x.detach(), 1e-6, 1e-6));
 }
+
+}  // namespace rope_test

@@ -7,6 +7,8 @@
 #include "core/moe/router.h"
 #include "tests/require_gpu.h"
 
+namespace router_test {
+
 namespace {
 torch::Tensor T2(std::vector<float> v, int64_t rows, int64_t cols) {
   return torch::tensor(v).view({rows, cols});
@@ -103,3 +105,5 @@ TEST_CASE("router: on CUDA the bf16 gate GEMM keeps fp32 accuracy in logits and 
   CHECK(ex < 8e-3);  // bf16 output, like x
   CHECK(x.grad().scalar_type() == torch::kBFloat16);
 }
+
+}  // namespace router_test

@@ -8,6 +8,8 @@
 #include "core/train/device.h"
 #include "tests/require_gpu.h"
 
+namespace side_stream_test {
+
 TEST_CASE("side stream: none on the CPU, Join is a no-op and Run refuses", "[device]") {
   moe::SideStream side(torch::kCPU);
   CHECK_FALSE(side.available());
@@ -46,3 +48,5 @@ TEST_CASE("side stream: on CUDA the work runs on another stream and Join orders 
   const torch::Tensor got = out * 1.0;  // queued on the current stream after the join
   CHECK(torch::equal(got.cpu(), (a * 8.0).cpu()));
 }
+
+}  // namespace side_stream_test

@@ -9,6 +9,8 @@
 
 #include "temp_dir.h"
 
+namespace temp_dir_test {
+
 namespace {
 bool Exists(const std::string& p) {
   struct stat st;
@@ -32,3 +34,5 @@ TEST_CASE("TempDir: writes nested files and removes everything on scope exit", "
   CHECK_FALSE(Exists(file));
   CHECK_FALSE(Exists(root));
 }
+
+}  // namespace temp_dir_test

@@ -10,6 +10,8 @@
 #include "tests/core/temp_dir.h"
 #include "tests/core/tiny_model_config.h"
 
+namespace trainer_test {
+
 using moe_test::ReadJsonLines;
 
 
@@ -237,3 +239,5 @@ path = ")" + text + "\"\n");
   CHECK(first == Approx(std::log(256.0)).margin(0.5));  // starts near chance
   CHECK(val < 3.5);  // ln(256) = 5.55; the unigram entropy of English bytes is about 3.0
 }
+
+}  // namespace trainer_test

@@ -12,6 +12,8 @@
 #include "core/train/optimizer.h"
 #include "tests/core/tiny_model_config.h"
 
+namespace weight_cache_test {
+
 namespace {
 
 // The names of the model's parameters that its weight cache recorded.
@@ -238,3 +240,5 @@ TEST_CASE("weight cache: clipping and FusedAdamW from the copies' bf16 gradients
     }
   }
 }
+
+}  // namespace weight_cache_test

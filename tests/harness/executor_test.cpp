@@ -12,6 +12,8 @@
 #include "harness/store/sqlite_store.h"
 #include "test_util.h"
 
+namespace executor_test {
+
 using namespace moe::harness;
 using namespace moe::harness::testing;
 
@@ -509,3 +511,5 @@ TEST_CASE("runner: a second runner on a live sweep is refused", "[runner]") {
   CHECK(cli.Wait().exit_code == 0);
   CHECK(Runs(d / "s.db", "busy")[0].attempt == 1);
 }
+
+}  // namespace executor_test

@@ -8,6 +8,8 @@
 #include "harness/exec/gpu_detect.h"
 #include "tests/harness/test_util.h"
 
+namespace gpu_detect_test {
+
 TEST_CASE("gpu detect: one index per GPU entry the driver lists", "[gpus]") {
   moe::harness::testing::TempDir dir;
   const std::string proc = dir / "gpus";
@@ -18,3 +20,5 @@ TEST_CASE("gpu detect: one index per GPU entry the driver lists", "[gpus]") {
   }
   CHECK(moe::harness::DetectGpus(proc) == std::vector<std::string>{"0", "1", "2"});
 }
+
+}  // namespace gpu_detect_test

@@ -8,6 +8,8 @@
 #include "harness/grid/run_names.h"
 #include "harness/grid/template.h"
 
+namespace grid_test {
+
 using namespace moe::harness;
 
 namespace {
@@ -259,3 +261,5 @@ TEST_CASE("grid: relative data.path resolves against the grid file's folder", "[
                     "g.toml", "/data/grids", &g).ok());
   CHECK(g.runs[0].config["data"]["path"] == "/data/grids/corpus.bin");
 }
+
+}  // namespace grid_test

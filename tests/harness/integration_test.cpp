@@ -14,6 +14,8 @@
 #include "harness/store/sqlite_store.h"
 #include "test_util.h"
 
+namespace integration_test {
+
 using namespace moe::harness;
 using namespace moe::harness::testing;
 
@@ -223,3 +225,5 @@ TEST_CASE("integration: status reads the database while a sweep writes it", "[in
   CheckRows(runs["seed1"], 300);
   CheckRows(runs["seed2"], 300);
 }
+
+}  // namespace integration_test

@@ -8,6 +8,8 @@
 #include "harness/exec/metrics_tail.h"
 #include "test_util.h"
 
+namespace metrics_tail_test {
+
 using namespace moe::harness;
 using moe::harness::testing::TempDir;
 
@@ -106,3 +108,5 @@ TEST_CASE("metrics: the fast path and the full JSON parser agree", "[metrics]") 
   CHECK(!full.loss.has_value());
   CHECK(!ParseMetricLine(R"({"step":1,"x":+1})", &full).ok());
 }
+
+}  // namespace metrics_tail_test

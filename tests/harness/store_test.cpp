@@ -8,6 +8,8 @@
 #include "harness/store/sqlite_store.h"
 #include "test_util.h"
 
+namespace store_test {
+
 using namespace moe::harness;
 using moe::harness::testing::TempDir;
 
@@ -222,3 +224,5 @@ TEST_CASE("store: a writer holding the lock makes another writer Busy not corrup
   sqlite3_close(raw);
   CHECK(b->SetSweepStatus(sw.id, "paused", "paused", "", 1.0).ok());
 }
+
+}  // namespace store_test

@@ -14,6 +14,8 @@
 
 #include "kernels/adamw_bf16_grad.h"
 
+namespace adamw_bf16_grad_test {
+
 namespace {
 
 struct State {
@@ -122,3 +124,5 @@ TEST_CASE("kernels: FusedAdamWBf16Grad replays in a CUDA graph with the current 
     }
   }
 }
+
+}  // namespace adamw_bf16_grad_test

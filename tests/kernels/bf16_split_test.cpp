@@ -4,6 +4,8 @@
 
 #include "kernels/bf16_split.h"
 
+namespace bf16_split_test {
+
 namespace {
 
 at::Tensor AtenSplit(const at::Tensor& t) {
@@ -50,3 +52,5 @@ TEST_CASE("kernels: SplitBf16Transposed gives bf16(g) and the split of g^T, bit 
     }
   }
 }
+
+}  // namespace bf16_split_test

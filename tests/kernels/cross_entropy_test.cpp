@@ -19,6 +19,8 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/fp8_quantize.h"
 
+namespace cross_entropy_test {
+
 namespace {
 
 constexpr int64_t kIgnore = -100;
@@ -383,3 +385,5 @@ TEST_CASE("kernels: CrossEntropyLoss forward+backward time against the fp32 ATen
                                   << fused << " ms");
   CHECK(fused < aten);
 }
+
+}  // namespace cross_entropy_test

@@ -24,6 +24,8 @@
 #include "core/precision/fp8.h"
 #include "kernels/fp8_quantize.h"
 
+namespace fp8_quantize_test {
+
 namespace {
 
 constexpr auto kE4M3 = at::kFloat8_e4m3fn;
@@ -448,3 +450,5 @@ TEST_CASE("kernels: Fp8Quantize time against the eager ATen path", "[.bench]") {
                          << t_fused << " us (" << gbytes / (t_fused * 1e-6) << " GB/s)");
   }
 }
+
+}  // namespace fp8_quantize_test

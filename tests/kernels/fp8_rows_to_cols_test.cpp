@@ -9,6 +9,8 @@
 #include "kernels/fp8_quantize.h"
 #include "kernels/fp8_rows_to_cols.h"
 
+namespace fp8_rows_to_cols_test {
+
 namespace {
 
 // The padded layout of kernels/fp8_rows_to_cols.h, on the host: each group's rows
@@ -119,3 +121,5 @@ TEST_CASE("kernels: Fp8RowsToPaddedCols takes whole 16-byte rows only", "[kernel
   CHECK_FALSE(moe::kernels::Fp8RowsToPaddedColsSupported(at::empty({32, 16}, e4m3.device(at::kCPU))));
   CHECK_FALSE(moe::kernels::Fp8RowsToPaddedColsSupported(at::empty({32, 16}, e4m3.dtype(at::kFloat))));
 }
+
+}  // namespace fp8_rows_to_cols_test

@@ -13,6 +13,8 @@
 
 #include "kernels/grad_norm.h"
 
+namespace grad_norm_test {
+
 namespace {
 
 // Sizes with their storage offsets (1 = misaligned: the scalar path). 65536 is the kernel's chunk.
@@ -93,3 +95,5 @@ TEST_CASE("kernels: GradNorms replays in a CUDA graph with the tensors' current 
     CHECK(moe_test::RelErr(out, want) < 1e-5);
   }
 }
+
+}  // namespace grad_norm_test

@@ -3,6 +3,8 @@
 
 #include "kernels/moe_kernels.h"
 
+namespace moe_permute_test {
+
 namespace {
 
 // A random routing of N tokens x k slots: a permutation of the N*k assignment ids, of which the
@@ -126,3 +128,5 @@ TEST_CASE("kernels: PermuteRowsBackward sums each token's row gradients like ind
     }
   }
 }
+
+}  // namespace moe_permute_test

@@ -14,6 +14,8 @@
 
 #include <torch/torch.h>
 
+namespace moe_route_plan_test {
+
 namespace {
 
 struct PlanCase {
@@ -162,3 +164,5 @@ TEST_CASE("kernels: RoutePlan with no tokens gives empty rows and zero statistic
   CHECK(o.probs_mean.abs().sum().item<float>() == 0.f);
   CHECK(o.z_loss.item<float>() == 0.f);
 }
+
+}  // namespace moe_route_plan_test

@@ -6,6 +6,8 @@
 
 #include "kernels/moe_kernels.h"
 
+namespace moe_unpermute_test {
+
 namespace {
 
 // y[n] = sum_j w[n, j] * ys[inv[n*k + j]] over inv < M, in float64 with autograd.
@@ -121,3 +123,5 @@ TEST_CASE("kernels: UnpermuteRowsBackward skips the zero fill only where every r
   CHECK_FALSE(moe::kernels::UnpermuteRowsBackwardFp8Supported(at::zeros({4, 16}, cuda.dtype(at::kFloat))));
   CHECK_FALSE(moe::kernels::UnpermuteRowsBackwardFp8Supported(at::zeros({4, 16}, at::kBFloat16)));  // the CPU
 }
+
+}  // namespace moe_unpermute_test

@@ -10,6 +10,8 @@
 
 #include <torch/torch.h>
 
+namespace qk_rope_norm_test {
+
 namespace {
 
 constexpr double kEps = std::numeric_limits<float>::epsilon();
@@ -135,3 +137,5 @@ TEST_CASE("kernels: QkRopeNormBackwardFp8 equals the backward then the FP8 row q
   CHECK_FALSE(moe::kernels::QkRopeNormBackwardFp8Supported(18, 96, at::kBFloat16));
   CHECK(moe::kernels::QkRopeNormBackwardFp8Supported(64, 128, at::kFloat));  // 16 lanes x 64 = 1024
 }
+
+}  // namespace qk_rope_norm_test

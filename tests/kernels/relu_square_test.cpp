@@ -18,6 +18,8 @@
 #include "kernels/fp8_quantize.h"
 #include "kernels/relu_square.h"
 
+namespace relu_square_test {
+
 namespace {
 
 struct Case {
@@ -211,3 +213,5 @@ TEST_CASE("kernels: ReluSquare forward+backward time against relu(x).square()", 
     WARN("relu^2 fwd+bwd (32768, 1536) " << dt << ": relu(x).square() " << aten << " us, fused " << fused << " us");
   }
 }
+
+}  // namespace relu_square_test

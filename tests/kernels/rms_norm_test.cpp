@@ -17,6 +17,8 @@
 #include "core/model/rms_norm.h"
 #include "kernels/rms_norm.h"
 
+namespace rms_norm_test {
+
 namespace {
 
 // ATen's default eps for bf16 and fp32 inputs alike (core/model/rms_norm.h).
@@ -326,3 +328,5 @@ TEST_CASE("kernels: RmsNorm forward+backward time against at::rms_norm", "[.benc
                               << fused << " us");
   }
 }
+
+}  // namespace rms_norm_test

@@ -17,6 +17,8 @@
 #include "core/model/rope.h"
 #include "kernels/rope.h"
 
+namespace rope_test {
+
 namespace {
 
 // How the (B, T, H, hd) input sits in memory.
@@ -288,3 +290,5 @@ TEST_CASE("kernels: RoPE forward+backward time against the ATen expression", "[.
                                   << aten << " us, fused " << fused << " us");
   }
 }
+
+}  // namespace rope_test

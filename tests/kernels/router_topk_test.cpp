@@ -4,6 +4,8 @@
 
 #include "kernels/moe_kernels.h"
 
+namespace router_topk_test {
+
 TEST_CASE("kernels: RouterTopK matches ATen's scores, top-k, weights and counts", "[kernels][router]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   at::manual_seed(4);
@@ -46,3 +48,5 @@ TEST_CASE("kernels: RouterTopK matches ATen's scores, top-k, weights and counts"
     }
   }
 }
+
+}  // namespace router_topk_test

@@ -6,6 +6,8 @@
 
 #include "reports/ablation.h"
 
+namespace ablation_test {
+
 using namespace moe::reports;
 using nlohmann::json;
 
@@ -95,3 +97,5 @@ TEST_CASE("ablation: a pair with a run lacking figures is listed, and left out o
 TEST_CASE("ablation: identical params give no axis", "[ablation]") {
   CHECK(ComputeAblation({json::parse(R"({"k": 1})"), json::parse(R"({"k": 1})")}, {RunStats{}, RunStats{}}).empty());
 }
+
+}  // namespace ablation_test

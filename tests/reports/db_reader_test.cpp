@@ -9,6 +9,8 @@
 #include "reports/db_reader.h"
 #include "reports/generate.h"
 
+namespace db_reader_test {
+
 using namespace moe::reports;
 using namespace moe::reports::testing;
 
@@ -92,3 +94,5 @@ TEST_CASE("db_reader: generating every format leaves the database file byte-for-
   // A WAL-mode reader may leave an empty -wal file behind (SQLite's doing); it holds no frame.
   if (std::filesystem::exists(dir / "f.db-wal")) CHECK(std::filesystem::file_size(dir / "f.db-wal") == 0);
 }
+
+}  // namespace db_reader_test

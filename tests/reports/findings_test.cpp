@@ -5,6 +5,8 @@
 
 #include "reports/findings.h"
 
+namespace findings_test {
+
 using namespace moe::reports;
 using moe::harness::RunStatus;
 
@@ -151,3 +153,5 @@ TEST_CASE("findings: long lists are capped and counted", "[findings]") {
   CHECK(Contains(reg.front(), "`r1`"));  // the slowest first
   CHECK(Texts(r, "failed").size() == kMaxListed + 1);
 }
+
+}  // namespace findings_test

@@ -16,6 +16,8 @@
 #include "reports/generate.h"
 #include "reports/plots.h"
 
+namespace generate_test {
+
 using namespace moe::reports;
 using namespace moe::reports::testing;
 namespace fs = std::filesystem;
@@ -179,3 +181,5 @@ TEST_CASE("cli: moe-report generate and compare", "[cli]") {
   CHECK(out.find("Only in `fixture-v1`: `dense-baseline`, `e8-bf16`, `e8-fp8`, `e16-bf16`.") != std::string::npos);
   CHECK(out.find("Only in `fixture-v2`: `e4-fp8-cf1`.") != std::string::npos);
 }
+
+}  // namespace generate_test

@@ -12,6 +12,8 @@
 #include "reports/plots.h"
 #include "reports/report_builder.h"
 
+namespace golden_test {
+
 using namespace moe::reports;
 using namespace moe::reports::testing;
 
@@ -54,3 +56,5 @@ TEST_CASE("golden: the paused fixture sweep renders to the golden markdown", "[g
 TEST_CASE("golden: the completed fixture sweep renders to the golden markdown", "[golden]") {
   CheckGolden(FixtureMarkdown("fixture-v2"), "fixture-v2.md");
 }
+
+}  // namespace golden_test

@@ -10,6 +10,8 @@
 #include "reports/plots.h"
 #include "xml_check.h"
 
+namespace plots_test {
+
 using namespace moe::reports;
 using namespace moe::reports::testing;
 
@@ -112,3 +114,5 @@ TEST_CASE("plots: a gnuplot failure is reported with its error", "[plots]") {
   CHECK_FALSE(st.ok());
   CHECK(st.message().find("gnuplot (svg) failed") != std::string::npos);
 }
+
+}  // namespace plots_test

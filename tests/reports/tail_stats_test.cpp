@@ -5,6 +5,8 @@
 
 #include "reports/tail_stats.h"
 
+namespace tail_stats_test {
+
 using namespace moe::reports;
 
 TEST_CASE("tail: median and mean of the last N values, NaN skipped", "[tail]") {
@@ -83,3 +85,5 @@ TEST_CASE("tail: expert share is tokens per expert over the window relative to t
   CHECK(t.expert_share[2] == Approx(1.0));
   CHECK(ComputeTail(Series({1}), 3).expert_share.empty());
 }
+
+}  // namespace tail_stats_test
