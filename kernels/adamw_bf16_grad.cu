@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <vector>
 
-
 namespace moe::kernels {
 
 namespace {

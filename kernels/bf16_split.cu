@@ -2,7 +2,6 @@
 #include "kernels/bf16_split.h"
 #include "kernels/common.cuh"
 
-
 namespace moe::kernels {
 
 namespace {

@@ -11,7 +11,6 @@
 #include <limits>
 #include <type_traits>
 
-
 namespace moe::kernels {
 
 namespace {

@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <limits>
 
-
 namespace moe::kernels {
 
 namespace {

@@ -24,7 +24,6 @@
 #include <type_traits>
 #include <vector>
 
-
 namespace moe::kernels {
 
 namespace {

@@ -15,7 +15,6 @@
 
 #include <cstdint>
 
-
 namespace moe::kernels {
 
 namespace {

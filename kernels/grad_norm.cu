@@ -6,10 +6,9 @@
 #include "kernels/grad_norm.h"
 #include "kernels/common.cuh"
 
-#include <ATen/EmptyTensor.h>
-
 #include <cstdint>
 
+#include <ATen/EmptyTensor.h>
 
 namespace moe::kernels {
 

@@ -6,7 +6,6 @@
 
 #include <cstdint>
 
-
 namespace moe::kernels {
 
 namespace {

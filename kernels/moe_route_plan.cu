@@ -18,7 +18,6 @@
 #include "kernels/moe_kernels.h"
 #include "kernels/router_select.cuh"
 
-
 namespace moe::kernels {
 
 namespace {

@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <type_traits>
 
-
 namespace moe::kernels {
 
 constexpr int kMaxK = 8;          // top-k the backward supports (register arrays indexed by slot)

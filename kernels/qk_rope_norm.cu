@@ -8,7 +8,6 @@
 #include "kernels/qk_rope_norm.h"
 #include "kernels/fp8_cast.cuh"
 
-
 namespace moe::kernels {
 
 namespace {

@@ -9,7 +9,6 @@
 #include <initializer_list>
 #include <limits>
 
-
 namespace moe::kernels {
 
 namespace {

@@ -12,7 +12,6 @@
 #include <initializer_list>
 #include <type_traits>
 
-
 namespace moe::kernels {
 
 namespace {
