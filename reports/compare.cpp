@@ -9,8 +9,6 @@ namespace moe::reports {
 
 namespace {
 
-std::string Code(const std::string& s) { return "`" + s + "`"; }
-
 std::string Names(const std::vector<std::string>& v) {
   if (v.empty()) return "none";
   std::string out;

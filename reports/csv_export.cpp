@@ -3,9 +3,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "reports/ablation.h"
+#include "reports/text_file.h"
 
 namespace moe::reports {
 
@@ -18,7 +18,7 @@ std::string Field(const std::string& s) {
   return out + "\"";
 }
 
-std::string Num(double v) {
+std::string CsvNumber(double v) {
   if (!std::isfinite(v)) return "";
   char buf[40];
   std::snprintf(buf, sizeof(buf), "%.10g", v);
@@ -29,14 +29,6 @@ std::string Row(const std::vector<std::string>& cells) {
   std::string out;
   for (size_t i = 0; i < cells.size(); ++i) out += (i ? "," : "") + Field(cells[i]);
   return out + "\n";
-}
-
-Status Write(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return Status::IOError("cannot write " + path);
-  return Status::OK();
 }
 
 }  // namespace
@@ -60,14 +52,14 @@ std::string RunsCsv(const SweepReport& r) {
                                     std::to_string(s.steps_total),
                                     std::to_string(s.tail.steps),
                                     s.tail.full ? "true" : "false",
-                                    Num(s.tail.tok_per_s),
-                                    Num(s.tail.dt_ms),
-                                    Num(s.tail.mfu),
-                                    Num(s.peak_mem_mib),
-                                    Num(s.total_min),
-                                    Num(s.final_loss),
-                                    Num(s.final_balance_loss),
-                                    Num(s.tail.dropped_frac),
+                                    CsvNumber(s.tail.tok_per_s),
+                                    CsvNumber(s.tail.dt_ms),
+                                    CsvNumber(s.tail.mfu),
+                                    CsvNumber(s.peak_mem_mib),
+                                    CsvNumber(s.total_min),
+                                    CsvNumber(s.final_loss),
+                                    CsvNumber(s.final_balance_loss),
+                                    CsvNumber(s.tail.dropped_frac),
                                     run.record.exit_code ? std::to_string(*run.record.exit_code) : "",
                                     s.exit_reason,
                                     std::to_string(run.record.attempt)};
@@ -86,8 +78,8 @@ std::string AblationCsv(const SweepReport& r) {
   for (const auto& fx : r.ablation) {
     for (const auto& p : fx.pairs) {
       out += Row({fx.axis.key, ValueText(fx.axis.values[0]), ValueText(fx.axis.values[p.value]), p.fixed,
-                  r.data.runs[p.ref].record.name, r.data.runs[p.other].record.name, Num(p.tok_ratio), Num(p.mfu_ratio),
-                  Num(p.loss_delta), Num(p.mem_delta)});
+                  r.data.runs[p.ref].record.name, r.data.runs[p.other].record.name, CsvNumber(p.tok_ratio), CsvNumber(p.mfu_ratio),
+                  CsvNumber(p.loss_delta), CsvNumber(p.mem_delta)});
     }
   }
   return out;
@@ -99,8 +91,8 @@ std::string QueueCsv(const SweepReport& r) {
     const auto& tl = r.timelines[i];
     for (size_t a = 0; a < tl.attempts.size(); ++a) {
       const auto& at = tl.attempts[a];
-      out += Row({r.data.runs[i].record.name, std::to_string(a + 1), Num(at.start), Num(at.end),
-                  at.open ? "true" : "false", Num(at.end - at.start), at.end_kind, at.end_status});
+      out += Row({r.data.runs[i].record.name, std::to_string(a + 1), CsvNumber(at.start), CsvNumber(at.end),
+                  at.open ? "true" : "false", CsvNumber(at.end - at.start), at.end_kind, at.end_status});
     }
   }
   return out;
@@ -108,9 +100,9 @@ std::string QueueCsv(const SweepReport& r) {
 
 Status WriteCsvFiles(const SweepReport& r, const std::string& dir) {
   const std::filesystem::path d(dir);
-  MOE_RETURN_IF_ERROR(Write((d / "runs.csv").string(), RunsCsv(r)));
-  MOE_RETURN_IF_ERROR(Write((d / "ablation.csv").string(), AblationCsv(r)));
-  MOE_RETURN_IF_ERROR(Write((d / "queue.csv").string(), QueueCsv(r)));
+  MOE_RETURN_IF_ERROR(WriteTextFile(d / "runs.csv", RunsCsv(r)));
+  MOE_RETURN_IF_ERROR(WriteTextFile(d / "ablation.csv", AblationCsv(r)));
+  MOE_RETURN_IF_ERROR(WriteTextFile(d / "queue.csv", QueueCsv(r)));
   return Status::OK();
 }
 

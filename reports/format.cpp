@@ -77,4 +77,6 @@ std::string FileSafe(const std::string& name) {
   return out;
 }
 
+std::string Code(const std::string& s) { return "`" + s + "`"; }
+
 }  // namespace moe::reports

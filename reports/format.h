@@ -16,5 +16,7 @@ std::string UtcTime(double unix_s);                 // "2024-05-01 12:00:00 UTC"
 std::string Duration(double seconds);               // "1h 02m 03s", "4m 05s", "12s"
 // A name safe as one path component: [A-Za-z0-9._-] kept, everything else '_'.
 std::string FileSafe(const std::string& name);
+// Inline code in the document: "`s`" (markdown; the HTML renderer turns it into <code>).
+std::string Code(const std::string& s);
 
 }  // namespace moe::reports

@@ -3,13 +3,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include "reports/csv_export.h"
 #include "reports/db_reader.h"
 #include "reports/format.h"
 #include "reports/html.h"
+#include "reports/text_file.h"
 #include "reports/json_export.h"
 #include "reports/markdown.h"
 #include "reports/plots.h"
@@ -24,14 +24,6 @@ namespace {
 
 double Since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-Status Write(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return Status::IOError("cannot write " + path.string());
-  return Status::OK();
 }
 
 Status GenerateOne(SweepReader& reader, const std::string& name, const GenerateOptions& o, GeneratedReport* g) {
@@ -81,11 +73,11 @@ Status GenerateOne(SweepReader& reader, const std::string& name, const GenerateO
   t0 = std::chrono::steady_clock::now();
   const Document doc = BuildDocument(report, doc_options);
   if (o.formats.count("md")) {
-    MOE_RETURN_IF_ERROR(Write(dir / "report.md", RenderMarkdown(doc)));
+    MOE_RETURN_IF_ERROR(WriteTextFile(dir / "report.md", RenderMarkdown(doc)));
     g->files.push_back("report.md");
   }
   if (o.formats.count("html")) {
-    MOE_RETURN_IF_ERROR(Write(dir / "report.html", RenderHtml(doc, (dir / "plots").string())));
+    MOE_RETURN_IF_ERROR(WriteTextFile(dir / "report.html", RenderHtml(doc, (dir / "plots").string())));
     g->files.push_back("report.html");
   }
   if (o.formats.count("csv")) {
@@ -93,7 +85,7 @@ Status GenerateOne(SweepReader& reader, const std::string& name, const GenerateO
     for (const char* f : {"runs.csv", "ablation.csv", "queue.csv"}) g->files.push_back(f);
   }
   if (o.formats.count("json")) {
-    MOE_RETURN_IF_ERROR(Write(dir / "report.json", ReportJson(report).dump(2) + "\n"));
+    MOE_RETURN_IF_ERROR(WriteTextFile(dir / "report.json", ReportJson(report).dump(2) + "\n"));
     g->files.push_back("report.json");
   }
   g->write_s = Since(t0);

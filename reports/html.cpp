@@ -49,7 +49,7 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-void RenderTable(const Table& t, std::string* out) {
+void RenderHtmlTable(const Table& t, std::string* out) {
   std::string& o = *out;
   auto cls = [&](size_t c) { return c < t.numeric.size() && t.numeric[c] ? " class=\"num\"" : ""; };
   o += "<table>\n";
@@ -107,7 +107,7 @@ std::string RenderHtml(const Document& doc, const std::string& plots_dir) {
       switch (b.kind) {
         case Block::Kind::kParagraph: o += "<p>" + InlineHtml(b.text) + "</p>\n"; break;
         case Block::Kind::kNote: o += "<blockquote>" + InlineHtml(b.text) + "</blockquote>\n"; break;
-        case Block::Kind::kTable: RenderTable(b.table, &o); break;
+        case Block::Kind::kTable: RenderHtmlTable(b.table, &o); break;
         case Block::Kind::kList:
           o += "<ul>\n";
           for (const auto& item : b.items) o += "<li>" + InlineHtml(item) + "</li>\n";

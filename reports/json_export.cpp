@@ -6,7 +6,7 @@ namespace moe::reports {
 
 namespace {
 
-nlohmann::json Num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+nlohmann::json JsonNumber(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
 }  // namespace
 
@@ -38,13 +38,13 @@ nlohmann::json ReportJson(const SweepReport& r) {
                     {"steps_done", st.steps_done},
                     {"steps_total", st.steps_total},
                     {"tail", {{"steps", st.tail.steps}, {"full", st.tail.full}, {"settling", st.tail.settling},
-                              {"tok_per_s", Num(st.tail.tok_per_s)}, {"dt_ms", Num(st.tail.dt_ms)},
-                              {"mfu", Num(st.tail.mfu)}, {"dropped_frac", Num(st.tail.dropped_frac)},
+                              {"tok_per_s", JsonNumber(st.tail.tok_per_s)}, {"dt_ms", JsonNumber(st.tail.dt_ms)},
+                              {"mfu", JsonNumber(st.tail.mfu)}, {"dropped_frac", JsonNumber(st.tail.dropped_frac)},
                               {"expert_share", st.tail.expert_share}}},
-                    {"peak_mem_mib", Num(st.peak_mem_mib)},
-                    {"total_min", Num(st.total_min)},
-                    {"final_loss", Num(st.final_loss)},
-                    {"final_balance_loss", Num(st.final_balance_loss)},
+                    {"peak_mem_mib", JsonNumber(st.peak_mem_mib)},
+                    {"total_min", JsonNumber(st.total_min)},
+                    {"final_loss", JsonNumber(st.final_loss)},
+                    {"final_balance_loss", JsonNumber(st.final_balance_loss)},
                     {"exit_code", run.record.exit_code ? json(*run.record.exit_code) : json(nullptr)},
                     {"exit_reason", st.exit_reason},
                     {"error_tail", run.record.error_tail},
@@ -57,14 +57,14 @@ nlohmann::json ReportJson(const SweepReport& r) {
     for (const auto& p : fx.pairs) {
       pairs.push_back({{"value", fx.axis.values[p.value]}, {"held_fixed", p.fixed},
                        {"reference_run", r.data.runs[p.ref].record.name},
-                       {"changed_run", r.data.runs[p.other].record.name}, {"tok_per_s_ratio", Num(p.tok_ratio)},
-                       {"mfu_ratio", Num(p.mfu_ratio)}, {"final_loss_delta", Num(p.loss_delta)},
-                       {"peak_mem_delta_mib", Num(p.mem_delta)}});
+                       {"changed_run", r.data.runs[p.other].record.name}, {"tok_per_s_ratio", JsonNumber(p.tok_ratio)},
+                       {"mfu_ratio", JsonNumber(p.mfu_ratio)}, {"final_loss_delta", JsonNumber(p.loss_delta)},
+                       {"peak_mem_delta_mib", JsonNumber(p.mem_delta)}});
     }
     for (const auto& v : fx.values) {
-      values.push_back({{"value", fx.axis.values[v.value]}, {"pairs", v.pairs}, {"tok_per_s_geomean", Num(v.tok_geomean)},
-                        {"mfu_geomean", Num(v.mfu_geomean)}, {"final_loss_delta_mean", Num(v.loss_delta_mean)},
-                        {"peak_mem_delta_mib_mean", Num(v.mem_delta_mean)}});
+      values.push_back({{"value", fx.axis.values[v.value]}, {"pairs", v.pairs}, {"tok_per_s_geomean", JsonNumber(v.tok_geomean)},
+                        {"mfu_geomean", JsonNumber(v.mfu_geomean)}, {"final_loss_delta_mean", JsonNumber(v.loss_delta_mean)},
+                        {"peak_mem_delta_mib_mean", JsonNumber(v.mem_delta_mean)}});
     }
     axes.push_back({{"key", fx.axis.key}, {"reference", fx.axis.values[0]}, {"values", values}, {"pairs", pairs}});
   }

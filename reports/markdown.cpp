@@ -15,7 +15,7 @@ std::string MarkdownCell(const std::string& text) {
 
 namespace {
 
-void RenderTable(const Table& t, std::string* out) {
+void RenderMarkdownTable(const Table& t, std::string* out) {
   std::string& o = *out;
   o += "|";
   for (const auto& h : t.header) o += " " + MarkdownCell(h) + " |";
@@ -42,7 +42,7 @@ std::string RenderMarkdown(const Document& doc) {
       switch (b.kind) {
         case Block::Kind::kParagraph: o += b.text + "\n"; break;
         case Block::Kind::kNote: o += "> " + b.text + "\n"; break;
-        case Block::Kind::kTable: RenderTable(b.table, &o); break;
+        case Block::Kind::kTable: RenderMarkdownTable(b.table, &o); break;
         case Block::Kind::kList:
           for (const auto& item : b.items) o += "- " + item + "\n";
           break;

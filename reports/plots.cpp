@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "reports/format.h"
+#include "reports/text_file.h"
 
 extern char** environ;
 
@@ -53,7 +54,7 @@ std::string CsvField(const std::string& s) {
   return out + "\"";
 }
 
-void Num(double v, std::string* out, const char* nan = "NaN") {
+void AppendNumber(double v, std::string* out, const char* nan = "NaN") {
   if (!std::isfinite(v)) {
     *out += nan;
     return;
@@ -129,14 +130,6 @@ std::vector<AxisCurve> AxisCurves(const SweepReport& r, const Axis& axis) {
 }
 
 std::string AxisFigureName(const Axis& a) { return "loss_by_" + FileSafe(a.key); }
-
-Status WriteFile(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return Status::IOError("cannot write " + path.string());
-  return Status::OK();
-}
 
 std::string LegendSetup(size_t n) {
   if (n > kMaxLegendRuns) return "set key off\n";
@@ -296,13 +289,13 @@ Status RenderPlots(const SweepReport& r, const std::vector<Figure>& figures, con
   for (size_t i : runs) {
     gp += "$r" + std::to_string(i) + " << EOD\n";
     for (size_t k = 0; k < red[i].x.size(); ++k) {
-      Num(red[i].x[k], &gp);
+      AppendNumber(red[i].x[k], &gp);
       gp += ' ';
-      Num(red[i].loss[k], &gp);
+      AppendNumber(red[i].loss[k], &gp);
       gp += ' ';
-      Num(red[i].tok[k], &gp);
+      AppendNumber(red[i].tok[k], &gp);
       gp += ' ';
-      Num(red[i].balance[k], &gp);
+      AppendNumber(red[i].balance[k], &gp);
       gp += '\n';
     }
     gp += "EOD\n";
@@ -321,13 +314,13 @@ Status RenderPlots(const SweepReport& r, const std::vector<Figure>& figures, con
       const auto& ys = red[i].*(c.values);
       for (size_t k = 0; k < ys.size(); ++k) {
         csv += name + ",";
-        Num(red[i].x[k], &csv, "");
+        AppendNumber(red[i].x[k], &csv, "");
         csv += ",";
-        Num(ys[k], &csv, "");
+        AppendNumber(ys[k], &csv, "");
         csv += "\n";
       }
     }
-    MOE_RETURN_IF_ERROR(WriteFile(dir / (std::string(c.name) + ".csv"), csv));
+    MOE_RETURN_IF_ERROR(WriteTextFile(dir / (std::string(c.name) + ".csv"), csv));
   }
 
   for (const auto& f : figures) {
@@ -349,19 +342,19 @@ Status RenderPlots(const SweepReport& r, const std::vector<Figure>& figures, con
       for (size_t v = 0; v < curves.size(); ++v) {
         gp += block + std::to_string(v) + " << EOD\n";
         for (size_t k = 0; k < curves[v].x.size(); ++k) {
-          Num(curves[v].x[k], &gp);
+          AppendNumber(curves[v].x[k], &gp);
           gp += ' ';
-          Num(curves[v].y[k], &gp);
+          AppendNumber(curves[v].y[k], &gp);
           gp += '\n';
           csv += CsvField(ValueText(fx->axis.values[v])) + ",";
-          Num(curves[v].x[k], &csv, "");
+          AppendNumber(curves[v].x[k], &csv, "");
           csv += ",";
-          Num(curves[v].y[k], &csv, "");
+          AppendNumber(curves[v].y[k], &csv, "");
           csv += "\n";
         }
         gp += "EOD\n";
       }
-      MOE_RETURN_IF_ERROR(WriteFile(dir / (f.name + ".csv"), csv));
+      MOE_RETURN_IF_ERROR(WriteTextFile(dir / (f.name + ".csv"), csv));
       gp += Common(f.title, "optimizer step", "mean training loss (nats/token)") + LegendSetup(curves.size()) +
             Output(f.name) + "plot ";
       for (size_t v = 0; v < curves.size(); ++v) {
@@ -381,15 +374,15 @@ Status RenderPlots(const SweepReport& r, const std::vector<Figure>& figures, con
         max_experts = std::max(max_experts, share.size());
         for (size_t e = 0; e < share.size(); ++e) {
           block += std::to_string(e) + " " + std::to_string(y) + " ";
-          Num(share[e], &block);
+          AppendNumber(share[e], &block);
           block += "\n";
           csv += CsvField(r.data.runs[i].record.name) + "," + std::to_string(e) + ",";
-          Num(share[e], &csv, "");
+          AppendNumber(share[e], &csv, "");
           csv += "\n";
         }
         ytics += (ytics.empty() ? "" : ", ") + Quote(r.data.runs[i].record.name) + " " + std::to_string(y);
       }
-      MOE_RETURN_IF_ERROR(WriteFile(dir / "expert_load.csv", csv));
+      MOE_RETURN_IF_ERROR(WriteTextFile(dir / "expert_load.csv", csv));
       gp += block + "EOD\n";
       gp += Common(f.title + " (1.0 = uniform)", "expert index", "run");
       gp += "set key off\nset grid noxtics noytics\nset palette defined (0 '#2166ac', 1 '#f7f7f7', 2 '#b2182b')\n"
@@ -411,15 +404,15 @@ Status RenderPlots(const SweepReport& r, const std::vector<Figure>& figures, con
       for (size_t k = 0; k < bars.size(); ++k) {
         const size_t i = bars[k];
         block += std::to_string(k) + " ";
-        Num(r.stats[i].tail.tok_per_s, &block);
+        AppendNumber(r.stats[i].tail.tok_per_s, &block);
         block += " " + DataString(r.data.runs[i].record.name) + "\n";
         csv += CsvField(r.data.runs[i].record.name) + "," + harness::RunStatusName(r.data.runs[i].record.status) + ",";
-        Num(r.stats[i].tail.tok_per_s, &csv, "");
+        AppendNumber(r.stats[i].tail.tok_per_s, &csv, "");
         csv += ",";
-        Num(r.stats[i].tail.mfu, &csv, "");
+        AppendNumber(r.stats[i].tail.mfu, &csv, "");
         csv += "\n";
       }
-      MOE_RETURN_IF_ERROR(WriteFile(dir / "tail_tok_per_s.csv", csv));
+      MOE_RETURN_IF_ERROR(WriteTextFile(dir / "tail_tok_per_s.csv", csv));
       gp += block + "EOD\n";
       gp += Common(f.title + " (median of the last " + n + " steps)", "run (fastest first)",
                    "tail-" + n + " throughput (tokens/s)");
@@ -435,7 +428,7 @@ Status RenderPlots(const SweepReport& r, const std::vector<Figure>& figures, con
     }
   }
   const fs::path script = dir / "figures.gp";
-  MOE_RETURN_IF_ERROR(WriteFile(script, gp));
+  MOE_RETURN_IF_ERROR(WriteTextFile(script, gp));
 
   pid_t svg = 0, png = 0;
   MOE_RETURN_IF_ERROR(Spawn(gnuplot, "svg", script, dir / "gnuplot-svg.log", &svg));

@@ -12,8 +12,6 @@ namespace {
 
 using harness::RunStatus;
 
-std::string Code(const std::string& s) { return "`" + s + "`"; }
-
 std::string Join(const std::vector<std::string>& v, const std::string& sep) {
   std::string out;
   for (size_t i = 0; i < v.size(); ++i) out += (i ? sep : "") + v[i];
