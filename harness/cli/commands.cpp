@@ -3,7 +3,6 @@
 #include <limits.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -11,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/util/clock.h"
 #include "harness/exec/gpu_detect.h"
 #include "harness/exec/local_executor.h"
 #include "harness/exec/progress.h"
@@ -26,10 +26,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kOk = 0, kError = 1, kUsage = 2, kRunsFailed = 3, kPaused = 75;
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 int Fail(const Status& st) {
   std::fprintf(stderr, "moe-sweep: %s\n", st.message().c_str());
@@ -214,7 +210,7 @@ int CmdResume(const CommonOptions& c, const std::string& name, const RunOptions&
     if (!st.ok()) return Fail(st);
     std::printf("requeued %lld failed run(s)\n", static_cast<long long>(n));
   }
-  st = store->AddEvent(sweep.id, 0, "resumed", sweep.status, retry_failed ? "--retry-failed" : "", Now());
+  st = store->AddEvent(sweep.id, 0, "resumed", sweep.status, retry_failed ? "--retry-failed" : "", UnixNow());
   if (!st.ok()) return Fail(st);
   return Execute(store.get(), sweep, ro, c);
 }

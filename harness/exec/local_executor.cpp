@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/util/clock.h"
 #include "core/util/exit_codes.h"
 #include "core/util/process.h"
 #include "harness/exec/metrics_tail.h"
@@ -31,10 +32,6 @@ std::string JoinGpus(const std::vector<std::string>& gpus) {
 }
 
 namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 double Mono() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -73,9 +70,9 @@ class Executor {
     for (const auto& r : runs) {
       if (r.status == RunStatus::kQueued || r.status == RunStatus::kInterrupted) pending_.push_back(r);
     }
-    MOE_RETURN_IF_ERROR(store_->SetSweepRunner(sweep_.id, ::getpid(), o_.host, Now()));
+    MOE_RETURN_IF_ERROR(store_->SetSweepRunner(sweep_.id, ::getpid(), o_.host, UnixNow()));
     MOE_RETURN_IF_ERROR(store_->SetSweepStatus(sweep_.id, "running", "sweep_started",
-                                               std::to_string(pending_.size()) + " runs to go", Now()));
+                                               std::to_string(pending_.size()) + " runs to go", UnixNow()));
     InterruptGuard guard;
     Status st = Loop(result);
     if (!st.ok()) return st;
@@ -129,9 +126,9 @@ class Executor {
     if (!st.ok()) {
       // Could not start: a failed run (exit 127, like a shell), the queue goes on.
       for (size_t i : a->gpu_slots) gpu_busy_[i] = false;
-      MOE_RETURN_IF_ERROR(store_->StartRun(run.id, 0, o_.host, gpu_list, run_dir, Now()));
+      MOE_RETURN_IF_ERROR(store_->StartRun(run.id, 0, o_.host, gpu_list, run_dir, UnixNow()));
       MOE_RETURN_IF_ERROR(store_->FinishRun(run.id, RunStatus::kFailed, 127, st.message(), "", "run_finished",
-                                            st.message(), Now()));
+                                            st.message(), UnixNow()));
       ++result_->failed;
       if (o_.progress) {
         o_.progress->RunStarted(run.name, run.attempt + 1, gpu_list);
@@ -140,7 +137,7 @@ class Executor {
       if (o_.fail_fast) stop_launching_ = failed_fast_ = true;
       return Status::OK();
     }
-    MOE_RETURN_IF_ERROR(store_->StartRun(run.id, a->proc.pid(), o_.host, gpu_list, run_dir, Now()));
+    MOE_RETURN_IF_ERROR(store_->StartRun(run.id, a->proc.pid(), o_.host, gpu_list, run_dir, UnixNow()));
     run.attempt += 1;
     run.run_dir = run_dir;
     run.gpus = gpu_list;
@@ -215,7 +212,7 @@ class Executor {
     if (status == RunStatus::kFailed) tail = ReadTail(a.run.run_dir + "/stderr.log", o_.error_tail_lines);
     if (status == RunStatus::kFailed && !detail.empty() && a.exit.signal) tail = detail + "\n" + tail;
     const std::string summary = ReadSummary(a.run.run_dir);
-    MOE_RETURN_IF_ERROR(store_->FinishRun(a.run.id, status, code, tail, summary, "run_finished", detail, Now()));
+    MOE_RETURN_IF_ERROR(store_->FinishRun(a.run.id, status, code, tail, summary, "run_finished", detail, UnixNow()));
     switch (status) {
       case RunStatus::kCompleted: ++result->completed; break;
       case RunStatus::kFailed: ++result->failed; break;
@@ -275,7 +272,7 @@ class Executor {
       }
       const bool beat = Mono() - last_heartbeat >= o_.heartbeat_interval_s;
       if (!batch.empty() || beat) {
-        MOE_RETURN_IF_ERROR(store_->WriteProgress(batch, beat ? heartbeat : std::vector<int64_t>{}, sweep_.id, Now()));
+        MOE_RETURN_IF_ERROR(store_->WriteProgress(batch, beat ? heartbeat : std::vector<int64_t>{}, sweep_.id, UnixNow()));
         if (beat) last_heartbeat = Mono();
       }
       // 3. Record the ended runs.
@@ -316,7 +313,7 @@ class Executor {
       kind = "cancelled";
       for (const auto& r : runs) {
         if (r.status == RunStatus::kQueued || r.status == RunStatus::kInterrupted) {
-          MOE_RETURN_IF_ERROR(store_->SetRunStatus(r.id, RunStatus::kCancelled, "cancelled", Now()));
+          MOE_RETURN_IF_ERROR(store_->SetRunStatus(r.id, RunStatus::kCancelled, "cancelled", UnixNow()));
         }
       }
     } else if (failed_fast_) {
@@ -332,8 +329,8 @@ class Executor {
       kind = "completed";
       detail = std::to_string(failed) + " failed";
     }
-    MOE_RETURN_IF_ERROR(store_->SetSweepStatus(sweep_.id, status, kind, detail, Now()));
-    MOE_RETURN_IF_ERROR(store_->SetSweepRunner(sweep_.id, 0, "", Now()));
+    MOE_RETURN_IF_ERROR(store_->SetSweepStatus(sweep_.id, status, kind, detail, UnixNow()));
+    MOE_RETURN_IF_ERROR(store_->SetSweepRunner(sweep_.id, 0, "", UnixNow()));
     result->paused = pausing_ && !failed_fast_ && !cancelled_;
     result->stopped_hard = stopped_hard_;
     result->failed_fast = failed_fast_;

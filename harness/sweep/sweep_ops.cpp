@@ -9,17 +9,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/util/clock.h"
 #include "core/util/process.h"
 #include "harness/exec/metrics_tail.h"
 #include "harness/exec/run_files.h"
 
 namespace moe::harness {
-
-namespace {
-double Now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-}  // namespace
 
 Status RegisterSweep(Store* store, const Grid& grid, const std::string& runs_dir, SweepRecord* sweep, bool* created) {
   Status st = store->GetSweep(grid.sweep.name, sweep);
@@ -62,7 +57,7 @@ Status RegisterSweep(Store* store, const Grid& grid, const std::string& runs_dir
     rec.total_steps = r.total_steps;
     runs.push_back(std::move(rec));
   }
-  MOE_RETURN_IF_ERROR(store->CreateSweep(sweep, &runs, Now()));
+  MOE_RETURN_IF_ERROR(store->CreateSweep(sweep, &runs, UnixNow()));
   *created = true;
   return Status::OK();
 }
@@ -72,7 +67,7 @@ Status RecoverSweep(Store* store, const SweepRecord& sweep, const std::string& h
   if (sweep.runner_pid != 0 && sweep.runner_pid != ::getpid()) {
     const bool same_host = sweep.runner_host == host;
     // A live runner heartbeats every few seconds; a recycled pid does not.
-    const bool fresh = Now() - sweep.runner_heartbeat < stale_after_s;
+    const bool fresh = UnixNow() - sweep.runner_heartbeat < stale_after_s;
     const bool live = fresh && (!same_host || ProcessAlive(static_cast<pid_t>(sweep.runner_pid)));
     if (live) {
       return Status::Busy("sweep '" + sweep.name + "' is being run by pid " + std::to_string(sweep.runner_pid) +
@@ -102,7 +97,7 @@ Status RecoverSweep(Store* store, const SweepRecord& sweep, const std::string& h
     MetricsTail tail(r.run_dir + "/metrics.jsonl");
     MOE_RETURN_IF_ERROR(tail.Poll(&rm.rows));
     const size_t rows = rm.rows.size();
-    MOE_RETURN_IF_ERROR(store->WriteProgress({rm}, {}, 0, Now()));
+    MOE_RETURN_IF_ERROR(store->WriteProgress({rm}, {}, 0, UnixNow()));
     const std::string summary = ReadSummary(r.run_dir);
     bool completed = false;
     if (!summary.empty()) {
@@ -113,10 +108,10 @@ Status RecoverSweep(Store* store, const SweepRecord& sweep, const std::string& h
     const RunStatus status = completed ? RunStatus::kCompleted : RunStatus::kInterrupted;
     const std::string detail = "runner died; " + std::to_string(rows) + " metric rows ingested, " +
                                (completed ? "the trainer had completed" : "continues from its last checkpoint");
-    MOE_RETURN_IF_ERROR(store->FinishRun(r.id, status, std::nullopt, "", summary, "recovered", detail, Now()));
+    MOE_RETURN_IF_ERROR(store->FinishRun(r.id, status, std::nullopt, "", summary, "recovered", detail, UnixNow()));
     log("recover: " + r.name + ": " + detail);
   }
-  if (sweep.runner_pid != 0) MOE_RETURN_IF_ERROR(store->SetSweepRunner(sweep.id, 0, "", Now()));
+  if (sweep.runner_pid != 0) MOE_RETURN_IF_ERROR(store->SetSweepRunner(sweep.id, 0, "", UnixNow()));
   return Status::OK();
 }
 
@@ -126,7 +121,7 @@ Status RequeueFailed(Store* store, const SweepRecord& sweep, int64_t* requeued) 
   MOE_RETURN_IF_ERROR(store->ListRuns(sweep.id, &runs));
   for (const auto& r : runs) {
     if (r.status != RunStatus::kFailed) continue;
-    MOE_RETURN_IF_ERROR(store->SetRunStatus(r.id, RunStatus::kQueued, "requeued", Now()));
+    MOE_RETURN_IF_ERROR(store->SetRunStatus(r.id, RunStatus::kQueued, "requeued", UnixNow()));
     ++*requeued;
   }
   return Status::OK();
@@ -145,11 +140,11 @@ Status CancelSweep(Store* store, const SweepRecord& sweep, const std::string& ru
     if (r.status == RunStatus::kRunning && r.host == host && IsRunProcess(static_cast<pid_t>(r.pid), r.run_dir)) {
       ::kill(static_cast<pid_t>(r.pid), SIGTERM);
     }
-    MOE_RETURN_IF_ERROR(store->SetRunStatus(r.id, RunStatus::kCancelled, "cancelled", Now()));
+    MOE_RETURN_IF_ERROR(store->SetRunStatus(r.id, RunStatus::kCancelled, "cancelled", UnixNow()));
     ++*cancelled;
   }
   if (!found) return Status::NotFound("sweep '" + sweep.name + "' has no run named '" + run_name + "'");
-  if (run_name.empty()) MOE_RETURN_IF_ERROR(store->SetSweepStatus(sweep.id, "cancelled", "cancelled", "", Now()));
+  if (run_name.empty()) MOE_RETURN_IF_ERROR(store->SetSweepStatus(sweep.id, "cancelled", "cancelled", "", UnixNow()));
   return Status::OK();
 }
 
