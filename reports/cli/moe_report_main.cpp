@@ -4,7 +4,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "reports/compare.h"
 #include "reports/db_reader.h"
@@ -12,6 +11,7 @@
 #include "reports/generate.h"
 #include "reports/markdown.h"
 #include "reports/report_model.h"
+#include "reports/text_file.h"
 
 namespace {
 
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
     std::error_code ec;
     std::filesystem::create_directories(compare_out, ec);
     const auto file = std::filesystem::path(compare_out) / ("compare-" + FileSafe(sweep_a) + "-vs-" + FileSafe(sweep_b) + ".md");
-    std::ofstream(file) << md;
+    if (auto st = WriteTextFile(file, md); !st.ok()) return Fail(st);
     std::fprintf(stderr, "moe-report: wrote %s\n", file.c_str());
   }
   return 0;

@@ -180,6 +180,12 @@ TEST_CASE("cli: moe-report generate and compare", "[cli]") {
   CHECK(out.find("| e4-fp8 | completed / completed | 96,000 | 110,000 | ×1.146 |") != std::string::npos);
   CHECK(out.find("Only in `fixture-v1`: `dense-baseline`, `e8-bf16`, `e8-fp8`, `e16-bf16`.") != std::string::npos);
   CHECK(out.find("Only in `fixture-v2`: `e4-fp8-cf1`.") != std::string::npos);
+  // --out also writes the comparison to a file; a file that cannot be written is an error naming it.
+  const std::string shown = out;
+  CHECK(Run(bin + " compare fixture-v1 fixture-v2" + db + " --out " + dir / "cmp", &out) == 0);
+  CHECK(ReadFile(dir / "cmp/compare-fixture-v1-vs-fixture-v2.md") == shown);
+  CHECK(Run(bin + " compare fixture-v1 fixture-v2" + db + " --out " + dir / "f.db/cmp 2>&1", &out) == 1);
+  CHECK(out.find("cannot write " + dir / "f.db/cmp/compare-fixture-v1-vs-fixture-v2.md") != std::string::npos);
 }
 
 }  // namespace generate_test
