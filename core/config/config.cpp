@@ -220,10 +220,20 @@ Status ValidateConfig(const Config& cfg) {
   k.Require(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1");
   k.Require(OneOf(t.device, {"auto", "cpu", "cuda"}), "train.device", t.device, "valid: auto, cpu, cuda");
   k.Require(OneOf(t.compile, {"eager", "cudagraph"}), "train.compile", t.compile, "valid: eager, cudagraph");
-  k.Require(t.compile != "cudagraph" || !m.moe || e.capacity_factor > 0, "train.compile", t.compile,
-            "cudagraph needs static shapes: set moe.capacity_factor > 0 or model.moe = false");
+  // Graph capture needs every shape known to the host. Dropless, only the grouped backend has them
+  // (tokens*top_k rows, the experts' row counts stay on the device); padded sizes its buffer by
+  // the busiest expert and expert parallelism exchanges the kept rows' counts, both read by the
+  // host. moe.impl = auto falling back to padded is caught where the backend resolves (trainer).
   k.Require(t.compile != "cudagraph" || !m.moe || e.impl != "loop", "train.compile", t.compile,
             "cudagraph needs static shapes: moe.impl = loop is data-dependent; use padded or grouped");
+  k.Require(t.compile != "cudagraph" || !m.moe || e.capacity_factor > 0 || e.impl != "padded", "train.compile",
+            t.compile,
+            "cudagraph needs static shapes: dropless (moe.capacity_factor = 0) moe.impl = padded sizes its buffer by "
+            "the busiest expert; use moe.impl = grouped, or set moe.capacity_factor > 0");
+  k.Require(t.compile != "cudagraph" || !m.moe || e.capacity_factor > 0 || e.expert_parallel == 1, "train.compile",
+            t.compile,
+            "cudagraph needs static shapes: dropless (moe.capacity_factor = 0) expert parallelism exchanges "
+            "data-dependent row counts; set moe.capacity_factor > 0, or moe.expert_parallel = 1");
   k.Require(t.threads >= 0, "train.threads", t.threads, "must be >= 0 (0 = all cores)");
   k.Require(t.log_every >= 0, "train.log_every", t.log_every, "must be >= 0");
   k.Require(t.ckpt_every >= 0, "train.ckpt_every", t.ckpt_every, "must be >= 0");

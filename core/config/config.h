@@ -112,7 +112,7 @@ struct TrainConfig {
     MOE_FIELD(v, grad_accum, "micro-batches accumulated per optimizer step");
     MOE_FIELD(v, seed, "seed for weights, data and every random choice");
     MOE_FIELD(v, device, "auto | cpu | cuda (auto: cuda when a GPU is visible)");
-    MOE_FIELD(v, compile, "eager | cudagraph (capture the whole step; GPU only, static shapes)");
+    MOE_FIELD(v, compile, "eager | cudagraph (capture the whole step and replay it; GPU only; needs static shapes: dense, a capacity factor > 0, or dropless with the grouped backend and no expert parallelism)");
     MOE_FIELD(v, threads, "CPU intra-op threads (0 = all cores)");
     MOE_FIELD(v, log_every, "print a human progress line every N steps (0 = never)");
     MOE_FIELD(v, ckpt_every, "save a checkpoint every N steps (0 = only on interrupt and at the end)");

@@ -19,6 +19,7 @@
 #include "core/model/accounting.h"
 #include "core/model/attention.h"
 #include "core/model/gpt.h"
+#include "core/moe/experts.h"
 #include "core/train/checkpoint.h"
 #include "core/train/device.h"
 #include "core/train/lr_schedule.h"
@@ -142,6 +143,23 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     return Fail("moe.expert_parallel = " + std::to_string(cfg.moe.expert_parallel) + " runs the grouped expert GEMM; moe.impl = \"" +
                     cfg.moe.impl + "\" is not supported with it (use \"grouped\" or \"auto\")",
                 kExitInvalidConfig);
+  }
+  if (cfg.train.compile == "cudagraph" && cfg.model.moe && cfg.moe.capacity_factor <= 0) {
+    // Dropless capture needs the grouped backend (config.cpp refuses padded by name); auto
+    // resolves here, on the compute dtype.
+    ExpertImpl impl = ExpertImpl::kGrouped;
+    const int64_t d = cfg.model.n_embd, h = cfg.moe.expert_hidden_mult * d;
+    if (Status st = ResolveExpertImpl(cfg.moe.impl, d, h, dev.compute_dtype, &impl); !st.ok()) {
+      return Fail(st.message(), kExitInvalidConfig);
+    }
+    if (impl != ExpertImpl::kGrouped) {
+      return Fail("train.compile = \"cudagraph\" with moe.capacity_factor = 0 (dropless) needs the grouped expert "
+                      "backend, and moe.impl = \"" + cfg.moe.impl + "\" resolves to " + ExpertImplName(impl) +
+                      " here (at::_grouped_mm needs n_embd = " + std::to_string(d) + " and expert hidden = " +
+                      std::to_string(h) + " to be multiples of 16 bytes in " + c10::toString(dev.compute_dtype) +
+                      "); set moe.capacity_factor > 0, or train.compile = \"eager\"",
+                  kExitInvalidConfig);
+    }
   }
   ParallelGroups par;
   if (Status st = SetupParallel(denv, cfg.moe.expert_parallel, dev.device, kCollectiveTimeoutS, &par); !st.ok()) {

@@ -29,6 +29,32 @@ TEST_CASE("config: defaults are valid and dotted or sectioned keys both apply", 
   CHECK(cfg.origins.at("model.n_layer") == "run.toml:3:11");
 }
 
+TEST_CASE("config: which MoE settings train.compile = cudagraph accepts (static shapes)", "[config]") {
+  struct Case {
+    const char* settings;
+    bool valid;
+  };
+  // Dropless is static with the grouped backend alone (auto resolves on the device: the trainer
+  // checks it); with a capacity, padded and expert parallelism are static too.
+  const std::vector<Case> cases = {
+      {"", true},  // auto, dropless
+      {"moe.impl = \"grouped\"\n", true},
+      {"moe.impl = \"padded\"\n", false},
+      {"moe.impl = \"loop\"\n", false},
+      {"moe.expert_parallel = 2\n", false},
+      {"moe.impl = \"padded\"\nmoe.capacity_factor = 1.0\n", true},
+      {"moe.expert_parallel = 2\nmoe.capacity_factor = 1.25\n", true},
+      {"moe.impl = \"loop\"\nmoe.capacity_factor = 1.25\n", false},
+      {"model.moe = false\nmoe.impl = \"loop\"\n", true},  // dense: no expert backend runs
+  };
+  for (const auto& c : cases) {
+    Config cfg;
+    const moe::Status st = Parse(std::string("train.compile = \"cudagraph\"\n") + c.settings, &cfg);
+    INFO(c.settings << " -> " << st.ToString());
+    CHECK(st.ok() == c.valid);
+  }
+}
+
 TEST_CASE("config: integers widen to floats, nothing else converts", "[config]") {
   Config cfg;
   REQUIRE(Parse("moe.capacity_factor = 2\n", &cfg).ok());
@@ -52,7 +78,12 @@ TEST_CASE("config: each error class names key, value, what is valid and position
       {"model.n_head = 6\nmodel.n_kv_head = 4\n", {"model.n_kv_head = 4", "must divide model.n_head = 6"}},
       {"moe.impl = \"fast\"\n", {"moe.impl = \"fast\"", "valid: auto, loop, padded, grouped"}},
       {"moe.router = \"relu\"\n", {"valid: softmax, sigmoid"}},
-      {"train.compile = \"cudagraph\"\n", {"train.compile", "moe.capacity_factor > 0"}},
+      {"train.compile = \"cudagraph\"\nmoe.impl = \"padded\"\n",
+       {"train.compile = \"cudagraph\"", "dropless", "moe.impl = padded", "use moe.impl = grouped", "moe.capacity_factor > 0"}},
+      {"train.compile = \"cudagraph\"\nmoe.expert_parallel = 2\n",
+       {"train.compile = \"cudagraph\"", "dropless", "expert parallelism", "moe.capacity_factor > 0"}},
+      {"train.compile = \"cudagraph\"\nmoe.impl = \"loop\"\nmoe.capacity_factor = 1.25\n",
+       {"train.compile = \"cudagraph\"", "moe.impl = loop is data-dependent", "use padded or grouped"}},
       {"data.source = \"text\"\ndata.path = \"x.txt\"\n", {"model.vocab_size = 32768", "vocab_size = 256"}},
       {"data.source = \"bin\"\n", {"data.path", "needs a file path"}},
       {"optim.schedule = \"linear\"\n", {"valid: constant, cosine, wsd"}},
