@@ -26,6 +26,10 @@ steps=${STEPS:-40}
 # name | --set overrides on experiments/configs/reference.toml
 all_runs=(
   "grouped_eager_c0|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=0"
+  "grouped_eager_c0_bf16g|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=0 precision.grad_dtype=\"bf16\""
+  "grouped_graph_c0_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=0 precision.grad_dtype=\"bf16\""
+  "grouped_eager_c0_bf16g_b4|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=0 precision.grad_dtype=\"bf16\" train.batch_size=4"
+  "grouped_graph_c0_bf16g_b4|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=0 precision.grad_dtype=\"bf16\" train.batch_size=4"
   "grouped_eager_c1|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=1.0"
   "grouped_graph_c1|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.0"
   "grouped_eager_c125|moe.impl=\"grouped\" train.compile=\"eager\" moe.capacity_factor=1.25"
@@ -52,6 +56,7 @@ all_runs=(
   "fp8rw_best_noexp_head_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_wgrad=\"compute\" precision.fp8_experts=false precision.fp8_lm_head=true precision.grad_dtype=\"bf16\""
   "fp8rw_best_noexp_headwg_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_experts=false precision.fp8_lm_head=true precision.fp8_lm_head_wgrad=true precision.grad_dtype=\"bf16\""
   "fp8rw_best_allwg_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_lm_head=true precision.fp8_lm_head_wgrad=true precision.fp8_experts_wgrad=true precision.grad_dtype=\"bf16\""
+  "fp8rw_best_allwg_grouped_graph_c0_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=0 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_lm_head=true precision.fp8_lm_head_wgrad=true precision.fp8_experts_wgrad=true precision.grad_dtype=\"bf16\""
   "fp8rw_best_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.grad_dtype=\"bf16\""
   "fp8tw_fast_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\" precision.fp8_fast_accum=true"
 )
