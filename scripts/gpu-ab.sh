@@ -30,6 +30,7 @@ B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.f
    --set precision.fp8_wgrad=compute)
 H=(--set precision.fp8_lm_head=true)
 args() {  # arm -> its --set arguments (the same as gpu-fp8.sh head's)
+  echo -n "${FP8_V1[*]} "  # the FP8 defaults the arms were written against (both trees then run the same forms)
   case $1 in
     ref_bf16) echo "${G[*]}" ;;
     ref_fp8) echo "${G[*]} ${B[*]} --set precision.fp8_experts=false" ;;

@@ -57,6 +57,9 @@ all_runs=(
   "fp8rw_best_noexp_headwg_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_experts=false precision.fp8_lm_head=true precision.fp8_lm_head_wgrad=true precision.grad_dtype=\"bf16\""
   "fp8rw_best_allwg_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_lm_head=true precision.fp8_lm_head_wgrad=true precision.fp8_experts_wgrad=true precision.grad_dtype=\"bf16\""
   "fp8rw_best_allwg_grouped_graph_c0_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=0 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_lm_head=true precision.fp8_lm_head_wgrad=true precision.fp8_experts_wgrad=true precision.grad_dtype=\"bf16\""
+  "fp8rw_gwhp_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_wgrad=\"compute\" precision.grad_dtype=\"bf16\""
+  "fp8rw_best_exwg_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_experts_wgrad=true precision.grad_dtype=\"bf16\""
+  "fp8rw_best_exwg_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.fp8_experts_wgrad=true"
   "fp8rw_best_grouped_graph_c125_bf16g|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"rowwise\" precision.fp8_fast_accum=true precision.fp8_fast_accum_grads=true precision.fp8_wgrad=\"compute\" precision.grad_dtype=\"bf16\""
   "fp8tw_fast_grouped_graph_c125|moe.impl=\"grouped\" train.compile=\"cudagraph\" moe.capacity_factor=1.25 precision.fp8=true precision.fp8_recipe=\"tensorwise\" precision.fp8_fast_accum=true"
 )
@@ -65,7 +68,9 @@ want=" ${RUNS:-} "
 for entry in "${all_runs[@]}"; do
   name=${entry%%|*}; sets=${entry#*|}
   [ -n "${RUNS:-}" ] && [[ "$want" != *" $name "* ]] && continue
-  args=(--config experiments/configs/reference.toml --run-dir "/tmp/runs/$name" --set train.steps="$steps" --set train.log_every=20)
+  # The runs' names spell the FP8 forms against the defaults of before 2026-11-24 (FP8_V1).
+  args=(--config experiments/configs/reference.toml --run-dir "/tmp/runs/$name" --set train.steps="$steps" --set train.log_every=20
+        "${FP8_V1[@]}")
   for s in $sets; do args+=(--set "$s"); done
   env_prof=()
   [ "${PROFILE_RUN:-}" = "$name" ] && env_prof=(MOE_PROFILE_STEPS=21:22)

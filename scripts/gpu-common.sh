@@ -23,3 +23,10 @@ gpu_build() {
     || { grep -E "error|warning:" -A3 "$out/build.log" | head -60; exit 1; }
   echo "build: $(grep -c 'warning:' "$out/build.log" || true) warnings"
 }
+
+# The FP8 defaults before 2026-11-24 (tensorwise, every weight gradient in FP8, promoted
+# accumulation). The drivers put these ahead of each run's own --set arguments, which override
+# them, so that the commands recorded in docs/PERFORMANCE.md keep running the forms they measured.
+# The current defaults are the fastest form without the LM head (core/config/config.h).
+FP8_V1=(--set precision.fp8_recipe=tensorwise --set precision.fp8_wgrad=fp8 --set precision.fp8_fast_accum=false
+        --set precision.fp8_fast_accum_grads=false --set precision.fp8_experts_wgrad=false)

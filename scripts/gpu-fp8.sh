@@ -30,7 +30,10 @@
 # arms bf16, headwg and allwg alone, REPS times (default 2); widelwg = the wide model's bf16, allwg and
 # allwg with fp8_linear_wgrad (the attention projections' weight gradients re-cast from the FP8 rows
 # too), REPS times (default 2); losslwg = lossxwg's form with fp8_linear_wgrad too, same seeds (the
-# runs it compares with made when missing). FP8_TESTS=0 skips building and
+# runs it compares with made when missing); defaults = `precision.fp8 = true` with today's fp8_* defaults
+# against bf16 on the reference config and the wide model, REPS times (default 2); lossdefaults = its
+# 200-step loss check, three seeds. Every other mode's runs start from the FP8 defaults of before
+# 2026-11-24 (FP8_V1, gpu-common.sh), which their recorded figures used. FP8_TESTS=0 skips building and
 # running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
@@ -44,7 +47,11 @@ corpus() {  # the repo's own sources, 8 times over: /tmp/corpus8.txt
   for i in 1 2 3 4 5 6 7 8; do cat /tmp/corpus.txt; done >/tmp/corpus8.txt
 }
 steps=${STEPS:-30}
-train() {  # name, extra --set arguments...
+train() {  # name, extra --set arguments... (on top of the FP8 defaults of before 2026-11-24: FP8_V1)
+  local name=$1; shift
+  train_now "$name" "${FP8_V1[@]}" "$@"
+}
+train_now() {  # name, extra --set arguments... (on top of today's defaults)
   local name=$1; shift
   "$build/bin/moe-train" --config experiments/configs/reference.toml --run-dir "/tmp/runs/$name" \
     --set train.steps="$steps" --set train.log_every=0 "$@" >"$out/$name.log" 2>&1 || tail -5 "$out/$name.log"
@@ -70,6 +77,26 @@ PY
 }
 for what in ${@:-ref}; do
   case $what in
+    defaults)  # `precision.fp8 = true` with today's fp8_* defaults against bf16, the reference config and
+      # the wide model, graph mode, capacity 1.25, bf16 gradients, alternated REPS times (default 2)
+      G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
+      W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      for rep in $(seq 1 "${REPS:-2}"); do
+        train_now "dr${rep}_bf16" "${G[@]}"
+        train_now "dr${rep}_fp8" "${G[@]}" --set precision.fp8=true
+        train_now "dw${rep}_bf16" "${G[@]}" "${W[@]}"
+        train_now "dw${rep}_fp8" "${G[@]}" "${W[@]}" --set precision.fp8=true
+      done
+      ratios dr bf16 fp8
+      ratios dw bf16 fp8 ;;
+    lossdefaults)  # the 200-step loss check of `precision.fp8 = true` (today's defaults) against bf16,
+      # eager, dropless, text source, train.seed 1, 2, 3
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      for seed in 1 2 3; do
+        steps=200 train_now "ld_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
+        steps=200 train_now "ld_seed${seed}_fp8" "${L[@]}" --set precision.fp8=true --set train.seed=$seed
+      done ;;
     ref)
       train ref_bf16
       train ref_fp8_tw --set precision.fp8=true
