@@ -139,25 +139,30 @@ int Train(const Config& cfg, const TrainOptions& opts) {
   if (denv.distributed()) g_rank_tag = " [rank " + std::to_string(denv.rank) + "/" + std::to_string(denv.world) + "]";
   DeviceInfo dev;
   if (Status st = ResolveDevice(cfg, &dev, denv.local_rank); !st.ok()) return Fail(st.message(), kExitInvalidConfig);
-  if (cfg.moe.expert_parallel > 1 && cfg.moe.impl != "grouped" && cfg.moe.impl != "auto") {
-    return Fail("moe.expert_parallel = " + std::to_string(cfg.moe.expert_parallel) + " runs the grouped expert GEMM; moe.impl = \"" +
-                    cfg.moe.impl + "\" is not supported with it (use \"grouped\" or \"auto\")",
-                kExitInvalidConfig);
-  }
-  if (cfg.train.compile == "cudagraph" && cfg.model.moe && cfg.moe.capacity_factor <= 0) {
-    // Dropless capture needs the grouped backend (config.cpp refuses padded by name); auto
-    // resolves here, on the compute dtype.
-    ExpertImpl impl = ExpertImpl::kGrouped;
+  // The expert backend that runs (moe.impl = auto resolves on the compute dtype): a backend that
+  // cannot take the model's shapes, or the settings' needs, is a config error before anything is
+  // written; the summary records the one that ran.
+  ExpertImpl expert_impl = ExpertImpl::kGrouped;
+  if (cfg.model.moe) {
     const int64_t d = cfg.model.n_embd, h = cfg.moe.expert_hidden_mult * d;
-    if (Status st = ResolveExpertImpl(cfg.moe.impl, d, h, dev.compute_dtype, &impl); !st.ok()) {
+    if (Status st = ResolveExpertImpl(cfg.moe.impl, d, h, dev.compute_dtype, &expert_impl); !st.ok()) {
       return Fail(st.message(), kExitInvalidConfig);
     }
-    if (impl != ExpertImpl::kGrouped) {
+    const std::string resolved =
+        "moe.impl = \"" + cfg.moe.impl + "\" resolves to " + ExpertImplName(expert_impl) +
+        (cfg.moe.impl == "auto" ? " here (at::_grouped_mm needs n_embd = " + std::to_string(d) + " and expert hidden = " +
+                                      std::to_string(h) + " to be multiples of 16 bytes in " +
+                                      c10::toString(dev.compute_dtype) + ")"
+                                : std::string());
+    if (cfg.moe.expert_parallel > 1 && expert_impl != ExpertImpl::kGrouped) {
+      return Fail("moe.expert_parallel = " + std::to_string(cfg.moe.expert_parallel) +
+                      " runs the grouped expert GEMM, and " + resolved + "; use moe.impl = \"grouped\" or \"auto\"",
+                  kExitInvalidConfig);
+    }
+    // Dropless capture needs the grouped backend (config.cpp refuses padded by name, not auto's fallback).
+    if (cfg.train.compile == "cudagraph" && cfg.moe.capacity_factor <= 0 && expert_impl != ExpertImpl::kGrouped) {
       return Fail("train.compile = \"cudagraph\" with moe.capacity_factor = 0 (dropless) needs the grouped expert "
-                      "backend, and moe.impl = \"" + cfg.moe.impl + "\" resolves to " + ExpertImplName(impl) +
-                      " here (at::_grouped_mm needs n_embd = " + std::to_string(d) + " and expert hidden = " +
-                      std::to_string(h) + " to be multiples of 16 bytes in " + c10::toString(dev.compute_dtype) +
-                      "); set moe.capacity_factor > 0, or train.compile = \"eager\"",
+                      "backend, and " + resolved + "; set moe.capacity_factor > 0, or train.compile = \"eager\"",
                   kExitInvalidConfig);
     }
   }
@@ -252,7 +257,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     s["compute_dtype"] = std::string(c10::toString(dev.compute_dtype));
     s["attention_kernel"] = AttentionKernelFor(cfg.model, cfg.train.batch_size, dev.device, dev.compute_dtype);
     s["compile_mode"] = "eager";
-    s["moe_impl"] = cfg.moe.impl;
+    s["moe_impl"] = cfg.model.moe ? nlohmann::json(ExpertImplName(expert_impl)) : nlohmann::json(nullptr);  // what ran
     s["fp8_bf16_fallback_layers"] = model->precision_plan().fallbacks();  // FP8 on: layers left in bf16
     s["threads"] = torch::get_num_threads();
     s["data"] = data->Describe();

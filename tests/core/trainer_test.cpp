@@ -73,6 +73,7 @@ TEST_CASE("moe-train: a run writes one metrics line per step and a summary", "[t
   CHECK(summary["exit_reason"] == "completed");
   CHECK(summary["steps_done"] == 12);
   CHECK(summary["libtorch_version"] == "2.11.0");
+  CHECK(summary["moe_impl"] == "grouped");  // moe.impl = auto, as it resolved (n_embd 32 in fp32)
   CHECK(summary["params_active"].get<double>() < summary["params_total"].get<double>());
   CHECK(summary.contains("final_val_loss"));
 }
@@ -137,6 +138,25 @@ TEST_CASE("moe-train: exit codes for invalid configs, GPU-only options and diver
           moe::kExitInvalidConfig);
     CHECK(moe_test::ReadFile(dir.Path("cg.log")).find("train.compile = \"cudagraph\" needs a CUDA GPU") != std::string::npos);
   }
+
+  // The expert backend resolves before anything is written: n_embd 38 is not a multiple of 16 bytes
+  // in fp32, so grouped cannot run (and expert parallelism, which runs it, neither), while auto
+  // falls back to padded and the summary says so.
+  const std::vector<std::string> odd{"--set", "model.n_embd=38", "--set", "model.n_head=1", "--set", "model.n_kv_head=0"};
+  auto run_odd = [&](const std::string& name, std::vector<std::string> extra) {
+    std::vector<std::string> a{kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path(name)};
+    a.insert(a.end(), odd.begin(), odd.end());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return moe_test::Run(a, dir.Path(name + ".log"));
+  };
+  CHECK(run_odd("grouped", {"--set", "moe.impl=\"grouped\""}) == moe::kExitInvalidConfig);
+  CHECK(moe_test::ReadFile(dir.Path("grouped.log")).find("moe.impl = \"grouped\": at::_grouped_mm needs") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.Path("grouped/metrics.jsonl")));
+  CHECK(run_odd("ep", {"--set", "moe.expert_parallel=2"}) == moe::kExitInvalidConfig);
+  CHECK(moe_test::ReadFile(dir.Path("ep.log")).find("moe.expert_parallel = 2 runs the grouped expert GEMM, and moe.impl = "
+                                                   "\"auto\" resolves to padded here") != std::string::npos);
+  REQUIRE(run_odd("padded", {"--set", "train.steps=3"}) == moe::kExitCompleted);
+  CHECK(nlohmann::json::parse(moe_test::ReadFile(dir.Path("padded/summary.json")))["moe_impl"] == "padded");
 
   CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("div"), "--set", "optim.lr=1e30",
                        "--set", "optim.grad_clip=0", "--set", "train.steps=50"}, dir.Path("div.log")) == moe::kExitDiverged);
