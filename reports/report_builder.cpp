@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "reports/format.h"
@@ -141,6 +142,62 @@ Section Runs(const SweepReport& r) {
   if (short_tail) note += " † fewer than " + n + " steps recorded: the tail covers the steps there are.";
   if (settling) note += " ‡ tok/s still moves inside the tail window.";
   sec.Paragraph(note);
+  return sec;
+}
+
+// What the trainer resolved for each run, from its summary.json: the compile mode, expert backend
+// and attention kernel that ran (moe.impl = "auto" and model.attention_kernel = "auto" resolve on
+// the device), and the layers an FP8 run left in bf16 (shapes the FP8 GEMM cannot take, or
+// precision.fp8_min_dim). An ablation of FP8 whose runs kept half their layers in bf16 measures
+// something else than it says.
+// Absent while no run has a summary with these fields.
+std::optional<Section> WhatRan(const SweepReport& r) {
+  struct Column {
+    const char* header;
+    const char* key;
+  };
+  static const Column kColumns[] = {{"compile", "compile_mode"},    {"expert backend", "moe_impl"},
+                                    {"attention", "attention_kernel"}, {"compute", "compute_dtype"},
+                                    {"weight gradients", "grad_dtype"}};
+  Table t;
+  t.header = {"run"};
+  for (const Column& c : kColumns) t.header.push_back(c.header);
+  t.header.push_back("FP8 layers left in bf16");
+  t.numeric.assign(t.header.size(), false);
+  bool any = false;
+  for (const auto& run : r.data.runs) {
+    const nlohmann::json& s = run.summary;
+    std::vector<std::string> row{run.record.name};
+    for (const Column& c : kColumns) {
+      auto it = s.find(c.key);
+      any = any || it != s.end();
+      row.push_back(it == s.end() ? "" : it->is_string() ? it->get<std::string>() : it->is_null() ? "none" : it->dump());
+    }
+    std::string fp8;
+    if (auto fb = s.find("fp8_bf16_fallback_layers"); fb != s.end() && fb->is_array()) {
+      const nlohmann::json* on = nullptr;
+      if (auto c = s.find("config"); c != s.end() && c->contains("precision")) on = &(*c)["precision"]["fp8"];
+      if (on != nullptr && on->is_boolean() && !on->get<bool>()) {
+        fp8 = "FP8 off";
+      } else {
+        std::vector<std::string> names;  // each entry is "<layer>: <why>"
+        for (const auto& f : *fb) {
+          if (f.is_string()) names.push_back(Code(f.get<std::string>().substr(0, f.get<std::string>().find(':'))));
+        }
+        fp8 = names.empty() ? "none" : std::to_string(names.size()) + ": " + Join(names, ", ");
+      }
+    }
+    row.push_back(fp8);
+    t.rows.push_back(std::move(row));
+  }
+  if (!any) return std::nullopt;
+  Section sec;
+  sec.level = 3;
+  sec.title = "What ran";
+  sec.AddTable(std::move(t));
+  sec.Paragraph("As each run's trainer resolved its settings (summary.json): `auto` settings show what they chose, "
+                "and FP8 runs list the layers that ran in bf16 (shapes the FP8 GEMM cannot take, or below "
+                "`precision.fp8_min_dim`). Empty cells: the run has not reported yet.");
   return sec;
 }
 
@@ -304,6 +361,7 @@ Document BuildDocument(const SweepReport& r, const DocumentOptions& o) {
   d.sections.push_back(Header(r));
   d.sections.push_back(Findings(r));
   d.sections.push_back(Runs(r));
+  if (auto s = WhatRan(r)) d.sections.push_back(std::move(*s));
   for (auto& s : Ablation(r)) d.sections.push_back(std::move(s));
   d.sections.push_back(Plots(o));
   for (auto& s : Queue(r)) d.sections.push_back(std::move(s));

@@ -79,9 +79,20 @@ MetricRow Row(const RunShape& r, int64_t step) {
   return m;
 }
 
-std::string Summary(const char* reason, int code, int64_t steps) {
+// A run's summary.json as moe-train writes it, with what the trainer resolved: FP8 runs with 8
+// experts left one layer in bf16 (the report's "What ran" lists it).
+std::string Summary(const RunShape& shape, const char* reason, int code, int64_t steps) {
+  const nlohmann::json params = nlohmann::json::parse(shape.params);
+  const bool fp8 = params.value("precision.fp8", false);
+  nlohmann::json fallbacks = nlohmann::json::array();
+  if (fp8 && shape.experts == 8) {
+    fallbacks.push_back("blocks.0.attn.o: (768 x 768) has both dimensions <= precision.fp8_min_dim = 1024");
+  }
   nlohmann::json s = {{"device_name", "NVIDIA H100 80GB HBM3"}, {"device_count", 1}, {"libtorch_version", "2.11.0"},
-                      {"exit_reason", reason}, {"exit_code", code}, {"steps_done", steps}};
+                      {"exit_reason", reason}, {"exit_code", code}, {"steps_done", steps},
+                      {"compile_mode", "cudagraph"}, {"moe_impl", shape.experts > 0 ? nlohmann::json("grouped") : nlohmann::json(nullptr)},
+                      {"attention_kernel", "cudnn"}, {"compute_dtype", "BFloat16"}, {"grad_dtype", "bf16"},
+                      {"fp8_bf16_fallback_layers", fallbacks}, {"config", {{"precision", {{"fp8", fp8}}}}}};
   return s.dump();
 }
 
@@ -98,7 +109,7 @@ void Complete(Store* store, const SweepRecord& sweep, const RunRecord& run, cons
   REQUIRE(store->StartRun(run.id, 1000 + run.ordinal, "gpu-node-1", "0", "/runs/" + sweep.name + "/" + run.name, start)
               .ok());
   Progress(store, sweep, run, shape, from, kSteps, end - 1);
-  REQUIRE(store->FinishRun(run.id, RunStatus::kCompleted, 0, "", Summary("completed", 0, kSteps), "run_finished",
+  REQUIRE(store->FinishRun(run.id, RunStatus::kCompleted, 0, "", Summary(shape, "completed", 0, kSteps), "run_finished",
                            "exit 0", end)
               .ok());
 }
@@ -148,7 +159,7 @@ void BuildFixture(Store* store) {
   Complete(store, s, runs[1], v1[1], t + 301, t + 661);
   REQUIRE(store->StartRun(runs[2].id, 1002, "gpu-node-1", "0", "/runs/fixture-v1/e4-fp8", t + 662).ok());
   Progress(store, s, runs[2], v1[2], 1, 25, t + 800);
-  REQUIRE(store->FinishRun(runs[2].id, RunStatus::kInterrupted, 75, "", Summary("interrupted", 75, 25),
+  REQUIRE(store->FinishRun(runs[2].id, RunStatus::kInterrupted, 75, "", Summary(v1[2], "interrupted", 75, 25),
                            "run_finished", "exit 75 (interrupted)", t + 802)
               .ok());
   REQUIRE(store->SetSweepStatus(s.id, "paused", "paused", "4 runs left", t + 803).ok());
@@ -165,11 +176,11 @@ void BuildFixture(Store* store) {
   REQUIRE(store->FinishRun(runs[3].id, RunStatus::kFailed, 1,
                            "moe-train: CUDA error: an illegal memory access was encountered\n"
                            "  at grouped_gemm.cu:212 (expert 7, 1843 tokens)",
-                           Summary("failed", 1, 30), "run_finished", "exit 1 (failed)", t + 482)
+                           Summary(v1[3], "failed", 1, 30), "run_finished", "exit 1 (failed)", t + 482)
               .ok());
   REQUIRE(store->StartRun(runs[4].id, 1004, "gpu-node-1", "0", "/runs/fixture-v1/e8-fp8", t + 483).ok());
   Progress(store, s, runs[4], v1[4], 1, 15, t + 560);
-  REQUIRE(store->FinishRun(runs[4].id, RunStatus::kInterrupted, 75, "", Summary("interrupted", 75, 15),
+  REQUIRE(store->FinishRun(runs[4].id, RunStatus::kInterrupted, 75, "", Summary(v1[4], "interrupted", 75, 15),
                            "run_finished", "exit 75 (interrupted)", t + 561)
               .ok());
   REQUIRE(store->SetSweepStatus(s.id, "paused", "paused", "2 runs left", t + 562).ok());
