@@ -202,6 +202,8 @@ Status ValidateConfig(const Config& cfg) {
   k.Require(e.top_k >= 1 && e.top_k <= e.n_experts, "moe.top_k", e.top_k,
             "must be in 1..moe.n_experts = " + std::to_string(e.n_experts));
   k.Require(OneOf(e.router, {"softmax", "sigmoid"}), "moe.router", e.router, "valid: softmax, sigmoid");
+  k.Require(e.router_init_std >= 0 && std::isfinite(e.router_init_std), "moe.router_init_std", e.router_init_std,
+            "must be >= 0 (0 = zeros)");
   k.Require(e.capacity_factor >= 0 && std::isfinite(e.capacity_factor), "moe.capacity_factor",
             e.capacity_factor, "must be >= 0 (0 = dropless)");
   k.Require(e.expert_hidden_mult >= 1, "moe.expert_hidden_mult", e.expert_hidden_mult, "must be >= 1");

@@ -65,6 +65,7 @@ struct MoEConfig {
   int64_t n_experts = 8;
   int64_t top_k = 2;
   std::string router = "softmax";
+  double router_init_std = 0.0;
   bool renormalize = true;
   double capacity_factor = 0.0;
   int64_t expert_hidden_mult = 2;
@@ -79,6 +80,7 @@ struct MoEConfig {
     MOE_FIELD(v, n_experts, "routed experts per MoE layer (>= 1)");
     MOE_FIELD(v, top_k, "experts chosen per token (1 <= top_k <= n_experts)");
     MOE_FIELD(v, router, "router score function: softmax | sigmoid");
+    MOE_FIELD(v, router_init_std, "router weight init: 0 = zeros, as the PyTorch peer (every token's scores then tie, so every token's top-k is the same experts until the router has learnt, and a capacity run drops most assignments in its first steps); > 0 = normal(0, router_init_std), e.g. 0.02");
     MOE_FIELD(v, renormalize, "renormalise the top-k weights of each token to sum to 1");
     MOE_FIELD(v, capacity_factor, "0 = dropless; > 0 = capacity ceil(tokens*top_k/n_experts*capacity_factor) per expert, overflow dropped");
     MOE_FIELD(v, expert_hidden_mult, "expert hidden size as a multiple of n_embd (top_k*mult = 4 is iso-FLOPs with the dense MLP)");

@@ -15,7 +15,12 @@ MoELayerImpl::MoELayerImpl(const ModelConfig& m, const MoEConfig& e, torch::Scal
   Status st = ResolveExpertImpl(e.impl, d, h, compute_dtype, &impl_);
   TORCH_CHECK(st.ok(), st.ToString());
   router_ = register_module("router", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(false)));
-  torch::nn::init::zeros_(router_->weight);
+  if (e.router_init_std > 0) {
+    torch::NoGradGuard ng;
+    router_->weight.normal_(0.0, e.router_init_std);
+  } else {
+    torch::nn::init::zeros_(router_->weight);
+  }
   // Every rank draws all E experts (the same random stream as one process) and keeps its slice.
   const int64_t L = E / par_.ep_size(), first = par_.ep_rank() * L;
   TORCH_CHECK(L * par_.ep_size() == E, name, ": moe.n_experts = ", E, " is not a multiple of moe.expert_parallel = ",

@@ -1,7 +1,8 @@
 // The MoE FFN: router -> capacity -> expert backend -> weighted combine (+ shared experts),
 // with the auxiliary losses and the per-expert load that drives aux-loss-free balancing.
 //
-// Parameters: router.weight (E, d) (zeros at init, as in the reference), w1 (E, d, h),
+// Parameters: router.weight (E, d) (zeros at init as in the reference, or normal(0,
+// moe.router_init_std)), w1 (E, d, h),
 // w2 (E, h, d), and for swiglu w3 (E, d, h) (randn / sqrt(fan_in); with expert parallelism the
 // local slice of L = E / ep_size experts); shared.<i>.* dense MLPs of
 // hidden expert_hidden_mult*d. Buffer: router_bias (E,) fp32, the selection bias (checkpointed).

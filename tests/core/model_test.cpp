@@ -130,6 +130,49 @@ TEST_CASE("model: every expert backend gives the same loss and gradients", "[mod
   }
 }
 
+TEST_CASE("model: moe.router_init_std draws the router weights; zeros send a whole first batch to two experts",
+          "[model][router]") {
+  moe::Config c = moe_test::TinyConfig(true);
+  c.moe.n_experts = 8;
+  c.moe.capacity_factor = 1.0;
+  torch::manual_seed(3);
+  const torch::Tensor x = torch::randn({4, c.model.seq_len, c.model.n_embd});  // (B, T, d)
+  struct Case {
+    double std;
+    bool ties;  // every token's scores tie: each token's top-k is the same two experts
+  };
+  for (const Case& k : {Case{0.0, true}, Case{0.02, false}, Case{0.5, false}}) {
+    INFO("router_init_std " << k.std);
+    moe::Config rc = c;
+    rc.moe.router_init_std = k.std;
+    torch::manual_seed(0);
+    moe::MoELayer layer(rc.model, rc.moe, torch::kFloat32);
+    const torch::Tensor w = layer->named_parameters()["router.weight"];  // (E, d)
+    if (k.std == 0) {
+      CHECK(torch::equal(w, torch::zeros_like(w)));
+    } else {
+      CHECK(w.std().item<double>() == Approx(k.std).epsilon(0.1));  // 256 draws
+    }
+    const moe::MoEOut out = layer->forward(x);
+    const torch::Tensor load = out.load;  // (E,)
+    const double assignments = 4.0 * c.model.seq_len * c.moe.top_k;
+    CHECK(load.sum().item<double>() == Approx(assignments));
+    const double busiest_two = std::get<0>(load.topk(2)).sum().item<double>();
+    // With capacity 1.0 (C = assignments / E per expert) a tied router keeps 2C and drops 3/4.
+    if (k.ties) {
+      CHECK(busiest_two == Approx(assignments));
+      CHECK(out.dropped.item<double>() == Approx(assignments * 3 / 4));
+    } else {
+      CHECK(busiest_two < 0.75 * assignments);
+      CHECK(out.dropped.item<double>() < assignments / 2);
+    }
+  }
+  moe::Config bad = c;
+  bad.moe.router_init_std = -0.1;
+  const moe::Status st = moe::ValidateConfig(bad);
+  CHECK(st.message().find("moe.router_init_std = -0.1: must be >= 0 (0 = zeros)") != std::string::npos);
+}
+
 TEST_CASE("model: UpdateRouterBias follows sign(mean load - load) from training forwards", "[model]") {
   moe::Config c = moe_test::TinyConfig(true);
   c.model.n_layer = 1;
