@@ -130,7 +130,7 @@ TEST_CASE("model: every expert backend gives the same loss and gradients", "[mod
   }
 }
 
-TEST_CASE("model: moe.router_init_std draws the router weights; zeros send a whole first batch to two experts",
+TEST_CASE("model: moe.router_init_std draws the router weights, and zeros send a whole first batch to two experts",
           "[model][router]") {
   moe::Config c = moe_test::TinyConfig(true);
   c.moe.n_experts = 8;
