@@ -175,14 +175,16 @@ std::optional<Section> WhatRan(const SweepReport& r) {
     }
     std::string fp8;
     if (auto fb = s.find("fp8_bf16_fallback_layers"); fb != s.end() && fb->is_array()) {
-      const nlohmann::json* on = nullptr;
-      if (auto c = s.find("config"); c != s.end() && c->contains("precision")) on = &(*c)["precision"]["fp8"];
-      if (on != nullptr && on->is_boolean() && !on->get<bool>()) {
+      // A summary without the config's precision.fp8 (an older trainer) counts as FP8 on.
+      static const nlohmann::json::json_pointer kFp8("/config/precision/fp8");
+      if (s.contains(kFp8) && s.at(kFp8).is_boolean() && !s.at(kFp8).get<bool>()) {
         fp8 = "FP8 off";
       } else {
         std::vector<std::string> names;  // each entry is "<layer>: <why>"
         for (const auto& f : *fb) {
-          if (f.is_string()) names.push_back(Code(f.get<std::string>().substr(0, f.get<std::string>().find(':'))));
+          if (!f.is_string()) continue;
+          const std::string& entry = f.get_ref<const std::string&>();
+          names.push_back(Code(entry.substr(0, entry.find(':'))));
         }
         fp8 = names.empty() ? "none" : std::to_string(names.size()) + ": " + Join(names, ", ");
       }
