@@ -8,7 +8,10 @@
 #   here:   git archive REV | (mkdir -p ab-old && tar -x -C ab-old)
 #   device: source .devdeps/env.sh && OLD_SRC=ab-old REPS=2 scripts/gpu-ab.sh [ARM...]   (carry .devdeps)
 # ab-old/ is untracked and not ignored, so the device tool carries it with the working tree;
-# delete it afterwards. ARM: ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head (default all).
+# delete it afterwards. ARM: ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head (default all);
+# also ref_swiglu, wide_swiglu (the bf16 arms with model.mlp = swiglu), ref_swiglu_eager, and
+# loss_swiglu (the loss checks' form: eager, dropless, the text source; run it with STEPS=200;
+# pair r runs train.seed r). The last column: the mean loss of the last 20 steps, old / new, per pair.
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
 gpu_setup /tmp/moe-ab
@@ -38,11 +41,18 @@ args() {  # arm -> its --set arguments (the same as gpu-fp8.sh head's)
     wide_bf16) echo "${G[*]} ${W[*]}" ;;
     wide_fp8) echo "${G[*]} ${W[*]} ${B[*]} --set precision.fp8_fast_accum_grads=true" ;;
     wide_fp8head) echo "${G[*]} ${W[*]} ${B[*]} --set precision.fp8_fast_accum_grads=true ${H[*]}" ;;
-    *) echo "gpu-ab.sh: unknown arm '$1' (ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head)" >&2; exit 2 ;;
+    ref_swiglu) echo "${G[*]} --set model.mlp=swiglu" ;;
+    ref_swiglu_eager) echo "${G[*]} --set model.mlp=swiglu --set train.compile=eager" ;;
+    wide_swiglu) echo "${G[*]} ${W[*]} --set model.mlp=swiglu" ;;
+    loss_swiglu) echo "--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt" \
+                      "--set model.vocab_size=256 --set optim.lr=1e-3 --set model.mlp=swiglu" ;;
+    *) echo "gpu-ab.sh: unknown arm '$1' (ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head" \
+            "ref_swiglu ref_swiglu_eager wide_swiglu loss_swiglu)" >&2; exit 2 ;;
   esac
 }
 if [ $# -gt 0 ]; then arms=("$@"); else arms=(ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head); fi
 for arm in "${arms[@]}"; do args "$arm" >/dev/null || exit 2; done
+corpus
 
 rm -rf /tmp/runs/ab_*
 for rep in $(seq 1 "${REPS:-2}"); do
@@ -50,9 +60,10 @@ for rep in $(seq 1 "${REPS:-2}"); do
     for side in old new; do
       bin=$old_bin; [ "$side" = new ] && bin=$new_bin
       name="ab_${rep}_${arm}_${side}"
+      seed=(); [[ $arm == loss_* ]] && seed=(--set train.seed="$rep")
       # shellcheck disable=SC2046  # the arm's arguments are words by design
       "$bin" --config experiments/configs/reference.toml --run-dir "/tmp/runs/$name" --set train.steps="$steps" \
-        --set train.log_every=0 $(args "$arm") >"$out/$name.log" 2>&1 || tail -5 "$out/$name.log"
+        --set train.log_every=0 $(args "$arm") "${seed[@]}" >"$out/$name.log" 2>&1 || tail -5 "$out/$name.log"
     done
   done
 done
@@ -69,12 +80,17 @@ def loss_gap(arm):
     # arithmetic, small where GPU kernels are not run-to-run deterministic, large where it changed.
     o, n = rows(f"ab_1_{arm}_old"), rows(f"ab_1_{arm}_new")
     return max(abs(a["loss"] - b["loss"]) for a, b in zip(o, n))
-print(f"\n| arm | old tok/s | new tok/s | new/old (medians) | pairwise | max loss gap (pair 1) |\n"
-      f"|---|---:|---:|---:|---|---:|")
+def tail_loss(name):
+    return statistics.mean(r["loss"] for r in rows(name)[-20:])
+print(f"\n| arm | old tok/s | new tok/s | new/old (medians) | pairwise | max loss gap (pair 1) "
+      f"| last-20 loss old / new, per pair |\n|---|---:|---:|---:|---|---:|---|")
 for arm in arms:
     o = [med(f"ab_{r}_{arm}_old") for r in range(1, reps + 1)]
     n = [med(f"ab_{r}_{arm}_new") for r in range(1, reps + 1)]
     print(f"| {arm} | {statistics.median(o):,.0f} | {statistics.median(n):,.0f} | "
           f"{statistics.median(n) / statistics.median(o):.4f} | " + ", ".join(f"{b / a:.4f}" for a, b in zip(o, n)) +
-          f" | {loss_gap(arm):.2e} |")
+          f" | {loss_gap(arm):.2e} | " +
+          "; ".join(f"{tail_loss(f'ab_{r}_{arm}_old'):.4f} / {tail_loss(f'ab_{r}_{arm}_new'):.4f} "
+                    f"({tail_loss(f'ab_{r}_{arm}_new') / tail_loss(f'ab_{r}_{arm}_old') - 1:+.2%})"
+                    for r in range(1, reps + 1)) + " |")
 PY

@@ -2,6 +2,7 @@
 # first. `gpu_setup DEFAULT_OUT` sets $root (the repo root, made the working directory), $out
 # (OUT, else DEFAULT_OUT; created) and $build (/tmp/moe-build: a warm machine keeps it between
 # calls, so a second call rebuilds only what changed), and writes the GPUs to $out/gpu.txt.
+# `corpus` writes the loss checks' text source, /tmp/corpus8.txt.
 # `gpu_build TARGET...` configures a Release build for sm_90a and builds the targets; on failure
 # it prints the errors and exits, else it prints the warning count (0 is the standard).
 # Make .devdeps with `../shared/device/devdeps.sh libgloo-dev`: the GPU image has no Gloo headers,
@@ -30,3 +31,8 @@ gpu_build() {
 # The current defaults are the fastest form without the LM head (core/config/config.h).
 FP8_V1=(--set precision.fp8_recipe=tensorwise --set precision.fp8_wgrad=fp8 --set precision.fp8_fast_accum=false
         --set precision.fp8_fast_accum_grads=false --set precision.fp8_experts_wgrad=false)
+
+corpus() {  # the repo's own sources, 8 times over: /tmp/corpus8.txt (the 200-step loss checks' text)
+  find core harness reports tests docs -name '*.cpp' -o -name '*.h' -o -name '*.md' | sort | xargs cat >/tmp/corpus.txt
+  for i in 1 2 3 4 5 6 7 8; do cat /tmp/corpus.txt; done >/tmp/corpus8.txt
+}

@@ -42,10 +42,6 @@ targets="moe-train"; [ "${FP8_TESTS:-1}" = 0 ] || targets="$targets core_tests"
 [[ " $* " == *" gemm "* ]] && targets="$targets fp8_gemm_bench"
 gpu_build $targets
 [ "${FP8_TESTS:-1}" = 0 ] || "$build/bin/core_tests" "[fp8]" 2>&1 | tail -4
-corpus() {  # the repo's own sources, 8 times over: /tmp/corpus8.txt
-  find core harness reports tests docs -name '*.cpp' -o -name '*.h' -o -name '*.md' | sort | xargs cat >/tmp/corpus.txt
-  for i in 1 2 3 4 5 6 7 8; do cat /tmp/corpus.txt; done >/tmp/corpus8.txt
-}
 steps=${STEPS:-30}
 train() {  # name, extra --set arguments... (on top of the FP8 defaults of before 2026-11-24: FP8_V1)
   local name=$1; shift

@@ -3,6 +3,7 @@
 #include "kernels/dispatch.h"
 #if defined(MOE_WITH_KERNELS)
 #include "kernels/relu_square.h"
+#include "kernels/swiglu.h"
 #endif
 
 namespace moe {
@@ -40,6 +41,20 @@ struct ReluSquareFn : public torch::autograd::Function<ReluSquareFn> {
     return {kernels::ReluSquareBackward(grads[0], x), torch::Tensor(), torch::Tensor()};
   }
 };
+
+// Saves a and b, not silu(a): the backward recomputes the sigmoid in registers.
+struct SwiGluFn : public torch::autograd::Function<SwiGluFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& a, const torch::Tensor& b) {
+    torch::Tensor ac = a.contiguous(), bc = b.contiguous();
+    ctx->save_for_backward({ac, bc});
+    return kernels::SwiGluForward(ac, bc);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    kernels::SwiGluGrads g = kernels::SwiGluBackward(grads[0], saved[0], saved[1]);
+    return {g.da, g.db};
+  }
+};
 #endif
 
 }  // namespace
@@ -53,6 +68,16 @@ torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8Row
   (void)fp8_out;
 #endif
   return torch::relu(x).square();
+}
+
+torch::Tensor SwiGlu(const torch::Tensor& a, const torch::Tensor& b) {
+#if defined(MOE_WITH_KERNELS)
+  if (OnKernelDevice(a) && b.device() == a.device() && b.scalar_type() == a.scalar_type() &&
+      b.sizes() == a.sizes()) {
+    return SwiGluFn::apply(a, b);
+  }
+#endif
+  return torch::silu(a) * b;
 }
 
 }  // namespace moe

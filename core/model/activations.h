@@ -1,8 +1,9 @@
-// The relu2 activation, relu(x)^2, of the dense MLP (mlp.h) and the experts (experts.h), behind
-// one dispatch point: on CUDA builds with kernels/ (MOE_WITH_KERNELS) and CUDA bf16/fp32 tensors,
-// the fused elementwise kernels with their own backward (kernels/relu_square.cu); elsewhere the
-// ATen composition torch::relu(x).square() (so CPU results are bit-identical to it). Both compute
-// the same function.
+// The FFN activations of the dense MLP (mlp.h) and the experts (experts.h), relu2 = relu(x)^2 and
+// swiglu = silu(a) * b, each behind one dispatch point: on CUDA builds with kernels/
+// (MOE_WITH_KERNELS) and CUDA bf16/fp32 tensors, the fused elementwise kernels with their own
+// backward (kernels/relu_square.cu, kernels/swiglu.cu); elsewhere the ATen compositions
+// torch::relu(x).square() and torch::silu(a) * b (so CPU results are bit-identical to them). Both
+// compute the same function.
 #pragma once
 
 #include <torch/torch.h>
@@ -22,5 +23,10 @@ namespace moe {
 //             projection): the forward also quantises it by rows and Offers it there.
 torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {},
                          const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out = {});
+
+// silu(a) * b elementwise, a's shape and dtype (a and b: one shape and dtype); any numel, 0
+// included. Differentiable in a and b. The fused kernel computes in fp32 and rounds once, so its
+// bf16 values may differ from the composition's (which rounds silu(a) first) by one rounding.
+torch::Tensor SwiGlu(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace moe

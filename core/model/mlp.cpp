@@ -45,7 +45,7 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x, const SublayerFp8Slots& f
   // The x_rows slot is emptied by its first Take: with swiglu, the up projection quantises x itself.
   torch::Tensor h = PlannedLinear(in_p_, x, in_->weight, in_grad, fp8.x_rows);  // (..., hidden)
   if (swiglu_) {
-    h = torch::silu(h) * PlannedLinear(up_p_, x, up_->weight);
+    h = SwiGlu(h, PlannedLinear(up_p_, x, up_->weight));
   } else {
     h = ReluSquare(h, in_grad, act_rows);
   }

@@ -90,7 +90,7 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
 inline torch::Tensor ExpertActivation(const torch::Tensor& a, const torch::Tensor& b,
                                       const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {},
                                       const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out = {}) {
-  return b.defined() ? torch::silu(a) * b : ReluSquare(a, fp8_grad, fp8_out);
+  return b.defined() ? SwiGlu(a, b) : ReluSquare(a, fp8_grad, fp8_out);
 }
 
 }  // namespace moe
