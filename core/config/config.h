@@ -117,7 +117,7 @@ struct TrainConfig {
     MOE_FIELD(v, compile, "eager | cudagraph (capture the whole step and replay it; GPU only; needs static shapes: dense, a capacity factor > 0, or dropless with the grouped backend and no expert parallelism)");
     MOE_FIELD(v, threads, "CPU intra-op threads (0 = all cores)");
     MOE_FIELD(v, log_every, "print a human progress line every N steps (0 = never)");
-    MOE_FIELD(v, ckpt_every, "save a checkpoint every N steps (0 = only on interrupt and at the end)");
+    MOE_FIELD(v, ckpt_every, "save a checkpoint every N steps (0 = only when interrupted); none after the last step: a completed run has nothing to resume");
     MOE_FIELD(v, eval_every, "validation loss on held-out data every N steps (0 = only at the end)");
     MOE_FIELD(v, eval_batches, "micro-batches per validation loss estimate (0 = no validation)");
     MOE_FIELD(v, grad_bucket_mb, "data-parallel gradient bucket size in MiB, as DDP's bucket_cap_mb: each bucket is one all-reduce, launched once its gradients are ready");

@@ -6,6 +6,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
+#include "core/config/config_diff.h"
+
 namespace moe {
 
 namespace fs = std::filesystem;
@@ -51,7 +53,9 @@ Status SaveCheckpointMeta(const std::string& run_dir, const CheckpointMeta& meta
   const fs::path dir = CheckpointDir(run_dir);
   {
     std::ofstream out(dir / "meta.json.tmp", std::ios::trunc);
-    out << nlohmann::json{{"step", meta.step}, {"config_hash", meta.config_hash}}.dump() << "\n";
+    nlohmann::json j{{"step", meta.step}, {"config_hash", meta.config_hash}};
+    if (!meta.config.is_null()) j["config"] = meta.config;
+    out << j.dump() << "\n";
     if (!out) return Status::IOError((dir / "meta.json.tmp").string() + ": write failed");
   }
   std::error_code ec;
@@ -77,6 +81,7 @@ Status LoadCheckpoint(const std::string& run_dir, CheckpointMeta* meta, torch::n
     return Status::NotFound(dir.string() + ": no checkpoint" + (shard.count > 1 ? " (" + file + ")" : ""));
   }
   std::string saved_hash;
+  nlohmann::json saved_config;
   {
     std::ifstream in(dir / "meta.json");
     auto j = nlohmann::json::parse(in, nullptr, false);
@@ -84,11 +89,20 @@ Status LoadCheckpoint(const std::string& run_dir, CheckpointMeta* meta, torch::n
       return Status::Corruption((dir / "meta.json").string() + ": not a checkpoint meta file");
     }
     saved_hash = j["config_hash"].get<std::string>();
+    if (j.contains("config")) saved_config = j["config"];
   }
   if (!meta->config_hash.empty() && saved_hash != meta->config_hash) {
-    return Status::InvalidArgument(dir.string() + ": checkpoint was written for a different config (hash " +
-                                   saved_hash + ", now " + meta->config_hash +
-                                   "); resume needs the same config, or delete the checkpoint to restart");
+    // Name the keys where both configs are known (checkpoints from before meta.json kept the
+    // config have only the hash).
+    const std::vector<ConfigChange> changes =
+        saved_config.is_object() && meta->config.is_object() ? DiffConfigs(saved_config, meta->config)
+                                                              : std::vector<ConfigChange>{};
+    const std::string what = changes.empty()
+                                 ? "(hash " + saved_hash + ", now " + meta->config_hash + ")"
+                                 : "(checkpoint -> now: " + DescribeChanges(changes) + ")";
+    return Status::InvalidArgument(dir.string() + ": checkpoint was written for a different config " + what +
+                                   "; resume needs the checkpoint's values (set them back with --set), or "
+                                   "delete the checkpoint to restart");
   }
   try {
     torch::serialize::InputArchive archive;

@@ -17,6 +17,7 @@
 #include "core/train/sharded_step.h"
 #include "core/dist/parallel.h"
 #include "core/model/accounting.h"
+#include "core/config/config_diff.h"
 #include "core/model/attention.h"
 #include "core/model/gpt.h"
 #include "core/moe/experts.h"
@@ -32,11 +33,20 @@ namespace moe {
 
 namespace fs = std::filesystem;
 
+namespace {
+// Settings that change how a run is observed, not what it computes: they may differ on resume.
+nlohmann::json WithoutObservationSettings(nlohmann::json j) {
+  if (j.is_object() && j.contains("train") && j["train"].is_object()) {
+    for (const char* k : {"log_every", "ckpt_every", "threads", "eval_every"}) j["train"].erase(k);
+  }
+  return j;
+}
+}  // namespace
+
+nlohmann::json HashedConfig(const Config& cfg) { return WithoutObservationSettings(ConfigToJson(cfg)); }
+
 std::string ConfigHash(const Config& cfg) {
-  nlohmann::json j = ConfigToJson(cfg);
-  // Settings that change how a run is observed, not what it computes, may differ on resume.
-  for (const char* k : {"log_every", "ckpt_every", "threads", "eval_every"}) j["train"].erase(k);
-  const std::string s = j.dump();
+  const std::string s = HashedConfig(cfg).dump();
   uint64_t h = 1469598103934665603ull;  // FNV-1a 64
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   char buf[17];
@@ -88,6 +98,32 @@ void WriteSummary(const std::string& run_dir, RunRecord& rec, const std::string&
 int Fail(const std::string& what, int code) {
   std::fprintf(stderr, "moe-train%s: %s\n", g_rank_tag.c_str(), what.c_str());
   return code;
+}
+
+// --resume found no checkpoint: a run that completed keeps none, so its summary.json decides.
+// *completed = true where it records exit_reason "completed" for this config (nothing to do);
+// InvalidArgument, naming the keys, where it records a completed run of another config (starting
+// afresh would overwrite that run's metrics); OK and false otherwise (no summary, an unfinished
+// or unreadable one: the run starts from step 0, as --resume documents).
+Status CheckCompletedRun(const std::string& run_dir, const CheckpointMeta& meta, bool* completed) {
+  *completed = false;
+  const fs::path file = fs::path(run_dir) / "summary.json";
+  std::ifstream in(file);
+  if (!in) return Status::OK();
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (!j.is_object() || j.value("exit_reason", "") != "completed") return Status::OK();
+  if (j.value("config_hash", "") == meta.config_hash) {
+    *completed = true;
+    return Status::OK();
+  }
+  const nlohmann::json before = j.contains("config") ? WithoutObservationSettings(j["config"]) : nlohmann::json();
+  const std::vector<ConfigChange> changes =
+      before.is_object() ? DiffConfigs(before, meta.config) : std::vector<ConfigChange>{};
+  return Status::InvalidArgument(
+      file.string() + ": this run dir holds a completed run of a different config (" +
+      (changes.empty() ? "hash " + j.value("config_hash", std::string("(none)")) + ", now " + meta.config_hash
+                       : "that run -> now: " + DescribeChanges(changes)) +
+      "); --resume will not overwrite it: use another --run-dir, or run without --resume to replace it");
 }
 
 // Collective timeout: a rank that dies makes its peers wait here until the launcher stops them;
@@ -213,6 +249,7 @@ int Train(const Config& cfg, const TrainOptions& opts) {
 
     CheckpointMeta meta;
     meta.config_hash = ConfigHash(cfg);
+    meta.config = HashedConfig(cfg);
     int64_t start_step = 0;
     bool resumed = false;
     if (opts.resume) {
@@ -236,8 +273,21 @@ int Train(const Config& cfg, const TrainOptions& opts) {
         resumed = true;
       } else if (!st.IsNotFound()) {
         return Fail(st.message(), st.IsInvalidArgument() ? kExitInvalidConfig : kExitFailed);
-      } else if (!opts.quiet && rank0) {
-        std::printf("resume: no checkpoint in %s, starting from step 0\n", opts.run_dir.c_str());
+      } else {
+        bool completed = false;
+        if (Status done = CheckCompletedRun(opts.run_dir, meta, &completed); !done.ok()) {
+          return Fail(done.message(), kExitInvalidConfig);
+        }
+        if (completed) {  // every rank reads the same summary.json, so all return here together
+          if (!opts.quiet && rank0) {
+            std::printf("resume: %s already completed its %lld steps; nothing to do\n", opts.run_dir.c_str(),
+                        static_cast<long long>(cfg.train.steps));
+          }
+          return kExitCompleted;
+        }
+        if (!opts.quiet && rank0) {
+          std::printf("resume: no checkpoint in %s, starting from step 0\n", opts.run_dir.c_str());
+        }
       }
     }
 

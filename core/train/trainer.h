@@ -22,7 +22,11 @@ struct TrainOptions {
 
 int Train(const Config& cfg, const TrainOptions& opts);
 
-// Stable hash of the resolved config (the parts that change the computation), for checkpoints.
+// The resolved config as JSON less the settings that only change how a run is observed (log,
+// checkpoint and eval intervals, threads): what a resume must find unchanged.
+nlohmann::json HashedConfig(const Config& cfg);
+
+// Stable hash of HashedConfig(cfg), for checkpoints.
 std::string ConfigHash(const Config& cfg);
 
 }  // namespace moe

@@ -100,6 +100,68 @@ TEST_CASE("moe-train: resuming from a checkpoint gives the losses of an uninterr
   CHECK(summary["resumed_from_step"] == 10);
 }
 
+TEST_CASE("moe-train: --resume under a different config names the keys that differ and changes nothing",
+          "[trainer][resume]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("ckpt"), "--set",
+                         "train.ckpt_every=5"}, dir.Path("log")) == 0);
+  const auto meta = nlohmann::json::parse(moe_test::ReadFile(dir.Path("ckpt/checkpoint/meta.json")));
+  REQUIRE(meta["config"].is_object());
+  CHECK(meta["config"]["moe"]["capacity_factor"] == 1.0);
+  CHECK_FALSE(meta["config"]["train"].contains("ckpt_every"));  // observation settings may change
+  const std::string metrics = moe_test::ReadFile(dir.Path("ckpt/metrics.jsonl"));
+  const std::string summary = moe_test::ReadFile(dir.Path("ckpt/summary.json"));
+  const std::string state = moe_test::ReadFile(dir.Path("ckpt/checkpoint/state.pt"));
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("ckpt"), "--resume", "--set",
+                       "moe.capacity_factor=1.25", "--set", "model.mlp=\"swiglu\"", "--set", "train.ckpt_every=3"},
+                      dir.Path("refused.log")) == moe::kExitInvalidConfig);
+  const std::string log = moe_test::ReadFile(dir.Path("refused.log"));
+  INFO(log);
+  CHECK(log.find("different config (checkpoint -> now: model.mlp \"relu2\" -> \"swiglu\", "
+                 "moe.capacity_factor 1.0 -> 1.25)") != std::string::npos);
+  CHECK(log.find("ckpt_every") == std::string::npos);
+  // Nothing recorded is changed by the refused command.
+  CHECK(moe_test::ReadFile(dir.Path("ckpt/metrics.jsonl")) == metrics);
+  CHECK(moe_test::ReadFile(dir.Path("ckpt/summary.json")) == summary);
+  CHECK(moe_test::ReadFile(dir.Path("ckpt/checkpoint/state.pt")) == state);
+  // A checkpoint from before meta.json kept the config: the hashes, as before.
+  nlohmann::json old_meta = meta;
+  old_meta.erase("config");
+  dir.Write("ckpt/checkpoint/meta.json", old_meta.dump());
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("ckpt"), "--resume", "--set",
+                       "moe.capacity_factor=1.25"}, dir.Path("old.log")) == moe::kExitInvalidConfig);
+  CHECK(moe_test::ReadFile(dir.Path("old.log")).find("different config (hash " + meta["config_hash"].get<std::string>()) !=
+        std::string::npos);
+}
+
+TEST_CASE("moe-train: --resume of a completed run does nothing, and refuses another config", "[trainer][resume]") {
+  moe::testing::TempDir dir;
+  dir.Write("run.toml", kTinyMoe);
+  // ckpt_every = 0: a completed run keeps no checkpoint, so its summary.json is what --resume finds.
+  REQUIRE(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("done")}, dir.Path("log")) == 0);
+  REQUIRE_FALSE(std::filesystem::exists(dir.Path("done/checkpoint")));
+  const std::string metrics = moe_test::ReadFile(dir.Path("done/metrics.jsonl"));
+  const std::string summary = moe_test::ReadFile(dir.Path("done/summary.json"));
+  REQUIRE(metrics.size() > 0);
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("done"), "--resume", "--set",
+                       "train.log_every=5"}, dir.Path("same.log")) == moe::kExitCompleted);
+  CHECK(moe_test::ReadFile(dir.Path("same.log")).find("already completed its 12 steps; nothing to do") !=
+        std::string::npos);
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("done"), "--resume", "--set",
+                       "optim.lr=0.01"}, dir.Path("other.log")) == moe::kExitInvalidConfig);
+  const std::string log = moe_test::ReadFile(dir.Path("other.log"));
+  INFO(log);
+  CHECK(log.find("completed run of a different config (that run -> now: optim.lr 0.003 -> 0.01)") != std::string::npos);
+  // Neither touched the completed run's record.
+  CHECK(moe_test::ReadFile(dir.Path("done/metrics.jsonl")) == metrics);
+  CHECK(moe_test::ReadFile(dir.Path("done/summary.json")) == summary);
+  // Without --resume the run dir is the user's to replace.
+  CHECK(moe_test::Run({kTrain, "--config", dir.Path("run.toml"), "--run-dir", dir.Path("done"), "--set",
+                       "optim.lr=0.01"}, dir.Path("log")) == moe::kExitCompleted);
+  CHECK(moe_test::ReadFile(dir.Path("done/metrics.jsonl")) != metrics);
+}
+
 TEST_CASE("moe-train: SIGINT checkpoints, exits 'interrupted', and --resume finishes identically", "[trainer][resume]") {
   moe::testing::TempDir dir;
   dir.Write("run.toml", kTinyMoe);
