@@ -31,7 +31,8 @@
 # allwg with fp8_linear_wgrad (the attention projections' weight gradients re-cast from the FP8 rows
 # too), REPS times (default 2); losslwg = lossxwg's form with fp8_linear_wgrad too, same seeds (the
 # runs it compares with made when missing); defaults = `precision.fp8 = true` with today's fp8_* defaults
-# against bf16 on the reference config and the wide model, REPS times (default 2); lossdefaults = its
+# against bf16 on the reference config and the wide model, REPS times (default 2); swiglu = `defaults`
+# with model.mlp = "swiglu"; lossdefaults = its
 # 200-step loss check, three seeds. Every other mode's runs start from the FP8 defaults of before
 # 2026-11-24 (FP8_V1, gpu-common.sh), which their recorded figures used. FP8_TESTS=0 skips building and
 # running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
@@ -73,18 +74,20 @@ PY
 }
 for what in ${@:-ref}; do
   case $what in
-    defaults)  # `precision.fp8 = true` with today's fp8_* defaults against bf16, the reference config and
-      # the wide model, graph mode, capacity 1.25, bf16 gradients, alternated REPS times (default 2)
+    defaults|swiglu)  # `precision.fp8 = true` with today's fp8_* defaults against bf16, the reference config
+      # and the wide model, graph mode, capacity 1.25, bf16 gradients, alternated REPS times (default 2);
+      # swiglu: the same with model.mlp = "swiglu"
       G=(--set moe.impl=grouped --set train.compile=cudagraph --set moe.capacity_factor=1.25 --set precision.grad_dtype=bf16)
       W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
+      p=d; [ "$what" = swiglu ] && { G+=(--set model.mlp=swiglu); p=s; }
       for rep in $(seq 1 "${REPS:-2}"); do
-        train_now "dr${rep}_bf16" "${G[@]}"
-        train_now "dr${rep}_fp8" "${G[@]}" --set precision.fp8=true
-        train_now "dw${rep}_bf16" "${G[@]}" "${W[@]}"
-        train_now "dw${rep}_fp8" "${G[@]}" "${W[@]}" --set precision.fp8=true
+        train_now "${p}r${rep}_bf16" "${G[@]}"
+        train_now "${p}r${rep}_fp8" "${G[@]}" --set precision.fp8=true
+        train_now "${p}w${rep}_bf16" "${G[@]}" "${W[@]}"
+        train_now "${p}w${rep}_fp8" "${G[@]}" "${W[@]}" --set precision.fp8=true
       done
-      ratios dr bf16 fp8
-      ratios dw bf16 fp8 ;;
+      ratios "${p}r" bf16 fp8
+      ratios "${p}w" bf16 fp8 ;;
     lossdefaults)  # the 200-step loss check of `precision.fp8 = true` (today's defaults) against bf16,
       # eager, dropless, text source, train.seed 1, 2, 3
       corpus
