@@ -4,10 +4,12 @@
 // activations that is six passes more per layer than these two kernels, and silu(a) kept for the
 // backward besides a and b.
 #include "kernels/common.cuh"
+#include "kernels/fp8_cast.cuh"
 #include "kernels/swiglu.h"
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 
 namespace moe::kernels {
 
@@ -15,6 +17,8 @@ namespace {
 constexpr int kBlock = 256;
 // Grid-stride loops past this many blocks: plenty to fill an H100 (132 SMs x 8 blocks of 256).
 constexpr int64_t kMaxBlocks = 65536;
+// Most 8-element vectors in a row of the FP8 forms: one per thread of a block.
+constexpr int64_t kMaxFp8RowVecs = 1024;
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -94,6 +98,59 @@ __global__ void swiglu_backward_kernel(T* __restrict__ da, T* __restrict__ db, c
   }
 }
 
+// The forward (BACKWARD = false: out_a = y) or the backward (out_a = da, out_b = db), with the
+// rows of each output quantised for the rowwise FP8 GEMM that consumes it, in the same pass: the
+// expert down projection's input, the gate and up projections' input gradients. A block per row of
+// C elements (C % 8 == 0, at most kMaxFp8RowVecs vectors of 8), one vector per thread, held in
+// registers from its computation to the cast with the row's scale: what Fp8Quantize(out, e4m3fn,
+// rowwise) writes, without reading out back (the layout of relu_square.cu's FP8 kernel).
+// out_a, out_b, a, b, dy (rows, C) contiguous and 16-byte aligned (dy, out_b and q_b unused
+// forward; a null out: its FP8 rows alone); q_a, q_b the FP8 rows of out_a, out_b.
+template <typename T, bool BACKWARD>
+__global__ void swiglu_fp8_kernel(T* __restrict__ out_a, T* __restrict__ out_b, Fp8RowsOut q_a, Fp8RowsOut q_b,
+                                  const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ dy,
+                                  int64_t C) {
+  constexpr int VEC = 8;
+  const int64_t row = blockIdx.x;
+  const int64_t c = threadIdx.x;
+  const bool on = c < C / VEC;  // the block is rounded up to whole warps
+  Vec<T, VEC> oa, ob;
+  unsigned ma = 0u, mb = 0u;
+  if (on) {
+    const Vec<T, VEC> x = reinterpret_cast<const Vec<T, VEC>*>(a + row * C)[c];
+    const Vec<T, VEC> u = reinterpret_cast<const Vec<T, VEC>*>(b + row * C)[c];
+    Vec<T, VEC> g;
+    if constexpr (BACKWARD) g = reinterpret_cast<const Vec<T, VEC>*>(dy + row * C)[c];
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const float f = ToFloat(x.v[v]);
+      if constexpr (BACKWARD) {
+        float fa, fb;
+        SwiGluGrad(ToFloat(g.v[v]), f, ToFloat(u.v[v]), &fa, &fb);
+        oa.v[v] = FromFloat<T>(fa);
+        ob.v[v] = FromFloat<T>(fb);
+        mb = MaxU(mb, AbsBits(ob.v[v]));
+      } else {
+        oa.v[v] = FromFloat<T>(f * Sigmoid(f) * ToFloat(u.v[v]));
+      }
+      ma = MaxU(ma, AbsBits(oa.v[v]));
+    }
+    if (out_a != nullptr) reinterpret_cast<Vec<T, VEC>*>(out_a + row * C)[c] = oa;
+    if constexpr (BACKWARD) {
+      if (out_b != nullptr) reinterpret_cast<Vec<T, VEC>*>(out_b + row * C)[c] = ob;
+    }
+  }
+  // Each row's scale from the block's amax (thread 0 writes it with its reciprocal), then the cast.
+  // Two block reductions in the backward: BlockMax's shared words are read by every thread before
+  // the barrier that opens the next call, so the second may reuse them.
+  const float sa = BlockRowScale<__NV_E4M3>(ma, q_a.eps, q_a.scale, q_a.inv, row);
+  if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q_a.q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(oa, sa);
+  if constexpr (BACKWARD) {
+    const float sb = BlockRowScale<__NV_E4M3>(mb, q_b.eps, q_b.scale, q_b.inv, row);
+    if (on) reinterpret_cast<Vec<uint8_t, VEC>*>(q_b.q8 + row * C)[c] = CastVec<T, VEC, __NV_E4M3>(ob, sb);
+  }
+}
+
 // ----------------------------------------------------------------------------
 // launchers
 
@@ -129,6 +186,21 @@ template <typename T, int VEC>
 void swiglu_backward(T* da, T* db, const T* dy, const T* a, const T* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   swiglu_backward_kernel<T, VEC><<<Blocks(n, VEC), kBlock, 0, stream>>>(da, db, dy, a, b, n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// dy: the backward's cotangent, or null for the forward.
+template <typename T>
+void swiglu_fp8(T* out_a, T* out_b, Fp8RowsOut q_a, Fp8RowsOut q_b, const T* a, const T* b, const T* dy, int64_t rows,
+                int64_t C, cudaStream_t stream) {
+  if (rows == 0) return;
+  const auto grid = static_cast<unsigned>(rows);
+  const auto threads = static_cast<unsigned>((C / 8 + 31) / 32 * 32);
+  if (dy != nullptr) {
+    swiglu_fp8_kernel<T, true><<<grid, threads, 0, stream>>>(out_a, out_b, q_a, q_b, a, b, dy, C);
+  } else {
+    swiglu_fp8_kernel<T, false><<<grid, threads, 0, stream>>>(out_a, nullptr, q_a, Fp8RowsOut{}, a, b, nullptr, C);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -176,6 +248,77 @@ SwiGluGrads SwiGluBackward(const at::Tensor& dy_in, const at::Tensor& a_in, cons
                             reinterpret_cast<const T*>(b.data_ptr()), n, stream);
   });
   return g;
+}
+
+namespace {
+// t itself where it is contiguous and 16-byte aligned, else a fresh contiguous copy (the
+// allocator's blocks are aligned): what the FP8 kernel's vector loads need.
+at::Tensor Aligned(const at::Tensor& t) {
+  if (!t.is_contiguous()) return t.contiguous();
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
+// Storage for the FP8 rows of a (rows, C) output: data e4m3 (rows, C), scale and inv (rows, 1).
+Fp8Quantized Fp8RowsFor(int64_t rows, int64_t C, const at::TensorOptions& options) {
+  Fp8Quantized q;
+  q.data = EmptyCuda({rows, C}, options.dtype(at::kFloat8_e4m3fn));  // (rows, C)
+  q.scale = EmptyCuda({rows, 1}, options.dtype(at::kFloat));         // (rows, 1)
+  q.inv_scale = EmptyCuda({rows, 1}, options.dtype(at::kFloat));     // (rows, 1)
+  return q;
+}
+
+Fp8RowsOut RowsOut(const Fp8Quantized& q, double amax_eps) {
+  return {reinterpret_cast<uint8_t*>(q.data.data_ptr()), q.scale.data_ptr<float>(), q.inv_scale.data_ptr<float>(),
+          static_cast<float>(amax_eps)};
+}
+
+const __nv_bfloat16* Bf16(const at::Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(t.data_ptr()); }
+__nv_bfloat16* Bf16Out(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<__nv_bfloat16*>(t.data_ptr()) : nullptr;
+}
+
+void CheckFp8Inputs(const char* fn, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(SwiGluFp8Supported(a), fn, ": a must be a non-empty bf16 CUDA tensor whose last dimension is a "
+              "multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", a.sizes(), " ", a.scalar_type());
+  CheckPair(fn, a, b);
+}
+}  // namespace
+
+bool SwiGluFp8Supported(const at::Tensor& a) {
+  if (!a.is_cuda() || a.scalar_type() != at::kBFloat16 || a.dim() < 1 || a.numel() == 0) return false;
+  const int64_t C = a.size(-1);
+  return C % 8 == 0 && C / 8 <= kMaxFp8RowVecs && a.numel() / C <= std::numeric_limits<int32_t>::max();
+}
+
+SwiGluFp8 SwiGluForwardFp8(const at::Tensor& a_in, const at::Tensor& b_in, double amax_eps, bool write_y) {
+  CheckFp8Inputs("SwiGluForwardFp8", a_in, b_in);
+  const c10::cuda::CUDAGuard guard(a_in.device());
+  const at::Tensor a = Aligned(a_in), b = Aligned(b_in);
+  const int64_t C = a.size(-1), rows = a.numel() / C;
+  SwiGluFp8 r;
+  if (write_y) r.y = EmptyCuda(a.sizes(), a.options());  // a's shape
+  r.fp8 = Fp8RowsFor(rows, C, a.options());
+  swiglu_fp8<__nv_bfloat16>(Bf16Out(r.y), nullptr, RowsOut(r.fp8, amax_eps), Fp8RowsOut{}, Bf16(a), Bf16(b), nullptr,
+                            rows, C, at::cuda::getCurrentCUDAStream());
+  return r;
+}
+
+SwiGluGradsFp8 SwiGluBackwardFp8(const at::Tensor& dy_in, const at::Tensor& a_in, const at::Tensor& b_in,
+                                 double amax_eps, bool write_da, bool write_db) {
+  CheckFp8Inputs("SwiGluBackwardFp8", a_in, b_in);
+  TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == a_in.sizes(), "SwiGluBackwardFp8: dy must be a CUDA tensor of a's shape");
+  const c10::cuda::CUDAGuard guard(a_in.device());
+  const at::Tensor a = Aligned(a_in), b = Aligned(b_in);
+  const at::Tensor dy = Aligned(dy_in.to(a.scalar_type()));
+  const int64_t C = a.size(-1), rows = a.numel() / C;
+  SwiGluGradsFp8 r;
+  if (write_da) r.da = EmptyCuda(a.sizes(), a.options());  // a's shape
+  if (write_db) r.db = EmptyCuda(a.sizes(), a.options());  // a's shape
+  r.fp8_a = Fp8RowsFor(rows, C, a.options());
+  r.fp8_b = Fp8RowsFor(rows, C, a.options());
+  swiglu_fp8<__nv_bfloat16>(Bf16Out(r.da), Bf16Out(r.db), RowsOut(r.fp8_a, amax_eps), RowsOut(r.fp8_b, amax_eps),
+                            Bf16(a), Bf16(b), Bf16(dy), rows, C, at::cuda::getCurrentCUDAStream());
+  return r;
 }
 
 }  // namespace moe::kernels

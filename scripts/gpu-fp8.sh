@@ -32,7 +32,7 @@
 # too), REPS times (default 2); losslwg = lossxwg's form with fp8_linear_wgrad too, same seeds (the
 # runs it compares with made when missing); defaults = `precision.fp8 = true` with today's fp8_* defaults
 # against bf16 on the reference config and the wide model, REPS times (default 2); swiglu = `defaults`
-# with model.mlp = "swiglu"; lossdefaults = its
+# with model.mlp = "swiglu"; lossswiglu = lossdefaults with model.mlp = "swiglu"; lossdefaults = its
 # 200-step loss check, three seeds. Every other mode's runs start from the FP8 defaults of before
 # 2026-11-24 (FP8_V1, gpu-common.sh), which their recorded figures used. FP8_TESTS=0 skips building and
 # running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
@@ -88,13 +88,14 @@ for what in ${@:-ref}; do
       done
       ratios "${p}r" bf16 fp8
       ratios "${p}w" bf16 fp8 ;;
-    lossdefaults)  # the 200-step loss check of `precision.fp8 = true` (today's defaults) against bf16,
-      # eager, dropless, text source, train.seed 1, 2, 3
+    lossdefaults|lossswiglu)  # the 200-step loss check of `precision.fp8 = true` (today's defaults) against
+      # bf16, eager, dropless, text source, train.seed 1, 2, 3; lossswiglu: with model.mlp = "swiglu"
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      p=ld; [ "$what" = lossswiglu ] && { L+=(--set model.mlp=swiglu); p=ls; }
       for seed in 1 2 3; do
-        steps=200 train_now "ld_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
-        steps=200 train_now "ld_seed${seed}_fp8" "${L[@]}" --set precision.fp8=true --set train.seed=$seed
+        steps=200 train_now "${p}_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
+        steps=200 train_now "${p}_seed${seed}_fp8" "${L[@]}" --set precision.fp8=true --set train.seed=$seed
       done ;;
     ref)
       train ref_bf16

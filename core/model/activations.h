@@ -27,6 +27,14 @@ torch::Tensor ReluSquare(const torch::Tensor& x, const c10::intrusive_ptr<Fp8Row
 // silu(a) * b elementwise, a's shape and dtype (a and b: one shape and dtype); any numel, 0
 // included. Differentiable in a and b. The fused kernel computes in fp32 and rounds once, so its
 // bf16 values may differ from the composition's (which rounds silu(a) first) by one rounding.
-torch::Tensor SwiGlu(const torch::Tensor& a, const torch::Tensor& b);
+// The FP8 hand-offs, as ReluSquare's (used where kernels::SwiGluFp8Supported takes a):
+//   fp8_grad_a, fp8_grad_b (both or neither): a and b come from rowwise FP8 GEMMs holding these
+//             slots (the FP8 expert gate and up projections): the backward also quantises da and
+//             db by rows and Offers them there;
+//   fp8_out:  the output goes to a rowwise FP8 GEMM holding the slot (the FP8 expert down
+//             projection): the forward also quantises it by rows and Offers it there.
+torch::Tensor SwiGlu(const torch::Tensor& a, const torch::Tensor& b, const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad_a = {},
+                     const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad_b = {},
+                     const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out = {});
 
 }  // namespace moe

@@ -15,21 +15,38 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
                  const c10::intrusive_ptr<Fp8RowsSlot>& x_rows) {
     return w.fp8 ? Fp8GroupedMm(x, wt, offs, w.fp8_gemm, grad, x_rows) : at::_grouped_mm(x, wt.to(dt), offs);
   };
-  // FP8 relu2 experts: the activation hands the down projection its input, and its backward the
-  // up projection its input gradient, already quantised by rows (core/precision/fp8_rows_slot.h);
-  // the rows alone where those GEMMs' weight gradients are re-cast from them (each is the tensor's
-  // only consumer).
-  c10::intrusive_ptr<Fp8RowsSlot> up_grad, act_rows;
-  if (w.fp8 && !w.w3.defined()) {
-    up_grad = c10::make_intrusive<Fp8RowsSlot>();
+  // FP8 experts: the activation hands the down projection its input, and its backward the gate
+  // (w1) and up (w3, swiglu) projections their input gradients, already quantised by rows
+  // (core/precision/fp8_rows_slot.h); the rows alone where those GEMMs' weight gradients are
+  // re-cast from them (each is the tensor's only consumer).
+  c10::intrusive_ptr<Fp8RowsSlot> a_grad, b_grad, act_rows, xs_rows_b;
+  const bool swiglu = w.w3.defined();
+  c10::intrusive_ptr<Fp8RowsSlot> xs_rows_a = xs_rows;
+  if (w.fp8) {
+    a_grad = c10::make_intrusive<Fp8RowsSlot>();
     act_rows = c10::make_intrusive<Fp8RowsSlot>();
-    if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1)) up_grad->RequestRowsOnly();
+    if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1)) a_grad->RequestRowsOnly();
     if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w2)) act_rows->RequestRowsOnly();
+    if (swiglu) {
+      b_grad = c10::make_intrusive<Fp8RowsSlot>();
+      if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w3)) b_grad->RequestRowsOnly();
+      // Both projections read xs: quantised once (or as the permutation offered it), and offered
+      // to each (a slot is emptied by its first Take).
+      const Fp8Tensor xq = TakeRowsOrQuantize(xs_rows, xs);
+      xs_rows_a = c10::make_intrusive<Fp8RowsSlot>();
+      xs_rows_b = c10::make_intrusive<Fp8RowsSlot>();
+      for (const auto& slot : {xs_rows_a, xs_rows_b}) {
+        if (xs_rows && xs_rows->rows_only_requested()) {
+          slot->OfferRowsOnly(xs, xq);  // xs is then the permutation's placeholder: only a Take may see it
+        } else {
+          slot->Offer(xs, xq);
+        }
+      }
+    }
   }
-  // The slot is emptied by its first Take: with swiglu, w3's GEMM quantises xs itself.
-  torch::Tensor a = gmm(xs, w.w1, up_grad, xs_rows);  // (M, h)
-  torch::Tensor b = w.w3.defined() ? gmm(xs, w.w3, {}, {}) : torch::Tensor();
-  return gmm(ExpertActivation(a, b, up_grad, act_rows), w.w2, out_grad, act_rows);  // (M, d)
+  torch::Tensor a = gmm(xs, w.w1, a_grad, xs_rows_a);                               // (M, h)
+  torch::Tensor b = swiglu ? gmm(xs, w.w3, b_grad, xs_rows_b) : torch::Tensor();  // (M, h)
+  return gmm(ExpertActivation(a, b, a_grad, act_rows, b_grad), w.w2, out_grad, act_rows);  // (M, d)
 }
 
 torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
@@ -50,15 +67,16 @@ torch::Tensor GroupedExperts(const ExpertInput& in, const ExpertWeights& w) {
     offs = in.kept.cumsum(0).to(torch::kInt32);  // (E,)
     if (E > 0) offs.narrow(0, E - 1, 1).fill_(static_cast<int32_t>(M));
   }
-  // FP8 experts: the permutation hands the up projection its input, and the un-permutation's
-  // backward the down projection its input gradient, already quantised by rows
-  // (core/precision/fp8_rows_slot.h); the rows alone where those GEMMs' weight gradients are
-  // re-cast from them and they are the tensors' only consumers (not xs under swiglu: w3's GEMM
-  // reads it too).
+  // FP8 experts: the permutation hands the up projection (and the gate's, swiglu) its input, and
+  // the un-permutation's backward the down projection its input gradient, already quantised by
+  // rows (core/precision/fp8_rows_slot.h); the rows alone where those GEMMs' weight gradients are
+  // re-cast from them and they are the tensors' only consumers.
   c10::intrusive_ptr<Fp8RowsSlot> xs_rows, out_grad;
   if (w.fp8) {
     xs_rows = c10::make_intrusive<Fp8RowsSlot>();
-    if (!w.w3.defined() && Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1)) xs_rows->RequestRowsOnly();
+    if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1) && (!w.w3.defined() || Fp8GroupedWgradFromRows(w.fp8_gemm, w.w3))) {
+      xs_rows->RequestRowsOnly();
+    }
   }
   if (w.fp8 && torch::GradMode::is_enabled()) {
     out_grad = c10::make_intrusive<Fp8RowsSlot>();

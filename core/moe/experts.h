@@ -86,11 +86,13 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
 
 // The expert activation between the two projections, shared by the backends.
 // a = x @ w1 (and b = x @ w3 for swiglu, else undefined); a may have zero rows (an expert with
-// no tokens). fp8_grad, fp8_out: the FP8 projections' hand-offs, for relu2 (ReluSquare).
+// no tokens). The FP8 projections' hand-offs (activations.h): fp8_grad for a's GEMM, fp8_grad_b
+// for b's (swiglu), fp8_out for the down projection.
 inline torch::Tensor ExpertActivation(const torch::Tensor& a, const torch::Tensor& b,
                                       const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad = {},
-                                      const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out = {}) {
-  return b.defined() ? SwiGlu(a, b) : ReluSquare(a, fp8_grad, fp8_out);
+                                      const c10::intrusive_ptr<Fp8RowsSlot>& fp8_out = {},
+                                      const c10::intrusive_ptr<Fp8RowsSlot>& fp8_grad_b = {}) {
+  return b.defined() ? SwiGlu(a, b, fp8_grad, fp8_grad_b, fp8_out) : ReluSquare(a, fp8_grad, fp8_out);
 }
 
 }  // namespace moe

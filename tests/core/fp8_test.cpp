@@ -1235,12 +1235,15 @@ TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, 
   const torch::Tensor x0 = torch::randn({N, d}, bf);
   const torch::Tensor w1_0 = (torch::randn({E, d, H}) / 8).to(cuda, torch::kBFloat16);
   const torch::Tensor w2_0 = (torch::randn({E, H, d}) / 16).to(cuda, torch::kBFloat16);
+  const torch::Tensor w3_0 = (torch::randn({E, d, H}) / 8).to(cuda, torch::kBFloat16);
   const torch::Tensor wk0 = torch::rand({N, k}, torch::dtype(torch::kFloat32).device(cuda));
   const torch::Tensor gy = torch::randn({N, d}, bf);
   // from_rows: as GroupedExperts asks when the weight gradients are re-cast from the rows
-  // (precision.fp8_experts_wgrad); GroupedFfn's own slots (relu2) ask the same in both runs.
+  // (precision.fp8_experts_wgrad); GroupedFfn's own slots ask the same in both runs. swiglu: the
+  // permutation's rows go to both the gate and the up projection.
+  for (bool swiglu : {false, true})
   for (bool from_rows : {false, true}) {
-    DYNAMIC_SECTION((from_rows ? "weight gradients from the rows" : "bf16 weight gradients")) {
+    DYNAMIC_SECTION((swiglu ? "swiglu, " : "relu2, ") << (from_rows ? "weight gradients from the rows" : "bf16 weight gradients")) {
       struct Seen {
         int64_t taken[2] = {0, 0};
         bool xs_placeholder = false, grad_placeholder = false;
@@ -1250,12 +1253,16 @@ TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, 
         moe::ExpertWeights w;
         w.w1 = w1_0.clone().requires_grad_();
         w.w2 = w2_0.clone().requires_grad_();
+        if (swiglu) w.w3 = w3_0.clone().requires_grad_();
         w.fp8 = true;
         w.fp8_gemm.wgrad_fp8 = from_rows;
         w.fp8_gemm.wgrad_from_rows = from_rows;
         auto rows = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
         auto grad = handoff ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>();
-        if (handoff && moe::Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1)) rows->RequestRowsOnly();
+        if (handoff && moe::Fp8GroupedWgradFromRows(w.fp8_gemm, w.w1) &&
+            (!swiglu || moe::Fp8GroupedWgradFromRows(w.fp8_gemm, w.w3))) {
+          rows->RequestRowsOnly();
+        }
         if (handoff && moe::Fp8GroupedWgradFromRows(w.fp8_gemm, w.w2)) grad->RequestRowsOnly();
         const torch::Tensor xs = moe::PermuteTokens(x, order, rows);        // (M, d)
         torch::Tensor ys = moe::GroupedFfn(xs, offs, w, grad, rows);        // (M, d)
@@ -1267,7 +1274,9 @@ TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, 
         }
         y.backward(gy);
         if (seen) seen->taken[1] = grad ? grad->taken() : 0;
-        return std::vector<torch::Tensor>{y.detach(), x.grad(), w.w1.grad(), w.w2.grad(), wk.grad()};
+        std::vector<torch::Tensor> out{y.detach(), x.grad(), w.w1.grad(), w.w2.grad(), wk.grad()};
+        if (swiglu) out.push_back(w.w3.grad());
+        return out;
       };
       Seen seen;
       const auto a = run(false, nullptr), b = run(true, &seen);
@@ -1278,6 +1287,105 @@ TEST_CASE("fp8: the permutation hands the FP8 experts' up projection its input, 
       CheckSameTensors(a, b);
       CHECK(a[1].abs().sum().item<double>() > 0);
       for (const torch::Tensor& t : b) CHECK(t.isfinite().all().item<bool>());  // no placeholder's NaN got out
+    }
+  }
+}
+
+TEST_CASE("fp8: swiglu experts: the permutation's rows reach both projections, the activation hands the down "
+          "projection its input and the gate and up projections their gradients quantised, the rows alone where "
+          "the weight gradients are re-cast from them, and nothing changes (skipped without a GPU)",
+          "[fp8][cuda]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  const torch::Device cuda(torch::kCUDA, 0);
+  const int64_t N = 48, k = 2, H = 128, d = 64, E = 3, M = N * k;
+  torch::manual_seed(13);
+  const auto bf = torch::dtype(torch::kBFloat16).device(cuda);
+  const moe::RowOrder order = moe::MakeRowOrder(torch::randperm(M, torch::dtype(torch::kLong).device(cuda)), M, k);
+  const torch::Tensor offs = torch::tensor({40, 40, static_cast<int>(M)}, torch::dtype(torch::kInt32).device(cuda));
+  const torch::Tensor x0 = torch::randn({N, d}, bf);
+  const torch::Tensor w1_0 = (torch::randn({E, d, H}) / 8).to(cuda, torch::kBFloat16);
+  const torch::Tensor w3_0 = (torch::randn({E, d, H}) / 8).to(cuda, torch::kBFloat16);
+  const torch::Tensor w2_0 = (torch::randn({E, H, d}) / 16).to(cuda, torch::kBFloat16);
+  const torch::Tensor wk0 = torch::rand({N, k}, torch::dtype(torch::kFloat32).device(cuda));
+  const torch::Tensor gy = torch::randn({N, d}, bf);
+  for (bool from_rows : {false, true}) {
+    DYNAMIC_SECTION((from_rows ? "weight gradients from the rows" : "bf16 weight gradients")) {
+      moe::Fp8GemmOptions o;
+      o.wgrad_fp8 = from_rows;
+      o.wgrad_from_rows = from_rows;
+      struct Seen {
+        int64_t taken[5] = {0, 0, 0, 0, 0};  // xs for w1, xs for w3, activation, da, db
+        bool act_placeholder = false, a_grad_placeholder = false, b_grad_placeholder = false;
+      };
+      enum Form { kNoHandoff, kHandoff, kGroupedFfn };
+      auto run = [&](Form form, Seen* seen) {
+        torch::Tensor x = x0.clone().requires_grad_(), wk = wk0.clone().requires_grad_();
+        moe::ExpertWeights w;
+        w.w1 = w1_0.clone().requires_grad_();
+        w.w3 = w3_0.clone().requires_grad_();
+        w.w2 = w2_0.clone().requires_grad_();
+        w.fp8 = true;
+        w.fp8_gemm = o;
+        torch::Tensor ys;
+        if (form == kGroupedFfn) {  // as GroupedExperts calls it
+          const torch::Tensor xs = moe::PermuteTokens(x, order, {});  // (M, d)
+          ys = moe::GroupedFfn(xs, offs, w);                           // (M, d)
+        } else {
+          const bool h = form == kHandoff;
+          auto slot = [&] { return h ? c10::make_intrusive<moe::Fp8RowsSlot>() : c10::intrusive_ptr<moe::Fp8RowsSlot>(); };
+          auto rows_a = slot(), rows_b = slot(), act = slot(), ga = slot(), gb = slot();
+          if (h && from_rows) {
+            act->RequestRowsOnly();
+            ga->RequestRowsOnly();
+            gb->RequestRowsOnly();
+          }
+          const torch::Tensor xs = moe::PermuteTokens(x, order, {});  // (M, d)
+          if (h) {  // xs quantised once for both projections, as GroupedFfn does
+            const moe::Fp8Tensor xq = moe::Quantize(xs, torch::kFloat8_e4m3fn, moe::Fp8Granularity::kRow);
+            rows_a->Offer(xs, xq);
+            rows_b->Offer(xs, xq);
+          }
+          torch::Tensor a = moe::Fp8GroupedMm(xs, w.w1, offs, o, ga, rows_a);  // (M, H)
+          torch::Tensor b = moe::Fp8GroupedMm(xs, w.w3, offs, o, gb, rows_b);  // (M, H)
+          if (seen) {
+            a.register_hook([seen](torch::Tensor g) { seen->a_grad_placeholder = g.stride(0) == 0; });
+            b.register_hook([seen](torch::Tensor g) { seen->b_grad_placeholder = g.stride(0) == 0; });
+          }
+          const torch::Tensor act_out = moe::SwiGlu(a, b, ga, gb, act);         // (M, H)
+          ys = moe::Fp8GroupedMm(act_out, w.w2, offs, o, {}, act);             // (M, d)
+          if (seen) {
+            seen->taken[0] = rows_a ? rows_a->taken() : 0;
+            seen->taken[1] = rows_b ? rows_b->taken() : 0;
+            seen->taken[2] = act ? act->taken() : 0;
+            seen->act_placeholder = act_out.stride(0) == 0;
+          }
+          const torch::Tensor y = moe::UnpermuteTokens(ys, wk, order, {});  // (N, d)
+          y.backward(gy);
+          if (seen) {
+            seen->taken[3] = ga ? ga->taken() : 0;
+            seen->taken[4] = gb ? gb->taken() : 0;
+          }
+          return std::vector<torch::Tensor>{y.detach(), x.grad(), w.w1.grad(), w.w3.grad(), w.w2.grad(), wk.grad()};
+        }
+        const torch::Tensor y = moe::UnpermuteTokens(ys, wk, order, {});  // (N, d)
+        y.backward(gy);
+        return std::vector<torch::Tensor>{y.detach(), x.grad(), w.w1.grad(), w.w3.grad(), w.w2.grad(), wk.grad()};
+      };
+      Seen seen;
+      const auto plain = run(kNoHandoff, nullptr), handed = run(kHandoff, &seen), grouped = run(kGroupedFfn, nullptr);
+      for (int i = 0; i < 5; ++i) {
+        INFO("slot " << i);
+        CHECK(seen.taken[i] == 1);  // every hand-off was used
+      }
+      CHECK(seen.act_placeholder == from_rows);
+      CHECK(seen.a_grad_placeholder == from_rows);
+      CHECK(seen.b_grad_placeholder == from_rows);
+      CheckSameTensors(plain, handed);
+      CheckSameTensors(plain, grouped);  // GroupedFfn's own hand-offs change nothing either
+      CHECK(plain[1].abs().sum().item<double>() > 0);
+      CHECK(plain[3].abs().sum().item<double>() > 0);
+      for (const torch::Tensor& t : handed) CHECK(t.isfinite().all().item<bool>());
+      for (const torch::Tensor& t : grouped) CHECK(t.isfinite().all().item<bool>());
     }
   }
 }

@@ -16,6 +16,7 @@
 #include <ATen/cuda/CUDAGraph.h>
 
 #include "core/model/activations.h"
+#include "kernels/fp8_quantize.h"
 #include "kernels/swiglu.h"
 
 namespace swiglu_test {
@@ -97,6 +98,69 @@ TEST_CASE("kernels: SwiGlu forward and backward match ATen on random data", "[ke
       }
     }
   }
+}
+
+TEST_CASE("kernels: SwiGluForwardFp8 / BackwardFp8 equal the kernel then the FP8 row quantisation, bit for bit, "
+          "with and without the bf16 tensors",
+          "[kernels][swiglu][fp8_quantize]") {
+  MOE_REQUIRE_GPU_OR_SKIP();
+  at::manual_seed(35);
+  struct Row {
+    int64_t rows, cols, offset;
+  };
+  // 8 to 8192 columns (blocks of 32 to 1024 threads, some not all in the row), the reference's
+  // expert hidden (1536), the wide model's (4096), and misaligned inputs (copied, then fused).
+  for (const Row& r : {Row{1, 8, 0}, Row{37, 256, 0}, Row{300, 768, 0}, Row{513, 1536, 0}, Row{64, 2056, 0},
+                       Row{2048, 4096, 0}, Row{7, 8192, 0}, Row{33, 1536, 1}}) {
+    DYNAMIC_SECTION("rows " << r.rows << " cols " << r.cols << " offset " << r.offset) {
+      const auto opt = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+      at::Tensor a = moe_test::Place(at::randn({r.rows, r.cols}, opt) * 3, at::kBFloat16, r.offset);
+      at::Tensor b = moe_test::Place(at::randn({r.rows, r.cols}, opt), at::kBFloat16, r.offset);
+      at::Tensor dy = at::randn({r.rows, r.cols}, opt) * 3;
+      if (r.rows > 4) dy[3].zero_();  // a zero row: amax 0, the eps scale
+      REQUIRE(moe::kernels::SwiGluFp8Supported(a));
+      const auto q = [](const at::Tensor& t) { return moe::kernels::Fp8Quantize(t, at::kFloat8_e4m3fn, true, 1e-12); };
+
+      const at::Tensor want_y = moe::kernels::SwiGluForward(a, b);
+      moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
+      const moe::kernels::SwiGluFp8 fwd = moe::kernels::SwiGluForwardFp8(a, b, 1e-12);
+      CHECK(at::equal(fwd.y, want_y));
+      moe_test::CheckSameFp8(fwd.fp8, q(want_y));
+      // Not vacuous: nearly every element survives the cast.
+      CHECK(moe_test::NonzeroBytes(fwd.fp8.data) >= r.rows * r.cols * 9 / 10);
+
+      const moe::kernels::SwiGluGrads want = moe::kernels::SwiGluBackward(dy, a, b);
+      moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
+      const moe::kernels::SwiGluGradsFp8 got = moe::kernels::SwiGluBackwardFp8(dy, a, b, 1e-12);
+      CHECK(at::equal(got.da, want.da));
+      CHECK(at::equal(got.db, want.db));
+      moe_test::CheckSameFp8(got.fp8_a, q(want.da));
+      moe_test::CheckSameFp8(got.fp8_b, q(want.db));
+      CHECK(moe_test::NonzeroBytes(got.fp8_b.data) >= (r.rows - (r.rows > 4 ? 1 : 0)) * r.cols * 9 / 10);
+
+      // The rows alone (the rows-only hand-off): the same bytes and scales, no bf16 tensor.
+      moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
+      const moe::kernels::SwiGluFp8 fwd_rows = moe::kernels::SwiGluForwardFp8(a, b, 1e-12, false);
+      CHECK_FALSE(fwd_rows.y.defined());
+      moe_test::CheckSameFp8(fwd_rows.fp8, fwd.fp8);
+      for (int keep : {0, 1, 2}) {  // neither gradient written, da only, db only
+        INFO("keep " << keep);
+        moe_test::PoisonAllocator(r.rows * r.cols, at::kBFloat16);
+        const moe::kernels::SwiGluGradsFp8 g = moe::kernels::SwiGluBackwardFp8(dy, a, b, 1e-12, keep == 1, keep == 2);
+        CHECK(g.da.defined() == (keep == 1));
+        CHECK(g.db.defined() == (keep == 2));
+        if (g.da.defined()) CHECK(at::equal(g.da, want.da));
+        if (g.db.defined()) CHECK(at::equal(g.db, want.db));
+        moe_test::CheckSameFp8(g.fp8_a, got.fp8_a);
+        moe_test::CheckSameFp8(g.fp8_b, got.fp8_b);
+      }
+    }
+  }
+  const auto bf = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  CHECK_FALSE(moe::kernels::SwiGluFp8Supported(at::zeros({4, 8200}, bf)));  // past a block's threads
+  CHECK_FALSE(moe::kernels::SwiGluFp8Supported(at::zeros({4, 12}, bf)));    // not whole vectors
+  CHECK_FALSE(moe::kernels::SwiGluFp8Supported(at::zeros({4, 16}, bf.dtype(at::kFloat))));
+  CHECK_FALSE(moe::kernels::SwiGluFp8Supported(at::zeros({0, 16}, bf)));
 }
 
 TEST_CASE("kernels: SwiGlu keeps NaN and the sigmoid's saturated ends", "[kernels][swiglu]") {
