@@ -9,7 +9,8 @@
 #   device: source .devdeps/env.sh && OLD_SRC=ab-old REPS=2 scripts/gpu-ab.sh [ARM...]   (carry .devdeps)
 # ab-old/ is untracked and not ignored, so the device tool carries it with the working tree;
 # delete it afterwards. ARM: ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head (default all);
-# also ref_swiglu, wide_swiglu (the bf16 arms with model.mlp = swiglu), ref_swiglu_eager, and
+# also ref_swiglu, wide_swiglu (the bf16 arms with model.mlp = swiglu), ref_swiglu_eager,
+# dense_swiglu_fp8 (the reference config dense, model.moe = false, swiglu, in today's FP8 form), and
 # loss_swiglu (the loss checks' form: eager, dropless, the text source; run it with STEPS=200;
 # pair r runs train.seed r). The last column: the mean loss of the last 20 steps, old / new, per pair.
 set -uo pipefail
@@ -44,10 +45,11 @@ args() {  # arm -> its --set arguments (the same as gpu-fp8.sh head's)
     ref_swiglu) echo "${G[*]} --set model.mlp=swiglu" ;;
     ref_swiglu_eager) echo "${G[*]} --set model.mlp=swiglu --set train.compile=eager" ;;
     wide_swiglu) echo "${G[*]} ${W[*]} --set model.mlp=swiglu" ;;
+    dense_swiglu_fp8) echo "${G[*]} --set model.moe=false --set model.mlp=swiglu ${B[*]} --set precision.fp8_fast_accum_grads=true" ;;
     loss_swiglu) echo "--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt" \
                       "--set model.vocab_size=256 --set optim.lr=1e-3 --set model.mlp=swiglu" ;;
     *) echo "gpu-ab.sh: unknown arm '$1' (ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head" \
-            "ref_swiglu ref_swiglu_eager wide_swiglu loss_swiglu)" >&2; exit 2 ;;
+            "ref_swiglu ref_swiglu_eager wide_swiglu dense_swiglu_fp8 loss_swiglu)" >&2; exit 2 ;;
   esac
 }
 if [ $# -gt 0 ]; then arms=("$@"); else arms=(ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head); fi

@@ -34,18 +34,26 @@ SublayerFp8Slots MLPImpl::MakeFp8Handoffs() const {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x, const SublayerFp8Slots& fp8) {
-  // relu2 between two rowwise FP8 projections: its forward quantises the output projection's input
-  // and its backward the input projection's gradient, as they write them (fp8_rows_slot.h).
-  c10::intrusive_ptr<Fp8RowsSlot> in_grad, act_rows;
-  if (!swiglu_ && fp8_handoffs_) {
+  // The activation between rowwise FP8 projections: its forward quantises the output projection's
+  // input and its backward the input projections' gradients (relu2: fc's; swiglu: gate's and up's),
+  // as they write them (fp8_rows_slot.h).
+  c10::intrusive_ptr<Fp8RowsSlot> in_grad, up_grad, act_rows;
+  if (fp8_handoffs_) {
     const SublayerFp8Slots inner = MakeSublayerFp8Slots(out_p_, in_p_);  // out's input, in's gradient
     act_rows = inner.x_rows;
     in_grad = inner.out_grad;
+    if (swiglu_) {  // one kernel writes the gate's and the up's gradients: both slots or neither
+      if (in_grad && TakesFp8Rows(up_p_)) {
+        up_grad = c10::make_intrusive<Fp8RowsSlot>();
+      } else {
+        in_grad = {};
+      }
+    }
   }
   // The x_rows slot is emptied by its first Take: with swiglu, the up projection quantises x itself.
   torch::Tensor h = PlannedLinear(in_p_, x, in_->weight, in_grad, fp8.x_rows);  // (..., hidden)
   if (swiglu_) {
-    h = SwiGlu(h, PlannedLinear(up_p_, x, up_->weight));
+    h = SwiGlu(h, PlannedLinear(up_p_, x, up_->weight, up_grad), in_grad, up_grad, act_rows);
   } else {
     h = ReluSquare(h, in_grad, act_rows);
   }

@@ -816,7 +816,7 @@ TEST_CASE("fp8: the norms around attention hand the qkv projection its input and
 }
 
 TEST_CASE("fp8: a dense model trains identically with and without the FP8 operand hand-offs of the qk-norm, the "
-          "norms (across blocks too), relu2 and the LM head (skipped without a GPU)",
+          "norms (across blocks too), relu2 or swiglu and the LM head (skipped without a GPU)",
           "[fp8][cuda]") {
   MOE_REQUIRE_GPU_OR_SKIP();
   const torch::Device cuda(torch::kCUDA, 0);
@@ -827,9 +827,11 @@ TEST_CASE("fp8: a dense model trains identically with and without the FP8 operan
   c.precision.fp8_recipe = "rowwise";
   c.precision.fp8_lm_head = true;  // the final norm's hand-off too
   // Both with the weight gradients in the compute dtype and re-cast from the FP8 rows
-  // (precision.fp8_linear_wgrad), which then take the offered rows too.
+  // (precision.fp8_linear_wgrad), which then take the offered rows too; both activations.
+  for (const char* mlp : {"relu2", "swiglu"})
   for (bool linear_wgrad : {false, true}) {
-    INFO("fp8_linear_wgrad " << linear_wgrad);
+    INFO("mlp " << mlp << ", fp8_linear_wgrad " << linear_wgrad);
+    c.model.mlp = mlp;
     c.precision.fp8_wgrad = linear_wgrad ? "compute" : "fp8";
     c.precision.fp8_linear_wgrad = linear_wgrad;
     double loss[2] = {0, 0};
