@@ -4,6 +4,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <initializer_list>
+
 // Light ATen headers only: the tensor type, the CUDA allocator's empty_cuda, streams and device
 // properties. <ATen/ATen.h> and <ATen/cuda/CUDAContext.h> (every operator's declaration) tripled
 // each .cu file's compile time, most of it parsed three times over by nvcc (cudafe++, cicc, gcc).
@@ -72,6 +75,32 @@ unsigned ResidentGrid(Kernel kernel, int block, int64_t chunks) {
   const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) *
                            at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return static_cast<unsigned>(chunks < resident ? chunks : resident);
+}
+
+// Flat elementwise kernels (relu_square.cu, swiglu.cu) loop a grid over 16-byte vectors of the
+// flat tensors, then the tail elements one per thread.
+// The vector width: 16 bytes when every pointer is 16-byte aligned (the tail loop takes what is
+// left), else scalar.
+inline int FlatVecWidth(size_t elem_size, std::initializer_list<const void*> ptrs) {
+  int w = static_cast<int>(16 / elem_size);
+  for (const void* p : ptrs) {
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) w = 1;
+  }
+  return w;
+}
+// Blocks of `block` threads for one vector (or tail element) per thread over n > 0 elements, at
+// most max_blocks (the kernels' grid-stride loops take the rest).
+inline unsigned FlatBlocks(int64_t n, int vec, int block, int64_t max_blocks) {
+  const int64_t items = (n + vec - 1) / vec;
+  const int64_t blocks = (items + block - 1) / block;
+  return static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks);
+}
+
+// t itself where it is contiguous and 16-byte aligned, else a fresh contiguous copy (the
+// allocator's blocks are aligned): what 16-byte vector loads need.
+inline at::Tensor ContiguousAligned16(const at::Tensor& t) {
+  if (!t.is_contiguous()) return t.contiguous();
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
 }
 
 // The widest vector that divides the row and keeps every row 16-byte aligned.

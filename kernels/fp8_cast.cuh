@@ -1,6 +1,6 @@
 // Device helpers of FP8 quantisation shared by the kernels that write FP8 operands
 // (kernels/fp8_quantize.cu, and the producers that quantise what they write: qk_rope_norm.cu,
-// cross_entropy.cu, relu_square.cu, rms_norm.cu, moe_permute.cu, moe_unpermute.cu): the scale
+// cross_entropy.cu, relu_square.cu, swiglu.cu, rms_norm.cu, moe_permute.cu, moe_unpermute.cu): the scale
 // from an amax, its reciprocal, ordered-bits maxima, a block's row scale and the scaled, saturating
 // cast. One definition, so every producer writes the bytes moe::Quantize would.
 #pragma once
@@ -9,7 +9,10 @@
 
 #include <cstdint>
 
+#include <limits>
+
 #include "kernels/common.cuh"
+#include "kernels/fp8_quantize.h"
 
 namespace moe::kernels {
 
@@ -90,6 +93,33 @@ struct Fp8RowsOut {
   float* inv = nullptr;
   float eps = 0.f;
 };
+
+// The activations' FP8 forms (relu_square.cu, swiglu.cu) give a block to each row and one 8-vector
+// to each thread, so a row of C elements takes C / 8 threads, at most kMaxBlockRowFp8Vecs.
+constexpr int64_t kMaxBlockRowFp8Vecs = 1024;
+// Whether such a kernel takes x: a non-empty bf16 CUDA tensor whose last dimension C is a
+// multiple of 8 and at most 8 * kMaxBlockRowFp8Vecs, fewer than 2^31 rows.
+inline bool BlockRowFp8Supported(const at::Tensor& x) {
+  if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() < 1 || x.numel() == 0) return false;
+  const int64_t C = x.size(-1);
+  return C % 8 == 0 && C / 8 <= kMaxBlockRowFp8Vecs && x.numel() / C <= std::numeric_limits<int32_t>::max();
+}
+// Threads of such a block for rows of C elements: C / 8, rounded up to whole warps.
+inline unsigned BlockRowFp8Threads(int64_t C) { return static_cast<unsigned>((C / 8 + 31) / 32 * 32); }
+
+// Storage for the FP8 rows of a (rows, C) output, on options' device: data e4m3 (rows, C), scale
+// and inv_scale (rows, 1); and where a kernel writes them.
+inline Fp8Quantized EmptyFp8Rows(int64_t rows, int64_t C, const at::TensorOptions& options) {
+  Fp8Quantized q;
+  q.data = EmptyCuda({rows, C}, options.dtype(at::kFloat8_e4m3fn));  // (rows, C)
+  q.scale = EmptyCuda({rows, 1}, options.dtype(at::kFloat));         // (rows, 1)
+  q.inv_scale = EmptyCuda({rows, 1}, options.dtype(at::kFloat));     // (rows, 1)
+  return q;
+}
+inline Fp8RowsOut RowsOutOf(const Fp8Quantized& q, double amax_eps) {
+  return {reinterpret_cast<uint8_t*>(q.data.data_ptr()), q.scale.data_ptr<float>(), q.inv_scale.data_ptr<float>(),
+          static_cast<float>(amax_eps)};
+}
 
 // VEC scaled casts of one input vector into VEC bytes, two per cvt where VEC is even.
 template <typename T, int VEC, __nv_fp8_interpretation_t F>

@@ -164,12 +164,6 @@ void unpermute_rows_backward(T* dys, float* dw, const T* dy, const T* ys, const 
 // ATen entry points
 
 namespace {
-// t itself where it is 16-byte aligned, else a fresh copy (the allocator's blocks are aligned):
-// the vector paths need it, and a misaligned view would send dy and ys down different widths.
-at::Tensor Aligned(const at::Tensor& t) {
-  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
-}
-
 void CheckInvW(const at::Tensor& inv, const at::Tensor& w, const char* what) {
   TORCH_CHECK(w.is_cuda() && w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous(), what,
               ": w must be a contiguous (N, k) fp32 CUDA tensor");
@@ -205,7 +199,9 @@ std::tuple<at::Tensor, at::Tensor> Backward(const at::Tensor& dy_in, const at::T
                                             bool write_dys = true) {
   CheckInvW(inv, w, what);
   TORCH_CHECK(ys_in.is_cuda() && ys_in.dim() == 2, what, ": ys must be an (M, d) CUDA tensor");
-  at::Tensor dy = Aligned(dy_in.contiguous().to(ys_in.scalar_type())), ys = Aligned(ys_in.contiguous());
+  // Both 16-byte aligned: the vector paths need it, and a misaligned view would send dy and ys down
+  // different widths.
+  at::Tensor dy = ContiguousAligned16(dy_in.to(ys_in.scalar_type())), ys = ContiguousAligned16(ys_in);
   const int64_t N = w.size(0), k = w.size(1), M = ys.size(0), d = ys.size(1);
   TORCH_CHECK(dy.dim() == 2 && dy.size(0) == N && dy.size(1) == d, what, ": dy must be (N, d)");
   // Rows that no assignment maps to must read as zero gradient (and, in FP8, as the zero row's

@@ -6,8 +6,6 @@
 #include "kernels/relu_square.h"
 
 #include <cstdint>
-#include <initializer_list>
-#include <limits>
 
 namespace moe::kernels {
 
@@ -15,8 +13,6 @@ namespace {
 constexpr int kBlock = 256;
 // Grid-stride loops past this many blocks: plenty to fill an H100 (132 SMs x 8 blocks of 256).
 constexpr int64_t kMaxBlocks = 65536;
-// Most 8-element vectors in a row of the FP8 backward: one per thread of a block.
-constexpr int64_t kMaxFp8RowVecs = 1024;
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -80,7 +76,7 @@ __global__ void relu_square_backward_kernel(T* __restrict__ dx, const T* __restr
 // relu2 forward (BACKWARD = false: out = relu(x)^2) or backward (out = dx = 2 * relu(x) * dy), and
 // out's rows quantised for the rowwise FP8 GEMM that consumes it in the same pass: the expert down
 // projection's input, the up projection's input gradient. A block per row of C elements (C % 8 ==
-// 0, at most kMaxFp8RowVecs vectors of 8), one vector per thread, held in registers from its
+// 0, at most kMaxBlockRowFp8Vecs vectors of 8), one vector per thread, held in registers from its
 // computation to the cast with the row's scale: what Fp8Quantize(out, e4m3fn, rowwise) writes,
 // without reading out back. (A warp per row holding 16 vectors per lane ran at half the bandwidth:
 // too many registers for the loads to be in flight together.)
@@ -116,52 +112,31 @@ __global__ void relu_square_fp8_kernel(T* __restrict__ out, uint8_t* __restrict_
 // ----------------------------------------------------------------------------
 // launchers
 
-namespace {
-
-// Enough blocks for one vector (or tail element) per thread, at most kMaxBlocks. n > 0.
-unsigned Blocks(int64_t n, int vec) {
-  const int64_t items = (n + vec - 1) / vec;
-  const int64_t blocks = (items + kBlock - 1) / kBlock;
-  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
-}
-
-// 16-byte vectors when every pointer is 16-byte aligned (the flat tensor has no rows to keep
-// aligned: the tail loop takes what is left); scalar otherwise.
-int FlatVecWidth(size_t elem_size, std::initializer_list<const void*> ptrs) {
-  int w = static_cast<int>(16 / elem_size);
-  for (const void* p : ptrs) {
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) w = 1;
-  }
-  return w;
-}
-
-}  // namespace
 
 template <typename T, int VEC>
 void relu_square(T* y, const T* x, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  relu_square_kernel<T, VEC><<<Blocks(n, VEC), kBlock, 0, stream>>>(y, x, n);
+  relu_square_kernel<T, VEC><<<FlatBlocks(n, VEC, kBlock, kMaxBlocks), kBlock, 0, stream>>>(y, x, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int VEC>
 void relu_square_backward(T* dx, const T* dy, const T* x, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  relu_square_backward_kernel<T, VEC><<<Blocks(n, VEC), kBlock, 0, stream>>>(dx, dy, x, n);
+  relu_square_backward_kernel<T, VEC><<<FlatBlocks(n, VEC, kBlock, kMaxBlocks), kBlock, 0, stream>>>(dx, dy, x, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // dy: the backward's cotangent, or null for the forward.
 template <typename T>
-void relu_square_fp8(T* out, uint8_t* q8, float* scale, float* inv, const T* x, const T* dy, int64_t rows, int64_t C,
-                     float eps, cudaStream_t stream) {
+void relu_square_fp8(T* out, Fp8RowsOut q, const T* x, const T* dy, int64_t rows, int64_t C, cudaStream_t stream) {
   if (rows == 0) return;
   const auto grid = static_cast<unsigned>(rows);
-  const auto threads = static_cast<unsigned>((C / 8 + 31) / 32 * 32);
+  const unsigned threads = BlockRowFp8Threads(C);
   if (dy != nullptr) {
-    relu_square_fp8_kernel<T, true><<<grid, threads, 0, stream>>>(out, q8, scale, inv, x, dy, C, eps);
+    relu_square_fp8_kernel<T, true><<<grid, threads, 0, stream>>>(out, q.q8, q.scale, q.inv, x, dy, C, q.eps);
   } else {
-    relu_square_fp8_kernel<T, false><<<grid, threads, 0, stream>>>(out, q8, scale, inv, x, nullptr, C, eps);
+    relu_square_fp8_kernel<T, false><<<grid, threads, 0, stream>>>(out, q.q8, q.scale, q.inv, x, nullptr, C, q.eps);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -200,62 +175,43 @@ at::Tensor ReluSquareBackward(const at::Tensor& dy_in, const at::Tensor& x_in) {
   return dx;
 }
 
-namespace {
-// t itself where it is contiguous and 16-byte aligned, else a fresh contiguous copy (the
-// allocator's blocks are aligned): what the FP8 kernels' vector loads need.
-at::Tensor Aligned(const at::Tensor& t) {
-  if (!t.is_contiguous()) return t.contiguous();
-  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
-}
-}  // namespace
 
-bool ReluSquareFp8Supported(const at::Tensor& x) {
-  if (!x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.dim() < 1 || x.numel() == 0) return false;
-  const int64_t C = x.size(-1);
-  return C % 8 == 0 && C / 8 <= kMaxFp8RowVecs && x.numel() / C <= std::numeric_limits<int32_t>::max();
-}
+bool ReluSquareFp8Supported(const at::Tensor& x) { return BlockRowFp8Supported(x); }
 
 ReluSquareGradFp8 ReluSquareBackwardFp8(const at::Tensor& dy_in, const at::Tensor& x_in, double amax_eps,
                                         bool write_dx) {
   TORCH_CHECK(ReluSquareFp8Supported(x_in), "ReluSquareBackwardFp8: x must be a non-empty bf16 CUDA tensor "
-              "whose last dimension is a multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ",
+              "whose last dimension is a multiple of 8 and at most ", 8 * kMaxBlockRowFp8Vecs, "; got ", x_in.sizes(), " ",
               x_in.scalar_type());
   TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == x_in.sizes(),
               "ReluSquareBackwardFp8: dy must be a CUDA tensor of x's shape");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = Aligned(x_in);
-  const at::Tensor dy = Aligned(dy_in.to(x.scalar_type()));
+  const at::Tensor x = ContiguousAligned16(x_in);
+  const at::Tensor dy = ContiguousAligned16(dy_in.to(x.scalar_type()));
   const int64_t C = x.size(-1), rows = x.numel() / C;
   ReluSquareGradFp8 r;
-  if (write_dx) r.dx = EmptyCuda(x.sizes(), x.options());                                // x's shape
-  r.fp8.data = EmptyCuda({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
-  r.fp8.scale = EmptyCuda({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
-  r.fp8.inv_scale = EmptyCuda(r.fp8.scale.sizes(), r.fp8.scale.options());                                         // (rows, 1)
-  relu_square_fp8<__nv_bfloat16>(
-      write_dx ? reinterpret_cast<__nv_bfloat16*>(r.dx.data_ptr()) : nullptr,
-      reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()),
-      r.fp8.scale.data_ptr<float>(), r.fp8.inv_scale.data_ptr<float>(),
-      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()),
-      rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
+  if (write_dx) r.dx = EmptyCuda(x.sizes(), x.options());  // x's shape
+  r.fp8 = EmptyFp8Rows(rows, C, x.options());              // (rows, C), (rows, 1)
+  relu_square_fp8<__nv_bfloat16>(write_dx ? reinterpret_cast<__nv_bfloat16*>(r.dx.data_ptr()) : nullptr,
+                                 RowsOutOf(r.fp8, amax_eps), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
+                                 reinterpret_cast<const __nv_bfloat16*>(dy.data_ptr()), rows, C,
+                                 at::cuda::getCurrentCUDAStream());
   return r;
 }
 
 ReluSquareFp8 ReluSquareForwardFp8(const at::Tensor& x_in, double amax_eps, bool write_y) {
   TORCH_CHECK(ReluSquareFp8Supported(x_in), "ReluSquareForwardFp8: x must be a non-empty bf16 CUDA tensor whose last "
-              "dimension is a multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", x_in.sizes(), " ",
+              "dimension is a multiple of 8 and at most ", 8 * kMaxBlockRowFp8Vecs, "; got ", x_in.sizes(), " ",
               x_in.scalar_type());
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = Aligned(x_in);
+  const at::Tensor x = ContiguousAligned16(x_in);
   const int64_t C = x.size(-1), rows = x.numel() / C;
   ReluSquareFp8 r;
-  if (write_y) r.y = EmptyCuda(x.sizes(), x.options());                                  // x's shape
-  r.fp8.data = EmptyCuda({rows, C}, x.options().dtype(at::kFloat8_e4m3fn));              // (rows, C)
-  r.fp8.scale = EmptyCuda({rows, 1}, x.options().dtype(at::kFloat));                     // (rows, 1)
-  r.fp8.inv_scale = EmptyCuda(r.fp8.scale.sizes(), r.fp8.scale.options());                                         // (rows, 1)
+  if (write_y) r.y = EmptyCuda(x.sizes(), x.options());  // x's shape
+  r.fp8 = EmptyFp8Rows(rows, C, x.options());            // (rows, C), (rows, 1)
   relu_square_fp8<__nv_bfloat16>(write_y ? reinterpret_cast<__nv_bfloat16*>(r.y.data_ptr()) : nullptr,
-                                 reinterpret_cast<uint8_t*>(r.fp8.data.data_ptr()), r.fp8.scale.data_ptr<float>(),
-                                 r.fp8.inv_scale.data_ptr<float>(), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
-                                 nullptr, rows, C, static_cast<float>(amax_eps), at::cuda::getCurrentCUDAStream());
+                                 RowsOutOf(r.fp8, amax_eps), reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()),
+                                 nullptr, rows, C, at::cuda::getCurrentCUDAStream());
   return r;
 }
 

@@ -7,18 +7,12 @@
 #include "kernels/fp8_cast.cuh"
 #include "kernels/swiglu.h"
 
-#include <cstdint>
-#include <initializer_list>
-#include <limits>
-
 namespace moe::kernels {
 
 namespace {
 constexpr int kBlock = 256;
 // Grid-stride loops past this many blocks: plenty to fill an H100 (132 SMs x 8 blocks of 256).
 constexpr int64_t kMaxBlocks = 65536;
-// Most 8-element vectors in a row of the FP8 forms: one per thread of a block.
-constexpr int64_t kMaxFp8RowVecs = 1024;
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -101,7 +95,7 @@ __global__ void swiglu_backward_kernel(T* __restrict__ da, T* __restrict__ db, c
 // The forward (BACKWARD = false: out_a = y) or the backward (out_a = da, out_b = db), with the
 // rows of each output quantised for the rowwise FP8 GEMM that consumes it, in the same pass: the
 // expert down projection's input, the gate and up projections' input gradients. A block per row of
-// C elements (C % 8 == 0, at most kMaxFp8RowVecs vectors of 8), one vector per thread, held in
+// C elements (C % 8 == 0, at most kMaxBlockRowFp8Vecs vectors of 8), one vector per thread, held in
 // registers from its computation to the cast with the row's scale: what Fp8Quantize(out, e4m3fn,
 // rowwise) writes, without reading out back (the layout of relu_square.cu's FP8 kernel).
 // out_a, out_b, a, b, dy (rows, C) contiguous and 16-byte aligned (dy, out_b and q_b unused
@@ -154,38 +148,18 @@ __global__ void swiglu_fp8_kernel(T* __restrict__ out_a, T* __restrict__ out_b, 
 // ----------------------------------------------------------------------------
 // launchers
 
-namespace {
-
-// Enough blocks for one vector (or tail element) per thread, at most kMaxBlocks. n > 0.
-unsigned Blocks(int64_t n, int vec) {
-  const int64_t items = (n + vec - 1) / vec;
-  const int64_t blocks = (items + kBlock - 1) / kBlock;
-  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
-}
-
-// 16-byte vectors when every pointer is 16-byte aligned (the tail loop takes what is left);
-// scalar otherwise.
-int FlatVecWidth(size_t elem_size, std::initializer_list<const void*> ptrs) {
-  int w = static_cast<int>(16 / elem_size);
-  for (const void* p : ptrs) {
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) w = 1;
-  }
-  return w;
-}
-
-}  // namespace
 
 template <typename T, int VEC>
 void swiglu(T* y, const T* a, const T* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  swiglu_kernel<T, VEC><<<Blocks(n, VEC), kBlock, 0, stream>>>(y, a, b, n);
+  swiglu_kernel<T, VEC><<<FlatBlocks(n, VEC, kBlock, kMaxBlocks), kBlock, 0, stream>>>(y, a, b, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int VEC>
 void swiglu_backward(T* da, T* db, const T* dy, const T* a, const T* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  swiglu_backward_kernel<T, VEC><<<Blocks(n, VEC), kBlock, 0, stream>>>(da, db, dy, a, b, n);
+  swiglu_backward_kernel<T, VEC><<<FlatBlocks(n, VEC, kBlock, kMaxBlocks), kBlock, 0, stream>>>(da, db, dy, a, b, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -195,7 +169,7 @@ void swiglu_fp8(T* out_a, T* out_b, Fp8RowsOut q_a, Fp8RowsOut q_b, const T* a, 
                 int64_t C, cudaStream_t stream) {
   if (rows == 0) return;
   const auto grid = static_cast<unsigned>(rows);
-  const auto threads = static_cast<unsigned>((C / 8 + 31) / 32 * 32);
+  const unsigned threads = BlockRowFp8Threads(C);
   if (dy != nullptr) {
     swiglu_fp8_kernel<T, true><<<grid, threads, 0, stream>>>(out_a, out_b, q_a, q_b, a, b, dy, C);
   } else {
@@ -251,27 +225,6 @@ SwiGluGrads SwiGluBackward(const at::Tensor& dy_in, const at::Tensor& a_in, cons
 }
 
 namespace {
-// t itself where it is contiguous and 16-byte aligned, else a fresh contiguous copy (the
-// allocator's blocks are aligned): what the FP8 kernel's vector loads need.
-at::Tensor Aligned(const at::Tensor& t) {
-  if (!t.is_contiguous()) return t.contiguous();
-  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
-}
-
-// Storage for the FP8 rows of a (rows, C) output: data e4m3 (rows, C), scale and inv (rows, 1).
-Fp8Quantized Fp8RowsFor(int64_t rows, int64_t C, const at::TensorOptions& options) {
-  Fp8Quantized q;
-  q.data = EmptyCuda({rows, C}, options.dtype(at::kFloat8_e4m3fn));  // (rows, C)
-  q.scale = EmptyCuda({rows, 1}, options.dtype(at::kFloat));         // (rows, 1)
-  q.inv_scale = EmptyCuda({rows, 1}, options.dtype(at::kFloat));     // (rows, 1)
-  return q;
-}
-
-Fp8RowsOut RowsOut(const Fp8Quantized& q, double amax_eps) {
-  return {reinterpret_cast<uint8_t*>(q.data.data_ptr()), q.scale.data_ptr<float>(), q.inv_scale.data_ptr<float>(),
-          static_cast<float>(amax_eps)};
-}
-
 const __nv_bfloat16* Bf16(const at::Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(t.data_ptr()); }
 __nv_bfloat16* Bf16Out(const at::Tensor& t) {
   return t.defined() ? reinterpret_cast<__nv_bfloat16*>(t.data_ptr()) : nullptr;
@@ -279,26 +232,22 @@ __nv_bfloat16* Bf16Out(const at::Tensor& t) {
 
 void CheckFp8Inputs(const char* fn, const at::Tensor& a, const at::Tensor& b) {
   TORCH_CHECK(SwiGluFp8Supported(a), fn, ": a must be a non-empty bf16 CUDA tensor whose last dimension is a "
-              "multiple of 8 and at most ", 8 * kMaxFp8RowVecs, "; got ", a.sizes(), " ", a.scalar_type());
+              "multiple of 8 and at most ", 8 * kMaxBlockRowFp8Vecs, "; got ", a.sizes(), " ", a.scalar_type());
   CheckPair(fn, a, b);
 }
 }  // namespace
 
-bool SwiGluFp8Supported(const at::Tensor& a) {
-  if (!a.is_cuda() || a.scalar_type() != at::kBFloat16 || a.dim() < 1 || a.numel() == 0) return false;
-  const int64_t C = a.size(-1);
-  return C % 8 == 0 && C / 8 <= kMaxFp8RowVecs && a.numel() / C <= std::numeric_limits<int32_t>::max();
-}
+bool SwiGluFp8Supported(const at::Tensor& a) { return BlockRowFp8Supported(a); }
 
 SwiGluFp8 SwiGluForwardFp8(const at::Tensor& a_in, const at::Tensor& b_in, double amax_eps, bool write_y) {
   CheckFp8Inputs("SwiGluForwardFp8", a_in, b_in);
   const c10::cuda::CUDAGuard guard(a_in.device());
-  const at::Tensor a = Aligned(a_in), b = Aligned(b_in);
+  const at::Tensor a = ContiguousAligned16(a_in), b = ContiguousAligned16(b_in);
   const int64_t C = a.size(-1), rows = a.numel() / C;
   SwiGluFp8 r;
   if (write_y) r.y = EmptyCuda(a.sizes(), a.options());  // a's shape
-  r.fp8 = Fp8RowsFor(rows, C, a.options());
-  swiglu_fp8<__nv_bfloat16>(Bf16Out(r.y), nullptr, RowsOut(r.fp8, amax_eps), Fp8RowsOut{}, Bf16(a), Bf16(b), nullptr,
+  r.fp8 = EmptyFp8Rows(rows, C, a.options());
+  swiglu_fp8<__nv_bfloat16>(Bf16Out(r.y), nullptr, RowsOutOf(r.fp8, amax_eps), Fp8RowsOut{}, Bf16(a), Bf16(b), nullptr,
                             rows, C, at::cuda::getCurrentCUDAStream());
   return r;
 }
@@ -308,15 +257,15 @@ SwiGluGradsFp8 SwiGluBackwardFp8(const at::Tensor& dy_in, const at::Tensor& a_in
   CheckFp8Inputs("SwiGluBackwardFp8", a_in, b_in);
   TORCH_CHECK(dy_in.is_cuda() && dy_in.sizes() == a_in.sizes(), "SwiGluBackwardFp8: dy must be a CUDA tensor of a's shape");
   const c10::cuda::CUDAGuard guard(a_in.device());
-  const at::Tensor a = Aligned(a_in), b = Aligned(b_in);
-  const at::Tensor dy = Aligned(dy_in.to(a.scalar_type()));
+  const at::Tensor a = ContiguousAligned16(a_in), b = ContiguousAligned16(b_in);
+  const at::Tensor dy = ContiguousAligned16(dy_in.to(a.scalar_type()));
   const int64_t C = a.size(-1), rows = a.numel() / C;
   SwiGluGradsFp8 r;
   if (write_da) r.da = EmptyCuda(a.sizes(), a.options());  // a's shape
   if (write_db) r.db = EmptyCuda(a.sizes(), a.options());  // a's shape
-  r.fp8_a = Fp8RowsFor(rows, C, a.options());
-  r.fp8_b = Fp8RowsFor(rows, C, a.options());
-  swiglu_fp8<__nv_bfloat16>(Bf16Out(r.da), Bf16Out(r.db), RowsOut(r.fp8_a, amax_eps), RowsOut(r.fp8_b, amax_eps),
+  r.fp8_a = EmptyFp8Rows(rows, C, a.options());
+  r.fp8_b = EmptyFp8Rows(rows, C, a.options());
+  swiglu_fp8<__nv_bfloat16>(Bf16Out(r.da), Bf16Out(r.db), RowsOutOf(r.fp8_a, amax_eps), RowsOutOf(r.fp8_b, amax_eps),
                             Bf16(a), Bf16(b), Bf16(dy), rows, C, at::cuda::getCurrentCUDAStream());
   return r;
 }
