@@ -31,8 +31,12 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
       b_grad = c10::make_intrusive<Fp8RowsSlot>();
       if (Fp8GroupedWgradFromRows(w.fp8_gemm, w.w3)) b_grad->RequestRowsOnly();
       // Both projections read xs: quantised once (or as the permutation offered it), and offered
-      // to each (a slot is emptied by its first Take).
-      const Fp8Tensor xq = TakeRowsOrQuantize(xs_rows, xs);
+      // to each (a slot is emptied by its first Take). Out of autograd, as inside the GEMMs' own
+      // forward: the quantised rows are an operand, not a differentiable output.
+      const Fp8Tensor xq = [&] {
+        torch::NoGradGuard no_grad;
+        return TakeRowsOrQuantize(xs_rows, xs);
+      }();
       xs_rows_a = c10::make_intrusive<Fp8RowsSlot>();
       xs_rows_b = c10::make_intrusive<Fp8RowsSlot>();
       for (const auto& slot : {xs_rows_a, xs_rows_b}) {
