@@ -28,6 +28,7 @@
 #include "core/train/optimizer.h"
 #include "core/train/profile.h"
 #include "core/util/exit_codes.h"
+#include "core/util/fnv1a.h"
 
 namespace moe {
 
@@ -45,14 +46,7 @@ nlohmann::json WithoutObservationSettings(nlohmann::json j) {
 
 nlohmann::json HashedConfig(const Config& cfg) { return WithoutObservationSettings(ConfigToJson(cfg)); }
 
-std::string ConfigHash(const Config& cfg) {
-  const std::string s = HashedConfig(cfg).dump();
-  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
+std::string ConfigHash(const nlohmann::json& hashed) { return Fnv1aHex(hashed.dump()); }
 
 namespace {
 
@@ -248,8 +242,8 @@ int Train(const Config& cfg, const TrainOptions& opts) {
     }();
 
     CheckpointMeta meta;
-    meta.config_hash = ConfigHash(cfg);
     meta.config = HashedConfig(cfg);
+    meta.config_hash = ConfigHash(meta.config);
     int64_t start_step = 0;
     bool resumed = false;
     if (opts.resume) {

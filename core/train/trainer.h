@@ -26,7 +26,7 @@ int Train(const Config& cfg, const TrainOptions& opts);
 // checkpoint and eval intervals, threads): what a resume must find unchanged.
 nlohmann::json HashedConfig(const Config& cfg);
 
-// Stable hash of HashedConfig(cfg), for checkpoints.
-std::string ConfigHash(const Config& cfg);
+// Stable hash (FNV-1a 64, hex) of a HashedConfig, for checkpoints.
+std::string ConfigHash(const nlohmann::json& hashed);
 
 }  // namespace moe

@@ -13,20 +13,12 @@
 #include "harness/grid/command.h"
 #include "harness/grid/run_names.h"
 #include "harness/grid/template.h"
+#include "core/util/fnv1a.h"
 #include "harness/grid/toml_json.h"
 
 namespace moe::harness {
 
-std::string HashHex(const std::string& bytes) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
+std::string HashHex(const std::string& bytes) { return Fnv1aHex(bytes); }
 
 namespace {
 
