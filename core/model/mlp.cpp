@@ -50,10 +50,22 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x, const SublayerFp8Slots& f
       }
     }
   }
-  // The x_rows slot is emptied by its first Take: with swiglu, the up projection quantises x itself.
-  torch::Tensor h = PlannedLinear(in_p_, x, in_->weight, in_grad, fp8.x_rows);  // (..., hidden)
+  // x's rows as the norm in front offered them; with swiglu both the gate and the up projection
+  // read them, so they are taken here and offered to each (a slot is emptied by its first Take).
+  c10::intrusive_ptr<Fp8RowsSlot> x_rows = fp8.x_rows, x_rows_up;
+  if (swiglu_ && x_rows && x_rows->offered() && TakesFp8Rows(up_p_)) {
+    const torch::Tensor rows = x.reshape({-1, x.size(-1)});  // the view the FP8 GEMMs take
+    Fp8Tensor q;
+    if (x_rows->Take(rows, &q)) {
+      x_rows = c10::make_intrusive<Fp8RowsSlot>();
+      x_rows_up = c10::make_intrusive<Fp8RowsSlot>();
+      x_rows->Offer(rows, q);
+      x_rows_up->Offer(rows, q);
+    }
+  }
+  torch::Tensor h = PlannedLinear(in_p_, x, in_->weight, in_grad, x_rows);  // (..., hidden)
   if (swiglu_) {
-    h = SwiGlu(h, PlannedLinear(up_p_, x, up_->weight, up_grad), in_grad, up_grad, act_rows);
+    h = SwiGlu(h, PlannedLinear(up_p_, x, up_->weight, up_grad, x_rows_up), in_grad, up_grad, act_rows);
   } else {
     h = ReluSquare(h, in_grad, act_rows);
   }
