@@ -25,6 +25,10 @@ namespace {
 // memory-bound, so fp32 results stay within an ulp or two of a float64 reference at no cost.
 __device__ __forceinline__ float Sigmoid(float a) { return 1.f / (1.f + expf(-a)); }
 
+// One element of the forward, silu(a) * b in fp32: the flat and the FP8 kernels both call it, so
+// their y are the same bits.
+__device__ __forceinline__ float SwiGluValue(float a, float b) { return a * Sigmoid(a) * b; }
+
 }  // namespace
 
 // y, a, b (n,) flat. Whole vectors [0, n / VEC), then the n % VEC tail elements one per thread.
@@ -40,16 +44,10 @@ __global__ void swiglu_kernel(T* __restrict__ y, const T* __restrict__ a, const 
     const Vec<T, VEC> x = av[i], u = bv[i];
     Vec<T, VEC> o;
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      const float f = ToFloat(x.v[v]);
-      o.v[v] = FromFloat<T>(f * Sigmoid(f) * ToFloat(u.v[v]));
-    }
+    for (int v = 0; v < VEC; ++v) o.v[v] = FromFloat<T>(SwiGluValue(ToFloat(x.v[v]), ToFloat(u.v[v])));
     yv[i] = o;
   }
-  for (int64_t i = nvec * VEC + start; i < n; i += stride) {
-    const float f = ToFloat(a[i]);
-    y[i] = FromFloat<T>(f * Sigmoid(f) * ToFloat(b[i]));
-  }
+  for (int64_t i = nvec * VEC + start; i < n; i += stride) y[i] = FromFloat<T>(SwiGluValue(ToFloat(a[i]), ToFloat(b[i])));
 }
 
 // One element of the backward: da, db from dy, a, b (see swiglu.h).
@@ -117,15 +115,14 @@ __global__ void swiglu_fp8_kernel(T* __restrict__ out_a, T* __restrict__ out_b, 
     if constexpr (BACKWARD) g = reinterpret_cast<const Vec<T, VEC>*>(dy + row * C)[c];
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
-      const float f = ToFloat(x.v[v]);
       if constexpr (BACKWARD) {
         float fa, fb;
-        SwiGluGrad(ToFloat(g.v[v]), f, ToFloat(u.v[v]), &fa, &fb);
+        SwiGluGrad(ToFloat(g.v[v]), ToFloat(x.v[v]), ToFloat(u.v[v]), &fa, &fb);
         oa.v[v] = FromFloat<T>(fa);
         ob.v[v] = FromFloat<T>(fb);
         mb = MaxU(mb, AbsBits(ob.v[v]));
       } else {
-        oa.v[v] = FromFloat<T>(f * Sigmoid(f) * ToFloat(u.v[v]));
+        oa.v[v] = FromFloat<T>(SwiGluValue(ToFloat(x.v[v]), ToFloat(u.v[v])));
       }
       ma = MaxU(ma, AbsBits(oa.v[v]));
     }
@@ -147,7 +144,6 @@ __global__ void swiglu_fp8_kernel(T* __restrict__ out_a, T* __restrict__ out_b, 
 
 // ----------------------------------------------------------------------------
 // launchers
-
 
 template <typename T, int VEC>
 void swiglu(T* y, const T* a, const T* b, int64_t n, cudaStream_t stream) {

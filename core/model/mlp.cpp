@@ -1,5 +1,7 @@
 #include "core/model/mlp.h"
 
+#include <tuple>
+
 #include "core/model/activations.h"
 
 namespace moe {
@@ -56,12 +58,7 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x, const SublayerFp8Slots& f
   if (swiglu_ && x_rows && x_rows->offered() && TakesFp8Rows(up_p_)) {
     const torch::Tensor rows = x.reshape({-1, x.size(-1)});  // the view the FP8 GEMMs take
     Fp8Tensor q;
-    if (x_rows->Take(rows, &q)) {
-      x_rows = c10::make_intrusive<Fp8RowsSlot>();
-      x_rows_up = c10::make_intrusive<Fp8RowsSlot>();
-      x_rows->Offer(rows, q);
-      x_rows_up->Offer(rows, q);
-    }
+    if (x_rows->Take(rows, &q)) std::tie(x_rows, x_rows_up) = OfferToBoth(rows, q, /*rows_only=*/false);
   }
   torch::Tensor h = PlannedLinear(in_p_, x, in_->weight, in_grad, x_rows);  // (..., hidden)
   if (swiglu_) {

@@ -2,6 +2,9 @@
 // at::_grouped_mm per projection with int32 cumulative row offsets (offs[e] = end of expert e).
 // Makes no host sync, with or without a capacity.
 #include "core/moe/experts.h"
+
+#include <tuple>
+
 #include "core/moe/permute.h"
 #include "core/precision/fp8_grouped.h"
 
@@ -37,15 +40,8 @@ torch::Tensor GroupedFfn(const torch::Tensor& xs, const torch::Tensor& offs, con
         torch::NoGradGuard no_grad;
         return TakeRowsOrQuantize(xs_rows, xs);
       }();
-      xs_rows_a = c10::make_intrusive<Fp8RowsSlot>();
-      xs_rows_b = c10::make_intrusive<Fp8RowsSlot>();
-      for (const auto& slot : {xs_rows_a, xs_rows_b}) {
-        if (xs_rows && xs_rows->rows_only_requested()) {
-          slot->OfferRowsOnly(xs, xq);  // xs is then the permutation's placeholder: only a Take may see it
-        } else {
-          slot->Offer(xs, xq);
-        }
-      }
+      // Where the permutation was asked for the rows alone, xs is its placeholder.
+      std::tie(xs_rows_a, xs_rows_b) = OfferToBoth(xs, xq, xs_rows && xs_rows->rows_only_requested());
     }
   }
   torch::Tensor a = gmm(xs, w.w1, a_grad, xs_rows_a);                               // (M, h)

@@ -30,6 +30,7 @@
 
 #include <limits>
 #include <string>
+#include <utility>
 
 #include <torch/custom_class.h>
 #include <torch/torch.h>
@@ -140,6 +141,23 @@ inline torch::Tensor OfferValuesOrRowsOnly(Fp8RowsSlot& slot, const torch::Tenso
   torch::Tensor placeholder = RowsOnlyPlaceholder(sizes, options);
   slot.OfferRowsOnly(placeholder, std::move(q));
   return placeholder;
+}
+
+// The rows q of t for two consumers (a gate and an up projection both reading t), since a slot is
+// emptied by its first Take: two fresh slots, each offering them. rows_only: t is a rows-only
+// placeholder (its producer wrote q alone), which only a Take may see (OfferRowsOnly).
+inline std::pair<c10::intrusive_ptr<Fp8RowsSlot>, c10::intrusive_ptr<Fp8RowsSlot>> OfferToBoth(const torch::Tensor& t,
+                                                                                             const Fp8Tensor& q,
+                                                                                             bool rows_only) {
+  auto first = c10::make_intrusive<Fp8RowsSlot>(), second = c10::make_intrusive<Fp8RowsSlot>();
+  for (const auto& slot : {first, second}) {
+    if (rows_only) {
+      slot->OfferRowsOnly(t, q);
+    } else {
+      slot->Offer(t, q);
+    }
+  }
+  return {first, second};
 }
 
 // What a rowwise FP8 GEMM uses for its row operand t (M, C): the rows the slot holds when t is the
