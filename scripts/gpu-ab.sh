@@ -11,8 +11,9 @@
 # delete it afterwards. ARM: ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head (default all);
 # also ref_swiglu, wide_swiglu (the bf16 arms with model.mlp = swiglu), ref_swiglu_eager,
 # dense_swiglu_fp8 (the reference config dense, model.moe = false, swiglu, in today's FP8 form), and
-# loss_swiglu (the loss checks' form: eager, dropless, the text source; run it with STEPS=200;
-# pair r runs train.seed r). The last column: the mean loss of the last 20 steps, old / new, per pair.
+# loss_swiglu, loss_relu2 and loss_relu2_fp8 (the loss checks' form: eager, dropless, the text
+# source; swiglu / relu2 bf16 / relu2 in today's FP8 defaults; run them with STEPS=200; pair r runs
+# train.seed r). The last column: the mean loss of the last 20 steps, old / new, per pair.
 set -uo pipefail
 source "$(dirname "$0")/gpu-common.sh"
 gpu_setup /tmp/moe-ab
@@ -33,6 +34,9 @@ W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
 B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
    --set precision.fp8_wgrad=compute)
 H=(--set precision.fp8_lm_head=true)
+L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+FP8_NOW=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_wgrad=compute  # today's defaults, over FP8_V1
+         --set precision.fp8_fast_accum=true --set precision.fp8_fast_accum_grads=true --set precision.fp8_experts_wgrad=true)
 args() {  # arm -> its --set arguments (the same as gpu-fp8.sh head's)
   echo -n "${FP8_V1[*]} "  # the FP8 defaults the arms were written against (both trees then run the same forms)
   case $1 in
@@ -46,10 +50,11 @@ args() {  # arm -> its --set arguments (the same as gpu-fp8.sh head's)
     ref_swiglu_eager) echo "${G[*]} --set model.mlp=swiglu --set train.compile=eager" ;;
     wide_swiglu) echo "${G[*]} ${W[*]} --set model.mlp=swiglu" ;;
     dense_swiglu_fp8) echo "${G[*]} --set model.moe=false --set model.mlp=swiglu ${B[*]} --set precision.fp8_fast_accum_grads=true" ;;
-    loss_swiglu) echo "--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt" \
-                      "--set model.vocab_size=256 --set optim.lr=1e-3 --set model.mlp=swiglu" ;;
+    loss_swiglu) echo "${L[*]} --set model.mlp=swiglu" ;;
+    loss_relu2) echo "${L[*]}" ;;
+    loss_relu2_fp8) echo "${L[*]} ${FP8_NOW[*]}" ;;
     *) echo "gpu-ab.sh: unknown arm '$1' (ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head" \
-            "ref_swiglu ref_swiglu_eager wide_swiglu dense_swiglu_fp8 loss_swiglu)" >&2; exit 2 ;;
+            "ref_swiglu ref_swiglu_eager wide_swiglu dense_swiglu_fp8 loss_swiglu loss_relu2 loss_relu2_fp8)" >&2; exit 2 ;;
   esac
 }
 if [ $# -gt 0 ]; then arms=("$@"); else arms=(ref_bf16 ref_fp8 ref_fp8head wide_bf16 wide_fp8 wide_fp8head); fi

@@ -2,7 +2,7 @@
 # first. `gpu_setup DEFAULT_OUT` sets $root (the repo root, made the working directory), $out
 # (OUT, else DEFAULT_OUT; created) and $build (/tmp/moe-build: a warm machine keeps it between
 # calls, so a second call rebuilds only what changed), and writes the GPUs to $out/gpu.txt.
-# `corpus` writes the loss checks' text source, /tmp/corpus8.txt.
+# `corpus` writes the loss checks' text source, /tmp/corpus8.txt (from the image's Python, not the repo).
 # `gpu_build TARGET...` configures a Release build for sm_90a and builds the targets; on failure
 # it prints the errors and exits, else it prints the warning count (0 is the standard).
 # Make .devdeps with `../shared/device/devdeps.sh libgloo-dev`: the GPU image has no Gloo headers,
@@ -32,7 +32,21 @@ gpu_build() {
 FP8_V1=(--set precision.fp8_recipe=tensorwise --set precision.fp8_wgrad=fp8 --set precision.fp8_fast_accum=false
         --set precision.fp8_fast_accum_grads=false --set precision.fp8_experts_wgrad=false)
 
-corpus() {  # the repo's own sources, 8 times over: /tmp/corpus8.txt (the 200-step loss checks' text)
-  find core harness reports tests docs -name '*.cpp' -o -name '*.h' -o -name '*.md' | sort | xargs cat >/tmp/corpus.txt
-  for i in 1 2 3 4 5 6 7 8; do cat /tmp/corpus.txt; done >/tmp/corpus8.txt
+corpus() {  # /tmp/corpus8.txt, the 200-step loss checks' text source
+  # The first 1.5 MB of the GPU image's Python standard library (its top-level modules, sorted by
+  # name), 8 times over. Until 2026-11-24 it was the repo's own sources, which change with every
+  # commit: the text source draws its windows' offsets over the file's length, so any edit gave
+  # every run a new data order, and FP8 / bf16 loss gaps measured a session apart (or before and
+  # after an uncommitted edit) came from different draws (docs/PERFORMANCE.md, twenty-second
+  # session). This text changes only with the image.
+  python3 - <<'PY' || return 1
+import pathlib, sys, sysconfig
+lib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+text = b"".join(p.read_bytes() for p in sorted(lib.glob("*.py")))[:1_500_000]
+if len(text) < 1_500_000:
+    sys.exit(f"corpus: {lib} gave {len(text)} bytes, less than 1.5 MB")
+pathlib.Path("/tmp/corpus8.txt").write_bytes(text * 8)
+print(f"corpus: {lib}", end=", ")
+PY
+  md5sum </tmp/corpus8.txt | cut -c1-12
 }

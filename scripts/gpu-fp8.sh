@@ -4,7 +4,7 @@
 # RUNS (default: ref): ref = reference config bf16 / fp8 tensorwise / rowwise / experts off;
 # refgw/widegw = the same with precision.fp8_wgrad = "compute"; wide = n_embd 2048, 16 heads, 4 layers, 8 experts
 # (bf16, both recipes, both with precision.fp8_fast_accum); loss = 200 steps on a text corpus (the
-# repo's own sources), bf16 vs fp8 and the grouped/padded/loop backends; seeds = the bf16/fp8 part
+# `corpus` of gpu-common.sh), bf16 vs fp8 and the grouped/padded/loop backends; seeds = the bf16/fp8 part
 # of `loss` for train.seed 1, 2, 3 (init and batches differ), to tell precision from trajectory
 # noise; gemm = bench/fp8_gemm_bench (the expert GEMMs alone, FP8 forms against bf16; its own
 # table); graph = reference and wide in cudagraph at capacity 1.25, bf16 against FP8 with fast
@@ -33,7 +33,10 @@
 # runs it compares with made when missing); defaults = `precision.fp8 = true` with today's fp8_* defaults
 # against bf16 on the reference config and the wide model, REPS times (default 2); swiglu = `defaults`
 # with model.mlp = "swiglu"; lossswiglu = lossdefaults with model.mlp = "swiglu"; lossdefaults = its
-# 200-step loss check, three seeds. Every other mode's runs start from the FP8 defaults of before
+# 200-step loss check; lossbackends = the grouped and padded expert backends against loop (bf16,
+# today's defaults, 200 steps, text source). These three run train.seed over SEEDS (default 1 2 3;
+# one seed's FP8 / bf16 gap spreads by about 2%, so more seeds give a firmer mean); lossforms = the
+# defaults less one FP8 piece at a time against bf16, same form of check (SEEDS, LOSS_REPS). Every other mode's runs start from the FP8 defaults of before
 # 2026-11-24 (FP8_V1, gpu-common.sh), which their recorded figures used. FP8_TESTS=0 skips building and
 # running the [fp8] tests. Figures: median tok/s over steps 11..N (1..10 warm-up).
 set -uo pipefail
@@ -89,14 +92,73 @@ for what in ${@:-ref}; do
       ratios "${p}r" bf16 fp8
       ratios "${p}w" bf16 fp8 ;;
     lossdefaults|lossswiglu)  # the 200-step loss check of `precision.fp8 = true` (today's defaults) against
-      # bf16, eager, dropless, text source, train.seed 1, 2, 3; lossswiglu: with model.mlp = "swiglu"
+      # bf16, eager, dropless, text source, train.seed over SEEDS; lossswiglu: with model.mlp = "swiglu"
       corpus
       L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
       p=ld; [ "$what" = lossswiglu ] && { L+=(--set model.mlp=swiglu); p=ls; }
-      for seed in 1 2 3; do
+      for seed in ${SEEDS:-1 2 3}; do
         steps=200 train_now "${p}_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
         steps=200 train_now "${p}_seed${seed}_fp8" "${L[@]}" --set precision.fp8=true --set train.seed=$seed
       done ;;
+    lossbackends)  # issue 5's other loss check: the grouped and padded expert backends against loop
+      # (bf16, today's defaults: eager, dropless, text source, 200 steps), train.seed over SEEDS
+      corpus
+      L=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      for seed in ${SEEDS:-1 2 3}; do
+        for impl in grouped padded loop; do
+          steps=200 train_now "lb_seed${seed}_${impl}" "${L[@]}" --set moe.impl=$impl --set train.seed=$seed
+        done
+      done
+      python3 - ${SEEDS:-1 2 3} <<'PY'
+import json, statistics, sys
+seeds = [int(s) for s in sys.argv[1:]]
+def tail(name):
+    return statistics.mean(json.loads(l)["loss"] for l in open(f"/tmp/runs/{name}/metrics.jsonl").readlines()[-20:])
+loss = {(s, i): tail(f"lb_seed{s}_{i}") for s in seeds for i in ("grouped", "padded", "loop")}
+print("\n| seed | grouped | padded | loop | grouped vs loop | padded vs loop |\n|---|---:|---:|---:|---:|---:|")
+for s in seeds + ["mean"]:
+    g, p, l = ((statistics.mean(loss[(k, i)] for k in seeds) if s == "mean" else loss[(s, i)])
+               for i in ("grouped", "padded", "loop"))
+    print(f"| {s} | {g:.4f} | {p:.4f} | {l:.4f} | {g / l - 1:+.2%} | {p / l - 1:+.2%} |")
+PY
+      ;;
+    lossforms)  # which FP8 piece moves lossdefaults' gap: bf16, the defaults, and the defaults less one
+      # piece each (experts only, attention only, tensorwise linear layers, promoted accumulation,
+      # the experts' weight gradients in bf16), train.seed over SEEDS, each LOSS_REPS times (default 1)
+      corpus
+      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      F=(--set precision.fp8=true)
+      declare -A form=(
+        [bf16]="" [fp8]="${F[*]}"
+        [fp8_experts_only]="${F[*]} --set precision.fp8_min_dim=4096"
+        [fp8_attention_only]="${F[*]} --set precision.fp8_experts=false"
+        [fp8_tensorwise]="${F[*]} --set precision.fp8_recipe=tensorwise"
+        [fp8_promoted]="${F[*]} --set precision.fp8_fast_accum=false --set precision.fp8_fast_accum_grads=false"
+        [fp8_experts_wgrad_bf16]="${F[*]} --set precision.fp8_experts_wgrad=false")
+      forms=(bf16 fp8 fp8_experts_only fp8_attention_only fp8_tensorwise fp8_promoted fp8_experts_wgrad_bf16)
+      for rep in $(seq 1 "${LOSS_REPS:-1}"); do
+        for seed in ${SEEDS:-1 2 3}; do
+          for f in "${forms[@]}"; do
+            # shellcheck disable=SC2086  # a form's arguments are words by design
+            steps=200 train_now "lf_${f}_r${rep}_s${seed}" "${L[@]}" ${form[$f]} --set train.seed=$seed
+          done
+        done
+      done
+      python3 - "${forms[@]}" <<'PY'
+import collections, glob, json, re, statistics, sys
+runs = collections.defaultdict(list)  # (form, seed) -> mean loss of the last 20 steps, one per rep
+for p in glob.glob("/tmp/runs/lf_*/metrics.jsonl"):
+    f, seed = re.fullmatch(r"lf_(.+)_r\d+_s(\d+)", p.split("/")[-2]).groups()
+    runs[(f, int(seed))].append(statistics.mean(json.loads(l)["loss"] for l in open(p).readlines()[-20:]))
+seeds = sorted({s for _, s in runs})
+mean = {k: statistics.mean(v) for k, v in runs.items()}
+print("\n| form | " + " | ".join(f"seed {s}" for s in seeds) + " | mean gap to bf16 |\n|---|" + "---|" * len(seeds) + "---:|")
+for f in sys.argv[1:]:
+    gaps = [mean[(f, s)] / mean[("bf16", s)] - 1 for s in seeds]
+    print(f"| {f} | " + " | ".join(f"{mean[(f, s)]:.4f} ({gaps[i]:+.2%})" for i, s in enumerate(seeds)) +
+          f" | {statistics.mean(gaps):+.2%} |")
+PY
+      ;;
     ref)
       train ref_bf16
       train ref_fp8_tw --set precision.fp8=true
