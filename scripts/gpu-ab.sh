@@ -34,7 +34,7 @@ W=(--set model.n_embd=2048 --set model.n_head=16 --set model.n_layer=4)
 B=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
    --set precision.fp8_wgrad=compute)
 H=(--set precision.fp8_lm_head=true)
-L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
 FP8_NOW=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_wgrad=compute  # today's defaults, over FP8_V1
          --set precision.fp8_fast_accum=true --set precision.fp8_fast_accum_grads=true --set precision.fp8_experts_wgrad=true)
 args() {  # arm -> its --set arguments (the same as gpu-fp8.sh head's)

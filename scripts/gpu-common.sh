@@ -32,6 +32,9 @@ gpu_build() {
 FP8_V1=(--set precision.fp8_recipe=tensorwise --set precision.fp8_wgrad=fp8 --set precision.fp8_fast_accum=false
         --set precision.fp8_fast_accum_grads=false --set precision.fp8_experts_wgrad=false)
 
+# The loss checks' data and model settings on top of the reference config (with `corpus` first).
+LOSS_TEXT=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+
 corpus() {  # /tmp/corpus8.txt, the 200-step loss checks' text source
   # The first 1.5 MB of the GPU image's Python standard library (its top-level modules, sorted by
   # name), 8 times over. Until 2026-11-24 it was the repo's own sources, which change with every

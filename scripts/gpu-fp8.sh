@@ -94,7 +94,7 @@ for what in ${@:-ref}; do
     lossdefaults|lossswiglu)  # the 200-step loss check of `precision.fp8 = true` (today's defaults) against
       # bf16, eager, dropless, text source, train.seed over SEEDS; lossswiglu: with model.mlp = "swiglu"
       corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
       p=ld; [ "$what" = lossswiglu ] && { L+=(--set model.mlp=swiglu); p=ls; }
       for seed in ${SEEDS:-1 2 3}; do
         steps=200 train_now "${p}_seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
@@ -103,7 +103,7 @@ for what in ${@:-ref}; do
     lossbackends)  # issue 5's other loss check: the grouped and padded expert backends against loop
       # (bf16, today's defaults: eager, dropless, text source, 200 steps), train.seed over SEEDS
       corpus
-      L=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=("${LOSS_TEXT[@]}")
       for seed in ${SEEDS:-1 2 3}; do
         for impl in grouped padded loop; do
           steps=200 train_now "lb_seed${seed}_${impl}" "${L[@]}" --set moe.impl=$impl --set train.seed=$seed
@@ -126,7 +126,7 @@ PY
       # piece each (experts only, attention only, tensorwise linear layers, promoted accumulation,
       # the experts' weight gradients in bf16), train.seed over SEEDS, each LOSS_REPS times (default 1)
       corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
       F=(--set precision.fp8=true)
       declare -A form=(
         [bf16]="" [fp8]="${F[*]}"
@@ -267,7 +267,7 @@ PY
     losshwg|lossxwg|losslwg)  # losshead's FP8 form with the head's weight gradient in FP8 too (fp8_lm_head_wgrad),
       # same three seeds; lossxwg adds the experts' (fp8_experts_wgrad). Runs to compare with are made when missing.
       corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
       F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
          --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true)
       HW=(--set precision.fp8_lm_head_wgrad=true)
@@ -285,7 +285,7 @@ PY
       done ;;
     losshead)  # lossfg's FP8 form with the LM head in FP8 too, same three seeds (bf16 runs: lossfg's)
       corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
       F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
          --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute --set precision.fp8_lm_head=true)
       for seed in 1 2 3; do
@@ -294,7 +294,7 @@ PY
       done ;;
     lossfg)  # FP8 with fast accumulation in all three GEMMs (experts in FP8) against bf16, three seeds
       corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
       F=(--set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_fast_accum=true
          --set precision.fp8_fast_accum_grads=true --set precision.fp8_wgrad=compute)
       for seed in 1 2 3; do
@@ -304,13 +304,13 @@ PY
     lossbg)  # bf16 weight gradients against fp32 ones over 200 steps (the same values per step up to
       # the GPU's own run-to-run nondeterminism: atomics in backward kernels)
       corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
       steps=200 train lbg_fp32grad "${L[@]}"
       steps=200 train lbg_fp32grad_rerun "${L[@]}"
       steps=200 train lbg_bf16grad "${L[@]}" --set precision.grad_dtype=bf16 ;;
     lossgw)  # the 200-step loss check for the fastest FP8 forms of `graph` (eager, dropless)
       corpus
-      L=(--set moe.impl=grouped --set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=(--set moe.impl=grouped "${LOSS_TEXT[@]}")
       F=(--set precision.fp8=true --set precision.fp8_fast_accum=true --set precision.fp8_wgrad=compute)
       steps=200 train lgw_bf16 "${L[@]}"
       steps=200 train lgw_fp8rwf_gwc "${L[@]}" "${F[@]}" --set precision.fp8_recipe=rowwise
@@ -324,7 +324,7 @@ PY
       train wide_fp8gw_rw "${W[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise --set precision.fp8_wgrad=compute ;;
     loss)
       corpus
-      L=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=("${LOSS_TEXT[@]}")
       steps=200 train loss_bf16 "${L[@]}"
       steps=200 train loss_fp8_tw "${L[@]}" --set precision.fp8=true
       steps=200 train loss_fp8_rw "${L[@]}" --set precision.fp8=true --set precision.fp8_recipe=rowwise
@@ -335,7 +335,7 @@ PY
       "$build/bin/fp8_gemm_bench" 2>&1 | tee "$out/fp8_gemm_bench.md" ;;
     seeds)
       corpus
-      L=(--set data.source=text --set data.path=/tmp/corpus8.txt --set model.vocab_size=256 --set optim.lr=1e-3)
+      L=("${LOSS_TEXT[@]}")
       for seed in 1 2 3; do
         steps=200 train "seed${seed}_bf16" "${L[@]}" --set train.seed=$seed
         steps=200 train "seed${seed}_fp8_tw" "${L[@]}" --set train.seed=$seed --set precision.fp8=true
